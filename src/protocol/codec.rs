@@ -212,7 +212,9 @@ mod tests {
         h.data_size = u32::MAX;
         let mut buf = BytesMut::new();
         h.write(&mut buf);
-        let err = FrameCodec::new(1024).decode(&mut buf).expect_err("too large");
+        let err = FrameCodec::new(1024)
+            .decode(&mut buf)
+            .expect_err("too large");
         assert!(matches!(err, FrameError::TooLarge { .. }), "{err}");
     }
 

@@ -182,7 +182,10 @@ mod tests {
             assert_eq!(ServiceCode::from_u32(c as u32), Some(c));
             assert_eq!(ServiceCode::from_name(c.name()), Some(c));
         }
-        assert_eq!(ServiceCode::from_u32(9001), Some(ServiceCode::TerminalLogin));
+        assert_eq!(
+            ServiceCode::from_u32(9001),
+            Some(ServiceCode::TerminalLogin)
+        );
         assert_eq!(ServiceCode::UpdatePerformance as u32, 9029);
         assert_eq!(ServiceCode::UploadLog as u32, 9999);
         assert!(ServiceCode::from_u32(1027).is_none());

@@ -86,17 +86,25 @@ mod tests {
 
     #[test]
     fn reads_both_msg_styles_and_missing_data() {
-        let e: Envelope<Value> = serde_json::from_str(r#"{"code":0,"en_msg":"Success","data":{"a":1}}"#).expect("ok");
+        let e: Envelope<Value> =
+            serde_json::from_str(r#"{"code":0,"en_msg":"Success","data":{"a":1}}"#).expect("ok");
         assert!(e.is_ok());
-        let e: Envelope<Value> = serde_json::from_str(r#"{"code":"60000","msg":"TerminalTokenError"}"#).expect("ok");
+        let e: Envelope<Value> =
+            serde_json::from_str(r#"{"code":"60000","msg":"TerminalTokenError"}"#).expect("ok");
         assert_eq!(e.error_code(), Some(ErrorCode::TerminalTokenError));
         assert!(e.data.is_none());
     }
 
     #[test]
     fn error_text_has_key() {
-        let e = Envelope::<Value>::error(ErrorCode::TerminalMaskError, "255.0.255.0 is not contiguous");
+        let e = Envelope::<Value>::error(
+            ErrorCode::TerminalMaskError,
+            "255.0.255.0 is not contiguous",
+        );
         let s = serde_json::to_string(&e).expect("ok");
-        assert_eq!(s, r#"{"code":60006,"msg":"TerminalMaskError: 255.0.255.0 is not contiguous"}"#);
+        assert_eq!(
+            s,
+            r#"{"code":60006,"msg":"TerminalMaskError: 255.0.255.0 is not contiguous"}"#
+        );
     }
 }

@@ -32,7 +32,11 @@ impl Visitor<'_> for IntVisitor {
             return Err(E::custom("empty string where an integer was expected"));
         }
         t.parse::<i64>()
-            .or_else(|_| t.parse::<f64>().map_err(|_| ()).and_then(|f| self.visit_f64::<E>(f).map_err(|_| ())))
+            .or_else(|_| {
+                t.parse::<f64>()
+                    .map_err(|_| ())
+                    .and_then(|f| self.visit_f64::<E>(f).map_err(|_| ()))
+            })
             .map_err(|_| E::custom(format!("{v:?} is not an integer")))
     }
 }
@@ -181,8 +185,12 @@ mod tests {
 
     #[test]
     fn accepts_numbers_and_strings() {
-        let t: T = serde_json::from_str(r#"{"a":"12","b":3,"s":"8888888888","f":"5.92"}"#).expect("ok");
-        assert_eq!((t.a, t.b, t.s, t.f), (12, Some(3), Sectors(8888888888), 5.92));
+        let t: T =
+            serde_json::from_str(r#"{"a":"12","b":3,"s":"8888888888","f":"5.92"}"#).expect("ok");
+        assert_eq!(
+            (t.a, t.b, t.s, t.f),
+            (12, Some(3), Sectors(8888888888), 5.92)
+        );
         let t: T = serde_json::from_str(r#"{"a":12.0,"s":50,"f":1}"#).expect("ok");
         assert_eq!((t.a, t.b, t.s.0), (12, None, 50));
     }
@@ -210,7 +218,8 @@ mod tests {
     fn batch_no_echoes_as_received() {
         let b: BatchNo = serde_json::from_str("66").expect("ok");
         assert_eq!(serde_json::to_string(&b).expect("ok"), "66");
-        let b: BatchNo = serde_json::from_str(r#""f15a1759-789e-4e17-a3e1-e723121e9314""#).expect("ok");
+        let b: BatchNo =
+            serde_json::from_str(r#""f15a1759-789e-4e17-a3e1-e723121e9314""#).expect("ok");
         assert!(matches!(b, BatchNo::Text(_)));
     }
 }

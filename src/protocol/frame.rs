@@ -7,7 +7,9 @@ use bytes::{BufMut, Bytes, BytesMut};
 use serde::Serialize;
 
 use super::codes::ServiceCode;
-use super::header::{ClientType, DataType, Direction, Header, HEADER_LEN, VERSION_CHIEF, VERSION_SUB};
+use super::header::{
+    ClientType, DataType, Direction, Header, HEADER_LEN, VERSION_CHIEF, VERSION_SUB,
+};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {

@@ -46,7 +46,11 @@ pub struct ConfigVersionReq {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub soft_version: Option<String>,
     /// GB free, per the document (the original terminal sent sectors).
-    #[serde(default, deserialize_with = "flex::opt_float", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "flex::opt_float",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub disk_residue: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resolutions: Option<String>,
@@ -146,7 +150,11 @@ pub struct DiskInfo {
     pub dif_level: i64,
     #[serde(default = "voi_prefix")]
     pub prefix: String,
-    #[serde(default, deserialize_with = "flex::opt_int", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "flex::opt_int",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub max_dif: Option<i64>,
     #[serde(default, deserialize_with = "flex::int")]
     pub operate_id: i64,
@@ -156,7 +164,11 @@ pub struct DiskInfo {
     pub reserve_size: Sectors,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file_size: Option<Sectors>,
-    #[serde(default, deserialize_with = "flex::opt_int", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "flex::opt_int",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub restore_flag: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub download_url: Option<String>,
@@ -250,7 +262,11 @@ pub struct LocalDisk {
     pub prefix: String,
     #[serde(default)]
     pub real_size: Sectors,
-    #[serde(default, alias = "resrver_size", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        alias = "resrver_size",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub reserve_size: Option<Sectors>,
 }
 
@@ -415,7 +431,11 @@ pub struct DiffDiskReq {
     pub diff_disk_uuid: String,
     #[serde(deserialize_with = "flex::int")]
     pub diff_level: i64,
-    #[serde(default, deserialize_with = "flex::opt_int", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "flex::opt_int",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub diff_disk_type: Option<i64>,
 }
 
@@ -571,13 +591,21 @@ pub struct UpdateNameCmd {
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct TeachConfig {
-    #[serde(default, deserialize_with = "flex::opt_int", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "flex::opt_int",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub room_num: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub teach_pc_ip: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub top_server_ip: Option<String>,
-    #[serde(default, deserialize_with = "flex::opt_int", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "flex::opt_int",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub channel_num: Option<i64>,
 }
 
@@ -585,7 +613,11 @@ pub struct TeachConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UpdateConfigCmd {
     pub batch_no: BatchNo,
-    #[serde(default, deserialize_with = "flex::opt_int", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "flex::opt_int",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub conf_version: Option<i64>,
     pub mode: ModeSetup,
     pub program: ProgramSetup,

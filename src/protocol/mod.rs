@@ -52,8 +52,14 @@ mod tests {
 
     #[test]
     fn mac_forms() {
-        assert_eq!(normalize_mac("aa:50:cc:c0:dd:08").as_deref(), Some("AA:50:CC:C0:DD:08"));
-        assert_eq!(normalize_mac("AA-50-CC-C0-DD-08").as_deref(), Some("AA:50:CC:C0:DD:08"));
+        assert_eq!(
+            normalize_mac("aa:50:cc:c0:dd:08").as_deref(),
+            Some("AA:50:CC:C0:DD:08")
+        );
+        assert_eq!(
+            normalize_mac("AA-50-CC-C0-DD-08").as_deref(),
+            Some("AA:50:CC:C0:DD:08")
+        );
         assert!(normalize_mac("AA:50:CC:C0:DD").is_none());
         assert!(normalize_mac("AA:50:CC:C0:DD:0G").is_none());
         assert!(normalize_mac("../../etc").is_none());

@@ -1,0 +1,167 @@
+//! `voi-agent`: run the agent, or talk to a running one.
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+use crate::agent::Agent;
+use crate::config::AgentConfig;
+use crate::control::{self, ControlRequest};
+
+#[derive(Parser)]
+#[command(name = "voi-agent", version, about = "VOI terminal agent")]
+pub struct Cli {
+    /// Agent configuration (TOML).
+    #[arg(
+        long,
+        short,
+        global = true,
+        default_value = "/etc/voi-agent/agent.toml",
+        env = "VOI_AGENT_CONFIG"
+    )]
+    config: PathBuf,
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the agent (the default).
+    Run,
+    /// Query or drive a running agent over its control socket.
+    Ctl {
+        /// Control socket; default: from the config.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        #[command(subcommand)]
+        what: CtlCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum CtlCmd {
+    /// Server, session, number, config version, watermark, last commands.
+    Status,
+    /// The terminal number the server proposed, or confirm one (9009).
+    Order {
+        #[command(subcommand)]
+        what: Option<OrderCmd>,
+    },
+    /// Check an administrator's credentials with the server (9008).
+    VerifyAdmin { user: String, password: String },
+    /// The server's time (9003).
+    Date,
+}
+
+#[derive(Subcommand)]
+enum OrderCmd {
+    Show,
+    Confirm { terminal_id: i64 },
+}
+
+pub fn main() -> std::process::ExitCode {
+    super::init_logging();
+    let cli = Cli::parse();
+    match cli.cmd.unwrap_or(Cmd::Run) {
+        Cmd::Run => run(&cli.config),
+        Cmd::Ctl { socket, what } => ctl(&cli.config, socket, what),
+    }
+}
+
+fn run(path: &std::path::Path) -> std::process::ExitCode {
+    let cfg = match AgentConfig::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("voi-agent: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cfg.worker_threads)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("voi-agent: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        let agent = match Agent::new(cfg) {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("voi-agent: {e}");
+                return std::process::ExitCode::from(2);
+            }
+        };
+        let stop = agent.shutdown.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            log::info!("stopping");
+            stop.cancel();
+        });
+        agent.run().await;
+        std::process::ExitCode::SUCCESS
+    })
+}
+
+pub async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn ctl(config: &std::path::Path, socket: Option<PathBuf>, what: CtlCmd) -> std::process::ExitCode {
+    let socket = socket.unwrap_or_else(|| {
+        AgentConfig::load(config)
+            .map(|c| c.control_socket_path())
+            .unwrap_or_else(|_| PathBuf::from("/var/lib/voi-agent/control.sock"))
+    });
+    let req = match what {
+        CtlCmd::Status => ControlRequest::Status,
+        CtlCmd::Order {
+            what: None | Some(OrderCmd::Show),
+        } => ControlRequest::OrderShow,
+        CtlCmd::Order {
+            what: Some(OrderCmd::Confirm { terminal_id }),
+        } => ControlRequest::OrderConfirm { terminal_id },
+        CtlCmd::VerifyAdmin { user, password } => ControlRequest::VerifyAdmin { user, password },
+        CtlCmd::Date => ControlRequest::GetDateTime,
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("voi-agent: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(control::call(&socket, &req)) {
+        Ok(resp) => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&resp).unwrap_or_default()
+            );
+            if resp.ok {
+                std::process::ExitCode::SUCCESS
+            } else {
+                std::process::ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("voi-agent ctl: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

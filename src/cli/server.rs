@@ -1,0 +1,202 @@
+//! `voi-server`: run the reference server, run the demo, or drive a running
+//! server through its operator API.
+
+use clap::{Parser, Subcommand};
+use serde_json::Value;
+use std::path::PathBuf;
+
+use crate::server::client::ApiClient;
+use crate::server::{Server, ServerConfig};
+
+#[derive(Parser)]
+#[command(
+    name = "voi-server",
+    version,
+    about = "VOI reference management server"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve terminals on TCP 50007 and the operator API on loopback.
+    Run {
+        /// Server configuration (TOML); every key has a default.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        listen: Option<String>,
+        #[arg(long)]
+        api_listen: Option<String>,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Start a server and an agent on loopback, show them talking, exit 0.
+    Demo {
+        /// Keep both running until Ctrl-C.
+        #[arg(long)]
+        keep_running: bool,
+    },
+    /// Operator commands against a running server.
+    Ctl {
+        #[arg(long, default_value = "http://127.0.0.1:50080", env = "VOI_API")]
+        api: String,
+        /// Bearer token; default: read from <data-dir>/api-token.
+        #[arg(long, env = "VOI_API_TOKEN")]
+        token: Option<String>,
+        #[arg(long, default_value = "/var/lib/voi-server")]
+        data_dir: PathBuf,
+        #[command(subcommand)]
+        what: CtlCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum CtlCmd {
+    /// All terminals with online state.
+    Terminals,
+    /// One terminal with everything it reported.
+    Terminal { mac: String },
+    /// Push a command (name or code) and wait for the terminal's reply.
+    Push {
+        mac: String,
+        command: String,
+        /// JSON object of parameters, e.g. '{"name":"PC-1"}'.
+        #[arg(default_value = "{}")]
+        params: String,
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+    },
+    /// List desktop groups.
+    Groups,
+    /// Add or replace a desktop group from a JSON file.
+    GroupPut { file: PathBuf },
+    /// Delete a desktop group.
+    GroupDelete { uuid: String },
+    /// Show the numbering session.
+    Order,
+    /// Start numbering at START_ID (all connected terminals unless MACs given).
+    OrderStart { start_id: i64, macs: Vec<String> },
+    /// End numbering.
+    OrderCancel,
+}
+
+pub fn main() -> std::process::ExitCode {
+    super::init_logging();
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("voi-server: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async move {
+        match cli.cmd {
+            Cmd::Run {
+                config,
+                listen,
+                api_listen,
+                data_dir,
+            } => {
+                let mut cfg = match config {
+                    Some(p) => ServerConfig::load(&p)?,
+                    None => ServerConfig::default(),
+                };
+                if let Some(l) = listen {
+                    cfg.listen = l;
+                }
+                if let Some(l) = api_listen {
+                    cfg.api_listen = l;
+                }
+                if let Some(d) = data_dir {
+                    cfg.data_dir = d;
+                }
+                let handle = Server::start(cfg).await?;
+                println!(
+                    "voi-server listening on {} (API http://{})",
+                    handle.addr, handle.api_addr
+                );
+                super::agent::wait_for_signal().await;
+                handle.stop().await;
+                Ok(())
+            }
+            Cmd::Demo { keep_running } => crate::demo::run(keep_running).await,
+            Cmd::Ctl {
+                api,
+                token,
+                data_dir,
+                what,
+            } => ctl(api, token, data_dir, what).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("voi-server: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn ctl(
+    api: String,
+    token: Option<String>,
+    data_dir: PathBuf,
+    what: CtlCmd,
+) -> anyhow::Result<()> {
+    let token = match token {
+        Some(t) => t,
+        None => std::fs::read_to_string(data_dir.join("api-token"))
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "no --token and cannot read {}/api-token: {e}",
+                    data_dir.display()
+                )
+            })?
+            .trim()
+            .to_string(),
+    };
+    let c = ApiClient::new(api, token);
+    let env = match what {
+        CtlCmd::Terminals => c.get("/api/v1/terminals").await?,
+        CtlCmd::Terminal { mac } => c.get(&format!("/api/v1/terminals/{mac}")).await?,
+        CtlCmd::Push {
+            mac,
+            command,
+            params,
+            timeout,
+        } => {
+            let params: Value =
+                serde_json::from_str(&params).map_err(|e| anyhow::anyhow!("params: {e}"))?;
+            c.push(&mac, &command, params, timeout).await?
+        }
+        CtlCmd::Groups => c.get("/api/v1/desktop_groups").await?,
+        CtlCmd::GroupPut { file } => {
+            let text = std::fs::read_to_string(&file)?;
+            let v: Value = serde_json::from_str(&text)?;
+            c.put("/api/v1/desktop_groups", &v).await?
+        }
+        CtlCmd::GroupDelete { uuid } => c.delete(&format!("/api/v1/desktop_groups/{uuid}")).await?,
+        CtlCmd::Order => c.get("/api/v1/order").await?,
+        CtlCmd::OrderStart { start_id, macs } => {
+            c.post(
+                "/api/v1/order",
+                &serde_json::json!({ "start_id": start_id, "macs": macs }),
+            )
+            .await?
+        }
+        CtlCmd::OrderCancel => c.delete("/api/v1/order").await?,
+    };
+    println!("{}", serde_json::to_string_pretty(&env)?);
+    if env.is_ok() {
+        Ok(())
+    } else {
+        anyhow::bail!("server answered {} {}", env.code, env.msg)
+    }
+}

@@ -1,0 +1,315 @@
+//! Server→terminal commands (1xxx). One file per command, each with `parse`
+//! and `apply`; this file only dispatches, replies, and carries out what a
+//! command asks for after its reply has gone out.
+//!
+//! Every reply uses the command's service code, `req_or_res = 2`, the echoed
+//! sequence number, and `data {mac, batch_no}`.
+
+mod delete;
+mod enter_maintain;
+mod enter_maintenance_mode;
+mod order;
+mod pxe_start;
+mod restart;
+mod shutdown;
+mod unsupported;
+mod update_config;
+mod update_desktop_group_info;
+mod update_ip;
+mod update_name;
+mod watermark_switch;
+
+use serde::de::DeserializeOwned;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+use crate::agent::Agent;
+use crate::protocol::messages::CommandReplyData;
+use crate::protocol::{BatchNo, DataType, Envelope, ErrorCode, Frame, ServiceCode};
+use crate::session::{Link, SessionEnd};
+use crate::state::CommandRecord;
+
+/// Delay between a power or boot command's reply and the act, so the reply
+/// reaches the server before the network goes down.
+pub const POWER_DELAY: Duration = Duration::from_millis(1500);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandError {
+    pub code: ErrorCode,
+    pub msg: String,
+}
+
+impl CommandError {
+    pub fn new(code: ErrorCode, msg: impl Into<String>) -> Self {
+        CommandError {
+            code,
+            msg: msg.into(),
+        }
+    }
+
+    pub fn message(msg: impl Into<String>) -> Self {
+        Self::new(ErrorCode::MessageError, msg)
+    }
+
+    pub fn system(msg: impl Into<String>) -> Self {
+        Self::new(ErrorCode::SystemError, msg)
+    }
+}
+
+/// What happens once the reply has been written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum After {
+    Nothing,
+    PowerOff,
+    Reboot,
+    /// End this session and log in again (new server, new address).
+    Reconnect(String),
+    /// Ask for 9007 again so the desktop decision runs on fresh data.
+    RefreshDesktops,
+}
+
+#[derive(Debug, Default)]
+pub struct Applied {
+    pub extra: BTreeMap<String, serde_json::Value>,
+    pub after: Option<After>,
+}
+
+impl Applied {
+    pub fn done() -> Self {
+        Applied::default()
+    }
+
+    pub fn then(after: After) -> Self {
+        Applied {
+            extra: BTreeMap::new(),
+            after: Some(after),
+        }
+    }
+}
+
+pub type CmdResult = Result<Applied, CommandError>;
+
+/// What a command's `apply` may use.
+pub struct Ctx<'a> {
+    pub agent: &'a Arc<Agent>,
+    pub link: &'a Link,
+}
+
+/// Reads a command body as JSON, with the protocol's error for bad input.
+pub fn parse_json<T: DeserializeOwned>(frame: &Frame) -> Result<T, CommandError> {
+    if frame.data_type != DataType::Json as u8 {
+        return Err(CommandError::message(format!(
+            "expected a JSON body (data_type 1), got data_type {}",
+            frame.data_type
+        )));
+    }
+    frame
+        .json()
+        .map_err(|e| CommandError::message(format!("bad {} body: {e}", frame.service_code)))
+}
+
+/// The batch number, however much of the body is otherwise usable, so even
+/// a refusal is matched to its request by the server.
+fn batch_of(frame: &Frame) -> BatchNo {
+    #[derive(serde::Deserialize)]
+    struct B {
+        batch_no: BatchNo,
+    }
+    frame.json::<B>().map(|b| b.batch_no).unwrap_or_default()
+}
+
+enum Command {
+    Shutdown(shutdown::Shutdown),
+    Restart(restart::Restart),
+    Delete(delete::Delete),
+    UpdateName(update_name::UpdateName),
+    UpdateConfig(update_config::UpdateConfig),
+    EnterMaintenanceMode(enter_maintenance_mode::EnterMaintenanceMode),
+    EnterMaintain(enter_maintain::EnterMaintain),
+    Order(order::Order),
+    UpdateIp(update_ip::UpdateIp),
+    PxeStart(pxe_start::PxeStart),
+    WatermarkSwitch(watermark_switch::WatermarkSwitch),
+    UpdateDesktopGroupInfo(update_desktop_group_info::UpdateDesktopGroupInfo),
+    Unsupported(unsupported::Unsupported),
+}
+
+impl Command {
+    fn from_frame(code: ServiceCode, frame: &Frame) -> Result<Command, CommandError> {
+        use ServiceCode as S;
+        Ok(match code {
+            S::Shutdown => Command::Shutdown(shutdown::Shutdown::parse(frame)?),
+            S::Restart => Command::Restart(restart::Restart::parse(frame)?),
+            S::Delete => Command::Delete(delete::Delete::parse(frame)?),
+            S::UpdateName => Command::UpdateName(update_name::UpdateName::parse(frame)?),
+            S::UpdateConfig => Command::UpdateConfig(update_config::UpdateConfig::parse(frame)?),
+            S::EnterMaintenanceMode => Command::EnterMaintenanceMode(
+                enter_maintenance_mode::EnterMaintenanceMode::parse(frame)?,
+            ),
+            S::EnterMaintain => {
+                Command::EnterMaintain(enter_maintain::EnterMaintain::parse(frame)?)
+            }
+            S::Order => Command::Order(order::Order::parse(frame)?),
+            S::UpdateIp => Command::UpdateIp(update_ip::UpdateIp::parse(frame)?),
+            S::PxeStart => Command::PxeStart(pxe_start::PxeStart::parse(frame)?),
+            S::WatermarkSwitch => {
+                Command::WatermarkSwitch(watermark_switch::WatermarkSwitch::parse(frame)?)
+            }
+            S::UpdateDesktopGroupInfo => Command::UpdateDesktopGroupInfo(
+                update_desktop_group_info::UpdateDesktopGroupInfo::parse(frame)?,
+            ),
+            other => Command::Unsupported(unsupported::Unsupported::parse(other, frame)),
+        })
+    }
+
+    async fn apply(self, ctx: &Ctx<'_>) -> CmdResult {
+        match self {
+            Command::Shutdown(c) => c.apply(ctx).await,
+            Command::Restart(c) => c.apply(ctx).await,
+            Command::Delete(c) => c.apply(ctx).await,
+            Command::UpdateName(c) => c.apply(ctx).await,
+            Command::UpdateConfig(c) => c.apply(ctx).await,
+            Command::EnterMaintenanceMode(c) => c.apply(ctx).await,
+            Command::EnterMaintain(c) => c.apply(ctx).await,
+            Command::Order(c) => c.apply(ctx).await,
+            Command::UpdateIp(c) => c.apply(ctx).await,
+            Command::PxeStart(c) => c.apply(ctx).await,
+            Command::WatermarkSwitch(c) => c.apply(ctx).await,
+            Command::UpdateDesktopGroupInfo(c) => c.apply(ctx).await,
+            Command::Unsupported(c) => c.apply(ctx).await,
+        }
+    }
+}
+
+/// Handles one command frame: returns the reply and what to do after it.
+pub async fn handle(agent: &Arc<Agent>, link: &Link, frame: &Frame) -> (Frame, After) {
+    let Some(code) = frame.service() else {
+        // The reader only routes known 1xxx codes here.
+        let env =
+            Envelope::<CommandReplyData>::error(ErrorCode::MessageError, "unknown service code");
+        return (reply_frame(link, frame, env), After::Nothing);
+    };
+    let batch_no = batch_of(frame);
+
+    // A batch we already answered (the server re-sent it after a reconnect)
+    // is answered again with the same result and not applied twice.
+    if let Some(prev) = agent
+        .state
+        .read(|s| s.handled(frame.service_code, &batch_no).cloned())
+    {
+        log::info!(
+            "{} batch {batch_no} was already handled; repeating its answer",
+            code.name()
+        );
+        let env = Envelope {
+            code: prev.code,
+            msg: prev.msg,
+            en_msg: None,
+            data: Some(CommandReplyData {
+                mac: agent.mac.clone(),
+                batch_no,
+                extra: BTreeMap::new(),
+            }),
+        };
+        return (reply_frame(link, frame, env), After::Nothing);
+    }
+
+    let ctx = Ctx { agent, link };
+    let result = match Command::from_frame(code, frame) {
+        Ok(cmd) => cmd.apply(&ctx).await,
+        Err(e) => Err(e),
+    };
+    let (env, after) = match result {
+        Ok(applied) => {
+            let mut env = Envelope::ok(CommandReplyData {
+                mac: agent.mac.clone(),
+                batch_no: batch_no.clone(),
+                extra: applied.extra,
+            });
+            env.msg = ErrorCode::Success.key().into();
+            (env, applied.after.unwrap_or(After::Nothing))
+        }
+        Err(e) => {
+            log::warn!(
+                "{} batch {batch_no}: {} {}",
+                code.name(),
+                e.code.code(),
+                e.msg
+            );
+            let env = Envelope::error(e.code, e.msg).with_data(CommandReplyData {
+                mac: agent.mac.clone(),
+                batch_no: batch_no.clone(),
+                extra: BTreeMap::new(),
+            });
+            (env, After::Nothing)
+        }
+    };
+    let record = CommandRecord {
+        service_code: frame.service_code,
+        name: code.name().into(),
+        batch_no,
+        code: env.code,
+        msg: env.msg.clone(),
+        at: chrono::Local::now().to_rfc3339(),
+    };
+    agent.persist(|s| s.record_command(record));
+    (reply_frame(link, frame, env), after)
+}
+
+fn reply_frame(link: &Link, req: &Frame, env: Envelope<CommandReplyData>) -> Frame {
+    Frame::response_json(req, link.client_type(), &link.token(), &env).unwrap_or_else(|_| Frame {
+        service_code: req.service_code,
+        sequence_code: req.sequence_code,
+        data_type: DataType::Json as u8,
+        client_type: link.client_type() as u8,
+        req_or_res: 2,
+        token: link.token(),
+        payload: bytes::Bytes::from_static(br#"{"code":99999,"msg":"SystemError"}"#),
+    })
+}
+
+/// Applies commands in order for one session.
+pub async fn worker(
+    agent: Arc<Agent>,
+    link: Link,
+    mut rx: mpsc::Receiver<Frame>,
+    end_tx: mpsc::Sender<SessionEnd>,
+) {
+    while let Some(frame) = rx.recv().await {
+        let guard = agent.command_lock.lock().await;
+        let (reply, after) = handle(&agent, &link, &frame).await;
+        drop(guard);
+        if !link.send(reply).await {
+            log::warn!(
+                "reply to {} was not sent: connection closed",
+                frame.service_code
+            );
+        }
+        match after {
+            After::Nothing => {}
+            After::PowerOff | After::Reboot => {
+                let agent = agent.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(POWER_DELAY).await;
+                    let r = if after == After::PowerOff {
+                        agent.platform.power_off()
+                    } else {
+                        agent.platform.reboot()
+                    };
+                    if let Err(e) = r {
+                        log::error!("{after:?}: {e}");
+                        agent.persist(|s| s.notice(format!("{after:?} failed: {e}")));
+                    }
+                });
+            }
+            After::Reconnect(why) => {
+                let _ = end_tx.send(SessionEnd::Reconnect(why)).await;
+            }
+            After::RefreshDesktops => {
+                update_desktop_group_info::refresh(&agent, &link).await;
+            }
+        }
+    }
+}

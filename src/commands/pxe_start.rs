@@ -1,0 +1,19 @@
+//! 1014 pxe_start: one-shot network boot, then reboot.
+
+use super::enter_maintenance_mode::next_boot_then_reboot;
+use super::{parse_json, CmdResult, CommandError, Ctx};
+use crate::platform::BootTarget;
+use crate::protocol::messages::BatchCmd;
+use crate::protocol::Frame;
+
+pub struct PxeStart;
+
+impl PxeStart {
+    pub fn parse(frame: &Frame) -> Result<Self, CommandError> {
+        parse_json::<BatchCmd>(frame).map(|_| PxeStart)
+    }
+
+    pub async fn apply(self, ctx: &Ctx<'_>) -> CmdResult {
+        next_boot_then_reboot(ctx, BootTarget::Pxe)
+    }
+}

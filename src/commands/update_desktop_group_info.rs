@@ -1,0 +1,40 @@
+//! 1024 update_desktop_group_info: reply, then fetch 9007 again so the
+//! desktop decision runs on fresh data.
+
+use std::sync::Arc;
+
+use super::{parse_json, After, Applied, CmdResult, CommandError, Ctx};
+use crate::agent::Agent;
+use crate::protocol::messages::{BatchCmd, DesktopGroupListReq, DesktopGroupListResp};
+use crate::protocol::{Frame, ServiceCode};
+use crate::session::Link;
+
+pub struct UpdateDesktopGroupInfo;
+
+impl UpdateDesktopGroupInfo {
+    pub fn parse(frame: &Frame) -> Result<Self, CommandError> {
+        parse_json::<BatchCmd>(frame).map(|_| UpdateDesktopGroupInfo)
+    }
+
+    pub async fn apply(self, _ctx: &Ctx<'_>) -> CmdResult {
+        Ok(Applied::then(After::RefreshDesktops))
+    }
+}
+
+pub async fn refresh(agent: &Arc<Agent>, link: &Link) {
+    let req = DesktopGroupListReq {
+        mac: agent.mac.clone(),
+        ip: agent.report_ip(""),
+    };
+    match link.request(ServiceCode::GetDesktopGroupList, &req).await {
+        Ok((_, env)) => match env.data_as::<DesktopGroupListResp>() {
+            Ok(Some(list)) if env.is_ok() => agent.desktop_groups_received(list.desktop_group_list),
+            other => log::warn!(
+                "get_desktop_group_list: code {} {} ({other:?})",
+                env.code,
+                env.msg
+            ),
+        },
+        Err(e) => log::warn!("get_desktop_group_list: {e}"),
+    }
+}

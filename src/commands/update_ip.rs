@@ -1,0 +1,22 @@
+//! Placeholder until implemented: answered as not supported.
+
+use super::{CmdResult, CommandError, Ctx};
+use crate::protocol::{ErrorCode, Frame};
+
+pub struct UpdateIp;
+
+impl UpdateIp {
+    pub fn parse(_frame: &Frame) -> Result<Self, CommandError> {
+        Err(CommandError::new(
+            ErrorCode::OtherError,
+            "NotImplemented: update_ip is not supported by this agent version",
+        ))
+    }
+
+    pub async fn apply(self, _ctx: &Ctx<'_>) -> CmdResult {
+        Err(CommandError::new(
+            ErrorCode::OtherError,
+            "NotImplemented: update_ip",
+        ))
+    }
+}

@@ -1,0 +1,305 @@
+//! Agent configuration, read from TOML.
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+use crate::protocol::DEFAULT_PORT;
+
+/// How each machine-level effect is carried out. `linux` touches the real
+/// machine; `recording` writes what would have happened to a journal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum EffectMode {
+    #[default]
+    Linux,
+    Recording,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlatformConfig {
+    /// Power off and reboot.
+    #[serde(default)]
+    pub power: EffectMode,
+    /// Next-boot selection (PXE, maintenance).
+    #[serde(default)]
+    pub boot: EffectMode,
+    #[serde(default)]
+    pub hostname: EffectMode,
+    #[serde(default)]
+    pub network: EffectMode,
+    /// Where the recording implementation journals its calls; defaults to
+    /// `<data_dir>/platform-journal.jsonl`.
+    #[serde(default)]
+    pub journal: Option<PathBuf>,
+    /// Boot entry ids for `efibootmgr --bootnext`, and grub entry names for
+    /// the `grub-reboot` fallback.
+    #[serde(default)]
+    pub pxe_boot_entry: Option<String>,
+    #[serde(default)]
+    pub maintenance_boot_entry: Option<String>,
+    #[serde(default = "default_grub_pxe")]
+    pub grub_pxe_entry: String,
+    #[serde(default = "default_grub_maint")]
+    pub grub_maintenance_entry: String,
+    /// Root for files the network and hostname effects write
+    /// (`/etc/systemd/network`, `/etc/resolv.conf`, `/etc/hostname`).
+    #[serde(default = "default_etc")]
+    pub etc_dir: PathBuf,
+}
+
+fn default_grub_pxe() -> String {
+    "voi-pxe".into()
+}
+fn default_grub_maint() -> String {
+    "voi-maintenance".into()
+}
+fn default_etc() -> PathBuf {
+    PathBuf::from("/etc")
+}
+
+impl Default for PlatformConfig {
+    fn default() -> Self {
+        PlatformConfig {
+            power: EffectMode::Linux,
+            boot: EffectMode::Linux,
+            hostname: EffectMode::Linux,
+            network: EffectMode::Linux,
+            journal: None,
+            pxe_boot_entry: None,
+            maintenance_boot_entry: None,
+            grub_pxe_entry: default_grub_pxe(),
+            grub_maintenance_entry: default_grub_maint(),
+            etc_dir: default_etc(),
+        }
+    }
+}
+
+impl PlatformConfig {
+    pub fn all(mode: EffectMode) -> Self {
+        PlatformConfig {
+            power: mode,
+            boot: mode,
+            hostname: mode,
+            network: mode,
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Management server address (IP or host name).
+    pub server_ip: String,
+    #[serde(default = "default_port")]
+    pub server_port: u16,
+    /// Network interface to report and configure; default: the first
+    /// interface that is up, not loopback, and has an IPv4 address.
+    #[serde(default)]
+    pub interface: Option<String>,
+    /// Overrides the MAC read from the interface (several agents on one host).
+    #[serde(default)]
+    pub mac: Option<String>,
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Seconds between heartbeats; 1..=10 (the server marks a terminal
+    /// offline after 20 s without one).
+    #[serde(default = "default_heartbeat")]
+    pub heartbeat_secs: u64,
+    /// 2 = installed Linux, 5 = maintenance/deployment mode, 1 = UEFI client.
+    #[serde(default = "default_client_type")]
+    pub client_type: u8,
+    /// Seconds to wait for the answer to a request.
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout_secs: u64,
+    /// Longest pause between reconnect attempts after a failed session.
+    #[serde(default = "default_backoff_cap")]
+    pub backoff_cap_secs: u64,
+    /// Longest pause between connect attempts while the server refuses
+    /// connections; small so a restarted server sees us within 2 s.
+    #[serde(default = "default_connect_retry_ms")]
+    pub connect_retry_ms: u64,
+    /// Seconds between 9029 update_performance reports; 0 disables them.
+    #[serde(default = "default_perf")]
+    pub performance_secs: u64,
+    /// Local control socket; default `<data_dir>/control.sock`.
+    #[serde(default)]
+    pub control_socket: Option<PathBuf>,
+    /// Tokio worker threads (qemu-user and small terminals want few).
+    #[serde(default = "default_threads")]
+    pub worker_threads: usize,
+    /// Reported as `soft_version` in 9004.
+    #[serde(default = "default_soft_version")]
+    pub soft_version: String,
+    #[serde(default)]
+    pub platform: PlatformConfig,
+}
+
+fn default_port() -> u16 {
+    DEFAULT_PORT
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("/var/lib/voi-agent")
+}
+fn default_heartbeat() -> u64 {
+    10
+}
+fn default_client_type() -> u8 {
+    2
+}
+fn default_request_timeout() -> u64 {
+    10
+}
+fn default_backoff_cap() -> u64 {
+    30
+}
+fn default_connect_retry_ms() -> u64 {
+    1000
+}
+fn default_perf() -> u64 {
+    60
+}
+fn default_threads() -> usize {
+    2
+}
+fn default_soft_version() -> String {
+    let mut it = env!("CARGO_PKG_VERSION").split('.');
+    format!("{}.{}", it.next().unwrap_or("0"), it.next().unwrap_or("1"))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("config: {0}")]
+    Invalid(String),
+}
+
+impl AgentConfig {
+    pub fn new(server_ip: impl Into<String>, data_dir: impl Into<PathBuf>) -> Self {
+        AgentConfig {
+            server_ip: server_ip.into(),
+            server_port: default_port(),
+            interface: None,
+            mac: None,
+            data_dir: data_dir.into(),
+            heartbeat_secs: default_heartbeat(),
+            client_type: default_client_type(),
+            request_timeout_secs: default_request_timeout(),
+            backoff_cap_secs: default_backoff_cap(),
+            connect_retry_ms: default_connect_retry_ms(),
+            performance_secs: default_perf(),
+            control_socket: None,
+            worker_threads: default_threads(),
+            soft_version: default_soft_version(),
+            platform: PlatformConfig::default(),
+        }
+    }
+
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        let cfg: AgentConfig = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.into(),
+            source,
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(1..=10).contains(&self.heartbeat_secs) {
+            return Err(ConfigError::Invalid(format!(
+                "heartbeat_secs = {} is outside 1..=10; the server marks a terminal offline after 20 s",
+                self.heartbeat_secs
+            )));
+        }
+        if ![1, 2, 3, 5].contains(&self.client_type) {
+            return Err(ConfigError::Invalid(format!(
+                "client_type = {} (use 2 installed, 5 maintenance, 1 uefi, 3 windows)",
+                self.client_type
+            )));
+        }
+        if self.server_ip.trim().is_empty() {
+            return Err(ConfigError::Invalid("server_ip is empty".into()));
+        }
+        if let Some(mac) = &self.mac {
+            if crate::protocol::normalize_mac(mac).is_none() {
+                return Err(ConfigError::Invalid(format!(
+                    "mac = {mac:?} is not a MAC address"
+                )));
+            }
+        }
+        if self.worker_threads == 0 {
+            return Err(ConfigError::Invalid(
+                "worker_threads must be at least 1".into(),
+            ));
+        }
+        if self.request_timeout_secs == 0 || self.backoff_cap_secs == 0 {
+            return Err(ConfigError::Invalid("timeouts must be at least 1 s".into()));
+        }
+        Ok(())
+    }
+
+    pub fn control_socket_path(&self) -> PathBuf {
+        self.control_socket
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("control.sock"))
+    }
+
+    pub fn state_path(&self) -> PathBuf {
+        self.data_dir.join("state.json")
+    }
+
+    pub fn journal_path(&self) -> PathBuf {
+        self.platform
+            .journal
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("platform-journal.jsonl"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_toml_gets_defaults() {
+        let c: AgentConfig = toml::from_str(r#"server_ip = "10.0.0.1""#).expect("ok");
+        assert_eq!(c.server_port, 50007);
+        assert_eq!(c.heartbeat_secs, 10);
+        c.validate().expect("valid");
+    }
+
+    #[test]
+    fn heartbeat_above_ten_is_refused() {
+        let c: AgentConfig = toml::from_str("server_ip = \"x\"\nheartbeat_secs = 20").expect("ok");
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        assert!(toml::from_str::<AgentConfig>("server_ip = \"x\"\nhartbeat = 3").is_err());
+    }
+
+    #[test]
+    fn platform_modes() {
+        let c: AgentConfig = toml::from_str(
+            "server_ip = \"x\"\n[platform]\npower = \"recording\"\nnetwork = \"linux\"",
+        )
+        .expect("ok");
+        assert_eq!(c.platform.power, EffectMode::Recording);
+        assert_eq!(c.platform.boot, EffectMode::Linux);
+    }
+}

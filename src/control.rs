@@ -1,0 +1,210 @@
+//! The local control interface: a Unix socket in the data dir speaking one
+//! JSON object per line. The terminal's screen and `voi-agent ctl` use it.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::path::Path;
+use std::sync::Arc;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::task::JoinHandle;
+
+use crate::agent::Agent;
+use crate::protocol::messages::{DateTimeResp, MacReq, OrderConfirmReq, VerifyAdminUserReq};
+use crate::protocol::ServiceCode;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum ControlRequest {
+    Status,
+    OrderShow,
+    OrderConfirm { terminal_id: i64 },
+    VerifyAdmin { user: String, password: String },
+    GetDateTime,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ControlResponse {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl ControlResponse {
+    fn ok(data: Value) -> Self {
+        ControlResponse {
+            ok: true,
+            data: Some(data),
+            error: None,
+        }
+    }
+    fn err(e: impl Into<String>) -> Self {
+        ControlResponse {
+            ok: false,
+            data: None,
+            error: Some(e.into()),
+        }
+    }
+}
+
+/// Longest request line accepted; anything longer is refused.
+const MAX_LINE: usize = 64 * 1024;
+
+pub fn serve(agent: Arc<Agent>) -> std::io::Result<JoinHandle<()>> {
+    let path = agent.cfg.control_socket_path();
+    if path.exists() {
+        std::fs::remove_file(&path)?;
+    }
+    let listener = UnixListener::bind(&path)?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let agent = agent.clone();
+            tokio::spawn(async move {
+                if let Err(e) = client(agent, stream).await {
+                    log::debug!("control client: {e}");
+                }
+            });
+        }
+    }))
+}
+
+async fn client(agent: Arc<Agent>, stream: UnixStream) -> std::io::Result<()> {
+    let (rd, mut wr) = stream.into_split();
+    let mut lines = BufReader::new(rd.take(MAX_LINE as u64 * 16)).lines();
+    while let Some(line) = lines.next_line().await? {
+        let resp = if line.len() > MAX_LINE {
+            ControlResponse::err("request too long")
+        } else {
+            match serde_json::from_str::<ControlRequest>(&line) {
+                Ok(req) => handle(&agent, req).await,
+                Err(e) => ControlResponse::err(format!("bad request: {e}")),
+            }
+        };
+        let mut out = serde_json::to_vec(&resp).unwrap_or_else(|_| b"{\"ok\":false}".to_vec());
+        out.push(b'\n');
+        wr.write_all(&out).await?;
+    }
+    Ok(())
+}
+
+use tokio::io::AsyncReadExt;
+
+async fn handle(agent: &Arc<Agent>, req: ControlRequest) -> ControlResponse {
+    match req {
+        ControlRequest::Status => {
+            let s = agent.state.snapshot();
+            ControlResponse::ok(json!({
+                "mac": agent.mac,
+                "server": agent.server_addr(),
+                "live": agent.live(),
+                "terminal_id": s.terminal.terminal_id,
+                "name": s.terminal.name,
+                "conf_version": s.terminal.conf_version,
+                "watermark": s.watermark,
+                "pending_order": s.pending_order,
+                "desktop_groups": s.desktop_groups.iter().map(|g| &g.desktop_group_uuid).collect::<Vec<_>>(),
+                "trackers": s.trackers,
+                "last_commands": s.commands,
+                "notices": s.notices,
+            }))
+        }
+        ControlRequest::OrderShow => ControlResponse::ok(
+            json!({ "pending_order": agent.state.read(|s| s.pending_order.clone()) }),
+        ),
+        ControlRequest::OrderConfirm { terminal_id } => order_confirm(agent, terminal_id).await,
+        ControlRequest::VerifyAdmin { user, password } => {
+            let body = VerifyAdminUserReq {
+                mac: agent.mac.clone(),
+                user_name: user,
+                password,
+            };
+            forward(
+                agent,
+                ServiceCode::VerifyAdminUser,
+                &body,
+                |_| json!({"verified": true}),
+            )
+            .await
+        }
+        ControlRequest::GetDateTime => {
+            forward(
+                agent,
+                ServiceCode::GetDateTime,
+                &MacReq {
+                    mac: agent.mac.clone(),
+                },
+                |d| {
+                    let dt = d.and_then(|v| serde_json::from_value::<DateTimeResp>(v).ok());
+                    json!({ "datetime": dt.map(|d| d.datetime) })
+                },
+            )
+            .await
+        }
+    }
+}
+
+/// Sends a request on the live session; a non-zero code is an error.
+async fn forward<T: Serialize>(
+    agent: &Arc<Agent>,
+    code: ServiceCode,
+    body: &T,
+    ok: impl FnOnce(Option<Value>) -> Value,
+) -> ControlResponse {
+    let Some(link) = agent.link() else {
+        return ControlResponse::err("not connected to the server");
+    };
+    match link.request(code, body).await {
+        Ok((_, env)) if env.is_ok() => ControlResponse::ok(ok(env.data)),
+        Ok((_, env)) => ControlResponse::err(format!("server answered {} {}", env.code, env.msg)),
+        Err(e) => ControlResponse::err(e.to_string()),
+    }
+}
+
+async fn order_confirm(agent: &Arc<Agent>, terminal_id: i64) -> ControlResponse {
+    let Some(pending) = agent.state.read(|s| s.pending_order.clone()) else {
+        return ControlResponse::err("no numbering session is running");
+    };
+    let body = OrderConfirmReq {
+        mac: agent.mac.clone(),
+        batch_no: pending.batch_no.clone(),
+        terminal_id,
+    };
+    let resp = forward(
+        agent,
+        ServiceCode::OrderConfirm,
+        &body,
+        |_| json!({ "terminal_id": terminal_id }),
+    )
+    .await;
+    if resp.ok {
+        agent.persist(|s| {
+            s.terminal.terminal_id = terminal_id;
+            s.pending_order = None;
+        });
+    }
+    resp
+}
+
+/// Client side, for `voi-agent ctl`.
+pub async fn call(path: &Path, req: &ControlRequest) -> anyhow::Result<ControlResponse> {
+    let stream = UnixStream::connect(path)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reach the agent at {}: {e}", path.display()))?;
+    let (rd, mut wr) = stream.into_split();
+    let mut line = serde_json::to_vec(req)?;
+    line.push(b'\n');
+    wr.write_all(&line).await?;
+    let mut lines = BufReader::new(rd).lines();
+    let answer = lines
+        .next_line()
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("agent closed the control connection"))?;
+    Ok(serde_json::from_str(&answer)?)
+}

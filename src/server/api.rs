@@ -1,0 +1,316 @@
+//! The operator HTTP API, on loopback, with a Bearer token. Every answer is
+//! the `{code, msg, data}` envelope.
+//!
+//! | method | path | |
+//! |---|---|---|
+//! | GET | /api/v1/terminals | all known terminals with online state |
+//! | GET | /api/v1/terminals/:mac | one terminal, with its reports |
+//! | POST | /api/v1/terminals/:mac/commands | `{command, params, timeout_secs}`: push and wait for the reply |
+//! | GET | /api/v1/desktop_groups | |
+//! | PUT | /api/v1/desktop_groups | body: a desktop group as in 9007 |
+//! | DELETE | /api/v1/desktop_groups/:uuid | |
+//! | GET, POST, DELETE | /api/v1/order | show, start `{start_id, macs}`, cancel numbering |
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+use super::{order, PushError, Server};
+use crate::protocol::messages::DesktopGroup;
+use crate::protocol::{normalize_mac, Envelope, ErrorCode, ServiceCode};
+
+type S = State<Arc<Server>>;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PushRequest {
+    /// Name ("update_name") or number (1004).
+    pub command: Value,
+    #[serde(default = "empty_object")]
+    pub params: Value,
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+}
+
+fn empty_object() -> Value {
+    json!({})
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OrderStart {
+    pub start_id: i64,
+    #[serde(default)]
+    pub macs: Vec<String>,
+}
+
+fn reply(status: StatusCode, env: Envelope<Value>) -> Response {
+    (status, Json(env)).into_response()
+}
+
+fn ok(data: Value) -> Response {
+    reply(StatusCode::OK, Envelope::ok(data))
+}
+
+fn fail(status: StatusCode, code: ErrorCode, msg: impl Into<String>) -> Response {
+    reply(status, Envelope::error(code, msg))
+}
+
+fn push_fail(e: PushError) -> Response {
+    let status = match &e {
+        PushError::NotConnected(_) => StatusCode::CONFLICT,
+        PushError::Timeout(..) => StatusCode::GATEWAY_TIMEOUT,
+        PushError::Bad(_) => StatusCode::BAD_REQUEST,
+        PushError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    fail(status, e.code(), e.to_string())
+}
+
+fn authorized(server: &Server, headers: &HeaderMap) -> bool {
+    let Some(v) = headers.get("authorization").and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let Some(t) = v.strip_prefix("Bearer ") else {
+        return false;
+    };
+    // Constant-time comparison: the token is the only secret here.
+    let (a, b) = (t.trim().as_bytes(), server.api_token.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+macro_rules! guard {
+    ($server:expr, $headers:expr) => {
+        if !authorized(&$server, &$headers) {
+            return fail(
+                StatusCode::UNAUTHORIZED,
+                ErrorCode::UserOrPasswordError,
+                "missing or wrong Bearer token",
+            );
+        }
+    };
+}
+
+pub async fn serve(server: Arc<Server>, listener: TcpListener) {
+    let shutdown = server.shutdown.clone();
+    let app = Router::new()
+        .route("/api/v1/terminals", get(terminals))
+        .route("/api/v1/terminals/:mac", get(terminal))
+        .route("/api/v1/terminals/:mac/commands", post(push))
+        .route("/api/v1/desktop_groups", get(groups).put(put_group))
+        .route("/api/v1/desktop_groups/:uuid", delete(delete_group))
+        .route(
+            "/api/v1/order",
+            get(order_show).post(order_start).delete(order_cancel),
+        )
+        .with_state(server);
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+    {
+        log::error!("operator API: {e}");
+    }
+}
+
+fn terminal_view(server: &Server, rec: &super::store::TerminalRecord, with_reports: bool) -> Value {
+    let status = server.registry.status(server.cfg.offline_after());
+    let (connected, online, ip, client_type) = match status.get(&rec.mac) {
+        Some((online, ip, ct)) => (true, *online, ip.clone(), *ct),
+        None => (false, false, rec.ip.clone(), rec.client_type),
+    };
+    let mut v = json!({
+        "mac": rec.mac, "name": rec.name, "ip": ip, "terminal_id": rec.terminal_id,
+        "conf_version": rec.conf_version, "platform": rec.platform, "soft_version": rec.soft_version,
+        "disk_residue": rec.disk_residue, "client_type": client_type, "connected": connected,
+        "online": online, "last_login": rec.last_login, "setup_info": rec.setup_info,
+        "is_dhcp": rec.is_dhcp, "mask": rec.mask, "gateway": rec.gateway, "dns1": rec.dns1, "dns2": rec.dns2,
+    });
+    if with_reports {
+        v["reports"] = json!(rec.reports);
+    }
+    v
+}
+
+async fn terminals(State(server): S, headers: HeaderMap) -> Response {
+    guard!(server, headers);
+    match server.store.terminals() {
+        Ok(list) => {
+            let views: Vec<Value> = list
+                .iter()
+                .map(|r| terminal_view(&server, r, false))
+                .collect();
+            ok(json!({ "terminals": views }))
+        }
+        Err(e) => fail(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::SystemError,
+            e.to_string(),
+        ),
+    }
+}
+
+async fn terminal(State(server): S, headers: HeaderMap, Path(mac): Path<String>) -> Response {
+    guard!(server, headers);
+    let Some(mac) = normalize_mac(&mac) else {
+        return fail(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::TerminalMacError,
+            "not a MAC",
+        );
+    };
+    match server.store.terminal(&mac) {
+        Ok(Some(r)) => ok(terminal_view(&server, &r, true)),
+        Ok(None) => fail(
+            StatusCode::NOT_FOUND,
+            ErrorCode::TerminalRecordNotExist,
+            mac,
+        ),
+        Err(e) => fail(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::SystemError,
+            e.to_string(),
+        ),
+    }
+}
+
+pub fn parse_command(v: &Value) -> Option<ServiceCode> {
+    match v {
+        Value::String(s) => ServiceCode::from_name(s)
+            .or_else(|| s.parse::<u32>().ok().and_then(ServiceCode::from_u32)),
+        Value::Number(n) => n
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .and_then(ServiceCode::from_u32),
+        _ => None,
+    }
+}
+
+async fn push(
+    State(server): S,
+    headers: HeaderMap,
+    Path(mac): Path<String>,
+    body: Option<Json<PushRequest>>,
+) -> Response {
+    guard!(server, headers);
+    let Some(Json(req)) = body else {
+        return fail(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::MessageError,
+            "body must be {command, params}",
+        );
+    };
+    let Some(code) = parse_command(&req.command).filter(|c| c.is_command()) else {
+        return fail(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::MessageError,
+            format!("unknown command {}", req.command),
+        );
+    };
+    let timeout = Duration::from_secs(req.timeout_secs.unwrap_or(30).clamp(1, 3600));
+    match server.push(&mac, code, req.params, timeout).await {
+        Ok((batch, env)) => ok(json!({ "command": code.name(), "batch_no": batch, "reply": env })),
+        Err(e) => push_fail(e),
+    }
+}
+
+async fn groups(State(server): S, headers: HeaderMap) -> Response {
+    guard!(server, headers);
+    match server.store.groups() {
+        Ok(g) => ok(json!({ "desktop_group_list": g })),
+        Err(e) => fail(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::SystemError,
+            e.to_string(),
+        ),
+    }
+}
+
+async fn put_group(
+    State(server): S,
+    headers: HeaderMap,
+    body: Option<Json<DesktopGroup>>,
+) -> Response {
+    guard!(server, headers);
+    let Some(Json(g)) = body else {
+        return fail(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::MessageError,
+            "body must be a desktop group",
+        );
+    };
+    if uuid::Uuid::parse_str(&g.desktop_group_uuid).is_err() {
+        return fail(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::MessageError,
+            "desktop_group_uuid is not a uuid",
+        );
+    }
+    match server.store.put_group(&g) {
+        Ok(()) => ok(json!({ "desktop_group_uuid": g.desktop_group_uuid })),
+        Err(e) => fail(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::SystemError,
+            e.to_string(),
+        ),
+    }
+}
+
+async fn delete_group(State(server): S, headers: HeaderMap, Path(uuid): Path<String>) -> Response {
+    guard!(server, headers);
+    match server.store.delete_group(&uuid) {
+        Ok(true) => ok(json!({ "deleted": uuid })),
+        Ok(false) => fail(
+            StatusCode::NOT_FOUND,
+            ErrorCode::TerminalDesktopNotExist,
+            uuid,
+        ),
+        Err(e) => fail(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::SystemError,
+            e.to_string(),
+        ),
+    }
+}
+
+async fn order_show(State(server): S, headers: HeaderMap) -> Response {
+    guard!(server, headers);
+    match server.store.order() {
+        Ok(o) => ok(json!({ "order": o })),
+        Err(e) => fail(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::SystemError,
+            e.to_string(),
+        ),
+    }
+}
+
+async fn order_start(
+    State(server): S,
+    headers: HeaderMap,
+    body: Option<Json<OrderStart>>,
+) -> Response {
+    guard!(server, headers);
+    let Some(Json(req)) = body else {
+        return fail(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::MessageError,
+            "body must be {start_id, macs}",
+        );
+    };
+    match order::start(&server, req.start_id, req.macs).await {
+        Ok(s) => ok(json!({ "order": s })),
+        Err(e) => push_fail(e),
+    }
+}
+
+async fn order_cancel(State(server): S, headers: HeaderMap) -> Response {
+    guard!(server, headers);
+    match order::cancel(&server).await {
+        Ok(s) => ok(json!({ "cancelled": s })),
+        Err(e) => push_fail(e),
+    }
+}

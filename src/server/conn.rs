@@ -1,0 +1,348 @@
+//! One terminal connection on the server side.
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::sync::CancellationToken;
+
+use super::registry::{Online, ServerEvent};
+use super::{handlers, Server};
+use crate::protocol::messages::{LoginReq, LoginResp};
+use crate::protocol::{
+    normalize_mac, token_for, BatchNo, ClientType, Envelope, ErrorCode, Frame, FrameCodec,
+    ServiceCode,
+};
+
+/// What this connection knows about its peer.
+pub struct ConnState {
+    pub id: u64,
+    pub peer: SocketAddr,
+    pub local: Option<SocketAddr>,
+    pub token: String,
+    pub mac: Option<String>,
+}
+
+pub async fn run(server: Arc<Server>, stream: TcpStream, peer: SocketAddr, id: u64) {
+    let _ = stream.set_nodelay(true);
+    let local = stream.local_addr().ok();
+    let (rd, wr) = stream.into_split();
+    let mut reader = FramedRead::new(rd, FrameCodec::new(server.cfg.max_body));
+    let mut writer = FramedWrite::new(wr, FrameCodec::new(server.cfg.max_body));
+    let (tx, mut rx) = mpsc::channel::<Frame>(64);
+    let close = CancellationToken::new();
+
+    let writer_close = close.clone();
+    let writer_task = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                f = rx.recv() => match f {
+                    Some(f) => if let Err(e) = writer.send(f).await {
+                        log::debug!("write to {peer}: {e}");
+                        break;
+                    },
+                    None => break,
+                },
+                _ = writer_close.cancelled() => break,
+            }
+        }
+    });
+
+    let mut st = ConnState {
+        id,
+        peer,
+        local,
+        token: token_for(&peer),
+        mac: None,
+    };
+    let idle = Duration::from_secs(server.cfg.idle_close_secs);
+    let reason = loop {
+        let next = tokio::select! {
+            n = tokio::time::timeout(idle, reader.next()) => n,
+            _ = close.cancelled() => break "closed by server".to_string(),
+            _ = server.shutdown.cancelled() => break "server shutting down".to_string(),
+        };
+        let frame = match next {
+            Err(_) => break format!("silent for {idle:?}"),
+            Ok(None) => break "peer closed".to_string(),
+            Ok(Some(Err(e))) => {
+                log::warn!("{peer}: closing connection: {e}");
+                break e.to_string();
+            }
+            Ok(Some(Ok(f))) => f,
+        };
+        if let Some(mac) = &st.mac {
+            server.registry.with(mac, |o| {
+                if o.conn_id == id {
+                    o.last_seen = Instant::now();
+                }
+            });
+        }
+        match on_frame(&server, &mut st, &tx, &close, frame).await {
+            Flow::Continue => {}
+            Flow::Close(why) => {
+                // Let the last answer reach the peer before closing.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                break why;
+            }
+        }
+    };
+    close.cancel();
+    drop(tx);
+    let _ = writer_task.await;
+    if let Some(mac) = st.mac {
+        if server.registry.unbind(&mac, id) {
+            server
+                .registry
+                .emit(ServerEvent::Disconnected { mac, reason });
+        }
+    } else {
+        log::debug!("{peer}: connection ended before login: {reason}");
+    }
+}
+
+enum Flow {
+    Continue,
+    Close(String),
+}
+
+async fn answer(tx: &mpsc::Sender<Frame>, req: &Frame, token: &str, env: &Envelope<Value>) {
+    match Frame::response_json(
+        req,
+        ClientType::Server,
+        &token.as_bytes().to_vec().into(),
+        env,
+    ) {
+        Ok(f) => {
+            let _ = tx.send(f).await;
+        }
+        Err(e) => log::error!("cannot encode answer: {e}"),
+    }
+}
+
+async fn on_frame(
+    server: &Arc<Server>,
+    st: &mut ConnState,
+    tx: &mpsc::Sender<Frame>,
+    close: &CancellationToken,
+    frame: Frame,
+) -> Flow {
+    let code = frame.service();
+
+    // A terminal's reply to one of our commands: match it, answer nothing.
+    if frame.is_response() {
+        if frame.token_str() != st.token || st.mac.is_none() {
+            log::warn!("{}: reply with a wrong or missing token dropped", st.peer);
+            return Flow::Continue;
+        }
+        on_command_reply(server, st, &frame);
+        return Flow::Continue;
+    }
+
+    if code == Some(ServiceCode::TerminalLogin) {
+        return login(server, st, tx, close, &frame).await;
+    }
+    if frame.token.is_empty() || frame.token_str() != st.token {
+        answer(
+            tx,
+            &frame,
+            "",
+            &Envelope::error(ErrorCode::TerminalTokenError, ""),
+        )
+        .await;
+        return Flow::Continue;
+    }
+    let Some(mac) = st.mac.clone() else {
+        // Right token for this socket but no login on it: the original
+        // server answers 60002 and closes.
+        answer(
+            tx,
+            &frame,
+            &st.token,
+            &Envelope::error(ErrorCode::TerminalNotLogin, ""),
+        )
+        .await;
+        return Flow::Close("request before login".into());
+    };
+    let Some(code) = code.filter(|c| !c.is_command()) else {
+        let env = Envelope::error(
+            ErrorCode::MessageError,
+            format!("unknown service code {}", frame.service_code),
+        );
+        answer(tx, &frame, &st.token, &env).await;
+        return Flow::Continue;
+    };
+    let env = handlers::handle(server, st, &mac, code, &frame).await;
+    if code == ServiceCode::Heartbeat {
+        let back_online = server
+            .registry
+            .with(&mac, |o| {
+                o.last_heartbeat = Instant::now();
+                std::mem::replace(&mut o.offline_reported, false)
+            })
+            .unwrap_or(false);
+        if back_online {
+            log::info!("{mac} is back online");
+        }
+        server
+            .registry
+            .emit(ServerEvent::Heartbeat { mac: mac.clone() });
+    } else {
+        server.registry.emit(ServerEvent::Request {
+            mac: mac.clone(),
+            service: code.name().into(),
+            code: env.code,
+        });
+    }
+    answer(tx, &frame, &st.token, &env).await;
+    if code == ServiceCode::TerminalLogout && env.is_ok() {
+        return Flow::Close("logout".into());
+    }
+    Flow::Continue
+}
+
+async fn login(
+    server: &Arc<Server>,
+    st: &mut ConnState,
+    tx: &mpsc::Sender<Frame>,
+    close: &CancellationToken,
+    frame: &Frame,
+) -> Flow {
+    let req: LoginReq = match frame.json() {
+        Ok(r) => r,
+        Err(e) => {
+            let env = Envelope::error(ErrorCode::MessageError, format!("bad login body: {e}"));
+            answer(tx, frame, "", &env).await;
+            return Flow::Continue;
+        }
+    };
+    let Some(mac) = normalize_mac(&req.mac) else {
+        answer(
+            tx,
+            frame,
+            "",
+            &Envelope::error(ErrorCode::TerminalMacError, format!("{:?}", req.mac)),
+        )
+        .await;
+        return Flow::Continue;
+    };
+    if let Some(prev) = &st.mac {
+        if prev != &mac {
+            let env = Envelope::error(
+                ErrorCode::TerminalRepeatLogin,
+                format!("this connection is {prev}"),
+            );
+            answer(tx, frame, &st.token, &env).await;
+            return Flow::Continue;
+        }
+    }
+    let ip = if req.ip.is_empty() {
+        st.peer.ip().to_string()
+    } else {
+        req.ip.clone()
+    };
+    let now = chrono::Local::now().to_rfc3339();
+    let stored = server.store.update_terminal(&mac, |r| {
+        r.ip = ip.clone();
+        r.client_type = frame.client_type;
+        r.last_login = now;
+    });
+    if let Err(e) = stored {
+        log::error!("login of {mac}: {e}");
+        answer(
+            tx,
+            frame,
+            "",
+            &Envelope::error(ErrorCode::TerminalLoginFail, e.to_string()),
+        )
+        .await;
+        return Flow::Continue;
+    }
+    let instant = Instant::now();
+    server.registry.bind(
+        &mac,
+        Online {
+            conn_id: st.id,
+            tx: tx.clone(),
+            token: st.token.clone(),
+            ip: ip.clone(),
+            client_type: frame.client_type,
+            since: instant,
+            last_heartbeat: instant,
+            last_seen: instant,
+            offline_reported: false,
+            close: close.clone(),
+        },
+    );
+    st.mac = Some(mac.clone());
+    let env = Envelope::ok(
+        serde_json::to_value(LoginResp {
+            token: st.token.clone(),
+        })
+        .unwrap_or(Value::Null),
+    );
+    // The token goes in the header too: that is where terminals read it.
+    answer(tx, frame, &st.token, &env).await;
+    server.registry.emit(ServerEvent::Login {
+        mac,
+        ip,
+        client_type: frame.client_type,
+    });
+    Flow::Continue
+}
+
+fn on_command_reply(server: &Arc<Server>, st: &ConnState, frame: &Frame) {
+    let env: Envelope<Value> = match frame.json() {
+        Ok(e) => e,
+        Err(e) => {
+            log::warn!(
+                "{}: unreadable reply to {}: {e}",
+                st.peer,
+                frame.service_code
+            );
+            return;
+        }
+    };
+    let data = env.data.clone().unwrap_or(Value::Null);
+    let mac = data
+        .get("mac")
+        .and_then(|m| m.as_str())
+        .and_then(normalize_mac)
+        .or_else(|| st.mac.clone())
+        .unwrap_or_default();
+    if Some(&mac) != st.mac.as_ref() {
+        log::warn!(
+            "{}: reply names mac {mac} but the session is {:?}; dropped",
+            st.peer,
+            st.mac
+        );
+        return;
+    }
+    let batch = data
+        .get("batch_no")
+        .and_then(|b| serde_json::from_value::<BatchNo>(b.clone()).ok())
+        .unwrap_or_default();
+    let command = ServiceCode::from_u32(frame.service_code)
+        .map(|c| c.name().to_string())
+        .unwrap_or_else(|| frame.service_code.to_string());
+    server.registry.emit(ServerEvent::CommandReply {
+        mac: mac.clone(),
+        command,
+        batch_no: batch.clone(),
+        code: env.code,
+        msg: env.msg.clone(),
+    });
+    if !server
+        .registry
+        .complete(frame.service_code, &mac, &batch, env)
+    {
+        log::debug!(
+            "reply {} batch {batch} from {mac} had no waiter",
+            frame.service_code
+        );
+    }
+}

@@ -1,0 +1,197 @@
+//! Who is connected right now, and which command replies are awaited.
+
+use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::protocol::{BatchNo, Envelope, Frame};
+
+/// What the server shows an operator (and the demo prints).
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum ServerEvent {
+    Login {
+        mac: String,
+        ip: String,
+        client_type: u8,
+    },
+    Heartbeat {
+        mac: String,
+    },
+    Offline {
+        mac: String,
+    },
+    Disconnected {
+        mac: String,
+        reason: String,
+    },
+    CommandSent {
+        mac: String,
+        command: String,
+        batch_no: BatchNo,
+    },
+    CommandReply {
+        mac: String,
+        command: String,
+        batch_no: BatchNo,
+        code: i64,
+        msg: String,
+    },
+    Request {
+        mac: String,
+        service: String,
+        code: i64,
+    },
+}
+
+pub struct Online {
+    pub conn_id: u64,
+    pub tx: mpsc::Sender<Frame>,
+    pub token: String,
+    pub ip: String,
+    pub client_type: u8,
+    pub since: Instant,
+    pub last_heartbeat: Instant,
+    pub last_seen: Instant,
+    pub offline_reported: bool,
+    pub close: CancellationToken,
+}
+
+type Key = (u32, String, BatchNo);
+
+pub struct Registry {
+    online: Mutex<HashMap<String, Online>>,
+    pending: Mutex<HashMap<Key, oneshot::Sender<Envelope<serde_json::Value>>>>,
+    pub events: broadcast::Sender<ServerEvent>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry {
+            online: Mutex::default(),
+            pending: Mutex::default(),
+            events: broadcast::channel(1024).0,
+        }
+    }
+}
+
+impl Registry {
+    fn online(&self) -> std::sync::MutexGuard<'_, HashMap<String, Online>> {
+        self.online.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn emit(&self, ev: ServerEvent) {
+        let _ = self.events.send(ev);
+    }
+
+    /// Binds `mac` to a connection; an older connection of the same MAC is
+    /// closed (the terminal reconnected before we saw the old socket die).
+    pub fn bind(&self, mac: &str, entry: Online) {
+        if let Some(old) = self.online().insert(mac.to_string(), entry) {
+            old.close.cancel();
+        }
+    }
+
+    /// Removes the binding if it still belongs to `conn_id`.
+    pub fn unbind(&self, mac: &str, conn_id: u64) -> bool {
+        let mut o = self.online();
+        if o.get(mac).is_some_and(|e| e.conn_id == conn_id) {
+            o.remove(mac);
+            true
+        } else {
+            false
+        }
+    }
+
+    pub fn with<R>(&self, mac: &str, f: impl FnOnce(&mut Online) -> R) -> Option<R> {
+        self.online().get_mut(mac).map(f)
+    }
+
+    pub fn sender(&self, mac: &str) -> Option<(mpsc::Sender<Frame>, String)> {
+        self.with(mac, |o| (o.tx.clone(), o.token.clone()))
+    }
+
+    /// (mac, online?) where online = heartbeat within `offline_after`.
+    pub fn status(&self, offline_after: Duration) -> HashMap<String, (bool, String, u8)> {
+        self.online()
+            .iter()
+            .map(|(m, o)| {
+                (
+                    m.clone(),
+                    (
+                        o.last_heartbeat.elapsed() <= offline_after,
+                        o.ip.clone(),
+                        o.client_type,
+                    ),
+                )
+            })
+            .collect()
+    }
+
+    pub fn macs(&self) -> Vec<String> {
+        self.online().keys().cloned().collect()
+    }
+
+    /// Marks terminals offline and closes silent sockets.
+    pub fn sweep(&self, offline_after: Duration, close_after: Duration) {
+        let mut events = Vec::new();
+        for (mac, o) in self.online().iter_mut() {
+            if o.last_seen.elapsed() >= close_after {
+                o.close.cancel();
+            } else if !o.offline_reported && o.last_heartbeat.elapsed() > offline_after {
+                o.offline_reported = true;
+                events.push(ServerEvent::Offline { mac: mac.clone() });
+            }
+        }
+        for ev in events {
+            self.emit(ev);
+        }
+    }
+
+    pub fn expect_reply(
+        &self,
+        code: u32,
+        mac: &str,
+        batch: &BatchNo,
+    ) -> oneshot::Receiver<Envelope<serde_json::Value>> {
+        let (tx, rx) = oneshot::channel();
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((code, mac.to_string(), batch.clone()), tx);
+        rx
+    }
+
+    pub fn forget_reply(&self, code: u32, mac: &str, batch: &BatchNo) {
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(code, mac.to_string(), batch.clone()));
+    }
+
+    /// Delivers a terminal's reply to whoever pushed the command. Matching
+    /// is by service code, batch_no and mac (not by sequence), like the
+    /// original server.
+    pub fn complete(
+        &self,
+        code: u32,
+        mac: &str,
+        batch: &BatchNo,
+        env: Envelope<serde_json::Value>,
+    ) -> bool {
+        let key = (code, mac.to_string(), batch.clone());
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = pending.remove(&key).or_else(|| {
+            // An integer batch may come back as a numeric string.
+            let alt = batch.as_int().map(BatchNo::Int)?;
+            pending.remove(&(code, mac.to_string(), alt))
+        });
+        match tx {
+            Some(tx) => tx.send(env).is_ok(),
+            None => false,
+        }
+    }
+}

@@ -1,0 +1,331 @@
+//! The server's embedded store (redb): terminals, desktop groups, the
+//! numbering session and counters. redb is pure Rust (no C toolchain for
+//! cross builds), ACID with fsync on commit, and needs no schema migration
+//! for the JSON records we keep.
+
+use redb::{Database, ReadableTable, TableDefinition, TableHandle};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use crate::protocol::messages::{DesktopGroup, SetupInfo, TerminalConfig};
+use crate::protocol::BatchNo;
+
+const TERMINALS: TableDefinition<&str, &[u8]> = TableDefinition::new("terminals");
+const GROUPS: TableDefinition<&str, &[u8]> = TableDefinition::new("desktop_groups");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+
+#[derive(Debug, thiserror::Error)]
+#[error("store: {0}")]
+pub struct StoreError(String);
+
+fn e<E: std::fmt::Display>(err: E) -> StoreError {
+    StoreError(err.to_string())
+}
+
+/// Everything the server keeps about one terminal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TerminalRecord {
+    pub mac: String,
+    #[serde(default)]
+    pub ip: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default = "minus_one")]
+    pub terminal_id: i64,
+    #[serde(default)]
+    pub conf_version: i64,
+    #[serde(default)]
+    pub is_dhcp: i64,
+    #[serde(default)]
+    pub mask: String,
+    #[serde(default)]
+    pub gateway: String,
+    #[serde(default)]
+    pub dns1: String,
+    #[serde(default)]
+    pub dns2: String,
+    #[serde(default)]
+    pub platform: String,
+    #[serde(default)]
+    pub soft_version: String,
+    #[serde(default)]
+    pub disk_residue: f64,
+    #[serde(default)]
+    pub setup_info: SetupInfo,
+    #[serde(default)]
+    pub client_type: u8,
+    #[serde(default)]
+    pub first_seen: String,
+    #[serde(default)]
+    pub last_login: String,
+    /// The latest report of each kind the terminal sent (performance,
+    /// desktop info, BT progress per torrent, ...).
+    #[serde(default)]
+    pub reports: BTreeMap<String, serde_json::Value>,
+}
+
+fn minus_one() -> i64 {
+    -1
+}
+
+impl TerminalRecord {
+    pub fn new(mac: &str) -> Self {
+        TerminalRecord {
+            mac: mac.into(),
+            ip: String::new(),
+            name: String::new(),
+            terminal_id: -1,
+            conf_version: 0,
+            is_dhcp: 1,
+            mask: String::new(),
+            gateway: String::new(),
+            dns1: String::new(),
+            dns2: String::new(),
+            platform: String::new(),
+            soft_version: String::new(),
+            disk_residue: 0.0,
+            setup_info: SetupInfo::default(),
+            client_type: 0,
+            first_seen: chrono::Local::now().to_rfc3339(),
+            last_login: String::new(),
+            reports: BTreeMap::new(),
+        }
+    }
+
+    pub fn to_config(&self) -> TerminalConfig {
+        TerminalConfig {
+            terminal_id: self.terminal_id,
+            mac: self.mac.clone(),
+            name: self.name.clone(),
+            ip: self.ip.clone(),
+            is_dhcp: self.is_dhcp,
+            mask: self.mask.clone(),
+            gateway: self.gateway.clone(),
+            dns1: self.dns1.clone(),
+            dns2: self.dns2.clone(),
+            platform: self.platform.clone(),
+            soft_version: self.soft_version.clone(),
+            conf_version: self.conf_version,
+            disk_residue: self.disk_residue,
+            setup_info: self.setup_info.clone(),
+        }
+    }
+}
+
+/// A running numbering session (1011 / 9009 / 9010).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OrderSession {
+    pub batch_no: BatchNo,
+    pub start_id: i64,
+    pub current_id: i64,
+    pub macs: Vec<String>,
+    /// mac → confirmed number
+    pub confirmed: BTreeMap<String, i64>,
+}
+
+impl OrderSession {
+    /// The smallest number ≥ start not yet taken.
+    pub fn next_free(&self) -> i64 {
+        let taken: std::collections::BTreeSet<i64> = self.confirmed.values().copied().collect();
+        (self.start_id..)
+            .find(|n| !taken.contains(n))
+            .unwrap_or(self.start_id)
+    }
+
+    pub fn unconfirmed(&self) -> Vec<String> {
+        self.macs
+            .iter()
+            .filter(|m| !self.confirmed.contains_key(*m))
+            .cloned()
+            .collect()
+    }
+}
+
+pub struct Store {
+    db: Database,
+}
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let db = Database::create(path).map_err(e)?;
+        let tx = db.begin_write().map_err(e)?;
+        tx.open_table(TERMINALS).map_err(e)?;
+        tx.open_table(GROUPS).map_err(e)?;
+        tx.open_table(META).map_err(e)?;
+        tx.commit().map_err(e)?;
+        Ok(Store { db })
+    }
+
+    fn get<T: DeserializeOwned>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        key: &str,
+    ) -> Result<Option<T>, StoreError> {
+        let tx = self.db.begin_read().map_err(e)?;
+        let t = tx.open_table(table).map_err(e)?;
+        match t.get(key).map_err(e)? {
+            Some(v) => serde_json::from_slice(v.value()).map(Some).map_err(e),
+            None => Ok(None),
+        }
+    }
+
+    fn all<T: DeserializeOwned>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+    ) -> Result<Vec<T>, StoreError> {
+        let tx = self.db.begin_read().map_err(e)?;
+        let t = tx.open_table(table).map_err(e)?;
+        let mut out = Vec::new();
+        for item in t.iter().map_err(e)? {
+            let (_, v) = item.map_err(e)?;
+            match serde_json::from_slice(v.value()) {
+                Ok(x) => out.push(x),
+                Err(err) => log::error!("skipping unreadable record in {}: {err}", table.name()),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Read-modify-write of one record in a single transaction.
+    fn modify<T: DeserializeOwned + Serialize, R>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        key: &str,
+        f: impl FnOnce(&mut Option<T>) -> R,
+    ) -> Result<R, StoreError> {
+        let tx = self.db.begin_write().map_err(e)?;
+        let r = {
+            let mut t = tx.open_table(table).map_err(e)?;
+            let mut cur: Option<T> = match t.get(key).map_err(e)? {
+                Some(v) => serde_json::from_slice(v.value()).ok(),
+                None => None,
+            };
+            let r = f(&mut cur);
+            match cur {
+                Some(v) => {
+                    let bytes = serde_json::to_vec(&v).map_err(e)?;
+                    t.insert(key, bytes.as_slice()).map_err(e)?;
+                }
+                None => {
+                    t.remove(key).map_err(e)?;
+                }
+            }
+            r
+        };
+        tx.commit().map_err(e)?;
+        Ok(r)
+    }
+
+    pub fn terminal(&self, mac: &str) -> Result<Option<TerminalRecord>, StoreError> {
+        self.get(TERMINALS, mac)
+    }
+
+    pub fn terminals(&self) -> Result<Vec<TerminalRecord>, StoreError> {
+        self.all(TERMINALS)
+    }
+
+    /// Updates (creating if needed) a terminal record and returns it.
+    pub fn update_terminal(
+        &self,
+        mac: &str,
+        f: impl FnOnce(&mut TerminalRecord),
+    ) -> Result<TerminalRecord, StoreError> {
+        self.modify(TERMINALS, mac, |cur: &mut Option<TerminalRecord>| {
+            let rec = cur.get_or_insert_with(|| TerminalRecord::new(mac));
+            f(rec);
+            rec.clone()
+        })
+    }
+
+    pub fn delete_terminal(&self, mac: &str) -> Result<bool, StoreError> {
+        self.modify(TERMINALS, mac, |cur: &mut Option<TerminalRecord>| {
+            cur.take().is_some()
+        })
+    }
+
+    pub fn groups(&self) -> Result<Vec<DesktopGroup>, StoreError> {
+        self.all(GROUPS)
+    }
+
+    pub fn put_group(&self, g: &DesktopGroup) -> Result<(), StoreError> {
+        let g = g.clone();
+        self.modify(
+            GROUPS,
+            &g.desktop_group_uuid.clone(),
+            |cur: &mut Option<DesktopGroup>| *cur = Some(g),
+        )
+    }
+
+    pub fn delete_group(&self, uuid: &str) -> Result<bool, StoreError> {
+        self.modify(GROUPS, uuid, |cur: &mut Option<DesktopGroup>| {
+            cur.take().is_some()
+        })
+    }
+
+    /// A fresh batch number, never reused across restarts.
+    pub fn next_batch_no(&self) -> Result<i64, StoreError> {
+        self.modify(META, "batch_no", |cur: &mut Option<i64>| {
+            let n = cur.unwrap_or(0) + 1;
+            *cur = Some(n);
+            n
+        })
+    }
+
+    pub fn order(&self) -> Result<Option<OrderSession>, StoreError> {
+        self.get(META, "order")
+    }
+
+    pub fn modify_order<R>(
+        &self,
+        f: impl FnOnce(&mut Option<OrderSession>) -> R,
+    ) -> Result<R, StoreError> {
+        self.modify(META, "order", f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn survives_reopen() {
+        let d = tempfile::tempdir().expect("tmp");
+        let p = d.path().join("voi.redb");
+        {
+            let s = Store::open(&p).expect("open");
+            s.update_terminal("AA:BB:CC:DD:EE:FF", |r| r.name = "PC-1".into())
+                .expect("write");
+            assert_eq!(s.next_batch_no().expect("n"), 1);
+            assert_eq!(s.next_batch_no().expect("n"), 2);
+            s.put_group(&DesktopGroup {
+                desktop_group_uuid: "g1".into(),
+                ..Default::default()
+            })
+            .expect("group");
+        }
+        let s = Store::open(&p).expect("reopen");
+        assert_eq!(
+            s.terminal("AA:BB:CC:DD:EE:FF").expect("r").map(|r| r.name),
+            Some("PC-1".into())
+        );
+        assert_eq!(s.next_batch_no().expect("n"), 3);
+        assert_eq!(s.groups().expect("g").len(), 1);
+    }
+
+    #[test]
+    fn next_free_number() {
+        let mut o = OrderSession {
+            batch_no: BatchNo::Int(1),
+            start_id: 10,
+            current_id: 10,
+            macs: vec!["A".into(), "B".into(), "C".into()],
+            confirmed: BTreeMap::new(),
+        };
+        assert_eq!(o.next_free(), 10);
+        o.confirmed.insert("B".into(), 10);
+        o.confirmed.insert("A".into(), 12);
+        assert_eq!(o.next_free(), 11);
+        assert_eq!(o.unconfirmed(), vec!["C".to_string()]);
+    }
+}

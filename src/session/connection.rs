@@ -1,0 +1,249 @@
+//! One TCP connection to the server: a writer task, a reader task that routes
+//! answers to whoever is waiting and commands to the command queue, and the
+//! `Link` handle the rest of the agent uses to talk.
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use serde::Serialize;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::codec::{FramedRead, FramedWrite};
+
+use crate::protocol::{ClientType, Envelope, ErrorCode, Frame, FrameCodec, ServiceCode};
+
+/// Why a connection ended, as the reader or a requester saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkEnd {
+    Eof,
+    Protocol(String),
+    Io(String),
+    /// The server answered 60002: it does not know us (it restarted).
+    NotLoggedIn,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("no answer to {0} within {1:?}")]
+    Timeout(&'static str, Duration),
+    #[error("connection closed before {0} was answered")]
+    Closed(&'static str),
+    #[error("answer to {0} is not valid JSON: {1}")]
+    BadAnswer(&'static str, serde_json::Error),
+    #[error("cannot encode {0}: {1}")]
+    Encode(&'static str, serde_json::Error),
+}
+
+struct Waiter {
+    code: u32,
+    seq: u32,
+    tx: oneshot::Sender<Frame>,
+}
+
+type Outgoing = (Frame, Option<oneshot::Sender<bool>>);
+
+/// Cheap to clone; all clones talk over the same connection.
+#[derive(Clone)]
+pub struct Link {
+    out: mpsc::Sender<Outgoing>,
+    waiters: Arc<Mutex<VecDeque<Waiter>>>,
+    token: Arc<RwLock<Bytes>>,
+    seq: Arc<AtomicU32>,
+    client_type: ClientType,
+    timeout: Duration,
+}
+
+pub struct Spawned {
+    pub link: Link,
+    /// Commands (1xxx) from the server, in arrival order.
+    pub commands: mpsc::Receiver<Frame>,
+    /// Resolves once when the connection is over.
+    pub ended: oneshot::Receiver<LinkEnd>,
+}
+
+impl Link {
+    pub fn spawn(
+        stream: TcpStream,
+        client_type: ClientType,
+        timeout: Duration,
+        max_body: usize,
+    ) -> Spawned {
+        let _ = stream.set_nodelay(true);
+        let (rd, wr) = stream.into_split();
+        let mut reader = FramedRead::new(rd, FrameCodec::new(max_body));
+        let mut writer = FramedWrite::new(wr, FrameCodec::new(max_body));
+        let (out_tx, mut out_rx) = mpsc::channel::<Outgoing>(64);
+        let (cmd_tx, cmd_rx) = mpsc::channel::<Frame>(64);
+        let (end_tx, end_rx) = oneshot::channel();
+        let waiters: Arc<Mutex<VecDeque<Waiter>>> = Arc::default();
+
+        tokio::spawn(async move {
+            while let Some((frame, ack)) = out_rx.recv().await {
+                let ok = writer.send(frame).await.is_ok();
+                if let Some(ack) = ack {
+                    let _ = ack.send(ok);
+                }
+                if !ok {
+                    break;
+                }
+            }
+        });
+
+        let w = waiters.clone();
+        tokio::spawn(async move {
+            let end = loop {
+                match reader.next().await {
+                    None => break LinkEnd::Eof,
+                    Some(Err(e)) => {
+                        log::warn!("closing connection: {e}");
+                        break match e {
+                            crate::protocol::FrameError::Io(io) => LinkEnd::Io(io.to_string()),
+                            other => LinkEnd::Protocol(other.to_string()),
+                        };
+                    }
+                    Some(Ok(frame)) => {
+                        if is_not_logged_in(&frame) {
+                            break LinkEnd::NotLoggedIn;
+                        }
+                        let is_command =
+                            frame.service().is_some_and(|c| c.is_command()) && !frame.is_response();
+                        if is_command {
+                            if cmd_tx.send(frame).await.is_err() {
+                                break LinkEnd::Eof;
+                            }
+                        } else {
+                            route_answer(&w, frame);
+                        }
+                    }
+                }
+            };
+            // Dropping the waiters wakes every requester with Closed.
+            w.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            let _ = end_tx.send(end);
+        });
+
+        Spawned {
+            link: Link {
+                out: out_tx,
+                waiters,
+                token: Arc::new(RwLock::new(Bytes::new())),
+                seq: Arc::new(AtomicU32::new(0)),
+                client_type,
+                timeout,
+            },
+            commands: cmd_rx,
+            ended: end_rx,
+        }
+    }
+
+    pub fn set_token(&self, token: Bytes) {
+        *self.token.write().unwrap_or_else(|p| p.into_inner()) = token;
+    }
+
+    pub fn token(&self) -> Bytes {
+        self.token.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn client_type(&self) -> ClientType {
+        self.client_type
+    }
+
+    /// Queues a frame and waits until it has been written to the socket.
+    pub async fn send(&self, frame: Frame) -> bool {
+        let (tx, rx) = oneshot::channel();
+        if self.out.send((frame, Some(tx))).await.is_err() {
+            return false;
+        }
+        rx.await.unwrap_or(false)
+    }
+
+    /// Sends a request and returns the raw answer frame.
+    pub async fn request_frame<T: Serialize>(
+        &self,
+        code: ServiceCode,
+        body: &T,
+        timeout: Option<Duration>,
+    ) -> Result<Frame, RequestError> {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
+        let frame = Frame::request_json(code, seq, self.client_type, &self.token(), body)
+            .map_err(|e| RequestError::Encode(code.name(), e))?;
+        let (tx, rx) = oneshot::channel();
+        self.waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back(Waiter {
+                code: code as u32,
+                seq,
+                tx,
+            });
+        let timeout = timeout.unwrap_or(self.timeout);
+        if !self.send(frame).await {
+            self.forget(seq);
+            return Err(RequestError::Closed(code.name()));
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(frame)) => Ok(frame),
+            Ok(Err(_)) => Err(RequestError::Closed(code.name())),
+            Err(_) => {
+                self.forget(seq);
+                Err(RequestError::Timeout(code.name(), timeout))
+            }
+        }
+    }
+
+    /// Sends a request and parses the `{code, msg, data}` answer.
+    pub async fn request<T: Serialize>(
+        &self,
+        code: ServiceCode,
+        body: &T,
+    ) -> Result<(Frame, Envelope<serde_json::Value>), RequestError> {
+        let frame = self.request_frame(code, body, None).await?;
+        let env = frame
+            .json()
+            .map_err(|e| RequestError::BadAnswer(code.name(), e))?;
+        Ok((frame, env))
+    }
+
+    fn forget(&self, seq: u32) {
+        self.waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|w| w.seq != seq);
+    }
+}
+
+/// Matches an answer to its request by sequence number; servers that answer
+/// with sequence 0 (as the original terminal did) are matched by service
+/// code, oldest first.
+fn route_answer(waiters: &Mutex<VecDeque<Waiter>>, frame: Frame) {
+    let mut w = waiters.lock().unwrap_or_else(|p| p.into_inner());
+    let pos = w
+        .iter()
+        .position(|x| x.code == frame.service_code && x.seq == frame.sequence_code)
+        .or_else(|| w.iter().position(|x| x.code == frame.service_code));
+    match pos.and_then(|i| w.remove(i)) {
+        Some(waiter) => {
+            let _ = waiter.tx.send(frame);
+        }
+        None => log::debug!(
+            "unexpected answer: service {} sequence {}",
+            frame.service_code,
+            frame.sequence_code
+        ),
+    }
+}
+
+fn is_not_logged_in(frame: &Frame) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Code {
+        #[serde(deserialize_with = "crate::protocol::flex::int")]
+        code: i64,
+    }
+    frame.is_response()
+        && frame
+            .json::<Code>()
+            .is_ok_and(|c| c.code == i64::from(ErrorCode::TerminalNotLogin.code()))
+}

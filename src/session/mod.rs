@@ -1,0 +1,144 @@
+//! The agent's side of one logged-in session. See `STATE.md` beside this
+//! file for the state machine.
+
+pub mod backoff;
+pub mod connection;
+mod startup;
+
+pub use connection::{Link, LinkEnd, RequestError};
+
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+use crate::agent::Agent;
+use crate::commands;
+use crate::protocol::messages::MacReq;
+use crate::protocol::{ClientType, ServiceCode};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionEnd {
+    Link(LinkEnd),
+    LoginRejected {
+        code: i64,
+        msg: String,
+    },
+    Startup(String),
+    MissedHeartbeats(u32),
+    /// A command asked for a new session (server moved, address changed).
+    Reconnect(String),
+    Shutdown,
+}
+
+impl SessionEnd {
+    /// Whether the next connect may go out at once (no backoff).
+    pub fn is_planned(&self) -> bool {
+        matches!(self, SessionEnd::Reconnect(_))
+    }
+}
+
+/// Runs one session on a connected stream until it ends.
+pub async fn run(agent: Arc<Agent>, stream: TcpStream) -> SessionEnd {
+    let local_ip = stream
+        .local_addr()
+        .map(|a| a.ip().to_string())
+        .unwrap_or_default();
+    let client_type = ClientType::from_u8(agent.cfg.client_type).unwrap_or(ClientType::Linux);
+    let spawned = Link::spawn(
+        stream,
+        client_type,
+        Duration::from_secs(agent.cfg.request_timeout_secs),
+        crate::protocol::codec::DEFAULT_MAX_BODY,
+    );
+    let link = spawned.link;
+    let mut ended = spawned.ended;
+    let (end_tx, mut end_rx) = mpsc::channel::<SessionEnd>(4);
+
+    let startup = async {
+        startup::login(&agent, &link, &local_ip).await?;
+        agent.set_link(Some(link.clone()));
+        startup::sequence(&agent, &link, &local_ip).await
+    };
+    let res = tokio::select! {
+        r = startup => r,
+        e = &mut ended => Err(SessionEnd::Link(e.unwrap_or(LinkEnd::Eof))),
+        _ = agent.shutdown.cancelled() => Err(SessionEnd::Shutdown),
+    };
+    if let Err(end) = res {
+        agent.set_link(None);
+        return end;
+    }
+
+    // Commands run one at a time, in their own task, so a slow command never
+    // delays a heartbeat.
+    let worker = tokio::spawn(commands::worker(
+        agent.clone(),
+        link.clone(),
+        spawned.commands,
+        end_tx.clone(),
+    ));
+
+    let hb_every = Duration::from_secs(agent.cfg.heartbeat_secs);
+    let mut hb = tokio::time::interval(hb_every);
+    hb.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (hb_tx, mut hb_rx) = mpsc::channel::<bool>(4);
+    let mut missed = 0u32;
+    let perf_every = agent.cfg.performance_secs;
+    let mut perf = tokio::time::interval(Duration::from_secs(perf_every.max(1)));
+    perf.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+    let end = loop {
+        tokio::select! {
+            _ = hb.tick() => {
+                let link = link.clone();
+                let agent = agent.clone();
+                let hb_tx = hb_tx.clone();
+                let mac = agent.mac.clone();
+                tokio::spawn(async move {
+                    let ok = match link.request_frame(ServiceCode::Heartbeat, &MacReq { mac }, Some(hb_every)).await {
+                        Ok(frame) => {
+                            agent.heartbeat_answered(&frame);
+                            true
+                        }
+                        Err(e) => {
+                            log::warn!("heartbeat: {e}");
+                            false
+                        }
+                    };
+                    let _ = hb_tx.send(ok).await;
+                });
+            }
+            Some(ok) = hb_rx.recv() => {
+                if ok {
+                    missed = 0;
+                } else {
+                    missed += 1;
+                    if missed >= 2 {
+                        break SessionEnd::MissedHeartbeats(missed);
+                    }
+                }
+            }
+            _ = perf.tick(), if perf_every > 0 => {
+                let link = link.clone();
+                let mac = agent.mac.clone();
+                tokio::spawn(async move {
+                    let Ok(body) = tokio::task::spawn_blocking(move || crate::perf::report(&mac)).await else {
+                        return;
+                    };
+                    if let Err(e) = link.request(ServiceCode::UpdatePerformance, &body).await {
+                        log::debug!("update_performance: {e}");
+                    }
+                });
+            }
+            Some(end) = end_rx.recv() => break end,
+            e = &mut ended => break SessionEnd::Link(e.unwrap_or(LinkEnd::Eof)),
+            _ = agent.shutdown.cancelled() => break SessionEnd::Shutdown,
+        }
+    };
+    agent.set_link(None);
+    // The worker finishes the command in hand (its reply may be lost) and
+    // then stops, because the command channel closes with the reader.
+    drop(worker);
+    end
+}

@@ -1,0 +1,128 @@
+//! Login and the startup sequence: 9001 → 9004 → (9005) → 9007 → 9019.
+
+use bytes::Bytes;
+use std::sync::Arc;
+
+use super::{Link, SessionEnd};
+use crate::agent::Agent;
+use crate::protocol::messages::{
+    BtTrackerResp, ConfigVersionReq, ConfigVersionResp, DesktopGroupListReq, DesktopGroupListResp,
+    LoginReq, LoginResp, MacReq, TerminalConfig,
+};
+use crate::protocol::ServiceCode;
+
+fn transport(e: super::RequestError) -> SessionEnd {
+    SessionEnd::Startup(e.to_string())
+}
+
+pub async fn login(agent: &Arc<Agent>, link: &Link, local_ip: &str) -> Result<(), SessionEnd> {
+    let ip = agent.report_ip(local_ip);
+    let (frame, env) = link
+        .request(
+            ServiceCode::TerminalLogin,
+            &LoginReq {
+                mac: agent.mac.clone(),
+                ip,
+            },
+        )
+        .await
+        .map_err(transport)?;
+    if !env.is_ok() {
+        return Err(SessionEnd::LoginRejected {
+            code: env.code,
+            msg: env.msg,
+        });
+    }
+    // The header carries the token; data.token is the fallback.
+    let token = if !frame.token.is_empty() {
+        frame.token.clone()
+    } else {
+        match env.data_as::<LoginResp>() {
+            Ok(Some(r)) if !r.token.is_empty() => Bytes::from(r.token.into_bytes()),
+            _ => return Err(SessionEnd::Startup("login answer carries no token".into())),
+        }
+    };
+    link.set_token(token);
+    agent.logged_in();
+    log::info!("logged in to {} as {}", agent.server_addr(), agent.mac);
+    Ok(())
+}
+
+pub async fn sequence(agent: &Arc<Agent>, link: &Link, local_ip: &str) -> Result<(), SessionEnd> {
+    let mac = agent.mac.clone();
+
+    // 9004: report what we are; learn the server's conf_version.
+    let req = ConfigVersionReq {
+        mac: mac.clone(),
+        platform: Some(crate::agent::platform_name().into()),
+        soft_version: Some(agent.cfg.soft_version.clone()),
+        disk_residue: Some(agent.disk_residue_gb()),
+        resolutions: None,
+    };
+    let (_, env) = link
+        .request(ServiceCode::GetConfigVersionId, &req)
+        .await
+        .map_err(transport)?;
+    let server_version = match env.data_as::<ConfigVersionResp>() {
+        Ok(Some(v)) if env.is_ok() => v.conf_version,
+        other => {
+            log::warn!(
+                "get_config_version_id: code {} {} ({other:?})",
+                env.code,
+                env.msg
+            );
+            -1
+        }
+    };
+    let local_version = agent.state.read(|s| s.terminal.conf_version);
+
+    // 9005 only when the server knows a newer configuration.
+    if server_version > local_version {
+        let (_, env) = link
+            .request(ServiceCode::GetConfigInfo, &MacReq { mac: mac.clone() })
+            .await
+            .map_err(transport)?;
+        match env.data_as::<TerminalConfig>() {
+            Ok(Some(cfg)) if env.is_ok() => {
+                if let Some(end) = agent.apply_server_config(cfg).await {
+                    return Err(end);
+                }
+            }
+            other => log::warn!("get_config_info: code {} {} ({other:?})", env.code, env.msg),
+        }
+    } else {
+        log::debug!("config is current (local {local_version}, server {server_version})");
+    }
+
+    // 9007: the desktops this terminal should hold.
+    let (_, env) = link
+        .request(
+            ServiceCode::GetDesktopGroupList,
+            &DesktopGroupListReq {
+                mac: mac.clone(),
+                ip: agent.report_ip(local_ip),
+            },
+        )
+        .await
+        .map_err(transport)?;
+    match env.data_as::<DesktopGroupListResp>() {
+        Ok(Some(list)) if env.is_ok() => agent.desktop_groups_received(list.desktop_group_list),
+        Ok(None) if env.is_ok() => agent.desktop_groups_received(Vec::new()),
+        other => log::warn!(
+            "get_desktop_group_list: code {} {} ({other:?})",
+            env.code,
+            env.msg
+        ),
+    }
+
+    // 9019: BitTorrent trackers.
+    let (_, env) = link
+        .request(ServiceCode::BtTracker, &MacReq { mac })
+        .await
+        .map_err(transport)?;
+    match env.data_as::<BtTrackerResp>() {
+        Ok(Some(t)) if env.is_ok() => agent.persist(|s| s.trackers = t.tracker),
+        other => log::warn!("bt_tracker: code {} {} ({other:?})", env.code, env.msg),
+    }
+    Ok(())
+}

@@ -1,0 +1,170 @@
+#![allow(dead_code)]
+//! Shared helpers: real servers and agents on loopback, a raw protocol client.
+
+use bytes::BytesMut;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::Value;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::sync::broadcast;
+use tokio_util::codec::Framed;
+
+use voi::agent::Agent;
+use voi::config::{AgentConfig, EffectMode, PlatformConfig};
+use voi::protocol::{ClientType, Envelope, Frame, FrameCodec, ServiceCode};
+use voi::server::client::ApiClient;
+use voi::server::registry::ServerEvent;
+use voi::server::{Server, ServerConfig, ServerHandle};
+
+pub fn init_log() {
+    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        .is_test(true)
+        .try_init();
+}
+
+pub fn server_config(dir: &Path, listen: &str) -> ServerConfig {
+    ServerConfig {
+        listen: listen.into(),
+        api_listen: "127.0.0.1:0".into(),
+        data_dir: dir.to_path_buf(),
+        heartbeat_secs: 1,
+        ..ServerConfig::default()
+    }
+}
+
+pub async fn start_server(dir: &Path) -> ServerHandle {
+    init_log();
+    Server::start(server_config(dir, "127.0.0.1:0"))
+        .await
+        .expect("server starts")
+}
+
+pub fn api(h: &ServerHandle) -> ApiClient {
+    ApiClient::new(format!("http://{}", h.api_addr), h.server.api_token.clone())
+}
+
+pub fn agent_config(dir: &Path, port: u16, mac: &str) -> AgentConfig {
+    let mut cfg = AgentConfig::new("127.0.0.1", dir);
+    cfg.server_port = port;
+    cfg.mac = Some(mac.into());
+    cfg.heartbeat_secs = 1;
+    cfg.request_timeout_secs = 3;
+    cfg.performance_secs = 0;
+    cfg.connect_retry_ms = 300;
+    cfg.platform = PlatformConfig::all(EffectMode::Recording);
+    cfg
+}
+
+pub fn start_agent(cfg: AgentConfig) -> (Arc<Agent>, tokio::task::JoinHandle<()>) {
+    let agent = Agent::new(cfg).expect("agent config is valid");
+    let task = tokio::spawn(agent.clone().run());
+    (agent, task)
+}
+
+/// Waits for the first event matching `pred`.
+pub async fn wait_event(
+    rx: &mut broadcast::Receiver<ServerEvent>,
+    secs: u64,
+    pred: impl Fn(&ServerEvent) -> bool,
+) -> ServerEvent {
+    tokio::time::timeout(Duration::from_secs(secs), async {
+        loop {
+            match rx.recv().await {
+                Ok(ev) if pred(&ev) => return ev,
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(e) => panic!("event channel closed: {e}"),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no matching event within {secs} s"))
+}
+
+pub fn is_login(mac: &str) -> impl Fn(&ServerEvent) -> bool + '_ {
+    move |e| matches!(e, ServerEvent::Login { mac: m, .. } if m == mac)
+}
+
+pub fn is_heartbeat(mac: &str) -> impl Fn(&ServerEvent) -> bool + '_ {
+    move |e| matches!(e, ServerEvent::Heartbeat { mac: m } if m == mac)
+}
+
+/// A protocol client that writes frames by hand.
+pub struct RawClient {
+    pub io: Framed<TcpStream, FrameCodec>,
+    pub token: bytes::Bytes,
+    seq: u32,
+}
+
+impl RawClient {
+    pub async fn connect(addr: std::net::SocketAddr) -> RawClient {
+        let s = TcpStream::connect(addr).await.expect("connect");
+        RawClient {
+            io: Framed::new(s, FrameCodec::default()),
+            token: bytes::Bytes::new(),
+            seq: 0,
+        }
+    }
+
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.io.get_ref().local_addr().expect("addr")
+    }
+
+    pub async fn send_json(&mut self, code: ServiceCode, body: &Value) {
+        self.seq += 1;
+        let f = Frame::request_json(code, self.seq, ClientType::Linux, &self.token, body)
+            .expect("json");
+        self.io.send(f).await.expect("send");
+    }
+
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        self.io.get_mut().write_all(bytes).await.expect("write");
+    }
+
+    /// Next frame, or None on close / timeout.
+    pub async fn recv(&mut self) -> Option<Frame> {
+        match tokio::time::timeout(Duration::from_secs(5), self.io.next()).await {
+            Ok(Some(Ok(f))) => Some(f),
+            _ => None,
+        }
+    }
+
+    pub async fn request(&mut self, code: ServiceCode, body: &Value) -> (Frame, Envelope<Value>) {
+        self.send_json(code, body).await;
+        loop {
+            let f = self.recv().await.expect("an answer");
+            if f.service_code == code as u32 {
+                let env = f.json().expect("envelope");
+                return (f, env);
+            }
+        }
+    }
+
+    pub async fn login(&mut self, mac: &str) -> Envelope<Value> {
+        let (f, env) = self
+            .request(
+                ServiceCode::TerminalLogin,
+                &serde_json::json!({"mac": mac, "ip": "127.0.0.1"}),
+            )
+            .await;
+        self.token = f.token.clone();
+        env
+    }
+
+    /// True when the peer closed the connection (reads hit EOF).
+    pub async fn closed(&mut self) -> bool {
+        let mut buf = BytesMut::new();
+        use tokio::io::AsyncReadExt;
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), self.io.get_mut().read_buf(&mut buf))
+                .await
+            {
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Ok(Ok(_)) => continue,
+                Err(_) => return false,
+            }
+        }
+    }
+}

@@ -1,0 +1,332 @@
+//! Bad bytes, oversize frames, bad JSON and a misbehaving server: neither
+//! side crashes; the answer is 88888 or a clean close.
+
+mod common;
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::codec::Framed;
+use voi::protocol::{ClientType, Envelope, Frame, FrameCodec, Header, ServiceCode};
+
+#[tokio::test]
+async fn server_survives_random_bytes_and_oversize_frames() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let h = start_server(dir.path()).await;
+
+    let mut rng = fastrand::Rng::with_seed(42);
+    for _ in 0..20 {
+        let mut c = RawClient::connect(h.addr).await;
+        let junk: Vec<u8> = (0..rng.usize(24..400)).map(|_| rng.u8(..)).collect();
+        c.send_raw(&junk).await;
+        assert!(c.closed().await, "garbage must close the connection");
+    }
+
+    // A valid header that announces 4 GiB.
+    let mut c = RawClient::connect(h.addr).await;
+    let mut hdr = Frame::request_json(
+        ServiceCode::Heartbeat,
+        1,
+        ClientType::Linux,
+        &bytes::Bytes::new(),
+        &json!({}),
+    )
+    .expect("frame")
+    .header();
+    hdr.data_size = u32::MAX;
+    c.send_raw(&hdr.to_bytes()).await;
+    assert!(c.closed().await, "oversize must close the connection");
+
+    // Still serving.
+    let mut ok = RawClient::connect(h.addr).await;
+    assert!(ok.login("AA:BB:CC:DD:EE:10").await.is_ok());
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn server_answers_88888_to_bad_json_and_unknown_codes() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let h = start_server(dir.path()).await;
+    let mut c = RawClient::connect(h.addr).await;
+
+    // Bad JSON on login.
+    let mut f = Frame::request_json(
+        ServiceCode::TerminalLogin,
+        1,
+        ClientType::Linux,
+        &bytes::Bytes::new(),
+        &json!({}),
+    )
+    .expect("frame");
+    f.payload = bytes::Bytes::from_static(b"{\"mac\": ");
+    c.io.send(f).await.expect("send");
+    let env: Envelope<serde_json::Value> = c.recv().await.expect("answer").json().expect("env");
+    assert_eq!(env.code, 88888);
+
+    c.login("AA:BB:CC:DD:EE:11").await;
+    let mut f = Frame::request_json(
+        ServiceCode::GetDesktopGroupList,
+        2,
+        ClientType::Linux,
+        &c.token,
+        &json!({}),
+    )
+    .expect("frame");
+    f.payload = bytes::Bytes::from_static(b"\xff\xfe not json");
+    c.io.send(f).await.expect("send");
+    let env: Envelope<serde_json::Value> = c.recv().await.expect("answer").json().expect("env");
+    assert_eq!(env.code, 88888);
+
+    // Missing required field.
+    let (_, env) = c
+        .request(
+            ServiceCode::OrderConfirm,
+            &json!({"mac": "AA:BB:CC:DD:EE:11"}),
+        )
+        .await;
+    assert_eq!(env.code, 88888);
+
+    // A mac that is not this session's.
+    let (_, env) = c
+        .request(ServiceCode::Heartbeat, &json!({"mac": "AA:BB:CC:DD:EE:12"}))
+        .await;
+    assert_eq!(env.code, 60005);
+
+    // An unknown service code.
+    let mut f = Frame::request_json(
+        ServiceCode::Heartbeat,
+        3,
+        ClientType::Linux,
+        &c.token,
+        &json!({}),
+    )
+    .expect("frame");
+    f.service_code = 4242;
+    c.io.send(f).await.expect("send");
+    let a = c.recv().await.expect("answer");
+    assert_eq!(a.service_code, 4242);
+    assert_eq!(
+        a.json::<Envelope<serde_json::Value>>().expect("env").code,
+        88888
+    );
+
+    let (_, env) = c
+        .request(ServiceCode::Heartbeat, &json!({"mac": "AA:BB:CC:DD:EE:11"}))
+        .await;
+    assert!(env.is_ok(), "the session survived");
+    h.stop().await;
+}
+
+/// A server written by hand: answers the agent's requests with `{code:0}`
+/// unless told otherwise, and lets the test inject frames.
+struct FakeServer {
+    listener: TcpListener,
+}
+
+type Conn = Framed<tokio::net::TcpStream, FrameCodec>;
+
+impl FakeServer {
+    async fn new() -> FakeServer {
+        FakeServer {
+            listener: TcpListener::bind("127.0.0.1:0").await.expect("bind"),
+        }
+    }
+
+    fn port(&self) -> u16 {
+        self.listener.local_addr().expect("addr").port()
+    }
+
+    async fn accept(&self) -> Conn {
+        let (s, _) = tokio::time::timeout(Duration::from_secs(15), self.listener.accept())
+            .await
+            .expect("agent connects")
+            .expect("accept");
+        Framed::new(s, FrameCodec::default())
+    }
+
+    fn answer(req: &Frame, body: serde_json::Value) -> Frame {
+        Frame::response_json(
+            req,
+            ClientType::Server,
+            &bytes::Bytes::from_static(b"tok"),
+            &body,
+        )
+        .expect("frame")
+    }
+
+    /// Answers requests until the startup sequence is done (9019 answered).
+    async fn serve_startup(conn: &mut Conn) {
+        loop {
+            let f = tokio::time::timeout(Duration::from_secs(10), conn.next())
+                .await
+                .expect("request")
+                .expect("open")
+                .expect("frame");
+            let code = f.service_code;
+            conn.send(Self::answer(
+                &f,
+                json!({"code": 0, "msg": "Success", "data": {"conf_version": -1}}),
+            ))
+            .await
+            .expect("send");
+            if code == ServiceCode::BtTracker as u32 {
+                return;
+            }
+        }
+    }
+
+    /// Next command reply from the agent (skipping its requests).
+    async fn next_reply(conn: &mut Conn) -> Frame {
+        loop {
+            let f = tokio::time::timeout(Duration::from_secs(10), conn.next())
+                .await
+                .expect("reply in time")
+                .expect("open")
+                .expect("frame");
+            if f.is_response() {
+                return f;
+            }
+            let _ = conn
+                .send(Self::answer(&f, json!({"code": 0, "msg": "Success"})))
+                .await;
+        }
+    }
+}
+
+fn command(code: u32, payload: &[u8]) -> Frame {
+    Frame {
+        service_code: code,
+        sequence_code: 77,
+        data_type: 1,
+        client_type: 4,
+        req_or_res: 1,
+        token: bytes::Bytes::from_static(b"tok"),
+        payload: bytes::Bytes::copy_from_slice(payload),
+    }
+}
+
+#[tokio::test]
+async fn agent_answers_bad_command_json_with_88888() {
+    let fake = FakeServer::new().await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let (agent, task) = start_agent(agent_config(dir.path(), fake.port(), "AA:BB:CC:DD:EE:20"));
+    let mut conn = fake.accept().await;
+    FakeServer::serve_startup(&mut conn).await;
+
+    conn.send(command(1004, b"{\"batch_no\": 5, \"name\": "))
+        .await
+        .expect("send");
+    let r = FakeServer::next_reply(&mut conn).await;
+    assert_eq!(r.service_code, 1004);
+    assert_eq!(r.sequence_code, 77, "sequence echoed");
+    assert_eq!(r.req_or_res, 2);
+    assert_eq!(r.token_str(), "tok", "the session token is carried");
+    assert_eq!(
+        r.json::<Envelope<serde_json::Value>>().expect("env").code,
+        88888
+    );
+
+    // A name over 13 bytes: 60009, and nothing changes.
+    conn.send(command(
+        1004,
+        br#"{"batch_no": 6, "name": "a-very-long-name", "conf_version": 3}"#,
+    ))
+    .await
+    .expect("send");
+    let r = FakeServer::next_reply(&mut conn).await;
+    let env: Envelope<serde_json::Value> = r.json().expect("env");
+    assert_eq!(env.code, 60009);
+    assert_eq!(env.data.expect("data")["batch_no"], 6);
+    assert_eq!(agent.state.read(|s| s.terminal.name.clone()), "");
+
+    // The same batch twice is applied once and answered twice.
+    conn.send(command(1022, br#"{"batch_no": 7, "switch": 1}"#))
+        .await
+        .expect("send");
+    assert_eq!(
+        FakeServer::next_reply(&mut conn)
+            .await
+            .json::<Envelope<serde_json::Value>>()
+            .expect("env")
+            .code,
+        0
+    );
+    agent.state.update(|s| s.watermark = false).expect("reset");
+    conn.send(command(1022, br#"{"batch_no": 7, "switch": 1}"#))
+        .await
+        .expect("send");
+    assert_eq!(
+        FakeServer::next_reply(&mut conn)
+            .await
+            .json::<Envelope<serde_json::Value>>()
+            .expect("env")
+            .code,
+        0
+    );
+    assert!(
+        !agent.state.read(|s| s.watermark),
+        "a repeated batch is not applied again"
+    );
+
+    agent.shutdown.cancel();
+    task.await.expect("stops");
+}
+
+#[tokio::test]
+async fn agent_reconnects_after_garbage_oversize_60002_and_silence() {
+    let fake = FakeServer::new().await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let (agent, task) = start_agent(agent_config(dir.path(), fake.port(), "AA:BB:CC:DD:EE:21"));
+
+    // 1. Garbage bytes.
+    let mut conn = fake.accept().await;
+    FakeServer::serve_startup(&mut conn).await;
+    {
+        use tokio::io::AsyncWriteExt;
+        conn.get_mut()
+            .write_all(b"\x07garbage garbage garbage garbage")
+            .await
+            .expect("write");
+    }
+    // 2. An oversize header.
+    let mut conn = fake.accept().await;
+    FakeServer::serve_startup(&mut conn).await;
+    let mut h: Header = command(1001, b"{}").header();
+    h.data_size = 512 * 1024 * 1024;
+    {
+        use tokio::io::AsyncWriteExt;
+        conn.get_mut()
+            .write_all(&h.to_bytes())
+            .await
+            .expect("write");
+    }
+    // 3. 60002 on a heartbeat.
+    let mut conn = fake.accept().await;
+    FakeServer::serve_startup(&mut conn).await;
+    let hb = loop {
+        let f = conn.next().await.expect("open").expect("frame");
+        if f.service_code == ServiceCode::Heartbeat as u32 {
+            break f;
+        }
+    };
+    conn.send(FakeServer::answer(
+        &hb,
+        json!({"code": 60002, "msg": "TerminalNotLogin"}),
+    ))
+    .await
+    .expect("send");
+    // 4. Heartbeats never answered: the agent gives up after two.
+    let mut conn = fake.accept().await;
+    FakeServer::serve_startup(&mut conn).await;
+    let silent = tokio::spawn(async move {
+        // Read and ignore everything.
+        while let Some(Ok(_)) = conn.next().await {}
+    });
+    let mut again = fake.accept().await;
+    FakeServer::serve_startup(&mut again).await;
+    silent.abort();
+    agent.shutdown.cancel();
+    task.await.expect("stops");
+}

@@ -8,12 +8,12 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::AgentConfig;
-use crate::platform::{Platform, SelectedPlatform};
+use crate::platform::{NetworkConfig, Platform, SelectedPlatform};
 use crate::protocol::messages::{DateTimeResp, DesktopGroup, TerminalConfig};
 use crate::protocol::{normalize_mac, Envelope, Frame};
 use crate::session::backoff::Backoff;
 use crate::session::{self, Link, SessionEnd};
-use crate::state::{AgentState, StateStore};
+use crate::state::{AgentState, PendingChange, StateStore};
 
 /// What `ctl status` shows about the connection; not persisted.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -36,6 +36,8 @@ pub struct Agent {
     pub command_lock: tokio::sync::Mutex<()>,
     live: Mutex<LiveStatus>,
     link: Mutex<Option<Link>>,
+    /// Wakes the pending-change watchdog (a change was armed or confirmed).
+    change_armed: tokio::sync::Notify,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -94,17 +96,21 @@ impl Agent {
                 ..Default::default()
             }),
             link: Mutex::new(None),
+            change_armed: tokio::sync::Notify::new(),
             cfg,
         }))
     }
 
-    /// Where to connect: a server address set by the server itself wins over
-    /// the config file's.
-    pub fn server_addr(&self) -> String {
-        let ip = self
-            .state
+    /// The server's address: one set by the server itself (1005, 9005) wins
+    /// over the config file's.
+    pub fn server_ip(&self) -> String {
+        self.state
             .read(|s| s.server_ip_override.clone())
-            .unwrap_or_else(|| self.cfg.server_ip.clone());
+            .unwrap_or_else(|| self.cfg.server_ip.clone())
+    }
+
+    pub fn server_addr(&self) -> String {
+        let ip = self.server_ip();
         match ip.parse::<IpAddr>() {
             Ok(IpAddr::V6(v6)) => format!("[{v6}]:{}", self.cfg.server_port),
             _ => format!("{ip}:{}", self.cfg.server_port),
@@ -162,7 +168,181 @@ impl Agent {
             l.logged_in_since = Some(now.clone());
             l.logins += 1;
         });
-        self.persist(|s| s.last_login = Some(now));
+        let confirmed = self.state.read(|s| s.pending_change.clone());
+        self.persist(|s| {
+            s.last_login = Some(now);
+            if let Some(c) = &confirmed {
+                s.pending_change = None;
+                s.notice(format!("confirmed by a login: {}", describe(c)));
+            }
+        });
+        if let Some(c) = confirmed {
+            log::info!("confirmed by a login: {}", describe(&c));
+            self.change_armed.notify_one();
+        }
+    }
+
+    pub fn interface_name(&self) -> Result<String, crate::netinfo::NetInfoError> {
+        match &self.cfg.interface {
+            Some(i) => Ok(i.clone()),
+            None => crate::netinfo::detect(None).map(|i| i.name),
+        }
+    }
+
+    async fn apply_network(&self, net: &NetworkConfig) -> Result<(), String> {
+        let platform = self.platform.clone();
+        let net = net.clone();
+        tokio::task::spawn_blocking(move || platform.apply_network(&net))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())
+    }
+
+    /// update_ip after its reply: record the intent, apply, and arm the
+    /// watchdog that restores the old network unless a login confirms it.
+    pub async fn change_network(
+        &self,
+        net: NetworkConfig,
+        conf_version: i64,
+        mask: String,
+    ) -> Result<(), String> {
+        let old = self.state.read(|s| s.network.clone()).or_else(|| {
+            crate::netinfo::current_network(&net.interface, &self.cfg.platform.etc_dir)
+        });
+        let deadline = chrono::Utc::now().timestamp() + self.cfg.change_confirm_secs as i64;
+        self.state
+            .update(|s| {
+                s.pending_change = Some(PendingChange::Network {
+                    old: old.clone(),
+                    new: net.clone(),
+                    deadline,
+                });
+                s.network = Some(net.clone());
+                s.terminal.is_dhcp = 0;
+                s.terminal.ip = net.address.to_string();
+                s.terminal.mask = mask;
+                s.terminal.gateway = net.gateway.map(|g| g.to_string()).unwrap_or_default();
+                s.terminal.dns1 = net.dns.first().map(|d| d.to_string()).unwrap_or_default();
+                s.terminal.dns2 = net.dns.get(1).map(|d| d.to_string()).unwrap_or_default();
+                s.terminal.conf_version = conf_version;
+            })
+            .map_err(|e| e.to_string())?;
+        log::info!(
+            "applying network {}/{} via {:?}",
+            net.address,
+            net.prefix_len,
+            net.gateway
+        );
+        if let Err(e) = self.apply_network(&net).await {
+            let msg = format!("applying {}/{} failed: {e}", net.address, net.prefix_len);
+            self.rollback(
+                PendingChange::Network {
+                    old,
+                    new: net,
+                    deadline,
+                },
+                &msg,
+            )
+            .await;
+            return Err(msg);
+        }
+        self.change_armed.notify_one();
+        Ok(())
+    }
+
+    /// update_config with a new server: switch, and come back unless a
+    /// login on the new server confirms it.
+    pub fn move_server(&self, new_ip: String) {
+        let old = self.state.read(|s| s.server_ip_override.clone());
+        let deadline = chrono::Utc::now().timestamp() + self.cfg.change_confirm_secs as i64;
+        self.persist(|s| {
+            s.server_ip_override = Some(new_ip.clone());
+            s.terminal.setup_info.program.server_ip = new_ip.clone();
+            s.pending_change = Some(PendingChange::Server {
+                old,
+                new: new_ip,
+                deadline,
+            });
+        });
+        self.change_armed.notify_one();
+    }
+
+    async fn rollback(&self, change: PendingChange, why: &str) {
+        let text = format!("rolled back {}: {why}", describe(&change));
+        log::error!("{text}");
+        match &change {
+            PendingChange::Network { old: Some(old), .. } => {
+                if let Err(e) = self.apply_network(old).await {
+                    log::error!(
+                        "restoring {}/{} failed too: {e}",
+                        old.address,
+                        old.prefix_len
+                    );
+                }
+                let old = old.clone();
+                self.persist(|s| {
+                    s.network = Some(old.clone());
+                    s.terminal.ip = old.address.to_string();
+                    s.terminal.gateway = old.gateway.map(|g| g.to_string()).unwrap_or_default();
+                    s.terminal.dns1 = old.dns.first().map(|d| d.to_string()).unwrap_or_default();
+                    s.terminal.dns2 = old.dns.get(1).map(|d| d.to_string()).unwrap_or_default();
+                });
+            }
+            PendingChange::Network { old: None, .. } => {
+                log::error!("the previous network is unknown; keeping the new one");
+            }
+            PendingChange::Server { old, .. } => {
+                let old = old.clone();
+                self.persist(|s| {
+                    s.terminal.setup_info.program.server_ip = old.clone().unwrap_or_default();
+                    s.server_ip_override = old;
+                });
+            }
+        }
+        self.persist(|s| {
+            s.pending_change = None;
+            s.notice(text);
+        });
+    }
+
+    /// Restores the previous network or server when a change is not
+    /// confirmed by a login in time. A change found at start (the agent
+    /// died mid-change) is applied again first, then watched the same way.
+    async fn watch_pending_change(self: Arc<Self>) {
+        if let Some(PendingChange::Network { new, .. }) =
+            self.state.read(|s| s.pending_change.clone())
+        {
+            log::warn!(
+                "resuming an unconfirmed network change to {}/{}",
+                new.address,
+                new.prefix_len
+            );
+            if let Err(e) = self.apply_network(&new).await {
+                log::error!("re-applying the pending network: {e}");
+            }
+        }
+        loop {
+            let pending = self.state.read(|s| s.pending_change.clone());
+            let wait = match &pending {
+                Some(p) => Duration::from_secs(
+                    (p.deadline() - chrono::Utc::now().timestamp()).max(0) as u64,
+                ),
+                None => Duration::from_secs(3600),
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {
+                    let still = self.state.read(|s| s.pending_change.clone());
+                    if let (Some(p), Some(s)) = (&pending, &still) {
+                        if p == s {
+                            let why = format!("no login within {} s", self.cfg.change_confirm_secs);
+                            self.rollback(s.clone(), &why).await;
+                        }
+                    }
+                }
+                _ = self.change_armed.notified() => {}
+                _ = self.shutdown.cancelled() => return,
+            }
+        }
     }
 
     pub fn heartbeat_answered(&self, frame: &Frame) {
@@ -219,6 +399,7 @@ impl Agent {
                 None
             }
         };
+        let watchdog = tokio::spawn(self.clone().watch_pending_change());
         let mut connect_backoff = Backoff::new(
             Duration::from_millis(100),
             Duration::from_millis(self.cfg.connect_retry_ms.max(100)),
@@ -275,6 +456,7 @@ impl Agent {
             log::warn!("session ended: {text}; reconnecting in {delay:?}");
             self.pause(delay).await;
         }
+        watchdog.abort();
         if let Some(task) = control {
             task.abort();
         }
@@ -287,5 +469,14 @@ impl Agent {
             _ = tokio::time::sleep(d) => {}
             _ = self.shutdown.cancelled() => {}
         }
+    }
+}
+
+fn describe(c: &PendingChange) -> String {
+    match c {
+        PendingChange::Network { new, .. } => {
+            format!("network change to {}/{}", new.address, new.prefix_len)
+        }
+        PendingChange::Server { new, .. } => format!("move to server {new}"),
     }
 }

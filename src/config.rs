@@ -123,6 +123,10 @@ pub struct AgentConfig {
     /// Seconds between 9029 update_performance reports; 0 disables them.
     #[serde(default = "default_perf")]
     pub performance_secs: u64,
+    /// After update_ip or a server move, how long a login may take before
+    /// the previous network or server is restored.
+    #[serde(default = "default_confirm")]
+    pub change_confirm_secs: u64,
     /// Local control socket; default `<data_dir>/control.sock`.
     #[serde(default)]
     pub control_socket: Option<PathBuf>,
@@ -159,6 +163,9 @@ fn default_connect_retry_ms() -> u64 {
 }
 fn default_perf() -> u64 {
     60
+}
+fn default_confirm() -> u64 {
+    90
 }
 fn default_threads() -> usize {
     2
@@ -198,6 +205,7 @@ impl AgentConfig {
             backoff_cap_secs: default_backoff_cap(),
             connect_retry_ms: default_connect_retry_ms(),
             performance_secs: default_perf(),
+            change_confirm_secs: default_confirm(),
             control_socket: None,
             worker_threads: default_threads(),
             soft_version: default_soft_version(),

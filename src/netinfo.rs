@@ -102,3 +102,36 @@ mod tests {
         ));
     }
 }
+
+/// The interface's current static settings, for a rollback: address and
+/// prefix from the kernel, default gateway from `ip -j route` (JSON, not
+/// text), DNS servers from `<etc>/resolv.conf`.
+pub fn current_network(
+    name: &str,
+    etc: &std::path::Path,
+) -> Option<crate::platform::NetworkConfig> {
+    let info = detect(Some(name)).ok()?;
+    let gateway = std::process::Command::new("ip")
+        .args(["-j", "route", "show", "default", "dev", name])
+        .output()
+        .ok()
+        .and_then(|o| serde_json::from_slice::<Vec<serde_json::Value>>(&o.stdout).ok())
+        .and_then(|routes| {
+            routes
+                .first()
+                .and_then(|r| r["gateway"].as_str().and_then(|g| g.parse().ok()))
+        });
+    let dns = std::fs::read_to_string(etc.join("resolv.conf"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .filter_map(|a| a.trim().parse().ok())
+        .collect();
+    Some(crate::platform::NetworkConfig {
+        interface: info.name,
+        address: info.ipv4?,
+        prefix_len: info.prefix_len?,
+        gateway,
+        dns,
+    })
+}

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::fsutil;
+use crate::platform::NetworkConfig;
 use crate::protocol::messages::{DesktopGroup, TerminalConfig};
 use crate::protocol::BatchNo;
 
@@ -24,6 +25,33 @@ pub struct CommandRecord {
     pub msg: String,
     /// RFC 3339 time the reply was sent.
     pub at: String,
+}
+
+/// A change that cut us off from the server until proven good: if no login
+/// succeeds before `deadline` (unix seconds), the agent restores `old`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum PendingChange {
+    Network {
+        old: Option<NetworkConfig>,
+        new: NetworkConfig,
+        deadline: i64,
+    },
+    Server {
+        old: Option<String>,
+        new: String,
+        deadline: i64,
+    },
+}
+
+impl PendingChange {
+    pub fn deadline(&self) -> i64 {
+        match self {
+            PendingChange::Network { deadline, .. } | PendingChange::Server { deadline, .. } => {
+                *deadline
+            }
+        }
+    }
 }
 
 /// A numbering session proposed by the server (1011) that the local screen
@@ -50,6 +78,11 @@ pub struct AgentState {
     pub watermark: bool,
     #[serde(default)]
     pub pending_order: Option<PendingOrder>,
+    /// The static network this agent last applied (update_ip).
+    #[serde(default)]
+    pub network: Option<NetworkConfig>,
+    #[serde(default)]
+    pub pending_change: Option<PendingChange>,
     #[serde(default)]
     pub last_login: Option<String>,
     #[serde(default)]
@@ -75,6 +108,8 @@ impl Default for AgentState {
             trackers: Vec::new(),
             watermark: false,
             pending_order: None,
+            network: None,
+            pending_change: None,
             last_login: None,
             server_time: None,
             commands: VecDeque::new(),

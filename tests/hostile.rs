@@ -156,7 +156,7 @@ impl FakeServer {
         .expect("frame")
     }
 
-    /// Answers requests until the startup sequence is done (9019 answered).
+    /// Answers requests until the startup sequence is done (9010 answered).
     async fn serve_startup(conn: &mut Conn) {
         loop {
             let f = tokio::time::timeout(Duration::from_secs(10), conn.next())
@@ -167,11 +167,12 @@ impl FakeServer {
             let code = f.service_code;
             conn.send(Self::answer(
                 &f,
-                json!({"code": 0, "msg": "Success", "data": {"conf_version": -1}}),
+                json!({"code": 0, "msg": "Success",
+                       "data": {"conf_version": -1, "batch_no": 0, "terminal_id": -1}}),
             ))
             .await
             .expect("send");
-            if code == ServiceCode::BtTracker as u32 {
+            if code == ServiceCode::OrderQuery as u32 {
                 return;
             }
         }

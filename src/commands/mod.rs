@@ -68,6 +68,14 @@ pub enum After {
     Reconnect(String),
     /// Ask for 9007 again so the desktop decision runs on fresh data.
     RefreshDesktops,
+    /// Apply a validated static network, then log in again from it.
+    ChangeNetwork {
+        net: crate::platform::NetworkConfig,
+        conf_version: i64,
+        mask: String,
+    },
+    /// Log in to another server.
+    MoveServer(String),
 }
 
 #[derive(Debug, Default)]
@@ -309,6 +317,24 @@ pub async fn worker(
             }
             After::RefreshDesktops => {
                 update_desktop_group_info::refresh(&agent, &link).await;
+            }
+            After::ChangeNetwork {
+                net,
+                conf_version,
+                mask,
+            } => match agent.change_network(net, conf_version, mask).await {
+                Ok(()) => {
+                    let _ = end_tx
+                        .send(SessionEnd::Reconnect("address changed".into()))
+                        .await;
+                }
+                Err(e) => log::error!("update_ip: {e}"),
+            },
+            After::MoveServer(ip) => {
+                agent.move_server(ip.clone());
+                let _ = end_tx
+                    .send(SessionEnd::Reconnect(format!("server moved to {ip}")))
+                    .await;
             }
         }
     }

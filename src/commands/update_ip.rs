@@ -1,22 +1,174 @@
-//! Placeholder until implemented: answered as not supported.
+//! 1012 update_ip: static address, mask, gateway and DNS.
+//!
+//! Every field is validated before anything changes. The reply goes out on
+//! the old address first (the original changed the address and then
+//! replied, so its reply was often lost); then the agent applies and
+//! persists the new network, and logs in again from it. If no login succeeds
+//! within `change_confirm_secs`, the previous network is restored (see
+//! `Agent::watch_pending_change`).
 
-use super::{CmdResult, CommandError, Ctx};
+use std::net::Ipv4Addr;
+
+use super::{parse_json, After, Applied, CmdResult, CommandError, Ctx};
+use crate::net::{is_host_address, prefix_len, same_subnet};
+use crate::platform::NetworkConfig;
+use crate::protocol::messages::UpdateIpCmd;
 use crate::protocol::{ErrorCode, Frame};
 
-pub struct UpdateIp;
+pub struct UpdateIp {
+    cmd: UpdateIpCmd,
+    address: Ipv4Addr,
+    prefix_len: u8,
+    gateway: Ipv4Addr,
+    dns: Vec<Ipv4Addr>,
+}
+
+fn ipv4(s: &str) -> Option<Ipv4Addr> {
+    s.trim().parse().ok()
+}
 
 impl UpdateIp {
-    pub fn parse(_frame: &Frame) -> Result<Self, CommandError> {
-        Err(CommandError::new(
-            ErrorCode::OtherError,
-            "NotImplemented: update_ip is not supported by this agent version",
-        ))
+    pub fn parse(frame: &Frame) -> Result<Self, CommandError> {
+        let cmd: UpdateIpCmd = parse_json(frame)?;
+        let prefix = prefix_len(&cmd.mask).filter(|p| *p <= 30).ok_or_else(|| {
+            CommandError::new(
+                ErrorCode::TerminalMaskError,
+                format!("mask {:?} is not a contiguous /1–/30 mask", cmd.mask),
+            )
+        })?;
+        let address = ipv4(&cmd.ip)
+            .filter(|ip| is_host_address(*ip, prefix))
+            .ok_or_else(|| {
+                CommandError::message(format!(
+                    "ip {:?} is not a host address in a /{prefix}",
+                    cmd.ip
+                ))
+            })?;
+        let gateway = ipv4(&cmd.gateway)
+            .filter(|gw| {
+                is_host_address(*gw, prefix) && same_subnet(*gw, address, prefix) && *gw != address
+            })
+            .ok_or_else(|| {
+                CommandError::new(
+                    ErrorCode::TerminalGatewayError,
+                    format!(
+                        "gateway {:?} is not another host of {}/{prefix}",
+                        cmd.gateway, address
+                    ),
+                )
+            })?;
+        let dns1 = ipv4(&cmd.dns1)
+            .filter(|d| !d.is_unspecified() && !d.is_multicast())
+            .ok_or_else(|| {
+                CommandError::new(ErrorCode::TerminalDns1Error, format!("dns1 {:?}", cmd.dns1))
+            })?;
+        let mut dns = vec![dns1];
+        if !cmd.dns2.trim().is_empty() {
+            let d2 = ipv4(&cmd.dns2)
+                .filter(|d| !d.is_unspecified() && !d.is_multicast())
+                .ok_or_else(|| {
+                    CommandError::new(ErrorCode::TerminalDns1Error, format!("dns2 {:?}", cmd.dns2))
+                })?;
+            dns.push(d2);
+        }
+        if cmd.conf_version < -1 {
+            return Err(CommandError::new(
+                ErrorCode::TerminalConfVersionError,
+                "conf_version below -1",
+            ));
+        }
+        Ok(UpdateIp {
+            cmd,
+            address,
+            prefix_len: prefix,
+            gateway,
+            dns,
+        })
     }
 
-    pub async fn apply(self, _ctx: &Ctx<'_>) -> CmdResult {
-        Err(CommandError::new(
-            ErrorCode::OtherError,
-            "NotImplemented: update_ip",
-        ))
+    pub async fn apply(self, ctx: &Ctx<'_>) -> CmdResult {
+        let interface = ctx
+            .agent
+            .interface_name()
+            .map_err(|e| CommandError::system(format!("no interface to configure: {e}")))?;
+        let net = NetworkConfig {
+            interface,
+            address: self.address,
+            prefix_len: self.prefix_len,
+            gateway: Some(self.gateway),
+            dns: self.dns,
+        };
+        Ok(Applied::then(After::ChangeNetwork {
+            net,
+            conf_version: self.cmd.conf_version,
+            mask: self.cmd.mask,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{ClientType, ServiceCode};
+
+    fn frame(body: serde_json::Value) -> Frame {
+        Frame::request_json(
+            ServiceCode::UpdateIp,
+            1,
+            ClientType::Server,
+            &bytes::Bytes::new(),
+            &body,
+        )
+        .expect("frame")
+    }
+
+    fn code_of(body: serde_json::Value) -> Option<ErrorCode> {
+        UpdateIp::parse(&frame(body)).err().map(|e| e.code)
+    }
+
+    #[test]
+    fn validation_table() {
+        let base = serde_json::json!({"batch_no": 1, "ip": "172.16.1.20", "mask": "255.255.255.0",
+            "gateway": "172.16.1.254", "dns1": "8.8.8.8", "dns2": "114.114.114.114", "conf_version": 16});
+        assert_eq!(code_of(base.clone()), None);
+        let with = |k: &str, v: &str| {
+            let mut b = base.clone();
+            b[k] = serde_json::json!(v);
+            code_of(b)
+        };
+        assert_eq!(
+            with("mask", "255.0.255.0"),
+            Some(ErrorCode::TerminalMaskError)
+        );
+        assert_eq!(
+            with("mask", "255.255.255.255"),
+            Some(ErrorCode::TerminalMaskError)
+        );
+        assert_eq!(with("mask", "x"), Some(ErrorCode::TerminalMaskError));
+        assert_eq!(with("ip", "172.16.1.255"), Some(ErrorCode::MessageError));
+        assert_eq!(with("ip", "172.16.1"), Some(ErrorCode::MessageError));
+        assert_eq!(with("ip", "../../etc"), Some(ErrorCode::MessageError));
+        assert_eq!(
+            with("gateway", "172.16.2.1"),
+            Some(ErrorCode::TerminalGatewayError)
+        );
+        assert_eq!(
+            with("gateway", "172.16.1.20"),
+            Some(ErrorCode::TerminalGatewayError)
+        );
+        assert_eq!(
+            with("gateway", "172.16.1.0"),
+            Some(ErrorCode::TerminalGatewayError)
+        );
+        assert_eq!(with("dns1", ""), Some(ErrorCode::TerminalDns1Error));
+        assert_eq!(with("dns1", "0.0.0.0"), Some(ErrorCode::TerminalDns1Error));
+        assert_eq!(with("dns2", "bad"), Some(ErrorCode::TerminalDns1Error));
+        assert_eq!(with("dns2", ""), None);
+        let mut b = base.clone();
+        b["conf_version"] = serde_json::json!(-5);
+        assert_eq!(code_of(b), Some(ErrorCode::TerminalConfVersionError));
+        let mut b = base;
+        b.as_object_mut().expect("object").remove("gateway");
+        assert_eq!(code_of(b), Some(ErrorCode::MessageError));
     }
 }

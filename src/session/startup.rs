@@ -7,9 +7,10 @@ use super::{Link, SessionEnd};
 use crate::agent::Agent;
 use crate::protocol::messages::{
     BtTrackerResp, ConfigVersionReq, ConfigVersionResp, DesktopGroupListReq, DesktopGroupListResp,
-    LoginReq, LoginResp, MacReq, TerminalConfig,
+    LoginReq, LoginResp, MacReq, OrderQueryResp, TerminalConfig,
 };
 use crate::protocol::ServiceCode;
+use crate::state::PendingOrder;
 
 fn transport(e: super::RequestError) -> SessionEnd {
     SessionEnd::Startup(e.to_string())
@@ -90,6 +91,24 @@ pub async fn sequence(agent: &Arc<Agent>, link: &Link, local_ip: &str) -> Result
             }
             other => log::warn!("get_config_info: code {} {} ({other:?})", env.code, env.msg),
         }
+    } else if local_version > server_version && local_version >= 0 {
+        // We hold a newer configuration than the server (its store was
+        // reset): push ours with 9006.
+        let mut mine = agent.state.read(|s| s.terminal.clone());
+        mine.mac = mac.clone();
+        mine.platform = crate::agent::platform_name().into();
+        mine.soft_version = agent.cfg.soft_version.clone();
+        mine.disk_residue = agent.disk_residue_gb();
+        if mine.ip.is_empty() {
+            mine.ip = agent.report_ip(local_ip);
+        }
+        let (_, env) = link
+            .request(ServiceCode::UpdateConfigInfo, &mine)
+            .await
+            .map_err(transport)?;
+        if !env.is_ok() {
+            log::warn!("update_config_info: code {} {}", env.code, env.msg);
+        }
     } else {
         log::debug!("config is current (local {local_version}, server {server_version})");
     }
@@ -117,12 +136,27 @@ pub async fn sequence(agent: &Arc<Agent>, link: &Link, local_ip: &str) -> Result
 
     // 9019: BitTorrent trackers.
     let (_, env) = link
-        .request(ServiceCode::BtTracker, &MacReq { mac })
+        .request(ServiceCode::BtTracker, &MacReq { mac: mac.clone() })
         .await
         .map_err(transport)?;
     match env.data_as::<BtTrackerResp>() {
         Ok(Some(t)) if env.is_ok() => agent.persist(|s| s.trackers = t.tracker),
         other => log::warn!("bt_tracker: code {} {} ({other:?})", env.code, env.msg),
+    }
+
+    // 9010: a numbering session may have started while we were away.
+    let (_, env) = link
+        .request(ServiceCode::OrderQuery, &MacReq { mac })
+        .await
+        .map_err(transport)?;
+    match env.data_as::<OrderQueryResp>() {
+        Ok(Some(q)) if env.is_ok() => agent.persist(|s| {
+            s.pending_order = (q.terminal_id >= 0).then_some(PendingOrder {
+                batch_no: q.batch_no,
+                terminal_id: q.terminal_id,
+            })
+        }),
+        other => log::warn!("order_query: code {} {} ({other:?})", env.code, env.msg),
     }
     Ok(())
 }

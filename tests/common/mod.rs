@@ -58,6 +58,7 @@ pub fn agent_config(dir: &Path, port: u16, mac: &str) -> AgentConfig {
 }
 
 pub fn start_agent(cfg: AgentConfig) -> (Arc<Agent>, tokio::task::JoinHandle<()>) {
+    init_log();
     let agent = Agent::new(cfg).expect("agent config is valid");
     let task = tokio::spawn(agent.clone().run());
     (agent, task)

@@ -182,6 +182,16 @@ impl Agent {
         }
     }
 
+    /// A name for a terminal the server never named: the host name if it
+    /// fits the 13-byte limit, else "PC-" and the MAC's last three bytes.
+    pub fn default_name(&self) -> String {
+        let host = nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .filter(|h| !h.is_empty() && h.len() <= 13);
+        host.unwrap_or_else(|| format!("PC-{}", self.mac.replace(':', "").get(6..).unwrap_or("0")))
+    }
+
     pub fn interface_name(&self) -> Result<String, crate::netinfo::NetInfoError> {
         match &self.cfg.interface {
             Some(i) => Ok(i.clone()),

@@ -21,6 +21,11 @@ pub struct CommandRecord {
     pub service_code: u32,
     pub name: String,
     pub batch_no: BatchNo,
+    /// md5 of the command body: a re-sent command is byte-identical, while
+    /// the numbering server legitimately reuses one batch_no for different
+    /// proposals.
+    #[serde(default)]
+    pub body_md5: String,
     pub code: i64,
     pub msg: String,
     /// RFC 3339 time the reply was sent.
@@ -126,12 +131,16 @@ impl AgentState {
         }
     }
 
-    /// The record of an already handled (code, batch) pair, if any.
-    pub fn handled(&self, service_code: u32, batch_no: &BatchNo) -> Option<&CommandRecord> {
-        self.commands
-            .iter()
-            .rev()
-            .find(|r| r.service_code == service_code && &r.batch_no == batch_no)
+    /// The record of an already handled identical command, if any.
+    pub fn handled(
+        &self,
+        service_code: u32,
+        batch_no: &BatchNo,
+        body_md5: &str,
+    ) -> Option<&CommandRecord> {
+        self.commands.iter().rev().find(|r| {
+            r.service_code == service_code && &r.batch_no == batch_no && r.body_md5 == body_md5
+        })
     }
 
     pub fn notice(&mut self, text: impl Into<String>) {

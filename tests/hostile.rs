@@ -331,3 +331,38 @@ async fn agent_reconnects_after_garbage_oversize_60002_and_silence() {
     agent.shutdown.cancel();
     task.await.expect("stops");
 }
+
+#[tokio::test]
+async fn agent_refuses_bad_bodies_of_every_batch_command_and_does_nothing() {
+    let fake = FakeServer::new().await;
+    let dir = tempfile::tempdir().expect("tmp");
+    let (agent, task) = start_agent(agent_config(dir.path(), fake.port(), "AA:BB:CC:DD:EE:22"));
+    let mut conn = fake.accept().await;
+    FakeServer::serve_startup(&mut conn).await;
+    let bodies: [&[u8]; 4] = [
+        b"{\"batch_no\": [1]}",
+        b"not json",
+        b"",
+        b"{\"batch_no\": {}}",
+    ];
+    for code in [1001u32, 1002, 1003, 1006, 1014, 1019, 1024] {
+        for body in bodies {
+            conn.send(command(code, body)).await.expect("send");
+            let r = FakeServer::next_reply(&mut conn).await;
+            assert_eq!(r.service_code, code);
+            let env: Envelope<serde_json::Value> = r.json().expect("env");
+            assert_eq!(
+                env.code,
+                88888,
+                "{code} {:?}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let journal = voi::platform::RecordingPlatform::read_journal(&agent.cfg.journal_path());
+    assert!(journal.is_empty(), "nothing was done: {journal:?}");
+    assert_eq!(agent.live().logins, 1, "no reconnect either");
+    agent.shutdown.cancel();
+    task.await.expect("stops");
+}

@@ -200,12 +200,13 @@ pub async fn handle(agent: &Arc<Agent>, link: &Link, frame: &Frame) -> (Frame, A
         return (reply_frame(link, frame, env), After::Nothing);
     };
     let batch_no = batch_of(frame);
+    let body_md5 = crate::server::md5_hex(&frame.payload);
 
     // A batch we already answered (the server re-sent it after a reconnect)
     // is answered again with the same result and not applied twice.
     if let Some(prev) = agent
         .state
-        .read(|s| s.handled(frame.service_code, &batch_no).cloned())
+        .read(|s| s.handled(frame.service_code, &batch_no, &body_md5).cloned())
     {
         log::info!(
             "{} batch {batch_no} was already handled; repeating its answer",
@@ -258,6 +259,7 @@ pub async fn handle(agent: &Arc<Agent>, link: &Link, frame: &Frame) -> (Frame, A
         service_code: frame.service_code,
         name: code.name().into(),
         batch_no,
+        body_md5,
         code: env.code,
         msg: env.msg.clone(),
         at: chrono::Local::now().to_rfc3339(),

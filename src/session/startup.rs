@@ -99,6 +99,9 @@ pub async fn sequence(agent: &Arc<Agent>, link: &Link, local_ip: &str) -> Result
         mine.platform = crate::agent::platform_name().into();
         mine.soft_version = agent.cfg.soft_version.clone();
         mine.disk_residue = agent.disk_residue_gb();
+        if mine.name.is_empty() {
+            mine.name = agent.default_name();
+        }
         if mine.ip.is_empty() {
             mine.ip = agent.report_ip(local_ip);
         }

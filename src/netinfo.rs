@@ -81,28 +81,6 @@ pub fn detect(name: Option<&str>) -> Result<InterfaceInfo, NetInfoError> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn loopback_is_listed() {
-        let all = interfaces().expect("list");
-        let lo = all.iter().find(|i| i.name == "lo").expect("lo exists");
-        assert_eq!(lo.ipv4, Some(Ipv4Addr::LOCALHOST));
-        assert_eq!(lo.prefix_len, Some(8));
-        assert_eq!(lo.mac, "00:00:00:00:00:00");
-    }
-
-    #[test]
-    fn unknown_name_is_error() {
-        assert!(matches!(
-            detect(Some("nope-xyz0")),
-            Err(NetInfoError::NotFound(_))
-        ));
-    }
-}
-
 /// The interface's current static settings, for a rollback: address and
 /// prefix from the kernel, default gateway from `ip -j route` (JSON, not
 /// text), DNS servers from `<etc>/resolv.conf`.
@@ -134,4 +112,26 @@ pub fn current_network(
         gateway,
         dns,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_is_listed() {
+        let all = interfaces().expect("list");
+        let lo = all.iter().find(|i| i.name == "lo").expect("lo exists");
+        assert_eq!(lo.ipv4, Some(Ipv4Addr::LOCALHOST));
+        assert_eq!(lo.prefix_len, Some(8));
+        assert_eq!(lo.mac, "00:00:00:00:00:00");
+    }
+
+    #[test]
+    fn unknown_name_is_error() {
+        assert!(matches!(
+            detect(Some("nope-xyz0")),
+            Err(NetInfoError::NotFound(_))
+        ));
+    }
 }

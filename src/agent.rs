@@ -8,6 +8,8 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::AgentConfig;
+use crate::desktops::Desktops;
+use crate::disk::DiskStore;
 use crate::platform::{NetworkConfig, Platform, SelectedPlatform};
 use crate::protocol::messages::{DateTimeResp, DesktopGroup, TerminalConfig};
 use crate::protocol::{normalize_mac, Envelope, Frame};
@@ -31,6 +33,7 @@ pub struct Agent {
     pub mac: String,
     pub state: StateStore,
     pub platform: Arc<dyn Platform>,
+    pub desktops: Desktops,
     pub shutdown: CancellationToken,
     /// Commands are applied one at a time, across sessions.
     pub command_lock: tokio::sync::Mutex<()>,
@@ -48,6 +51,8 @@ pub enum AgentError {
     Mac(String),
     #[error("data dir {0}: {1}")]
     DataDir(std::path::PathBuf, std::io::Error),
+    #[error("disks: {0}")]
+    Disks(#[from] crate::disk::DiskError),
 }
 
 pub fn platform_name() -> &'static str {
@@ -85,10 +90,12 @@ impl Agent {
             log::error!("{w}");
         }
         let platform = SelectedPlatform::from_config(&cfg);
+        let desktops = Desktops::open(DiskStore::new(cfg.disk_dir(), cfg.disk_margin_mb << 20)?)?;
         Ok(Arc::new(Agent {
             mac,
             state,
             platform,
+            desktops,
             shutdown: CancellationToken::new(),
             command_lock: tokio::sync::Mutex::new(()),
             live: Mutex::new(LiveStatus {
@@ -366,9 +373,82 @@ impl Agent {
         }
     }
 
-    pub fn desktop_groups_received(&self, groups: Vec<DesktopGroup>) {
+    /// A fresh 9007 answer: persist it, run the update decision, and carry
+    /// out its local part (merges, deletions) off the async threads.
+    pub async fn desktop_groups_received(self: &Arc<Self>, groups: Vec<DesktopGroup>) {
         log::info!("server lists {} desktop group(s)", groups.len());
-        self.persist(|s| s.desktop_groups = groups);
+        self.persist(|s| s.desktop_groups = groups.clone());
+        let me = self.clone();
+        let plan = tokio::task::spawn_blocking(move || me.desktops.apply_groups(&groups)).await;
+        match plan {
+            Ok(Ok(plan)) => {
+                if !plan.download.is_empty() {
+                    log::info!("{} layer(s) to download", plan.download.len());
+                }
+                self.persist(|s| s.pending_downloads = plan.download);
+            }
+            Ok(Err(e)) => {
+                log::error!("applying the desktop list: {e}");
+                self.persist(|s| s.notice(format!("desktop update failed: {e}")));
+            }
+            Err(e) => log::error!("desktop update task: {e}"),
+        }
+    }
+
+    /// 9026, 9011 and 9012: what this terminal holds.
+    pub async fn report_desktops(self: &Arc<Self>, link: &Link) {
+        use crate::protocol::messages::{GetDesktopInfoReq, PutDesktopGroupListReq};
+        use crate::protocol::ServiceCode;
+        let groups = self.state.read(|s| s.desktop_groups.clone());
+        let me = self.clone();
+        let g2 = groups.clone();
+        let facts = tokio::task::spawn_blocking(move || {
+            Ok::<_, crate::disk::DiskError>((
+                me.desktops.system_disk_uuids(&g2)?,
+                me.desktops.desktop_infos(&me.mac, &g2)?,
+            ))
+        })
+        .await;
+        let (uuids, infos) = match facts {
+            Ok(Ok(f)) => f,
+            Ok(Err(e)) => {
+                log::warn!("cannot read the disk chains for reporting: {e}");
+                return;
+            }
+            Err(_) => return,
+        };
+        let body = PutDesktopGroupListReq {
+            sys_disk_uuids: uuids.join(","),
+            mac: self.mac.clone(),
+        };
+        if let Err(e) = link.request(ServiceCode::PutDesktopGroupList, &body).await {
+            log::warn!("put_desktop_group_list: {e}");
+        }
+        for info in &infos {
+            if let Err(e) = link.request(ServiceCode::SyncDesktopInfo, info).await {
+                log::warn!("sync_desktop_info: {e}");
+            }
+        }
+        let default = groups
+            .iter()
+            .find(|g| g.default_desktop_group)
+            .or(groups.first())
+            .and_then(|g| {
+                g.disks
+                    .iter()
+                    .find(|d| d.disk_type == 0 && uuids.contains(&d.uuid))
+            });
+        if let Some(d) = default {
+            let req = GetDesktopInfoReq {
+                mac: Some(self.mac.clone()),
+                boot_disk: format!("{}_0_{}", d.prefix, d.uuid),
+            };
+            match link.request(ServiceCode::GetDesktopInfo, &req).await {
+                Ok((_, env)) if env.is_ok() => self.persist(|s| s.desktop_info = env.data),
+                Ok((_, env)) => log::info!("get_desktop_info: {} {}", env.code, env.msg),
+                Err(e) => log::warn!("get_desktop_info: {e}"),
+            }
+        }
     }
 
     /// Applies a configuration pulled with 9005. Returns a session end when

@@ -127,6 +127,9 @@ pub struct AgentConfig {
     /// the previous network or server is restored.
     #[serde(default = "default_confirm")]
     pub change_confirm_secs: u64,
+    /// Space kept free on the data disk beyond what an operation needs.
+    #[serde(default = "default_margin")]
+    pub disk_margin_mb: u64,
     /// Local control socket; default `<data_dir>/control.sock`.
     #[serde(default)]
     pub control_socket: Option<PathBuf>,
@@ -167,6 +170,9 @@ fn default_perf() -> u64 {
 fn default_confirm() -> u64 {
     90
 }
+fn default_margin() -> u64 {
+    1024
+}
 fn default_threads() -> usize {
     2
 }
@@ -206,6 +212,7 @@ impl AgentConfig {
             connect_retry_ms: default_connect_retry_ms(),
             performance_secs: default_perf(),
             change_confirm_secs: default_confirm(),
+            disk_margin_mb: default_margin(),
             control_socket: None,
             worker_threads: default_threads(),
             soft_version: default_soft_version(),
@@ -264,6 +271,10 @@ impl AgentConfig {
         self.control_socket
             .clone()
             .unwrap_or_else(|| self.data_dir.join("control.sock"))
+    }
+
+    pub fn disk_dir(&self) -> PathBuf {
+        self.data_dir.join("disks")
     }
 
     pub fn state_path(&self) -> PathBuf {

@@ -21,6 +21,7 @@ pub enum ControlRequest {
     OrderConfirm { terminal_id: i64 },
     VerifyAdmin { user: String, password: String },
     GetDateTime,
+    Disks,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -132,6 +133,26 @@ async fn handle(agent: &Arc<Agent>, req: ControlRequest) -> ControlResponse {
                 |_| json!({"verified": true}),
             )
             .await
+        }
+        ControlRequest::Disks => {
+            let a = agent.clone();
+            match tokio::task::spawn_blocking(move || {
+                a.desktops.inventory().map(|i| (i, a.desktops.catalog()))
+            })
+            .await
+            {
+                Ok(Ok((inv, cat))) => ControlResponse::ok(json!({
+                    "dir": agent.cfg.disk_dir(),
+                    "chains": inv.chains,
+                    "problems": inv.problems,
+                    "layers": inv.layers,
+                    "catalog": cat.layers,
+                    "pending_downloads": agent.state.read(|s| s.pending_downloads.clone()),
+                    "free_bytes": agent.desktops.store.free_bytes(),
+                })),
+                Ok(Err(e)) => ControlResponse::err(e.to_string()),
+                Err(e) => ControlResponse::err(e.to_string()),
+            }
         }
         ControlRequest::GetDateTime => {
             forward(

@@ -5,6 +5,7 @@ pub mod commands;
 pub mod config;
 pub mod control;
 pub mod demo;
+pub mod desktops;
 pub mod disk;
 pub mod fsutil;
 pub mod net;

@@ -88,6 +88,12 @@ pub struct AgentState {
     pub network: Option<NetworkConfig>,
     #[serde(default)]
     pub pending_change: Option<PendingChange>,
+    /// Layers the last update decision wants fetched.
+    #[serde(default)]
+    pub pending_downloads: Vec<crate::disk::decision::Download>,
+    /// The server's answer to 9012 for the default desktop.
+    #[serde(default)]
+    pub desktop_info: Option<serde_json::Value>,
     #[serde(default)]
     pub last_login: Option<String>,
     #[serde(default)]
@@ -115,6 +121,8 @@ impl Default for AgentState {
             pending_order: None,
             network: None,
             pending_change: None,
+            pending_downloads: Vec::new(),
+            desktop_info: None,
             last_login: None,
             server_time: None,
             commands: VecDeque::new(),

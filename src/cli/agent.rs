@@ -27,6 +27,18 @@ pub struct Cli {
 enum Cmd {
     /// Run the agent (the default).
     Run,
+    /// The chain to boot for a desktop group, as JSON (for the boot loader).
+    BootPlan {
+        desktop_group_uuid: String,
+        /// Create the user layer first (reset it for restore groups).
+        #[arg(long)]
+        prepare: bool,
+    },
+    /// Offline disk maintenance on the data dir.
+    Disk {
+        #[command(subcommand)]
+        what: DiskCmd,
+    },
     /// Query or drive a running agent over its control socket.
     Ctl {
         /// Control socket; default: from the config.
@@ -50,6 +62,18 @@ enum CtlCmd {
     VerifyAdmin { user: String, password: String },
     /// The server's time (9003).
     Date,
+    /// Disk chains, problems, and pending downloads.
+    Disks,
+}
+
+#[derive(Subcommand)]
+enum DiskCmd {
+    /// Chains, layers and problems.
+    Ls,
+    /// Merge a diff layer into its parent (journaled).
+    Merge { layer: String },
+    /// Finish an interrupted chain change.
+    Recover,
 }
 
 #[derive(Subcommand)]
@@ -64,6 +88,58 @@ pub fn main() -> std::process::ExitCode {
     match cli.cmd.unwrap_or(Cmd::Run) {
         Cmd::Run => run(&cli.config),
         Cmd::Ctl { socket, what } => ctl(&cli.config, socket, what),
+        Cmd::BootPlan {
+            desktop_group_uuid,
+            prepare,
+        } => offline(&cli.config, |d, state| {
+            let plan = d.boot_plan(&state.desktop_groups, &desktop_group_uuid, prepare)?;
+            Ok(serde_json::to_value(plan)?)
+        }),
+        Cmd::Disk { what } => offline(&cli.config, |d, _| match what {
+            DiskCmd::Ls => {
+                let inv = d.inventory()?;
+                Ok(
+                    serde_json::json!({ "chains": inv.chains, "problems": inv.problems, "layers": inv.layers }),
+                )
+            }
+            DiskCmd::Merge { layer } => {
+                let name = crate::disk::LayerName::parse(&layer)?;
+                let into = d.merge(&name)?;
+                Ok(serde_json::json!({ "merged": layer, "into": into.to_string() }))
+            }
+            DiskCmd::Recover => Ok(serde_json::json!({ "recovered": true })),
+        }),
+    }
+}
+
+/// Runs a disk operation without the agent: opening the store replays any
+/// unfinished change first.
+fn offline(
+    config: &std::path::Path,
+    f: impl FnOnce(
+        &crate::desktops::Desktops,
+        &crate::state::AgentState,
+    ) -> anyhow::Result<serde_json::Value>,
+) -> std::process::ExitCode {
+    let run = || -> anyhow::Result<serde_json::Value> {
+        let cfg = AgentConfig::load(config)?;
+        let store = crate::disk::DiskStore::new(cfg.disk_dir(), cfg.disk_margin_mb << 20)?;
+        let desktops = crate::desktops::Desktops::open(store)?;
+        let state = std::fs::read(cfg.state_path())
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        f(&desktops, &state)
+    };
+    match run() {
+        Ok(v) => {
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("voi-agent: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }
 
@@ -136,6 +212,7 @@ fn ctl(config: &std::path::Path, socket: Option<PathBuf>, what: CtlCmd) -> std::
         } => ControlRequest::OrderConfirm { terminal_id },
         CtlCmd::VerifyAdmin { user, password } => ControlRequest::VerifyAdmin { user, password },
         CtlCmd::Date => ControlRequest::GetDateTime,
+        CtlCmd::Disks => ControlRequest::Disks,
     };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -5,6 +5,8 @@
 //! Every reply uses the command's service code, `req_or_res = 2`, the echoed
 //! sequence number, and `data {mac, batch_no}`.
 
+mod add_data_disk;
+mod clear_all_desktop;
 mod delete;
 mod enter_maintain;
 mod enter_maintenance_mode;
@@ -15,6 +17,7 @@ mod shutdown;
 mod unsupported;
 mod update_config;
 mod update_desktop_group_info;
+mod update_difference_disk;
 mod update_ip;
 mod update_name;
 mod watermark_switch;
@@ -141,6 +144,9 @@ enum Command {
     PxeStart(pxe_start::PxeStart),
     WatermarkSwitch(watermark_switch::WatermarkSwitch),
     UpdateDesktopGroupInfo(update_desktop_group_info::UpdateDesktopGroupInfo),
+    ClearAllDesktop(clear_all_desktop::ClearAllDesktop),
+    AddDataDisk(add_data_disk::AddDataDisk),
+    UpdateDifferenceDisk(update_difference_disk::UpdateDifferenceDisk),
     Unsupported(unsupported::Unsupported),
 }
 
@@ -168,6 +174,13 @@ impl Command {
             S::UpdateDesktopGroupInfo => Command::UpdateDesktopGroupInfo(
                 update_desktop_group_info::UpdateDesktopGroupInfo::parse(frame)?,
             ),
+            S::ClearAllDesktop => {
+                Command::ClearAllDesktop(clear_all_desktop::ClearAllDesktop::parse(frame)?)
+            }
+            S::AddDataDisk => Command::AddDataDisk(add_data_disk::AddDataDisk::parse(frame)?),
+            S::UpdateDifferenceDisk => Command::UpdateDifferenceDisk(
+                update_difference_disk::UpdateDifferenceDisk::parse(frame)?,
+            ),
             other => Command::Unsupported(unsupported::Unsupported::parse(other, frame)),
         })
     }
@@ -186,6 +199,9 @@ impl Command {
             Command::PxeStart(c) => c.apply(ctx).await,
             Command::WatermarkSwitch(c) => c.apply(ctx).await,
             Command::UpdateDesktopGroupInfo(c) => c.apply(ctx).await,
+            Command::ClearAllDesktop(c) => c.apply(ctx).await,
+            Command::AddDataDisk(c) => c.apply(ctx).await,
+            Command::UpdateDifferenceDisk(c) => c.apply(ctx).await,
             Command::Unsupported(c) => c.apply(ctx).await,
         }
     }

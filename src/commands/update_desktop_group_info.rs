@@ -28,7 +28,10 @@ pub async fn refresh(agent: &Arc<Agent>, link: &Link) {
     };
     match link.request(ServiceCode::GetDesktopGroupList, &req).await {
         Ok((_, env)) => match env.data_as::<DesktopGroupListResp>() {
-            Ok(Some(list)) if env.is_ok() => agent.desktop_groups_received(list.desktop_group_list),
+            Ok(Some(list)) if env.is_ok() => {
+                agent.desktop_groups_received(list.desktop_group_list).await;
+                agent.report_desktops(link).await;
+            }
             other => log::warn!(
                 "get_desktop_group_list: code {} {} ({other:?})",
                 env.code,

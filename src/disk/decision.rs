@@ -18,7 +18,7 @@
 //! * Restore groups (`desktop_group_restore = 1`) and share disks with
 //!   `restore_flag = 1` get their user layer reset at boot.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::name::{LayerName, SERVER_LEVELS};
@@ -33,7 +33,7 @@ pub struct LocalLayer {
     pub local_only: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Download {
     pub group_uuid: String,
     pub disk_uuid: String,

@@ -137,7 +137,7 @@ mod tests {
         for bad in [
             format!("../voi_0_{U}"),
             format!("voi_0_{U}/x"),
-            format!("voi_0_../../etc/passwd"),
+            "voi_0_../../etc/passwd".to_string(),
             format!("voi_0_{}", U.to_uppercase()),
             format!("VOI_0_{U}"),
             format!("voi_9_{U}"),

@@ -51,6 +51,14 @@ pub fn read_header(path: &Path) -> Result<ImageHeader, HeaderError> {
     let mut raw = [0u8; 104];
     f.read_exact(&mut raw)
         .map_err(|_| bad("shorter than a header".into()))?;
+    // The extension area, read here because qcow 1.2 starts it at byte 104
+    // even when a v3 header is longer (qemu >= 5.1 writes 112 bytes).
+    let mut ext_area = Vec::with_capacity(4096);
+    {
+        use std::io::{Seek, SeekFrom};
+        f.seek(SeekFrom::Start(0)).map_err(io)?;
+        (&mut f).take(4096).read_to_end(&mut ext_area).map_err(io)?;
+    }
     if &raw[0..4] != MAGIC {
         return Err(bad("bad magic".into()));
     }
@@ -79,6 +87,11 @@ pub fn read_header(path: &Path) -> Result<ImageHeader, HeaderError> {
         return Err(bad(format!("{nb_snapshots} snapshots")));
     }
     drop(f);
+    let header_len = if version >= 3 && ext_area.len() >= 104 {
+        be32(&ext_area, 100) as usize
+    } else {
+        72
+    };
 
     let mut reader = BufReader::new(File::open(path).map_err(io)?);
     let q = qcow::load(&mut reader).map_err(|e| bad(e.to_string()))?;
@@ -87,10 +100,14 @@ pub fn read_header(path: &Path) -> Result<ImageHeader, HeaderError> {
     let (virtual_size, backing_format) = match &q {
         qcow::DynamicQcow::Qcow2(q2) => (
             q2.header.size,
-            q2.header.extensions.iter().find_map(|e| match e {
-                qcow::header_ext::HeaderExt::BackingFileFormat(fmt) => Some(fmt.clone()),
-                _ => None,
-            }),
+            q2.header
+                .extensions
+                .iter()
+                .find_map(|e| match e {
+                    qcow::header_ext::HeaderExt::BackingFileFormat(fmt) => Some(fmt.clone()),
+                    _ => None,
+                })
+                .or_else(|| backing_format_ext(&ext_area, header_len)),
         ),
         qcow::DynamicQcow::Qcow1(_) => return Err(bad("qcow version 1".into())),
     };
@@ -104,4 +121,24 @@ pub fn read_header(path: &Path) -> Result<ImageHeader, HeaderError> {
         allocated: meta.blocks() * 512,
         file_len: len,
     })
+}
+
+/// Walks the header extensions (type u32, length u32, data padded to 8) from
+/// `start` and returns the backing-format string, if present.
+fn backing_format_ext(area: &[u8], start: usize) -> Option<String> {
+    let mut at = start;
+    while at + 8 <= area.len() {
+        let kind = be32(area, at) as u32;
+        let len = be32(area, at + 4) as usize;
+        let data = area.get(at + 8..at + 8 + len)?;
+        match kind {
+            0 => return None,
+            0xe279_2aca => {
+                let s: Vec<u8> = data.iter().copied().filter(|b| *b != 0).collect();
+                return String::from_utf8(s).ok();
+            }
+            _ => at += 8 + len.div_ceil(8) * 8,
+        }
+    }
+    None
 }

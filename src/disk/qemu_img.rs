@@ -124,3 +124,8 @@ pub fn same_content(a: &Path, b: &Path) -> Result<bool, QemuImgError> {
         }),
     }
 }
+
+/// Grows an image to `size` bytes.
+pub fn resize(path: &Path, size: u64) -> Result<(), QemuImgError> {
+    run(&["resize", "-q", "-f", "qcow2", p(path), &size.to_string()]).map(drop)
+}

@@ -120,7 +120,7 @@ impl DiskStore {
     ) -> Result<Vec<String>, DiskError> {
         let mut removed = Vec::new();
         let mut order = reclaimable.to_vec();
-        order.sort_by(|a, b| b.level.cmp(&a.level));
+        order.sort_by_key(|l| std::cmp::Reverse(l.level));
         for l in order {
             if self.ensure_space(needed).is_ok() {
                 break;
@@ -319,7 +319,7 @@ impl DiskStore {
     /// Removes layers, highest level first, through the journal.
     pub fn delete_layers(&self, layers: &[LayerName]) -> Result<(), DiskError> {
         let mut sorted = layers.to_vec();
-        sorted.sort_by(|a, b| b.level.cmp(&a.level));
+        sorted.sort_by_key(|l| std::cmp::Reverse(l.level));
         let intent = Intent::Delete {
             layers: sorted.iter().map(|l| l.to_string()).collect(),
         };

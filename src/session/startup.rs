@@ -128,14 +128,18 @@ pub async fn sequence(agent: &Arc<Agent>, link: &Link, local_ip: &str) -> Result
         .await
         .map_err(transport)?;
     match env.data_as::<DesktopGroupListResp>() {
-        Ok(Some(list)) if env.is_ok() => agent.desktop_groups_received(list.desktop_group_list),
-        Ok(None) if env.is_ok() => agent.desktop_groups_received(Vec::new()),
+        Ok(Some(list)) if env.is_ok() => {
+            agent.desktop_groups_received(list.desktop_group_list).await
+        }
+        Ok(None) if env.is_ok() => agent.desktop_groups_received(Vec::new()).await,
         other => log::warn!(
             "get_desktop_group_list: code {} {} ({other:?})",
             env.code,
             env.msg
         ),
     }
+
+    agent.report_desktops(link).await;
 
     // 9019: BitTorrent trackers.
     let (_, env) = link

@@ -1,0 +1,372 @@
+//! The agent's desktops: the bridge between the protocol (9007 groups,
+//! commands, reports) and the disk chains in `disk/`.
+
+use serde::Serialize;
+use serde_json::{json, Value};
+use std::sync::Mutex;
+
+use crate::disk::decision::{self, LocalLayer, Plan};
+use crate::disk::name::{LayerName, USER_LEVEL};
+use crate::disk::{Catalog, DiskError, DiskStore, Inventory, LayerMeta};
+use crate::protocol::messages::{DesktopGroup, DesktopInfo, LocalDisk};
+use crate::protocol::Sectors;
+
+pub struct Desktops {
+    pub store: DiskStore,
+    /// Chain changes happen one at a time: the mutex within this process,
+    /// an flock on `<disk dir>/.lock` across processes (the boot launcher's
+    /// `boot-plan --prepare` may run beside the agent).
+    lock: Mutex<()>,
+}
+
+pub struct Guard<'a> {
+    _inner: std::sync::MutexGuard<'a, ()>,
+    _file: nix::fcntl::Flock<std::fs::File>,
+}
+
+impl Desktops {
+    pub fn open(store: DiskStore) -> Result<Desktops, DiskError> {
+        let d = Desktops {
+            store,
+            lock: Mutex::new(()),
+        };
+        {
+            let _g = d.guard()?;
+            for line in d.store.recover()? {
+                log::warn!("disk recovery: {line}");
+            }
+        }
+        Ok(d)
+    }
+
+    fn guard(&self) -> Result<Guard<'_>, DiskError> {
+        let inner = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let path = self.store.dir().join(".lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| DiskError::Io(path.display().to_string(), e))?;
+        let file = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| DiskError::Io(path.display().to_string(), e.into()))?;
+        Ok(Guard {
+            _inner: inner,
+            _file: file,
+        })
+    }
+
+    pub fn catalog(&self) -> Catalog {
+        Catalog::load(self.store.dir())
+    }
+
+    fn save_catalog(&self, c: &Catalog) -> Result<(), DiskError> {
+        c.save(self.store.dir())
+            .map_err(|e| DiskError::Io("catalog".into(), e))
+    }
+
+    pub fn local_layers(&self, inv: &Inventory) -> Vec<LocalLayer> {
+        let cat = self.catalog();
+        inv.layers
+            .values()
+            .map(|l| {
+                let meta = cat.layers.get(&l.name);
+                LocalLayer {
+                    name: l.parsed.clone(),
+                    operate_id: meta.map(|m| m.operate_id),
+                    local_only: meta.is_some_and(|m| m.local_only),
+                }
+            })
+            .collect()
+    }
+
+    /// Runs the update decision on a fresh desktop list and carries out the
+    /// local part of it (merges, deletions). Downloads are returned.
+    pub fn apply_groups(&self, groups: &[DesktopGroup]) -> Result<Plan, DiskError> {
+        let _g = self.guard()?;
+        let inv = self.store.inventory()?;
+        let plan = decision::decide(&self.local_layers(&inv), groups);
+        let mut cat = self.catalog();
+        for m in &plan.merge {
+            let child = LayerName::parse(&m.child)?;
+            let into = self.store.merge(&child)?;
+            if let Some(meta) = cat.layers.get_mut(&into.to_string()) {
+                meta.operate_id = m.operate_id;
+            }
+            log::info!("merged {} into {}", m.child, m.into);
+        }
+        let doomed: Vec<LayerName> = plan
+            .delete
+            .iter()
+            .filter_map(|n| LayerName::parse(n).ok())
+            .collect();
+        if !doomed.is_empty() {
+            self.store.delete_layers(&doomed)?;
+            log::info!(
+                "deleted {} layer(s) the server no longer lists",
+                doomed.len()
+            );
+        }
+        cat.prune(self.store.dir());
+        self.save_catalog(&cat)?;
+        Ok(plan)
+    }
+
+    /// Records what the server says about a layer that now exists locally.
+    pub fn remember(&self, name: &LayerName, meta: LayerMeta) -> Result<(), DiskError> {
+        let _g = self.guard()?;
+        let mut cat = self.catalog();
+        cat.layers.insert(name.to_string(), meta);
+        self.save_catalog(&cat)
+    }
+
+    /// 1007: every layer and the catalog go.
+    pub fn clear_all(&self) -> Result<Vec<String>, DiskError> {
+        let _g = self.guard()?;
+        let removed = self.store.clear_all()?;
+        self.save_catalog(&Catalog::default())?;
+        Ok(removed)
+    }
+
+    /// 1010: one local data disk; a second call updates its flags and can
+    /// grow it, never shrink it.
+    pub fn add_data_disk(
+        &self,
+        size_gb: u64,
+        enabled: bool,
+        restore: bool,
+    ) -> Result<String, DiskError> {
+        let _g = self.guard()?;
+        let mut cat = self.catalog();
+        let size = size_gb
+            .checked_mul(1 << 30)
+            .ok_or_else(|| DiskError::Invalid("size overflows".into()))?;
+        let existing = cat
+            .layers
+            .iter()
+            .find(|(_, m)| m.local_only && m.disk_type == 1)
+            .map(|(n, _)| n.clone());
+        let name = match existing {
+            Some(n) => {
+                let layer = LayerName::parse(&n)?;
+                let header = crate::disk::qcow2::read_header(&self.store.path(&layer))
+                    .map_err(|e| DiskError::Invalid(e.to_string()))?;
+                if size < header.virtual_size {
+                    return Err(DiskError::Invalid(format!(
+                        "the data disk is {} GB; shrinking it would lose data",
+                        header.virtual_size >> 30
+                    )));
+                }
+                if size > header.virtual_size {
+                    self.store.ensure_space(size - header.virtual_size)?;
+                    crate::disk::qemu_img::resize(&self.store.path(&layer), size)?;
+                }
+                n
+            }
+            None => {
+                let layer =
+                    LayerName::new("voi", 0, &uuid::Uuid::new_v4().hyphenated().to_string())?;
+                self.store.create_image(&layer, size)?;
+                layer.to_string()
+            }
+        };
+        cat.layers.insert(
+            name.clone(),
+            LayerMeta {
+                operate_id: 0,
+                disk_type: 1,
+                group_uuid: String::new(),
+                local_only: true,
+                enabled,
+                restore,
+            },
+        );
+        self.save_catalog(&cat)?;
+        Ok(name)
+    }
+
+    pub fn inventory(&self) -> Result<Inventory, DiskError> {
+        self.store.inventory()
+    }
+
+    /// 9026 body: local system disks with a complete chain.
+    pub fn system_disk_uuids(&self, groups: &[DesktopGroup]) -> Result<Vec<String>, DiskError> {
+        let inv = self.store.inventory()?;
+        Ok(groups
+            .iter()
+            .flat_map(|g| g.disks.iter().filter(|d| d.disk_type == 0))
+            .filter(|d| inv.chain(&d.uuid).is_some_and(|c| c.complete))
+            .map(|d| d.uuid.clone())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect())
+    }
+
+    /// 9011 bodies: each group that has local layers, with its disks.
+    pub fn desktop_infos(
+        &self,
+        mac: &str,
+        groups: &[DesktopGroup],
+    ) -> Result<Vec<DesktopInfo>, DiskError> {
+        let inv = self.store.inventory()?;
+        let mut out = Vec::new();
+        for g in groups {
+            let mut disks = Vec::new();
+            let uuids: std::collections::BTreeSet<_> = g
+                .disks
+                .iter()
+                .map(|d| (d.uuid.clone(), d.disk_type))
+                .collect();
+            for (uuid, ty) in uuids {
+                let Some(chain) = inv.chain(&uuid) else {
+                    continue;
+                };
+                let Some(top) = chain.layers.last().and_then(|n| inv.layers.get(n)) else {
+                    continue;
+                };
+                disks.push(LocalDisk {
+                    uuid,
+                    disk_type: ty,
+                    dif_level: i64::from(top.parsed.level),
+                    prefix: chain.prefix.clone(),
+                    real_size: Sectors::from_bytes_floor(chain.virtual_size),
+                    reserve_size: None,
+                });
+            }
+            if !disks.is_empty() {
+                out.push(DesktopInfo {
+                    mac: Some(mac.to_string()),
+                    uuid: g.desktop_group_uuid.clone(),
+                    sys_type: g.os_sys_type,
+                    name: g.desktop_group_name.clone(),
+                    desc: g.desktop_group_desc.clone(),
+                    disks,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// What the boot loader needs for one group; with `prepare`, the user
+    /// layer is created (or reset, for restore groups) first.
+    pub fn boot_plan(
+        &self,
+        groups: &[DesktopGroup],
+        group_uuid: &str,
+        prepare: bool,
+    ) -> Result<BootPlan, DiskError> {
+        let _g = self.guard()?;
+        let group = groups
+            .iter()
+            .find(|g| g.desktop_group_uuid == group_uuid)
+            .ok_or_else(|| DiskError::Missing(format!("desktop group {group_uuid}")))?;
+        let restore_group = group.desktop_group_restore == 1;
+        let mut plan = BootPlan {
+            desktop_group_uuid: group_uuid.to_string(),
+            restore: restore_group,
+            system: None,
+            data: None,
+            share: None,
+            local_data: None,
+        };
+        let cat = self.catalog();
+        let disks: std::collections::BTreeMap<String, (i64, bool)> = group
+            .disks
+            .iter()
+            .map(|d| {
+                let restore = if d.disk_type == 2 {
+                    d.restore_flag == Some(1)
+                } else {
+                    restore_group
+                };
+                (d.uuid.clone(), (d.disk_type, restore))
+            })
+            .collect();
+        for (uuid, (ty, restore)) in disks {
+            let inv = self.store.inventory()?;
+            let Some(chain) = inv.chain(&uuid).filter(|c| c.complete).cloned() else {
+                continue;
+            };
+            // The top server layer: the highest level ≤ 2 on the chain.
+            let server_top = chain
+                .layers
+                .iter()
+                .filter_map(|n| LayerName::parse(n).ok())
+                .filter(|n| n.level <= 2)
+                .max_by_key(|n| n.level);
+            let Some(server_top) = server_top else {
+                continue;
+            };
+            let user = server_top.with_level(USER_LEVEL);
+            if prepare && (restore || !inv.has(&user)) {
+                self.store.reset_user_layer(&server_top)?;
+            }
+            let inv = self.store.inventory()?;
+            let chain = inv.chain(&uuid).cloned().unwrap_or(chain);
+            let entry = BootDisk {
+                uuid: uuid.clone(),
+                top: self
+                    .store
+                    .dir()
+                    .join(chain.layers.last().cloned().unwrap_or_default()),
+                base: self
+                    .store
+                    .dir()
+                    .join(chain.layers.first().cloned().unwrap_or_default()),
+                chain: chain
+                    .layers
+                    .iter()
+                    .map(|l| self.store.dir().join(l))
+                    .collect(),
+                virtual_size: chain.virtual_size,
+                restore,
+            };
+            match ty {
+                0 => plan.system = Some(entry),
+                1 => plan.data = Some(entry),
+                _ => plan.share = Some(entry),
+            }
+        }
+        if let Some((name, meta)) = cat.layers.iter().find(|(_, m)| m.local_only && m.enabled) {
+            let path = self.store.dir().join(name);
+            plan.local_data = Some(json!({ "path": path, "restore": meta.restore }));
+        }
+        if plan.system.is_none() {
+            return Err(DiskError::Missing(format!(
+                "a complete system disk for group {group_uuid}"
+            )));
+        }
+        Ok(plan)
+    }
+
+    /// Merges one diff into its parent (offline maintenance).
+    pub fn merge(&self, child: &LayerName) -> Result<LayerName, DiskError> {
+        let _g = self.guard()?;
+        let into = self.store.merge(child)?;
+        let mut cat = self.catalog();
+        cat.prune(self.store.dir());
+        self.save_catalog(&cat)?;
+        Ok(into)
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BootDisk {
+    pub uuid: String,
+    pub top: std::path::PathBuf,
+    pub base: std::path::PathBuf,
+    pub chain: Vec<std::path::PathBuf>,
+    pub virtual_size: u64,
+    pub restore: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BootPlan {
+    pub desktop_group_uuid: String,
+    pub restore: bool,
+    pub system: Option<BootDisk>,
+    pub data: Option<BootDisk>,
+    pub share: Option<BootDisk>,
+    /// The local data disk from add_data_disk, when enabled.
+    pub local_data: Option<Value>,
+}

@@ -87,14 +87,7 @@ impl Desktops {
         let inv = self.store.inventory()?;
         let plan = decision::decide(&self.local_layers(&inv), groups);
         let mut cat = self.catalog();
-        for m in &plan.merge {
-            let child = LayerName::parse(&m.child)?;
-            let into = self.store.merge(&child)?;
-            if let Some(meta) = cat.layers.get_mut(&into.to_string()) {
-                meta.operate_id = m.operate_id;
-            }
-            log::info!("merged {} into {}", m.child, m.into);
-        }
+        // Deletions first: they free the space a merge may need.
         let doomed: Vec<LayerName> = plan
             .delete
             .iter()
@@ -106,6 +99,14 @@ impl Desktops {
                 "deleted {} layer(s) the server no longer lists",
                 doomed.len()
             );
+        }
+        for m in &plan.merge {
+            let child = LayerName::parse(&m.child)?;
+            let into = self.store.merge(&child)?;
+            if let Some(meta) = cat.layers.get_mut(&into.to_string()) {
+                meta.operate_id = m.operate_id;
+            }
+            log::info!("merged {} into {}", m.child, m.into);
         }
         cat.prune(self.store.dir());
         self.save_catalog(&cat)?;

@@ -490,6 +490,20 @@ impl Agent {
             }
         };
         let watchdog = tokio::spawn(self.clone().watch_pending_change());
+        // The agent can serve its control socket and retry the server from
+        // here on: that is "ready" for systemd.
+        crate::sdnotify::notify_logged("READY=1");
+        let sd_watchdog = crate::sdnotify::watchdog_interval().map(|every| {
+            tokio::spawn(async move {
+                // Pings come from the runtime itself, so a wedged runtime
+                // stops them and systemd restarts the agent.
+                let mut t = tokio::time::interval(every);
+                loop {
+                    t.tick().await;
+                    crate::sdnotify::notify_logged("WATCHDOG=1");
+                }
+            })
+        });
         let mut connect_backoff = Backoff::new(
             Duration::from_millis(100),
             Duration::from_millis(self.cfg.connect_retry_ms.max(100)),
@@ -547,6 +561,10 @@ impl Agent {
             self.pause(delay).await;
         }
         watchdog.abort();
+        if let Some(w) = sd_watchdog {
+            w.abort();
+        }
+        crate::sdnotify::notify_logged("STOPPING=1");
         if let Some(task) = control {
             task.abort();
         }

@@ -13,6 +13,7 @@ pub mod netinfo;
 pub mod perf;
 pub mod platform;
 pub mod protocol;
+pub mod sdnotify;
 pub mod server;
 pub mod session;
 pub mod state;

@@ -122,6 +122,7 @@ pub fn main() -> std::process::ExitCode {
                     "voi-server listening on {} (API http://{})",
                     handle.addr, handle.api_addr
                 );
+                crate::sdnotify::notify_logged("READY=1");
                 super::agent::wait_for_signal().await;
                 handle.stop().await;
                 Ok(())

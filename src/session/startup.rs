@@ -46,6 +46,7 @@ pub async fn login(agent: &Arc<Agent>, link: &Link, local_ip: &str) -> Result<()
     link.set_token(token);
     agent.logged_in();
     log::info!("logged in to {} as {}", agent.server_addr(), agent.mac);
+    crate::sdnotify::notify_logged(&format!("STATUS=logged in to {}", agent.server_addr()));
     Ok(())
 }
 

@@ -111,3 +111,57 @@ fn agent_sends_ready_then_watchdog_then_stopping() {
     );
     assert!(status.success(), "SIGTERM is a clean stop: {status}");
 }
+
+#[test]
+fn terminal_root_directory_has_agent_units_and_config() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let d = tempfile::tempdir().expect("tmp");
+    let out = Command::new(root.join("image/build-rootfs.sh"))
+        .arg(d.path())
+        .arg(env!("CARGO_BIN_EXE_voi-agent"))
+        .output()
+        .expect("build-rootfs.sh");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = d.path();
+    let agent = r.join("usr/bin/voi-agent");
+    assert!(
+        std::fs::metadata(&agent)
+            .expect("agent")
+            .permissions()
+            .mode()
+            & 0o111
+            != 0
+    );
+    let version = Command::new(&agent)
+        .arg("--version")
+        .output()
+        .expect("runs");
+    assert!(String::from_utf8_lossy(&version.stdout).starts_with("voi-agent "));
+    let unit =
+        std::fs::read_to_string(r.join("usr/lib/systemd/system/voi-agent.service")).expect("unit");
+    assert!(unit.contains("Type=notify") && unit.contains("WatchdogSec="));
+    let wants = r.join("etc/systemd/system/multi-user.target.wants/voi-agent.service");
+    assert_eq!(
+        std::fs::read_link(&wants).expect("enabled"),
+        Path::new("/usr/lib/systemd/system/voi-agent.service")
+    );
+    let cfg = r.join("etc/voi-agent/agent.toml");
+    assert_eq!(
+        std::fs::metadata(&cfg)
+            .expect("config")
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    voi::config::AgentConfig::load(&cfg).expect("the shipped config is valid");
+    assert!(r.join("var/lib/voi-agent").is_dir());
+    assert!(std::fs::read_to_string(r.join("boot/grub/custom.cfg"))
+        .expect("grub")
+        .contains("voi-maintenance"));
+}

@@ -133,7 +133,7 @@ fn offline(
     };
     match run() {
         Ok(v) => {
-            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            super::print_line(&serde_json::to_string_pretty(&v).unwrap_or_default());
             std::process::ExitCode::SUCCESS
         }
         Err(e) => {
@@ -226,10 +226,7 @@ fn ctl(config: &std::path::Path, socket: Option<PathBuf>, what: CtlCmd) -> std::
     };
     match rt.block_on(control::call(&socket, &req)) {
         Ok(resp) => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&resp).unwrap_or_default()
-            );
+            super::print_line(&serde_json::to_string_pretty(&resp).unwrap_or_default());
             if resp.ok {
                 std::process::ExitCode::SUCCESS
             } else {

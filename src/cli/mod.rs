@@ -8,3 +8,11 @@ pub fn init_logging() {
         .format_timestamp_millis()
         .try_init();
 }
+
+/// Prints a line to stdout. A closed pipe (`voi-server ctl ... | head`) is
+/// not an error worth a panic: the reader has what it wanted.
+pub fn print_line(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{text}").and_then(|_| out.flush());
+}

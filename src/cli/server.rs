@@ -194,7 +194,7 @@ async fn ctl(
         }
         CtlCmd::OrderCancel => c.delete("/api/v1/order").await?,
     };
-    println!("{}", serde_json::to_string_pretty(&env)?);
+    super::print_line(&serde_json::to_string_pretty(&env)?);
     if env.is_ok() {
         Ok(())
     } else {

@@ -120,10 +120,13 @@ async fn answer(
                 return Err(err(ErrorCode::TerminalRecordNotExist, ""));
             };
             let mut cfg = rec.to_config();
+            // Only an address the operator configured: the one this socket
+            // shows may be a NAT's or a loopback (a terminal behind QEMU's
+            // user network reaches us as 127.0.0.1), and a terminal told to
+            // move there would cut itself off.
             if cfg.setup_info.program.server_ip.is_empty() {
-                // The address the terminal reached us on.
                 cfg.setup_info.program.server_ip =
-                    st.local.map(|a| a.ip().to_string()).unwrap_or_default();
+                    server.cfg.advertise_ip.clone().unwrap_or_default();
             }
             ok(cfg)
         }

@@ -49,6 +49,10 @@ pub struct ServerConfig {
     /// A socket silent this long is closed.
     #[serde(default = "default_idle")]
     pub idle_close_secs: u64,
+    /// The address terminals should use for this server (9005
+    /// `setup_info.program.server_ip`); unset, none is advertised.
+    #[serde(default)]
+    pub advertise_ip: Option<String>,
     /// Tracker announce URL handed out by 9019.
     #[serde(default)]
     pub tracker_url: Option<String>,

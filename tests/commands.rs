@@ -167,6 +167,7 @@ async fn update_name_sets_name_hostname_and_conf_version() {
         .terminal(&rig.mac)
         .expect("store")
         .expect("rec")
+        .config
         .conf_version;
     assert_eq!(ver, server_ver, "agent and server agree on conf_version");
     assert!(rig.journal().contains(&JournalEntry::SetHostname {
@@ -523,6 +524,7 @@ async fn numbering_flow_across_a_room() {
                 .terminal(m)
                 .expect("store")
                 .expect("rec")
+                .config
                 .terminal_id
         })
         .collect();

@@ -244,12 +244,12 @@ etc_dir = "{etc}"
     .expect("unit");
     assert!(unit.contains(&format!("Address={new_ip}/24")), "{unit}");
     let rec = h.server.store.terminal(&mac).expect("store").expect("rec");
-    assert_eq!(rec.ip, new_ip);
+    assert_eq!(rec.config.ip, new_ip);
     let state: Value =
         serde_json::from_slice(&std::fs::read(adir.join("state.json")).expect("state"))
             .expect("json");
     assert_eq!(state["network"]["address"], new_ip.as_str());
-    assert_eq!(state["terminal"]["conf_version"], rec.conf_version);
+    assert_eq!(state["terminal"]["conf_version"], rec.config.conf_version);
 
     // 2. A change that cuts the terminal off: it comes back on its own.
     let stranded = format!("10.202.{}.2", ns.subnet);

@@ -190,6 +190,14 @@ impl DiskStore {
                 mut step,
             } => {
                 let c = self.dir.join(&child);
+                let advance = |next: MergeStep| {
+                    self.record(&Intent::Merge {
+                        child: child.clone(),
+                        parent: parent.clone(),
+                        above: above.clone(),
+                        step: next,
+                    })
+                };
                 if step == MergeStep::Commit {
                     if !c.exists() {
                         // Nothing durable happened: the intent was recorded
@@ -198,12 +206,7 @@ impl DiskStore {
                     }
                     qemu_img::commit_keep(&c)?;
                     step = MergeStep::Rebase;
-                    self.record(&Intent::Merge {
-                        child: child.clone(),
-                        parent: parent.clone(),
-                        above: above.clone(),
-                        step,
-                    })?;
+                    advance(step)?;
                 }
                 if step == MergeStep::Rebase {
                     for a in &above {
@@ -213,12 +216,7 @@ impl DiskStore {
                         }
                     }
                     step = MergeStep::Drop;
-                    self.record(&Intent::Merge {
-                        child: child.clone(),
-                        parent: parent.clone(),
-                        above: above.clone(),
-                        step,
-                    })?;
+                    advance(step)?;
                 }
                 if step == MergeStep::Drop {
                     remove_if_present(&c)?;

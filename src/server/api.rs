@@ -118,17 +118,16 @@ pub async fn serve(server: Arc<Server>, listener: TcpListener) {
 
 fn terminal_view(server: &Server, rec: &super::store::TerminalRecord, with_reports: bool) -> Value {
     let status = server.registry.status(server.cfg.offline_after());
-    let (connected, online, ip, client_type) = match status.get(&rec.mac) {
+    let (connected, online, ip, client_type) = match status.get(&rec.config.mac) {
         Some((online, ip, ct)) => (true, *online, ip.clone(), *ct),
-        None => (false, false, rec.ip.clone(), rec.client_type),
+        None => (false, false, rec.config.ip.clone(), rec.client_type),
     };
-    let mut v = json!({
-        "mac": rec.mac, "name": rec.name, "ip": ip, "terminal_id": rec.terminal_id,
-        "conf_version": rec.conf_version, "platform": rec.platform, "soft_version": rec.soft_version,
-        "disk_residue": rec.disk_residue, "client_type": client_type, "connected": connected,
-        "online": online, "last_login": rec.last_login, "setup_info": rec.setup_info,
-        "is_dhcp": rec.is_dhcp, "mask": rec.mask, "gateway": rec.gateway, "dns1": rec.dns1, "dns2": rec.dns2,
-    });
+    let mut v = serde_json::to_value(&rec.config).unwrap_or_else(|_| json!({}));
+    v["ip"] = json!(ip);
+    v["client_type"] = json!(client_type);
+    v["connected"] = json!(connected);
+    v["online"] = json!(online);
+    v["last_login"] = json!(rec.last_login);
     if with_reports {
         v["reports"] = json!(rec.reports);
     }

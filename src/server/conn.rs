@@ -247,7 +247,7 @@ async fn login(
     };
     let now = chrono::Local::now().to_rfc3339();
     let stored = server.store.update_terminal(&mac, |r| {
-        r.ip = ip.clone();
+        r.config.ip = ip.clone();
         r.client_type = frame.client_type;
         r.last_login = now;
     });

@@ -99,18 +99,18 @@ async fn answer(
                 .store
                 .update_terminal(mac, |r| {
                     if let Some(p) = req.platform {
-                        r.platform = p;
+                        r.config.platform = p;
                     }
                     if let Some(v) = req.soft_version {
-                        r.soft_version = v;
+                        r.config.soft_version = v;
                     }
                     if let Some(d) = req.disk_residue {
-                        r.disk_residue = d;
+                        r.config.disk_residue = d;
                     }
                 })
                 .map_err(store_err)?;
             ok(ConfigVersionResp {
-                conf_version: rec.conf_version,
+                conf_version: rec.config.conf_version,
             })
         }
         S::GetConfigInfo => {
@@ -119,7 +119,7 @@ async fn answer(
             let Some(rec) = rec else {
                 return Err(err(ErrorCode::TerminalRecordNotExist, ""));
             };
-            let mut cfg = rec.to_config();
+            let mut cfg = rec.config;
             // Only an address the operator configured: the one this socket
             // shows may be a NAT's or a loopback (a terminal behind QEMU's
             // user network reaches us as 127.0.0.1), and a terminal told to
@@ -136,19 +136,13 @@ async fn answer(
             server
                 .store
                 .update_terminal(mac, |r| {
-                    r.terminal_id = c.terminal_id;
-                    r.name = c.name;
-                    r.ip = c.ip;
-                    r.is_dhcp = c.is_dhcp;
-                    r.mask = c.mask;
-                    r.gateway = c.gateway;
-                    r.dns1 = c.dns1;
-                    r.dns2 = c.dns2;
-                    r.platform = c.platform;
-                    r.soft_version = c.soft_version;
-                    r.disk_residue = c.disk_residue;
-                    r.setup_info = c.setup_info;
-                    r.conf_version = r.conf_version.max(c.conf_version);
+                    // The session's MAC, and never a version going backwards.
+                    let conf_version = r.config.conf_version.max(c.conf_version);
+                    r.config = TerminalConfig {
+                        mac: r.config.mac.clone(),
+                        conf_version,
+                        ..c
+                    };
                 })
                 .map_err(store_err)?;
             success()
@@ -429,7 +423,7 @@ fn upload_log(server: &Server, mac: &str, frame: &Frame) -> Result<Answer, Answe
         .terminal(mac)
         .ok()
         .flatten()
-        .map(|r| r.ip)
+        .map(|r| r.config.ip)
         .unwrap_or_default();
     // mac is normalised (hex and colons) and ip comes from our own record,
     // so the name cannot leave the directory.

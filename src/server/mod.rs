@@ -370,33 +370,33 @@ impl Server {
                 let mode = map.get("mode").cloned();
                 let program = map.get("program").cloned();
                 let rec = self.store.update_terminal(mac, |r| {
-                    r.conf_version += 1;
+                    r.config.conf_version += 1;
                     if code == ServiceCode::UpdateName {
                         if let Some(n) = name {
-                            r.name = n;
+                            r.config.name = n;
                         }
                     }
                     if code == ServiceCode::UpdateIp {
                         if let Some(ip) = net.0 {
-                            r.ip = ip;
-                            r.is_dhcp = 0;
+                            r.config.ip = ip;
+                            r.config.is_dhcp = 0;
                         }
-                        r.mask = net.1.unwrap_or_default();
-                        r.gateway = net.2.unwrap_or_default();
-                        r.dns1 = net.3.unwrap_or_default();
-                        r.dns2 = net.4.unwrap_or_default();
+                        r.config.mask = net.1.unwrap_or_default();
+                        r.config.gateway = net.2.unwrap_or_default();
+                        r.config.dns1 = net.3.unwrap_or_default();
+                        r.config.dns2 = net.4.unwrap_or_default();
                     }
                     if code == ServiceCode::UpdateConfig {
                         if let Some(m) = mode.and_then(|m| serde_json::from_value(m).ok()) {
-                            r.setup_info.mode = m;
+                            r.config.setup_info.mode = m;
                         }
                         if let Some(p) = program.and_then(|p| serde_json::from_value(p).ok()) {
-                            r.setup_info.program = p;
+                            r.config.setup_info.program = p;
                         }
                     }
                 })?;
                 map.entry("conf_version")
-                    .or_insert(Value::from(rec.conf_version));
+                    .or_insert(Value::from(rec.config.conf_version));
             }
             ServiceCode::Delete => {
                 self.store.delete_terminal(mac)?;

@@ -108,8 +108,8 @@ pub async fn confirm(server: &Arc<Server>, mac: &str, req: &OrderConfirmReq) -> 
         Err(e) => return Envelope::error(ErrorCode::SystemError, e.to_string()),
     };
     if let Err(e) = server.store.update_terminal(mac, |r| {
-        r.terminal_id = req.terminal_id;
-        r.conf_version += 1;
+        r.config.terminal_id = req.terminal_id;
+        r.config.conf_version += 1;
     }) {
         return Envelope::error(ErrorCode::SystemError, e.to_string());
     }

@@ -8,7 +8,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use crate::protocol::messages::{DesktopGroup, SetupInfo, TerminalConfig};
+use crate::protocol::messages::{DesktopGroup, TerminalConfig};
 use crate::protocol::BatchNo;
 
 const TERMINALS: TableDefinition<&str, &[u8]> = TableDefinition::new("terminals");
@@ -23,36 +23,13 @@ fn e<E: std::fmt::Display>(err: E) -> StoreError {
     StoreError(err.to_string())
 }
 
-/// Everything the server keeps about one terminal.
+/// Everything the server keeps about one terminal: its configuration as
+/// 9005 serves it (stored flat, so the record reads like that body), and
+/// what the server learned on its own.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TerminalRecord {
-    pub mac: String,
-    #[serde(default)]
-    pub ip: String,
-    #[serde(default)]
-    pub name: String,
-    #[serde(default = "minus_one")]
-    pub terminal_id: i64,
-    #[serde(default)]
-    pub conf_version: i64,
-    #[serde(default)]
-    pub is_dhcp: i64,
-    #[serde(default)]
-    pub mask: String,
-    #[serde(default)]
-    pub gateway: String,
-    #[serde(default)]
-    pub dns1: String,
-    #[serde(default)]
-    pub dns2: String,
-    #[serde(default)]
-    pub platform: String,
-    #[serde(default)]
-    pub soft_version: String,
-    #[serde(default)]
-    pub disk_residue: f64,
-    #[serde(default)]
-    pub setup_info: SetupInfo,
+    #[serde(flatten)]
+    pub config: TerminalConfig,
     #[serde(default)]
     pub client_type: u8,
     #[serde(default)]
@@ -65,50 +42,20 @@ pub struct TerminalRecord {
     pub reports: BTreeMap<String, serde_json::Value>,
 }
 
-fn minus_one() -> i64 {
-    -1
-}
-
 impl TerminalRecord {
     pub fn new(mac: &str) -> Self {
         TerminalRecord {
-            mac: mac.into(),
-            ip: String::new(),
-            name: String::new(),
-            terminal_id: -1,
-            conf_version: 0,
-            is_dhcp: 1,
-            mask: String::new(),
-            gateway: String::new(),
-            dns1: String::new(),
-            dns2: String::new(),
-            platform: String::new(),
-            soft_version: String::new(),
-            disk_residue: 0.0,
-            setup_info: SetupInfo::default(),
+            config: TerminalConfig {
+                mac: mac.into(),
+                terminal_id: -1,
+                conf_version: 0,
+                is_dhcp: 1,
+                ..Default::default()
+            },
             client_type: 0,
             first_seen: chrono::Local::now().to_rfc3339(),
             last_login: String::new(),
             reports: BTreeMap::new(),
-        }
-    }
-
-    pub fn to_config(&self) -> TerminalConfig {
-        TerminalConfig {
-            terminal_id: self.terminal_id,
-            mac: self.mac.clone(),
-            name: self.name.clone(),
-            ip: self.ip.clone(),
-            is_dhcp: self.is_dhcp,
-            mask: self.mask.clone(),
-            gateway: self.gateway.clone(),
-            dns1: self.dns1.clone(),
-            dns2: self.dns2.clone(),
-            platform: self.platform.clone(),
-            soft_version: self.soft_version.clone(),
-            conf_version: self.conf_version,
-            disk_residue: self.disk_residue,
-            setup_info: self.setup_info.clone(),
         }
     }
 }
@@ -294,7 +241,7 @@ mod tests {
         let p = d.path().join("voi.redb");
         {
             let s = Store::open(&p).expect("open");
-            s.update_terminal("AA:BB:CC:DD:EE:FF", |r| r.name = "PC-1".into())
+            s.update_terminal("AA:BB:CC:DD:EE:FF", |r| r.config.name = "PC-1".into())
                 .expect("write");
             assert_eq!(s.next_batch_no().expect("n"), 1);
             assert_eq!(s.next_batch_no().expect("n"), 2);
@@ -306,7 +253,9 @@ mod tests {
         }
         let s = Store::open(&p).expect("reopen");
         assert_eq!(
-            s.terminal("AA:BB:CC:DD:EE:FF").expect("r").map(|r| r.name),
+            s.terminal("AA:BB:CC:DD:EE:FF")
+                .expect("r")
+                .map(|r| r.config.name),
             Some("PC-1".into())
         );
         assert_eq!(s.next_batch_no().expect("n"), 3);

@@ -61,6 +61,14 @@ fn fail(status: StatusCode, code: ErrorCode, msg: impl Into<String>) -> Response
     reply(status, Envelope::error(code, msg))
 }
 
+fn store_fail(e: super::store::StoreError) -> Response {
+    fail(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        ErrorCode::SystemError,
+        e.to_string(),
+    )
+}
+
 fn push_fail(e: PushError) -> Response {
     let status = match &e {
         PushError::NotConnected(_) => StatusCode::CONFLICT,
@@ -144,11 +152,7 @@ async fn terminals(State(server): S, headers: HeaderMap) -> Response {
                 .collect();
             ok(json!({ "terminals": views }))
         }
-        Err(e) => fail(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            ErrorCode::SystemError,
-            e.to_string(),
-        ),
+        Err(e) => store_fail(e),
     }
 }
 
@@ -168,11 +172,7 @@ async fn terminal(State(server): S, headers: HeaderMap, Path(mac): Path<String>)
             ErrorCode::TerminalRecordNotExist,
             mac,
         ),
-        Err(e) => fail(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            ErrorCode::SystemError,
-            e.to_string(),
-        ),
+        Err(e) => store_fail(e),
     }
 }
 
@@ -220,11 +220,7 @@ async fn groups(State(server): S, headers: HeaderMap) -> Response {
     guard!(server, headers);
     match server.store.groups() {
         Ok(g) => ok(json!({ "desktop_group_list": g })),
-        Err(e) => fail(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            ErrorCode::SystemError,
-            e.to_string(),
-        ),
+        Err(e) => store_fail(e),
     }
 }
 
@@ -250,11 +246,7 @@ async fn put_group(
     }
     match server.store.put_group(&g) {
         Ok(()) => ok(json!({ "desktop_group_uuid": g.desktop_group_uuid })),
-        Err(e) => fail(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            ErrorCode::SystemError,
-            e.to_string(),
-        ),
+        Err(e) => store_fail(e),
     }
 }
 
@@ -267,11 +259,7 @@ async fn delete_group(State(server): S, headers: HeaderMap, Path(uuid): Path<Str
             ErrorCode::TerminalDesktopNotExist,
             uuid,
         ),
-        Err(e) => fail(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            ErrorCode::SystemError,
-            e.to_string(),
-        ),
+        Err(e) => store_fail(e),
     }
 }
 
@@ -279,11 +267,7 @@ async fn order_show(State(server): S, headers: HeaderMap) -> Response {
     guard!(server, headers);
     match server.store.order() {
         Ok(o) => ok(json!({ "order": o })),
-        Err(e) => fail(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            ErrorCode::SystemError,
-            e.to_string(),
-        ),
+        Err(e) => store_fail(e),
     }
 }
 

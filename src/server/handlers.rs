@@ -57,8 +57,16 @@ fn keep_report(server: &Server, mac: &str, kind: String, value: Value) -> Answer
     }
 }
 
-fn credentials_ok(server: &Server, user: &str, password: &str) -> bool {
-    user == server.cfg.admin_user && md5_hex(password.as_bytes()) == server.cfg.admin_password_md5
+/// 9008 and 9016: the server compares md5 of the password the terminal
+/// sends in plain text (notes §6.1).
+fn check_credentials(server: &Server, user: &str, password: &str) -> Answer {
+    if user == server.cfg.admin_user
+        && md5_hex(password.as_bytes()) == server.cfg.admin_password_md5
+    {
+        success()
+    } else {
+        err(ErrorCode::UserOrPasswordError, "")
+    }
 }
 
 pub async fn handle(
@@ -156,19 +164,11 @@ async fn answer(
         }
         S::VerifyAdminUser => {
             let r: VerifyAdminUserReq = body(frame, mac)?;
-            if credentials_ok(server, &r.user_name, &r.password) {
-                success()
-            } else {
-                err(ErrorCode::UserOrPasswordError, "")
-            }
+            check_credentials(server, &r.user_name, &r.password)
         }
         S::OperateAuth => {
             let r: OperateAuthReq = body(frame, mac)?;
-            if credentials_ok(server, &r.account, &r.password) {
-                success()
-            } else {
-                err(ErrorCode::UserOrPasswordError, "")
-            }
+            check_credentials(server, &r.account, &r.password)
         }
         S::OrderConfirm => {
             let r: OrderConfirmReq = body(frame, mac)?;

@@ -8,6 +8,7 @@ pub mod flex;
 pub mod frame;
 pub mod header;
 pub mod messages;
+pub mod torrent_struct;
 
 pub use codec::{FrameCodec, FrameError};
 pub use codes::{ErrorCode, ServiceCode};

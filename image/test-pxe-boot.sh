@@ -29,7 +29,7 @@ PORT=$((40000 + RANDOM % 20000)); API=$((PORT + 1))
 sed "s/^isset \${server_port} || set server_port 50007$/set server_port $PORT/" boot/maintenance.ipxe > "$W/tftp/boot.ipxe"
 grep -q "set server_port $PORT" "$W/tftp/boot.ipxe"
 
-target/release/voi-server run --listen "127.0.0.1:$PORT" --api-listen "127.0.0.1:$API" --data-dir "$W/server" >"$W/server.log" 2>&1 &
+target/release/voi-server run --listen "127.0.0.1:$PORT" --api-listen "127.0.0.1:$API" --tracker-listen 127.0.0.1:0 --data-dir "$W/server" >"$W/server.log" 2>&1 &
 SP=$!
 ctl() { target/release/voi-server ctl --api "http://127.0.0.1:$API" --data-dir "$W/server" "$@"; }
 

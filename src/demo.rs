@@ -31,6 +31,7 @@ pub async fn run(keep_running: bool) -> anyhow::Result<()> {
     let server_cfg = ServerConfig {
         listen: "127.0.0.1:0".into(),
         api_listen: "127.0.0.1:0".into(),
+        tracker_listen: "127.0.0.1:0".into(),
         data_dir: dir.0.join("server"),
         heartbeat_secs: 2,
         ..ServerConfig::default()

@@ -30,6 +30,9 @@ enum Cmd {
         listen: Option<String>,
         #[arg(long)]
         api_listen: Option<String>,
+        /// BitTorrent tracker listener (default 0.0.0.0:50021).
+        #[arg(long)]
+        tracker_listen: Option<String>,
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
@@ -102,6 +105,7 @@ pub fn main() -> std::process::ExitCode {
                 config,
                 listen,
                 api_listen,
+                tracker_listen,
                 data_dir,
             } => {
                 let mut cfg = match config {
@@ -113,6 +117,9 @@ pub fn main() -> std::process::ExitCode {
                 }
                 if let Some(l) = api_listen {
                     cfg.api_listen = l;
+                }
+                if let Some(l) = tracker_listen {
+                    cfg.tracker_listen = l;
                 }
                 if let Some(d) = data_dir {
                     cfg.data_dir = d;

@@ -240,11 +240,13 @@ async fn answer(
         S::BtTracker => {
             let _: MacReq = body(frame, mac)?;
             let url = server.cfg.tracker_url.clone().unwrap_or_else(|| {
-                let ip = st
-                    .local
-                    .map(|a| a.ip().to_string())
+                let ip = server
+                    .cfg
+                    .advertise_ip
+                    .clone()
+                    .or_else(|| st.local.map(|a| a.ip().to_string()))
                     .unwrap_or_else(|| "127.0.0.1".into());
-                format!("http://{ip}:50021/announce")
+                format!("http://{ip}:{}/announce", server.tracker_addr.port())
             });
             ok(BtTrackerResp { tracker: vec![url] })
         }

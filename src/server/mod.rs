@@ -9,6 +9,7 @@ mod handlers;
 pub mod order;
 pub mod registry;
 pub mod store;
+pub mod tracker;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -53,7 +54,11 @@ pub struct ServerConfig {
     /// `setup_info.program.server_ip`); unset, none is advertised.
     #[serde(default)]
     pub advertise_ip: Option<String>,
-    /// Tracker announce URL handed out by 9019.
+    /// The BitTorrent tracker's listener (the original's port is 50021).
+    #[serde(default = "default_tracker_listen")]
+    pub tracker_listen: String,
+    /// Tracker announce URL handed out by 9019; default: this server's
+    /// address as the terminal sees it, with the tracker's port.
     #[serde(default)]
     pub tracker_url: Option<String>,
     #[serde(default = "default_admin_user")]
@@ -72,6 +77,9 @@ fn default_listen() -> String {
 }
 fn default_api_listen() -> String {
     "127.0.0.1:50080".into()
+}
+fn default_tracker_listen() -> String {
+    "0.0.0.0:50021".into()
 }
 fn default_data_dir() -> PathBuf {
     PathBuf::from("/var/lib/voi-server")
@@ -149,6 +157,9 @@ pub struct Server {
     pub store: Store,
     pub registry: Registry,
     pub api_token: String,
+    pub tracker: Arc<tracker::Tracker>,
+    /// Where the tracker listens (its port goes into 9019 answers).
+    pub tracker_addr: SocketAddr,
     pub shutdown: CancellationToken,
     seq: AtomicU32,
     conn_ids: AtomicU64,
@@ -187,18 +198,24 @@ impl Server {
         let api_listener = TcpListener::bind(&cfg.api_listen)
             .await
             .map_err(|e| anyhow::anyhow!("api listen {}: {e}", cfg.api_listen))?;
+        let tracker_listener = TcpListener::bind(&cfg.tracker_listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("tracker listen {}: {e}", cfg.tracker_listen))?;
         let addr = listener.local_addr()?;
         let api_addr = api_listener.local_addr()?;
+        let tracker_addr = tracker_listener.local_addr()?;
         let server = Arc::new(Server {
             cfg,
             store,
             registry: Registry::default(),
             api_token,
+            tracker: Arc::new(tracker::Tracker::new(Duration::from_secs(30))),
+            tracker_addr,
             shutdown: CancellationToken::new(),
             seq: AtomicU32::new(0),
             conn_ids: AtomicU64::new(0),
         });
-        log::info!("terminal protocol on {addr}, operator API on http://{api_addr}");
+        log::info!("terminal protocol on {addr}, operator API on http://{api_addr}, tracker on {tracker_addr}");
 
         let mut tasks = Vec::new();
         let s = server.clone();
@@ -207,6 +224,10 @@ impl Server {
         tasks.push(tokio::spawn(
             async move { api::serve(s, api_listener).await },
         ));
+        let (t, stop) = (server.tracker.clone(), server.shutdown.clone());
+        tasks.push(tokio::spawn(async move {
+            tracker::serve(t, tracker_listener, stop).await
+        }));
         let s = server.clone();
         tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));

@@ -28,6 +28,7 @@ pub fn server_config(dir: &Path, listen: &str) -> ServerConfig {
     ServerConfig {
         listen: listen.into(),
         api_listen: "127.0.0.1:0".into(),
+        tracker_listen: "127.0.0.1:0".into(),
         data_dir: dir.to_path_buf(),
         heartbeat_secs: 1,
         ..ServerConfig::default()

@@ -1,5 +1,6 @@
 //! voi-agent: the terminal agent and reference server of the VOI protocol.
 pub mod agent;
+pub mod bt;
 pub mod cli;
 pub mod commands;
 pub mod config;

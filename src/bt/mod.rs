@@ -1,0 +1,2 @@
+//! BitTorrent pieces that do not need a session: creating .torrent files.
+pub mod torrent;

@@ -1,0 +1,143 @@
+//! Single-file .torrent creation (BEP 3) for disk layers, as the server
+//! needs for every image it seeds.
+
+use sha1::{Digest, Sha1};
+use std::io::Read;
+use std::path::Path;
+
+/// 4 MiB pieces keep a 30 GB layer's torrent near 150 KB.
+pub const DEFAULT_PIECE: u64 = 4 << 20;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreatedTorrent {
+    /// The bencoded .torrent.
+    pub bytes: Vec<u8>,
+    pub info_hash: [u8; 20],
+    pub length: u64,
+    pub piece_length: u64,
+}
+
+impl CreatedTorrent {
+    pub fn info_hash_hex(&self) -> String {
+        self.info_hash.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+fn bstr(out: &mut Vec<u8>, b: &[u8]) {
+    out.extend_from_slice(b.len().to_string().as_bytes());
+    out.push(b':');
+    out.extend_from_slice(b);
+}
+
+fn bint(out: &mut Vec<u8>, i: u64) {
+    out.push(b'i');
+    out.extend_from_slice(i.to_string().as_bytes());
+    out.push(b'e');
+}
+
+/// Hashes `path` in `piece_length` pieces and builds its torrent. The
+/// torrent's name is the file name, so a layer keeps its
+/// `prefix_level_uuid` name wherever it is downloaded.
+pub fn create(path: &Path, announce: &str, piece_length: u64) -> std::io::Result<CreatedTorrent> {
+    if piece_length < 16 * 1024 || !piece_length.is_power_of_two() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "piece length must be a power of two of at least 16 KiB",
+        ));
+    }
+    let name = path.file_name().and_then(|n| n.to_str()).ok_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, "file name is not UTF-8")
+    })?;
+    let mut f = std::fs::File::open(path)?;
+    let mut pieces = Vec::new();
+    let mut buf = vec![0u8; piece_length as usize];
+    let mut length = 0u64;
+    loop {
+        let mut filled = 0;
+        while filled < buf.len() {
+            let n = f.read(&mut buf[filled..])?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        if filled == 0 {
+            break;
+        }
+        length += filled as u64;
+        pieces.extend_from_slice(&Sha1::digest(&buf[..filled]));
+        if filled < buf.len() {
+            break;
+        }
+    }
+    // Keys in sorted order, as bencoding requires.
+    let mut info = b"d".to_vec();
+    bstr(&mut info, b"length");
+    bint(&mut info, length);
+    bstr(&mut info, b"name");
+    bstr(&mut info, name.as_bytes());
+    bstr(&mut info, b"piece length");
+    bint(&mut info, piece_length);
+    bstr(&mut info, b"pieces");
+    bstr(&mut info, &pieces);
+    info.push(b'e');
+    let info_hash: [u8; 20] = Sha1::digest(&info).into();
+
+    let mut out = b"d".to_vec();
+    bstr(&mut out, b"announce");
+    bstr(&mut out, announce.as_bytes());
+    bstr(&mut out, b"created by");
+    bstr(
+        &mut out,
+        concat!("voi-agent ", env!("CARGO_PKG_VERSION")).as_bytes(),
+    );
+    bstr(&mut out, b"info");
+    out.extend_from_slice(&info);
+    out.push(b'e');
+    Ok(CreatedTorrent {
+        bytes: out,
+        info_hash,
+        length,
+        piece_length,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_layout_and_hash() {
+        let d = tempfile::tempdir().expect("tmp");
+        let p = d.path().join("voi_0_91f9d1ba-cb4a-41ba-971a-618f9e306571");
+        std::fs::write(&p, vec![7u8; 40_000]).expect("write");
+        let t = create(&p, "http://10.0.0.1:50021/announce", 16384).expect("torrent");
+        assert_eq!(t.length, 40_000);
+        let text = String::from_utf8_lossy(&t.bytes);
+        assert!(text.starts_with("d8:announce30:http://10.0.0.1:50021/announce10:created by"));
+        assert!(text.contains("4:infod6:lengthi40000e4:name42:voi_0_91f9d1ba-cb4a-41ba-971a-618f9e30657112:piece lengthi16384e6:pieces60:"));
+        // Three pieces: 16384 + 16384 + 7232, each hashed.
+        let p1 = Sha1::digest(vec![7u8; 16384]);
+        let p3 = Sha1::digest(vec![7u8; 7232]);
+        let pos = t
+            .bytes
+            .windows(9)
+            .position(|w| w == b"pieces60:")
+            .expect("pieces")
+            + 9;
+        assert_eq!(&t.bytes[pos..pos + 20], p1.as_slice());
+        assert_eq!(&t.bytes[pos + 40..pos + 60], p3.as_slice());
+        // The info hash is the SHA-1 of the bencoded info dictionary.
+        let start = t
+            .bytes
+            .windows(5)
+            .position(|w| w == b"4:inf")
+            .expect("info")
+            + 6;
+        assert_eq!(
+            Sha1::digest(&t.bytes[start..t.bytes.len() - 1]).as_slice(),
+            &t.info_hash
+        );
+        assert!(create(&p, "x", 1000).is_err());
+    }
+}

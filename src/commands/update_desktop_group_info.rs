@@ -24,7 +24,7 @@ impl UpdateDesktopGroupInfo {
 pub async fn refresh(agent: &Arc<Agent>, link: &Link) {
     let req = DesktopGroupListReq {
         mac: agent.mac.clone(),
-        ip: agent.report_ip(""),
+        ip: agent.report_ip(link.local_ip()),
     };
     match link.request(ServiceCode::GetDesktopGroupList, &req).await {
         Ok((_, env)) => match env.data_as::<DesktopGroupListResp>() {

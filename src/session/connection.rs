@@ -54,6 +54,8 @@ pub struct Link {
     seq: Arc<AtomicU32>,
     client_type: ClientType,
     timeout: Duration,
+    /// Our address on this connection, reported when the interface has none.
+    local_ip: Arc<str>,
 }
 
 pub struct Spawned {
@@ -72,6 +74,11 @@ impl Link {
         max_body: usize,
     ) -> Spawned {
         let _ = stream.set_nodelay(true);
+        let local_ip: Arc<str> = stream
+            .local_addr()
+            .map(|a| a.ip().to_string())
+            .unwrap_or_default()
+            .into();
         let (rd, wr) = stream.into_split();
         let mut reader = FramedRead::new(rd, FrameCodec::new(max_body));
         let mut writer = FramedWrite::new(wr, FrameCodec::new(max_body));
@@ -133,6 +140,7 @@ impl Link {
                 seq: Arc::new(AtomicU32::new(0)),
                 client_type,
                 timeout,
+                local_ip,
             },
             commands: cmd_rx,
             ended: end_rx,
@@ -149,6 +157,10 @@ impl Link {
 
     pub fn client_type(&self) -> ClientType {
         self.client_type
+    }
+
+    pub fn local_ip(&self) -> &str {
+        &self.local_ip
     }
 
     /// Queues a frame and waits until it has been written to the socket.

@@ -40,10 +40,6 @@ impl SessionEnd {
 
 /// Runs one session on a connected stream until it ends.
 pub async fn run(agent: Arc<Agent>, stream: TcpStream) -> SessionEnd {
-    let local_ip = stream
-        .local_addr()
-        .map(|a| a.ip().to_string())
-        .unwrap_or_default();
     let client_type = ClientType::from_u8(agent.cfg.client_type).unwrap_or(ClientType::Linux);
     let spawned = Link::spawn(
         stream,
@@ -56,9 +52,9 @@ pub async fn run(agent: Arc<Agent>, stream: TcpStream) -> SessionEnd {
     let (end_tx, mut end_rx) = mpsc::channel::<SessionEnd>(4);
 
     let startup = async {
-        startup::login(&agent, &link, &local_ip).await?;
+        startup::login(&agent, &link).await?;
         agent.set_link(Some(link.clone()));
-        startup::sequence(&agent, &link, &local_ip).await
+        startup::sequence(&agent, &link).await
     };
     let res = tokio::select! {
         r = startup => r,

@@ -16,8 +16,8 @@ fn transport(e: super::RequestError) -> SessionEnd {
     SessionEnd::Startup(e.to_string())
 }
 
-pub async fn login(agent: &Arc<Agent>, link: &Link, local_ip: &str) -> Result<(), SessionEnd> {
-    let ip = agent.report_ip(local_ip);
+pub async fn login(agent: &Arc<Agent>, link: &Link) -> Result<(), SessionEnd> {
+    let ip = agent.report_ip(link.local_ip());
     let (frame, env) = link
         .request(
             ServiceCode::TerminalLogin,
@@ -50,7 +50,7 @@ pub async fn login(agent: &Arc<Agent>, link: &Link, local_ip: &str) -> Result<()
     Ok(())
 }
 
-pub async fn sequence(agent: &Arc<Agent>, link: &Link, local_ip: &str) -> Result<(), SessionEnd> {
+pub async fn sequence(agent: &Arc<Agent>, link: &Link) -> Result<(), SessionEnd> {
     let mac = agent.mac.clone();
 
     // 9004: report what we are; learn the server's conf_version.
@@ -104,7 +104,7 @@ pub async fn sequence(agent: &Arc<Agent>, link: &Link, local_ip: &str) -> Result
             mine.name = agent.default_name();
         }
         if mine.ip.is_empty() {
-            mine.ip = agent.report_ip(local_ip);
+            mine.ip = agent.report_ip(link.local_ip());
         }
         let (_, env) = link
             .request(ServiceCode::UpdateConfigInfo, &mine)
@@ -123,7 +123,7 @@ pub async fn sequence(agent: &Arc<Agent>, link: &Link, local_ip: &str) -> Result
             ServiceCode::GetDesktopGroupList,
             &DesktopGroupListReq {
                 mac: mac.clone(),
-                ip: agent.report_ip(local_ip),
+                ip: agent.report_ip(link.local_ip()),
             },
         )
         .await

@@ -1,6 +1,7 @@
 //! Single-file .torrent creation (BEP 3) for disk layers, as the server
 //! needs for every image it seeds.
 
+use super::bencode::{put_bytes, put_int};
 use sha1::{Digest, Sha1};
 use std::io::Read;
 use std::path::Path;
@@ -21,18 +22,6 @@ impl CreatedTorrent {
     pub fn info_hash_hex(&self) -> String {
         self.info_hash.iter().map(|b| format!("{b:02x}")).collect()
     }
-}
-
-fn bstr(out: &mut Vec<u8>, b: &[u8]) {
-    out.extend_from_slice(b.len().to_string().as_bytes());
-    out.push(b':');
-    out.extend_from_slice(b);
-}
-
-fn bint(out: &mut Vec<u8>, i: u64) {
-    out.push(b'i');
-    out.extend_from_slice(i.to_string().as_bytes());
-    out.push(b'e');
 }
 
 /// Hashes `path` in `piece_length` pieces and builds its torrent. The
@@ -72,26 +61,26 @@ pub fn create(path: &Path, announce: &str, piece_length: u64) -> std::io::Result
     }
     // Keys in sorted order, as bencoding requires.
     let mut info = b"d".to_vec();
-    bstr(&mut info, b"length");
-    bint(&mut info, length);
-    bstr(&mut info, b"name");
-    bstr(&mut info, name.as_bytes());
-    bstr(&mut info, b"piece length");
-    bint(&mut info, piece_length);
-    bstr(&mut info, b"pieces");
-    bstr(&mut info, &pieces);
+    put_bytes(&mut info, b"length");
+    put_int(&mut info, length);
+    put_bytes(&mut info, b"name");
+    put_bytes(&mut info, name.as_bytes());
+    put_bytes(&mut info, b"piece length");
+    put_int(&mut info, piece_length);
+    put_bytes(&mut info, b"pieces");
+    put_bytes(&mut info, &pieces);
     info.push(b'e');
     let info_hash: [u8; 20] = Sha1::digest(&info).into();
 
     let mut out = b"d".to_vec();
-    bstr(&mut out, b"announce");
-    bstr(&mut out, announce.as_bytes());
-    bstr(&mut out, b"created by");
-    bstr(
+    put_bytes(&mut out, b"announce");
+    put_bytes(&mut out, announce.as_bytes());
+    put_bytes(&mut out, b"created by");
+    put_bytes(
         &mut out,
         concat!("voi-agent ", env!("CARGO_PKG_VERSION")).as_bytes(),
     );
-    bstr(&mut out, b"info");
+    put_bytes(&mut out, b"info");
     out.extend_from_slice(&info);
     out.push(b'e');
     Ok(CreatedTorrent {

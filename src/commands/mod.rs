@@ -216,7 +216,7 @@ pub async fn handle(agent: &Arc<Agent>, link: &Link, frame: &Frame) -> (Frame, A
         return (reply_frame(link, frame, env), After::Nothing);
     };
     let batch_no = batch_of(frame);
-    let body_md5 = crate::server::md5_hex(&frame.payload);
+    let body_md5 = crate::protocol::md5_hex(&frame.payload);
 
     // A batch we already answered (the server re-sent it after a reconnect)
     // is answered again with the same result and not applied twice.

@@ -41,9 +41,14 @@ pub fn normalize_mac(mac: &str) -> Option<String> {
 
 /// Token as the original server issues it: md5 of "ip:port" as lower hex.
 pub fn token_for(peer: &std::net::SocketAddr) -> String {
+    md5_hex(format!("{}:{}", peer.ip(), peer.port()).as_bytes())
+}
+
+/// md5 as 32 lower-case hex characters (tokens, password checks, command
+/// digests).
+pub fn md5_hex(b: &[u8]) -> String {
     use md5::{Digest, Md5};
-    let digest = Md5::digest(format!("{}:{}", peer.ip(), peer.port()).as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    Md5::digest(b).iter().map(|x| format!("{x:02x}")).collect()
 }
 
 #[cfg(test)]

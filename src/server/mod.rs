@@ -100,10 +100,7 @@ fn default_max_body() -> usize {
     crate::protocol::codec::DEFAULT_MAX_BODY
 }
 
-pub fn md5_hex(b: &[u8]) -> String {
-    use md5::{Digest, Md5};
-    Md5::digest(b).iter().map(|x| format!("{x:02x}")).collect()
-}
+pub use crate::protocol::md5_hex;
 
 impl Default for ServerConfig {
     fn default() -> Self {

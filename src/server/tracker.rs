@@ -2,6 +2,7 @@
 //! compact peer lists (BEP 23), IPv4, in memory. Peers that stop announcing
 //! expire after three intervals.
 
+use crate::bt::bencode::{put_bytes, put_int};
 use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -122,22 +123,10 @@ pub fn parse_announce(raw: &str) -> Result<Announce, String> {
     })
 }
 
-fn bstr(out: &mut Vec<u8>, b: &[u8]) {
-    out.extend_from_slice(b.len().to_string().as_bytes());
-    out.push(b':');
-    out.extend_from_slice(b);
-}
-
-fn bint(out: &mut Vec<u8>, i: u64) {
-    out.push(b'i');
-    out.extend_from_slice(i.to_string().as_bytes());
-    out.push(b'e');
-}
-
 pub fn failure(reason: &str) -> Vec<u8> {
     let mut out = b"d".to_vec();
-    bstr(&mut out, b"failure reason");
-    bstr(&mut out, reason.as_bytes());
+    put_bytes(&mut out, b"failure reason");
+    put_bytes(&mut out, reason.as_bytes());
     out.push(b'e');
     out
 }
@@ -187,14 +176,14 @@ impl Tracker {
             swarms.remove(&a.info_hash);
         }
         let mut out = b"d".to_vec();
-        bstr(&mut out, b"complete");
-        bint(&mut out, complete);
-        bstr(&mut out, b"incomplete");
-        bint(&mut out, incomplete);
-        bstr(&mut out, b"interval");
-        bint(&mut out, self.interval.as_secs().max(1));
-        bstr(&mut out, b"peers");
-        bstr(&mut out, &peers);
+        put_bytes(&mut out, b"complete");
+        put_int(&mut out, complete);
+        put_bytes(&mut out, b"incomplete");
+        put_int(&mut out, incomplete);
+        put_bytes(&mut out, b"interval");
+        put_int(&mut out, self.interval.as_secs().max(1));
+        put_bytes(&mut out, b"peers");
+        put_bytes(&mut out, &peers);
         out.push(b'e');
         out
     }

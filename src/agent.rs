@@ -33,7 +33,9 @@ pub struct Agent {
     pub mac: String,
     pub state: StateStore,
     pub platform: Arc<dyn Platform>,
-    pub desktops: Desktops,
+    pub desktops: Arc<Desktops>,
+    /// Set once the BitTorrent engine runs (see `distribution::start`).
+    pub transfers: std::sync::OnceLock<Arc<crate::bt::transfers::Transfers>>,
     pub shutdown: CancellationToken,
     /// Commands are applied one at a time, across sessions.
     pub command_lock: tokio::sync::Mutex<()>,
@@ -95,7 +97,8 @@ impl Agent {
             mac,
             state,
             platform,
-            desktops,
+            desktops: Arc::new(desktops),
+            transfers: std::sync::OnceLock::new(),
             shutdown: CancellationToken::new(),
             command_lock: tokio::sync::Mutex::new(()),
             live: Mutex::new(LiveStatus {
@@ -379,7 +382,17 @@ impl Agent {
         log::info!("server lists {} desktop group(s)", groups.len());
         self.persist(|s| s.desktop_groups = groups.clone());
         let me = self.clone();
-        let plan = tokio::task::spawn_blocking(move || me.desktops.apply_groups(&groups)).await;
+        let plan = tokio::task::spawn_blocking(move || {
+            let transfers = me.transfers.get().cloned();
+            me.desktops.apply_groups(&groups, |layers| {
+                // A layer being seeded is released before the chain deletes
+                // or rewrites it.
+                if let Some(t) = transfers {
+                    tokio::runtime::Handle::current().block_on(t.release(layers));
+                }
+            })
+        })
+        .await;
         match plan {
             Ok(Ok(plan)) => {
                 if !plan.download.is_empty() {
@@ -490,6 +503,7 @@ impl Agent {
             }
         };
         let watchdog = tokio::spawn(self.clone().watch_pending_change());
+        let distribution = tokio::spawn(crate::distribution::start(self.clone()));
         // The agent can serve its control socket and retry the server from
         // here on: that is "ready" for systemd.
         crate::sdnotify::notify_logged("READY=1");
@@ -561,6 +575,9 @@ impl Agent {
             self.pause(delay).await;
         }
         watchdog.abort();
+        // The engine stops with the shutdown token; give it a moment to
+        // save its resume data.
+        let _ = tokio::time::timeout(Duration::from_secs(3), distribution).await;
         if let Some(w) = sd_watchdog {
             w.abort();
         }

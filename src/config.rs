@@ -141,6 +141,44 @@ pub struct AgentConfig {
     pub soft_version: String,
     #[serde(default)]
     pub platform: PlatformConfig,
+    #[serde(default)]
+    pub bt: BtConfig,
+}
+
+/// BitTorrent: layers come from the server and from the other terminals of
+/// the room. A closed LAN needs no DHT or UPnP; both stay off.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BtConfig {
+    /// Port other peers reach this terminal on.
+    #[serde(default = "default_bt_port")]
+    pub listen_port: u16,
+    /// Seconds between 9025 progress reports while downloading; 1..=10.
+    #[serde(default = "default_bt_progress")]
+    pub progress_secs: u64,
+    /// Bytes per second, 0 for unlimited.
+    #[serde(default)]
+    pub upload_limit: u32,
+    #[serde(default)]
+    pub download_limit: u32,
+}
+
+impl Default for BtConfig {
+    fn default() -> Self {
+        BtConfig {
+            listen_port: default_bt_port(),
+            progress_secs: default_bt_progress(),
+            upload_limit: 0,
+            download_limit: 0,
+        }
+    }
+}
+
+fn default_bt_port() -> u16 {
+    6881
+}
+fn default_bt_progress() -> u64 {
+    5
 }
 
 fn default_port() -> u16 {
@@ -217,6 +255,7 @@ impl AgentConfig {
             worker_threads: default_threads(),
             soft_version: default_soft_version(),
             platform: PlatformConfig::default(),
+            bt: BtConfig::default(),
         }
     }
 
@@ -261,6 +300,12 @@ impl AgentConfig {
                 "worker_threads must be at least 1".into(),
             ));
         }
+        if !(1..=10).contains(&self.bt.progress_secs) {
+            return Err(ConfigError::Invalid(format!(
+                "bt.progress_secs = {} is outside 1..=10",
+                self.bt.progress_secs
+            )));
+        }
         if self.request_timeout_secs == 0 || self.backoff_cap_secs == 0 {
             return Err(ConfigError::Invalid("timeouts must be at least 1 s".into()));
         }
@@ -275,6 +320,11 @@ impl AgentConfig {
 
     pub fn disk_dir(&self) -> PathBuf {
         self.data_dir.join("disks")
+    }
+
+    /// The BitTorrent engine's own resume data.
+    pub fn bt_state_dir(&self) -> PathBuf {
+        self.data_dir.join("bt")
     }
 
     pub fn state_path(&self) -> PathBuf {

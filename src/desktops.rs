@@ -3,6 +3,7 @@
 
 use serde::Serialize;
 use serde_json::{json, Value};
+use std::path::Path;
 use std::sync::Mutex;
 
 use crate::disk::decision::{self, LocalLayer, Plan};
@@ -82,10 +83,31 @@ impl Desktops {
 
     /// Runs the update decision on a fresh desktop list and carries out the
     /// local part of it (merges, deletions). Downloads are returned.
-    pub fn apply_groups(&self, groups: &[DesktopGroup]) -> Result<Plan, DiskError> {
+    ///
+    /// `release` runs, under the chain lock, before any change, with the
+    /// names of the layers about to be deleted or rewritten: whatever still
+    /// serves them (the BitTorrent seeder) must let go first.
+    pub fn apply_groups(
+        &self,
+        groups: &[DesktopGroup],
+        release: impl FnOnce(&[String]),
+    ) -> Result<Plan, DiskError> {
         let _g = self.guard()?;
         let inv = self.store.inventory()?;
         let plan = decision::decide(&self.local_layers(&inv), groups);
+        let touched: Vec<String> = plan
+            .delete
+            .iter()
+            .cloned()
+            .chain(
+                plan.merge
+                    .iter()
+                    .flat_map(|m| [m.child.clone(), m.into.clone()]),
+            )
+            .collect();
+        if !touched.is_empty() {
+            release(&touched);
+        }
         let mut cat = self.catalog();
         // Deletions first: they free the space a merge may need.
         let doomed: Vec<LayerName> = plan
@@ -116,6 +138,96 @@ impl Desktops {
     /// Records what the server says about a layer that now exists locally.
     pub fn remember(&self, name: &LayerName, meta: LayerMeta) -> Result<(), DiskError> {
         let _g = self.guard()?;
+        let mut cat = self.catalog();
+        cat.layers.insert(name.to_string(), meta);
+        self.save_catalog(&cat)
+    }
+
+    /// Puts a downloaded layer into its chain. The qcow2 header must be
+    /// sound and, above the base, name the layer below it, which must be
+    /// here. The file is hard-linked in, so the download's copy keeps
+    /// seeding the same bytes; a foreign backing path (an absolute path on
+    /// the server) is rewritten instead, which changes the file, so it is
+    /// moved rather than linked and `Adopted::Rewritten` says it can no
+    /// longer seed. Repeating an adoption that already happened is a no-op.
+    pub fn adopt_download(
+        &self,
+        src: &Path,
+        name: &LayerName,
+        meta: LayerMeta,
+    ) -> Result<Adopted, DiskError> {
+        use std::os::unix::fs::MetadataExt;
+        let _g = self.guard()?;
+        let dest = self.store.path(name);
+        let src_meta =
+            std::fs::metadata(src).map_err(|e| DiskError::Io(src.display().to_string(), e))?;
+        if let Ok(d) = std::fs::metadata(&dest) {
+            if d.ino() == src_meta.ino() && d.dev() == src_meta.dev() {
+                self.remember_locked(name, meta)?;
+                return Ok(Adopted::Linked);
+            }
+            return Err(DiskError::Exists(name.to_string()));
+        }
+        let header = crate::disk::qcow2::read_header(src)
+            .map_err(|e| DiskError::Invalid(format!("{name}: not a usable qcow2 image: {e}")))?;
+        crate::disk::qemu_img::check(src)?;
+        let rewrite = if name.level == 0 {
+            if let Some(b) = &header.backing_file {
+                return Err(DiskError::Invalid(format!(
+                    "{name}: a base layer must not have a backing file (it names {b:?})"
+                )));
+            }
+            false
+        } else {
+            let parent = LayerName::new(&name.prefix, i64::from(name.level) - 1, &name.uuid_str())?;
+            let Some(backing) = &header.backing_file else {
+                return Err(DiskError::Invalid(format!(
+                    "{name}: a level-{} layer needs a backing file",
+                    name.level
+                )));
+            };
+            let base_name = backing.rsplit('/').next().unwrap_or(backing);
+            if base_name != parent.to_string() {
+                return Err(DiskError::Invalid(format!(
+                    "{name}: its backing file {backing:?} is not {parent}"
+                )));
+            }
+            if !self.store.path(&parent).exists() {
+                return Err(DiskError::Missing(parent.to_string()));
+            }
+            backing != &parent.to_string()
+                || header
+                    .backing_format
+                    .as_deref()
+                    .is_some_and(|f| f != "qcow2")
+        };
+        let tmp = self.store.dir().join(format!(".tmp-{name}"));
+        let _ = std::fs::remove_file(&tmp);
+        let io = |what: &Path| {
+            let w = what.display().to_string();
+            move |e| DiskError::Io(w, e)
+        };
+        if rewrite {
+            std::fs::rename(src, &tmp).map_err(io(&tmp))?;
+            let parent = LayerName::new(&name.prefix, i64::from(name.level) - 1, &name.uuid_str())?;
+            crate::disk::qemu_img::rebase_unsafe(&tmp, &parent.to_string())?;
+        } else {
+            std::fs::hard_link(src, &tmp).map_err(io(&tmp))?;
+        }
+        std::fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(io(&tmp))?;
+        std::fs::rename(&tmp, &dest).map_err(io(&dest))?;
+        crate::fsutil::sync_dir(self.store.dir()).map_err(io(self.store.dir()))?;
+        self.remember_locked(name, meta)?;
+        Ok(if rewrite {
+            Adopted::Rewritten
+        } else {
+            Adopted::Linked
+        })
+    }
+
+    fn remember_locked(&self, name: &LayerName, meta: LayerMeta) -> Result<(), DiskError> {
         let mut cat = self.catalog();
         cat.layers.insert(name.to_string(), meta);
         self.save_catalog(&cat)
@@ -349,6 +461,15 @@ impl Desktops {
         self.save_catalog(&cat)?;
         Ok(into)
     }
+}
+
+/// How a downloaded layer joined its chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Adopted {
+    /// Same bytes as downloaded; the download's copy can keep seeding.
+    Linked,
+    /// The backing path was rewritten; the file no longer matches its torrent.
+    Rewritten,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -8,6 +8,7 @@ pub mod control;
 pub mod demo;
 pub mod desktops;
 pub mod disk;
+pub mod distribution;
 pub mod fsutil;
 pub mod net;
 pub mod netinfo;

@@ -1,3 +1,8 @@
-//! BitTorrent pieces that do not need a session: creating .torrent files.
+//! BitTorrent distribution of disk layers: torrent creation and checking,
+//! the engine wrapper shared by agent and server, and the agent's transfer
+//! tasks. See `STATE.md` for the transfer state machine.
 pub mod bencode;
+pub mod engine;
+pub mod meta;
 pub mod torrent;
+pub mod transfers;

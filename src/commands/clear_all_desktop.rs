@@ -15,6 +15,10 @@ impl ClearAllDesktop {
     }
 
     pub async fn apply(self, ctx: &Ctx<'_>) -> CmdResult {
+        // Nothing may keep serving (or writing) a layer about to go.
+        if let Some(t) = ctx.agent.transfers.get() {
+            t.remove_all().await;
+        }
         let agent = ctx.agent.clone();
         let removed = tokio::task::spawn_blocking(move || agent.desktops.clear_all())
             .await

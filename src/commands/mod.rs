@@ -6,13 +6,19 @@
 //! sequence number, and `data {mac, batch_no}`.
 
 mod add_data_disk;
+mod bt_task_complete;
+mod cancel_download_desktop;
+mod cancel_send_desktop;
 mod clear_all_desktop;
 mod delete;
+mod download_desktop;
 mod enter_maintain;
 mod enter_maintenance_mode;
 mod order;
 mod pxe_start;
 mod restart;
+mod send_desktop;
+mod send_torrent;
 mod shutdown;
 mod unsupported;
 mod update_config;
@@ -20,6 +26,7 @@ mod update_desktop_group_info;
 mod update_difference_disk;
 mod update_ip;
 mod update_name;
+mod upload_disk;
 mod watermark_switch;
 
 use serde::de::DeserializeOwned;
@@ -85,6 +92,9 @@ pub enum After {
 pub struct Applied {
     pub extra: BTreeMap<String, serde_json::Value>,
     pub after: Option<After>,
+    /// Replaces the request's batch_no in the reply (1015 answers with its
+    /// task uuid).
+    pub batch_no: Option<BatchNo>,
 }
 
 impl Applied {
@@ -96,6 +106,7 @@ impl Applied {
         Applied {
             extra: BTreeMap::new(),
             after: Some(after),
+            batch_no: None,
         }
     }
 }
@@ -147,6 +158,13 @@ enum Command {
     ClearAllDesktop(clear_all_desktop::ClearAllDesktop),
     AddDataDisk(add_data_disk::AddDataDisk),
     UpdateDifferenceDisk(update_difference_disk::UpdateDifferenceDisk),
+    SendTorrent(send_torrent::SendTorrent),
+    DownloadDesktop(download_desktop::DownloadDesktop),
+    CancelDownloadDesktop(cancel_download_desktop::CancelDownloadDesktop),
+    CancelSendDesktop(cancel_send_desktop::CancelSendDesktop),
+    SendDesktop(send_desktop::SendDesktop),
+    BtTaskComplete(bt_task_complete::BtTaskComplete),
+    UploadDisk(upload_disk::UploadDisk),
     Unsupported(unsupported::Unsupported),
 }
 
@@ -181,6 +199,21 @@ impl Command {
             S::UpdateDifferenceDisk => Command::UpdateDifferenceDisk(
                 update_difference_disk::UpdateDifferenceDisk::parse(frame)?,
             ),
+            S::SendTorrent => Command::SendTorrent(send_torrent::SendTorrent::parse(frame)?),
+            S::DownloadDesktop => {
+                Command::DownloadDesktop(download_desktop::DownloadDesktop::parse(frame)?)
+            }
+            S::CancelDownloadDesktop => Command::CancelDownloadDesktop(
+                cancel_download_desktop::CancelDownloadDesktop::parse(frame)?,
+            ),
+            S::CancelSendDesktop => {
+                Command::CancelSendDesktop(cancel_send_desktop::CancelSendDesktop::parse(frame)?)
+            }
+            S::SendDesktop => Command::SendDesktop(send_desktop::SendDesktop::parse(frame)?),
+            S::BtTaskComplete => {
+                Command::BtTaskComplete(bt_task_complete::BtTaskComplete::parse(frame)?)
+            }
+            S::UploadDisk => Command::UploadDisk(upload_disk::UploadDisk::parse(frame)?),
             other => Command::Unsupported(unsupported::Unsupported::parse(other, frame)),
         })
     }
@@ -202,6 +235,13 @@ impl Command {
             Command::ClearAllDesktop(c) => c.apply(ctx).await,
             Command::AddDataDisk(c) => c.apply(ctx).await,
             Command::UpdateDifferenceDisk(c) => c.apply(ctx).await,
+            Command::SendTorrent(c) => c.apply(ctx).await,
+            Command::DownloadDesktop(c) => c.apply(ctx).await,
+            Command::CancelDownloadDesktop(c) => c.apply(ctx).await,
+            Command::CancelSendDesktop(c) => c.apply(ctx).await,
+            Command::SendDesktop(c) => c.apply(ctx).await,
+            Command::BtTaskComplete(c) => c.apply(ctx).await,
+            Command::UploadDisk(c) => c.apply(ctx).await,
             Command::Unsupported(c) => c.apply(ctx).await,
         }
     }
@@ -215,7 +255,11 @@ pub async fn handle(agent: &Arc<Agent>, link: &Link, frame: &Frame) -> (Frame, A
             Envelope::<CommandReplyData>::error(ErrorCode::MessageError, "unknown service code");
         return (reply_frame(link, frame, env), After::Nothing);
     };
-    let batch_no = batch_of(frame);
+    let batch_no = if code == ServiceCode::SendTorrent {
+        send_torrent::SendTorrent::batch_no(frame).unwrap_or_default()
+    } else {
+        batch_of(frame)
+    };
     let body_md5 = crate::protocol::md5_hex(&frame.payload);
 
     // A batch we already answered (the server re-sent it after a reconnect)
@@ -250,7 +294,7 @@ pub async fn handle(agent: &Arc<Agent>, link: &Link, frame: &Frame) -> (Frame, A
         Ok(applied) => {
             let mut env = Envelope::ok(CommandReplyData {
                 mac: agent.mac.clone(),
-                batch_no: batch_no.clone(),
+                batch_no: applied.batch_no.unwrap_or_else(|| batch_no.clone()),
                 extra: applied.extra,
             });
             env.msg = ErrorCode::Success.key().into();

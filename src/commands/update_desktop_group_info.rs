@@ -31,6 +31,7 @@ pub async fn refresh(agent: &Arc<Agent>, link: &Link) {
             Ok(Some(list)) if env.is_ok() => {
                 agent.desktop_groups_received(list.desktop_group_list).await;
                 agent.report_desktops(link).await;
+                crate::distribution::request_pending(agent, link).await;
             }
             other => log::warn!(
                 "get_desktop_group_list: code {} {} ({other:?})",

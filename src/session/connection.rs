@@ -182,6 +182,40 @@ impl Link {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
         let frame = Frame::request_json(code, seq, self.client_type, &self.token(), body)
             .map_err(|e| RequestError::Encode(code.name(), e))?;
+        self.exchange(code, frame, timeout).await
+    }
+
+    /// Sends a binary request (data_type 0, e.g. 9014's torrent struct) and
+    /// parses the JSON answer.
+    pub async fn request_binary(
+        &self,
+        code: ServiceCode,
+        payload: bytes::Bytes,
+    ) -> Result<(Frame, Envelope<serde_json::Value>), RequestError> {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
+        let frame = Frame {
+            service_code: code as u32,
+            sequence_code: seq,
+            data_type: crate::protocol::DataType::Binary as u8,
+            client_type: self.client_type as u8,
+            req_or_res: 1,
+            token: self.token(),
+            payload,
+        };
+        let frame = self.exchange(code, frame, None).await?;
+        let env = frame
+            .json()
+            .map_err(|e| RequestError::BadAnswer(code.name(), e))?;
+        Ok((frame, env))
+    }
+
+    async fn exchange(
+        &self,
+        code: ServiceCode,
+        frame: Frame,
+        timeout: Option<Duration>,
+    ) -> Result<Frame, RequestError> {
+        let seq = frame.sequence_code;
         let (tx, rx) = oneshot::channel();
         self.waiters
             .lock()

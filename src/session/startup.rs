@@ -148,8 +148,20 @@ pub async fn sequence(agent: &Arc<Agent>, link: &Link) -> Result<(), SessionEnd>
         .await
         .map_err(transport)?;
     match env.data_as::<BtTrackerResp>() {
-        Ok(Some(t)) if env.is_ok() => agent.persist(|s| s.trackers = t.tracker),
+        Ok(Some(t)) if env.is_ok() => {
+            if let Some(transfers) = agent.transfers.get() {
+                transfers.set_trackers(t.tracker.clone());
+            }
+            agent.persist(|s| s.trackers = t.tracker)
+        }
         other => log::warn!("bt_tracker: code {} {} ({other:?})", env.code, env.msg),
+    }
+
+    // Layers the desktop decision wants: 9023 for each.
+    {
+        let agent = agent.clone();
+        let link = link.clone();
+        tokio::spawn(async move { crate::distribution::request_pending(&agent, &link).await });
     }
 
     // 9010: a numbering session may have started while we were away.

@@ -1,0 +1,234 @@
+//! The BitTorrent engine behind a small surface: add a torrent into a
+//! directory, read its progress, remove it. librqbit does the work; agent
+//! and server both use this wrapper, so swapping the engine touches one file.
+//!
+//! Closed-LAN defaults: no DHT, no UPnP, one fixed listen port. The
+//! session's own persistence (torrent list plus a piece bitfield per
+//! torrent) lives in `state_dir` so a restart resumes without re-hashing
+//! whole layers.
+
+use anyhow::Context;
+use bytes::Bytes;
+use librqbit::dht::Id20;
+use librqbit::{
+    AddTorrent, AddTorrentOptions, AddTorrentResponse, ManagedTorrent, Session, SessionOptions,
+    SessionPersistenceConfig, TorrentStatsState,
+};
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Where the session keeps its torrent list and bitfields.
+    pub state_dir: PathBuf,
+    /// Peer port. 0 lets the engine pick from 6881..6891.
+    pub listen_port: u16,
+    /// Bytes per second; None is unlimited.
+    pub upload_limit: Option<u32>,
+    pub download_limit: Option<u32>,
+}
+
+/// One torrent's progress, engine-neutral.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskStats {
+    pub phase: Phase,
+    pub have_bytes: u64,
+    pub total_bytes: u64,
+    pub uploaded_bytes: u64,
+    pub down_bps: u64,
+    pub up_bps: u64,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Hashing what is already on disk.
+    Checking,
+    Downloading,
+    /// Complete and serving pieces.
+    Seeding,
+    Paused,
+    Failed,
+}
+
+impl Phase {
+    /// The state word of 9025 bt_task_state.
+    pub fn wire(self) -> &'static str {
+        match self {
+            Phase::Checking => "checking",
+            Phase::Downloading => "downloading",
+            Phase::Seeding => "seeding",
+            Phase::Paused => "paused",
+            Phase::Failed => "error",
+        }
+    }
+}
+
+pub struct Engine {
+    session: Arc<Session>,
+}
+
+fn mib_to_bps(mbps: f64) -> u64 {
+    (mbps * 1024.0 * 1024.0).max(0.0) as u64
+}
+
+impl Engine {
+    pub async fn start(cfg: &EngineConfig) -> anyhow::Result<Engine> {
+        std::fs::create_dir_all(&cfg.state_dir)
+            .with_context(|| format!("creating {}", cfg.state_dir.display()))?;
+        let options = |cfg: &EngineConfig| {
+            let ports = if cfg.listen_port == 0 {
+                6881..6891
+            } else {
+                cfg.listen_port..cfg.listen_port.saturating_add(1)
+            };
+            SessionOptions {
+                disable_dht: true,
+                disable_dht_persistence: true,
+                enable_upnp_port_forwarding: false,
+                listen_port_range: Some(ports),
+                fastresume: true,
+                persistence: Some(SessionPersistenceConfig::Json {
+                    folder: Some(cfg.state_dir.join("session")),
+                }),
+                ratelimits: librqbit::limits::LimitsConfig {
+                    upload_bps: cfg.upload_limit.and_then(NonZeroU32::new),
+                    download_bps: cfg.download_limit.and_then(NonZeroU32::new),
+                },
+                ..Default::default()
+            }
+        };
+        let default_dir = cfg.state_dir.join("unsorted");
+        let session = match Session::new_with_opts(default_dir.clone(), options(cfg)).await {
+            Ok(s) => s,
+            Err(e) => {
+                // A session database damaged by a power cut must not keep
+                // the terminal from ever seeding again: set it aside and
+                // start empty (the owner re-adds its torrents, which are
+                // then fully re-checked).
+                let bad = cfg.state_dir.join("session");
+                let aside = cfg.state_dir.join(format!(
+                    "session.broken-{}",
+                    chrono::Local::now().timestamp()
+                ));
+                log::error!(
+                    "BitTorrent session state unusable ({e:#}); moving it to {}",
+                    aside.display()
+                );
+                std::fs::rename(&bad, &aside)
+                    .with_context(|| format!("moving {} aside", bad.display()))?;
+                Session::new_with_opts(default_dir, options(cfg)).await?
+            }
+        };
+        Ok(Engine { session })
+    }
+
+    pub fn listen_port(&self) -> Option<u16> {
+        self.session.tcp_listen_port()
+    }
+
+    /// Adds a torrent whose data lives (or will live) in `dir`. Adding one
+    /// the session already holds returns the same info hash.
+    pub async fn add(
+        &self,
+        torrent: Bytes,
+        dir: &Path,
+        trackers: &[String],
+    ) -> anyhow::Result<String> {
+        let opts = AddTorrentOptions {
+            output_folder: Some(dir.to_string_lossy().into_owned()),
+            overwrite: true,
+            trackers: if trackers.is_empty() {
+                None
+            } else {
+                Some(trackers.to_vec())
+            },
+            ..Default::default()
+        };
+        let resp = self
+            .session
+            .add_torrent(AddTorrent::from_bytes(torrent), Some(opts))
+            .await?;
+        let handle = match resp {
+            AddTorrentResponse::Added(_, h) | AddTorrentResponse::AlreadyManaged(_, h) => h,
+            AddTorrentResponse::ListOnly(_) => anyhow::bail!("engine answered list-only"),
+        };
+        Ok(handle.info_hash().as_string())
+    }
+
+    fn handle(&self, info_hash: &str) -> Option<Arc<ManagedTorrent>> {
+        let id: Id20 = info_hash.parse().ok()?;
+        self.session.get(id.into())
+    }
+
+    pub fn contains(&self, info_hash: &str) -> bool {
+        self.handle(info_hash).is_some()
+    }
+
+    pub fn stats(&self, info_hash: &str) -> Option<TaskStats> {
+        let s = self.handle(info_hash)?.stats();
+        let phase = match s.state {
+            TorrentStatsState::Initializing => Phase::Checking,
+            TorrentStatsState::Paused => Phase::Paused,
+            TorrentStatsState::Error => Phase::Failed,
+            TorrentStatsState::Live if s.finished => Phase::Seeding,
+            TorrentStatsState::Live => Phase::Downloading,
+        };
+        let (down_bps, up_bps) = s
+            .live
+            .as_ref()
+            .map(|l| {
+                (
+                    mib_to_bps(l.download_speed.mbps),
+                    mib_to_bps(l.upload_speed.mbps),
+                )
+            })
+            .unwrap_or((0, 0));
+        Some(TaskStats {
+            phase,
+            have_bytes: s.progress_bytes,
+            total_bytes: s.total_bytes,
+            uploaded_bytes: s.uploaded_bytes,
+            down_bps,
+            up_bps,
+            error: s.error,
+        })
+    }
+
+    /// Every torrent the session holds, as info hashes.
+    pub fn info_hashes(&self) -> Vec<String> {
+        self.session.with_torrents(|it| {
+            it.map(|(_, h)| h.info_hash().as_string())
+                .collect::<Vec<_>>()
+        })
+    }
+
+    /// Stops a torrent and forgets it. Its files stay where they are.
+    pub async fn remove(&self, info_hash: &str) -> anyhow::Result<()> {
+        let Ok(id) = info_hash.parse::<Id20>() else {
+            anyhow::bail!("{info_hash:?} is not an info hash");
+        };
+        if self.session.get(id.into()).is_none() {
+            return Ok(());
+        }
+        self.session.delete(id.into(), false).await
+    }
+
+    /// A failed torrent (an I/O error, a file removed under it) is restarted
+    /// by removing and adding it again.
+    pub async fn restart(
+        &self,
+        info_hash: &str,
+        torrent: Bytes,
+        dir: &Path,
+        trackers: &[String],
+    ) -> anyhow::Result<String> {
+        self.remove(info_hash).await?;
+        self.add(torrent, dir, trackers).await
+    }
+
+    pub async fn stop(&self) {
+        self.session.stop().await;
+    }
+}

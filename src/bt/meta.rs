@@ -1,0 +1,272 @@
+//! What a .torrent from the network says, checked before anything is
+//! written: a layer travels as a single-file torrent whose name is one plain
+//! path component, so a hostile torrent cannot place data outside the
+//! directory it is downloaded into.
+
+use sha1::{Digest, Sha1};
+use std::io::Read;
+use std::path::Path;
+
+/// A .torrent larger than this is refused (a 30 GB layer in 4 MiB pieces
+/// takes about 150 KB).
+pub const MAX_TORRENT_BYTES: usize = 2 << 20;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TorrentMeta {
+    /// Lower-case hex.
+    pub info_hash: String,
+    /// The single file's name.
+    pub name: String,
+    pub length: u64,
+    pub piece_length: u64,
+    /// 20-byte SHA-1 per piece.
+    pieces: Vec<[u8; 20]>,
+    pub announce: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum MetaError {
+    #[error("torrent of {0} bytes is larger than the {MAX_TORRENT_BYTES}-byte limit")]
+    TooLarge(usize),
+    #[error("not a torrent: {0}")]
+    Parse(String),
+    #[error("a layer torrent must hold exactly one file")]
+    MultiFile,
+    #[error("torrent file name {0:?} is not a plain file name")]
+    BadName(String),
+    #[error("torrent pieces: {0}")]
+    Pieces(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("size is {actual} bytes, the torrent says {expected}")]
+    Size { actual: u64, expected: u64 },
+    #[error("{bad} of {total} pieces do not match their hash (first: piece {first})")]
+    Pieces {
+        bad: usize,
+        total: usize,
+        first: usize,
+    },
+}
+
+fn safe_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && name != "."
+        && name != ".."
+        && !name.starts_with('.')
+        && !name.contains(['/', '\\', '\0'])
+        && !name.chars().any(char::is_control)
+}
+
+impl TorrentMeta {
+    pub fn parse(bytes: &[u8]) -> Result<TorrentMeta, MetaError> {
+        if bytes.len() > MAX_TORRENT_BYTES {
+            return Err(MetaError::TooLarge(bytes.len()));
+        }
+        let t = librqbit::torrent_from_bytes::<librqbit::ByteBuf<'_>>(bytes)
+            .map_err(|e| MetaError::Parse(format!("{e:#}")))?;
+        let info = &t.info;
+        if info.files.is_some() {
+            return Err(MetaError::MultiFile);
+        }
+        let length = info.length.ok_or(MetaError::MultiFile)?;
+        let name_bytes = info
+            .name
+            .as_ref()
+            .ok_or_else(|| MetaError::BadName(String::new()))?;
+        let name = std::str::from_utf8(name_bytes.as_ref())
+            .map_err(|_| MetaError::BadName(String::from_utf8_lossy(name_bytes.as_ref()).into()))?
+            .to_string();
+        if !safe_name(&name) {
+            return Err(MetaError::BadName(name));
+        }
+        let piece_length = u64::from(info.piece_length);
+        if piece_length == 0 {
+            return Err(MetaError::Pieces("piece length 0".into()));
+        }
+        let raw: &[u8] = info.pieces.as_ref();
+        if raw.len() % 20 != 0 {
+            return Err(MetaError::Pieces(format!(
+                "{} bytes of hashes is not a multiple of 20",
+                raw.len()
+            )));
+        }
+        let pieces: Vec<[u8; 20]> = raw
+            .chunks_exact(20)
+            .map(|c| {
+                let mut h = [0u8; 20];
+                h.copy_from_slice(c);
+                h
+            })
+            .collect();
+        let expected = length.div_ceil(piece_length);
+        if pieces.len() as u64 != expected {
+            return Err(MetaError::Pieces(format!(
+                "{} hashes for {expected} pieces",
+                pieces.len()
+            )));
+        }
+        let mut announce = Vec::new();
+        let text =
+            |b: &librqbit::ByteBuf<'_>| std::str::from_utf8(b.as_ref()).ok().map(String::from);
+        if let Some(a) = t.announce.as_ref().and_then(text) {
+            announce.push(a);
+        }
+        for tier in &t.announce_list {
+            for a in tier.iter().filter_map(text) {
+                if !announce.contains(&a) {
+                    announce.push(a);
+                }
+            }
+        }
+        Ok(TorrentMeta {
+            info_hash: t.info_hash.as_string(),
+            name,
+            length,
+            piece_length,
+            pieces,
+            announce,
+        })
+    }
+
+    pub fn piece_count(&self) -> usize {
+        self.pieces.len()
+    }
+
+    /// Hashes every piece of `path` against the torrent. Run before a layer
+    /// joins its chain: the engine checks pieces as they arrive, but a
+    /// restart resumes from a saved bitfield that a power cut may have made
+    /// stale.
+    pub fn verify_file(&self, path: &Path) -> Result<(), VerifyError> {
+        let io = |source| VerifyError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        let mut f = std::fs::File::open(path).map_err(io)?;
+        let actual = f.metadata().map_err(io)?.len();
+        if actual != self.length {
+            return Err(VerifyError::Size {
+                actual,
+                expected: self.length,
+            });
+        }
+        let mut buf = vec![0u8; self.piece_length as usize];
+        let mut bad = 0;
+        let mut first = None;
+        for (i, want) in self.pieces.iter().enumerate() {
+            let start = i as u64 * self.piece_length;
+            let len = (self.length - start).min(self.piece_length) as usize;
+            f.read_exact(&mut buf[..len]).map_err(io)?;
+            if Sha1::digest(&buf[..len]).as_slice() != want {
+                bad += 1;
+                first.get_or_insert(i);
+            }
+        }
+        match first {
+            None => Ok(()),
+            Some(first) => Err(VerifyError::Pieces {
+                bad,
+                total: self.pieces.len(),
+                first,
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bt::bencode::{put_bytes, put_int};
+
+    fn torrent(name: &[u8], length: u64, piece: u64, pieces: &[u8]) -> Vec<u8> {
+        let mut info = Vec::new();
+        info.push(b'd');
+        put_bytes(&mut info, b"length");
+        put_int(&mut info, length);
+        put_bytes(&mut info, b"name");
+        put_bytes(&mut info, name);
+        put_bytes(&mut info, b"piece length");
+        put_int(&mut info, piece);
+        put_bytes(&mut info, b"pieces");
+        put_bytes(&mut info, pieces);
+        info.push(b'e');
+        let mut t = b"d".to_vec();
+        put_bytes(&mut t, b"announce");
+        put_bytes(&mut t, b"http://127.0.0.1:1/announce");
+        put_bytes(&mut t, b"info");
+        t.extend_from_slice(&info);
+        t.push(b'e');
+        t
+    }
+
+    #[test]
+    fn created_torrents_parse_and_verify() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("voi_0_x");
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&p, &data).unwrap();
+        let t = crate::bt::torrent::create(&p, "http://t/announce", 16384).unwrap();
+        let m = TorrentMeta::parse(&t.bytes).unwrap();
+        assert_eq!(m.info_hash, t.info_hash_hex());
+        assert_eq!(m.name, "voi_0_x");
+        assert_eq!(m.length, 100_000);
+        assert_eq!(m.piece_count(), 7);
+        assert_eq!(m.announce, vec!["http://t/announce".to_string()]);
+        m.verify_file(&p).unwrap();
+
+        let mut changed = data.clone();
+        changed[50_000] ^= 1;
+        std::fs::write(&p, &changed).unwrap();
+        match m.verify_file(&p) {
+            Err(VerifyError::Pieces { bad, first, .. }) => assert_eq!((bad, first), (1, 3)),
+            other => panic!("{other:?}"),
+        }
+        std::fs::write(&p, &data[..99_999]).unwrap();
+        assert!(matches!(m.verify_file(&p), Err(VerifyError::Size { .. })));
+    }
+
+    #[test]
+    fn hostile_torrents_are_refused() {
+        let h = [0u8; 20];
+        for name in [
+            &b"../etc/passwd"[..],
+            b"a/b",
+            b"..",
+            b".hidden",
+            b"",
+            b"x\0y",
+        ] {
+            assert!(
+                matches!(
+                    TorrentMeta::parse(&torrent(name, 10, 16384, &h)),
+                    Err(MetaError::BadName(_))
+                ),
+                "{name:?}"
+            );
+        }
+        assert!(matches!(
+            TorrentMeta::parse(&torrent(b"ok", 10, 16384, &[0u8; 19])),
+            Err(MetaError::Pieces(_))
+        ));
+        assert!(matches!(
+            TorrentMeta::parse(&torrent(b"ok", 40000, 16384, &h)),
+            Err(MetaError::Pieces(_))
+        ));
+        assert!(matches!(
+            TorrentMeta::parse(b"d4:infoi1ee"),
+            Err(MetaError::Parse(_))
+        ));
+        assert!(matches!(
+            TorrentMeta::parse(b"garbage"),
+            Err(MetaError::Parse(_))
+        ));
+        assert!(TorrentMeta::parse(&torrent(b"ok", 10, 16384, &h)).is_ok());
+    }
+}

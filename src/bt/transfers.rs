@@ -1,0 +1,801 @@
+//! The agent's BitTorrent transfers: layer downloads that join their chain
+//! once verified and then seed, and uploads of local layers to the server.
+//! See `STATE.md` beside this file.
+//!
+//! On disk, each transfer is a directory `<disk dir>/.bt/<layer>/` holding
+//! `task.json`, `meta.torrent` and, for downloads, `data/<torrent name>`.
+//! The directory appears by rename, so a transfer either exists whole or
+//! not at all; everything else about it is re-derived at start.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+use super::engine::{Engine, Phase, TaskStats};
+use super::meta::TorrentMeta;
+use crate::desktops::{Adopted, Desktops};
+use crate::disk::name::LayerName;
+use crate::disk::{DiskError, LayerMeta};
+use crate::fsutil;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    Download,
+    Upload,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    /// Fetching pieces (or checking what a restart left on disk).
+    Downloading,
+    /// In its chain (downloads) or offered to the server (uploads).
+    Seeding,
+}
+
+/// What a transfer is, as persisted in `task.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    pub layer: String,
+    pub kind: Kind,
+    pub stage: Stage,
+    pub info_hash: String,
+    /// The torrent's single file name.
+    pub file_name: String,
+    pub length: u64,
+    #[serde(default)]
+    pub task_uuid: String,
+    #[serde(default)]
+    pub group_uuid: String,
+    #[serde(default)]
+    pub disk_type: i64,
+    #[serde(default)]
+    pub operate_id: i64,
+    /// Upload: the server's torrent_id, once 9014 was answered.
+    #[serde(default)]
+    pub torrent_id: String,
+    /// The final 9025/9015 has not reached the server yet.
+    #[serde(default)]
+    pub result_unreported: bool,
+}
+
+impl TaskRecord {
+    /// A transfer that failed before it existed (its torrent could not be
+    /// fetched, the server refused the upload), for the failure report.
+    pub fn unstarted(layer: &str, kind: Kind, group_uuid: &str) -> TaskRecord {
+        TaskRecord {
+            layer: layer.to_string(),
+            kind,
+            stage: Stage::Downloading,
+            info_hash: String::new(),
+            file_name: layer.to_string(),
+            length: 0,
+            task_uuid: String::new(),
+            group_uuid: group_uuid.to_string(),
+            disk_type: 0,
+            operate_id: 0,
+            torrent_id: String::new(),
+            result_unreported: false,
+        }
+    }
+
+    /// The torrent_name of 9025, as the original terminal names it.
+    pub fn torrent_name(&self) -> String {
+        format!("{}.torrent", self.layer)
+    }
+}
+
+/// A download the server asked for.
+#[derive(Debug, Clone)]
+pub struct DownloadRequest {
+    pub layer: LayerName,
+    pub torrent: Bytes,
+    pub task_uuid: String,
+    pub group_uuid: String,
+    pub disk_type: i64,
+    pub operate_id: i64,
+}
+
+/// What the session should tell the server.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Report {
+    /// 9025 bt_task_state.
+    Progress {
+        record: TaskRecord,
+        stats: TaskStats,
+        progress: i64,
+        state: &'static str,
+    },
+    /// 9015 task_result, plus the final 9025: `ok` or failed.
+    Finished {
+        record: TaskRecord,
+        ok: bool,
+        why: String,
+    },
+    /// A layer joined its chain: re-report the desktops.
+    LayerReady(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    #[error("bad torrent: {0}")]
+    Torrent(#[from] super::meta::MetaError),
+    #[error(transparent)]
+    Disk(#[from] DiskError),
+    #[error("BitTorrent engine: {0}")]
+    Engine(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("no transfer {0}")]
+    Unknown(String),
+    #[error("{0}: {1}")]
+    Io(String, std::io::Error),
+}
+
+fn io(what: &Path) -> impl FnOnce(std::io::Error) -> TransferError {
+    let w = what.display().to_string();
+    move |e| TransferError::Io(w, e)
+}
+
+struct Live {
+    record: TaskRecord,
+    torrent: Bytes,
+    last_report: Option<Instant>,
+    /// Finishing runs off the async threads; at most once at a time.
+    finishing: bool,
+    failures: u32,
+    retry_at: Option<Instant>,
+}
+
+pub struct Transfers {
+    engine: Engine,
+    desktops: Arc<Desktops>,
+    root: PathBuf,
+    tasks: Mutex<BTreeMap<String, Live>>,
+    trackers: Mutex<Vec<String>>,
+    reports: mpsc::UnboundedSender<Report>,
+    progress_every: Duration,
+}
+
+impl Transfers {
+    /// Starts the engine's view of every transfer found on disk: downloads
+    /// resume, finished layers seed again, leftovers are removed.
+    pub async fn open(
+        engine: Engine,
+        desktops: Arc<Desktops>,
+        progress_every: Duration,
+    ) -> Result<(Arc<Transfers>, mpsc::UnboundedReceiver<Report>), TransferError> {
+        let root = desktops.store.dir().join(".bt");
+        std::fs::create_dir_all(&root).map_err(io(&root))?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let t = Arc::new(Transfers {
+            engine,
+            desktops,
+            root,
+            tasks: Mutex::new(BTreeMap::new()),
+            trackers: Mutex::new(Vec::new()),
+            reports: tx,
+            progress_every,
+        });
+        t.restore().await?;
+        Ok((t, rx))
+    }
+
+    fn tasks(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Live>> {
+        self.tasks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues a report for the server.
+    pub fn report(&self, r: Report) {
+        let _ = self.reports.send(r);
+    }
+
+    pub fn set_trackers(&self, trackers: Vec<String>) {
+        *self.trackers.lock().unwrap_or_else(|p| p.into_inner()) = trackers;
+    }
+
+    fn trackers(&self) -> Vec<String> {
+        self.trackers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn listen_port(&self) -> Option<u16> {
+        self.engine.listen_port()
+    }
+
+    fn dir(&self, layer: &str) -> PathBuf {
+        self.root.join(layer)
+    }
+
+    fn data_dir(&self, rec: &TaskRecord) -> PathBuf {
+        match rec.kind {
+            Kind::Download => self.dir(&rec.layer).join("data"),
+            Kind::Upload => self.desktops.store.dir().to_path_buf(),
+        }
+    }
+
+    fn data_file(&self, rec: &TaskRecord) -> PathBuf {
+        self.data_dir(rec).join(&rec.file_name)
+    }
+
+    /// Every transfer, for status and tests.
+    pub fn list(&self) -> Vec<(TaskRecord, Option<TaskStats>)> {
+        self.tasks()
+            .values()
+            .map(|l| (l.record.clone(), self.engine.stats(&l.record.info_hash)))
+            .collect()
+    }
+
+    pub fn get(&self, layer: &str) -> Option<(TaskRecord, Option<TaskStats>)> {
+        self.tasks()
+            .get(layer)
+            .map(|l| (l.record.clone(), self.engine.stats(&l.record.info_hash)))
+    }
+
+    async fn restore(&self) -> Result<(), TransferError> {
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(&self.root).map_err(io(&self.root))? {
+            let Ok(entry) = entry else { continue };
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let path = entry.path();
+            let loaded = (|| {
+                LayerName::parse(&name).ok()?;
+                let rec: TaskRecord =
+                    serde_json::from_slice(&std::fs::read(path.join("task.json")).ok()?).ok()?;
+                let torrent = std::fs::read(path.join("meta.torrent")).ok()?;
+                (rec.layer == name).then_some((rec, Bytes::from(torrent)))
+            })();
+            match loaded {
+                Some(x) => found.push(x),
+                None => {
+                    // Half-made (crash before the rename) or foreign.
+                    log::info!("removing leftover transfer directory {}", path.display());
+                    let _ = std::fs::remove_dir_all(&path);
+                }
+            }
+        }
+        let mut keep = Vec::new();
+        for (rec, torrent) in found {
+            let layer_path = self.desktops.store.dir().join(&rec.layer);
+            // A seeding layer whose chain file went away (deleted while the
+            // agent was down) has nothing left to offer.
+            if rec.stage == Stage::Seeding && !layer_path.exists() {
+                log::info!("{} is gone from the chain; no longer seeding it", rec.layer);
+                let _ = std::fs::remove_dir_all(self.dir(&rec.layer));
+                continue;
+            }
+            match self
+                .engine
+                .add(torrent.clone(), &self.data_dir(&rec), &self.trackers())
+                .await
+            {
+                Ok(_) => {
+                    log::info!("{} {:?} resumed ({:?})", rec.layer, rec.kind, rec.stage);
+                }
+                Err(e) => log::warn!("{}: engine refused it at start: {e:#}", rec.layer),
+            }
+            if rec.result_unreported {
+                let _ = self.reports.send(Report::Finished {
+                    record: rec.clone(),
+                    ok: true,
+                    why: String::new(),
+                });
+            }
+            keep.push(rec.info_hash.clone());
+            self.tasks().insert(
+                rec.layer.clone(),
+                Live {
+                    record: rec,
+                    torrent,
+                    last_report: None,
+                    finishing: false,
+                    failures: 0,
+                    retry_at: None,
+                },
+            );
+        }
+        // The engine remembers torrents across restarts on its own; any it
+        // holds that no transfer owns (removed while it was saving) goes.
+        for h in self.engine.info_hashes() {
+            if !keep.contains(&h) {
+                log::info!("dropping engine torrent {h} that no transfer owns");
+                let _ = self.engine.remove(&h).await;
+            }
+        }
+        Ok(())
+    }
+
+    fn write_record(&self, dir: &Path, rec: &TaskRecord) -> Result<(), TransferError> {
+        let p = dir.join("task.json");
+        fsutil::write_json(&p, rec).map_err(io(&p))
+    }
+
+    /// Creates the transfer's directory whole: built under a temporary
+    /// name, synced, then renamed into place.
+    fn create_dir(&self, rec: &TaskRecord, torrent: &[u8]) -> Result<(), TransferError> {
+        let tmp = self.root.join(format!(".tmp-{}", rec.layer));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+        let tp = tmp.join("meta.torrent");
+        fsutil::atomic_write(&tp, torrent).map_err(io(&tp))?;
+        self.write_record(&tmp, rec)?;
+        let dest = self.dir(&rec.layer);
+        std::fs::rename(&tmp, &dest).map_err(io(&dest))?;
+        fsutil::sync_dir(&self.root).map_err(io(&self.root))
+    }
+
+    /// 1015 / download_url: starts (or confirms) the download of one layer.
+    pub async fn download(&self, req: DownloadRequest) -> Result<TaskRecord, TransferError> {
+        let meta = TorrentMeta::parse(&req.torrent)?;
+        let layer = req.layer.to_string();
+        let existing = self.tasks().get(&layer).map(|l| l.record.clone());
+        if let Some(old) = existing {
+            if old.info_hash == meta.info_hash {
+                log::info!("{layer}: already {:?}; nothing to do", old.stage);
+                return Ok(old);
+            }
+            if old.kind == Kind::Upload {
+                return Err(TransferError::Conflict(format!(
+                    "{layer} is being uploaded; it cannot be replaced now"
+                )));
+            }
+            log::info!("{layer}: a different torrent replaces the running transfer");
+            self.remove(&layer).await?;
+        }
+        if self.desktops.store.path(&req.layer).exists() {
+            return Err(TransferError::Conflict(format!(
+                "{layer} already exists locally; the desktop list must drop it before a new copy is fetched"
+            )));
+        }
+        if meta.length == 0 {
+            return Err(TransferError::Conflict(format!(
+                "{layer}: the torrent is empty"
+            )));
+        }
+        // Space for the whole layer, up front: a download that fills the
+        // disk halfway helps nobody.
+        self.desktops.store.ensure_space(meta.length)?;
+        let rec = TaskRecord {
+            layer: layer.clone(),
+            kind: Kind::Download,
+            stage: Stage::Downloading,
+            info_hash: meta.info_hash.clone(),
+            file_name: meta.name.clone(),
+            length: meta.length,
+            task_uuid: req.task_uuid,
+            group_uuid: req.group_uuid,
+            disk_type: req.disk_type,
+            operate_id: req.operate_id,
+            torrent_id: String::new(),
+            result_unreported: false,
+        };
+        self.create_dir(&rec, &req.torrent)?;
+        if let Err(e) = self
+            .engine
+            .add(req.torrent.clone(), &self.data_dir(&rec), &self.trackers())
+            .await
+        {
+            let _ = std::fs::remove_dir_all(self.dir(&layer));
+            return Err(TransferError::Engine(format!("{e:#}")));
+        }
+        log::info!(
+            "{layer}: downloading {} bytes (info hash {})",
+            meta.length,
+            meta.info_hash
+        );
+        self.tasks().insert(
+            layer,
+            Live {
+                record: rec.clone(),
+                torrent: req.torrent,
+                last_report: None,
+                finishing: false,
+                failures: 0,
+                retry_at: None,
+            },
+        );
+        Ok(rec)
+    }
+
+    /// Stops a transfer and removes its directory (a download's partial
+    /// file with it). A finished download's layer stays in its chain.
+    pub async fn remove(&self, layer: &str) -> Result<TaskRecord, TransferError> {
+        let rec = self
+            .tasks()
+            .remove(layer)
+            .map(|l| l.record)
+            .ok_or_else(|| TransferError::Unknown(layer.to_string()))?;
+        if let Err(e) = self.engine.remove(&rec.info_hash).await {
+            log::warn!("{layer}: engine remove: {e:#}");
+        }
+        let dir = self.dir(layer);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(io(&dir))?;
+        }
+        Ok(rec)
+    }
+
+    /// 1009: stops every download still in progress; returns their layers.
+    pub async fn cancel_downloads(&self) -> Vec<String> {
+        let running: Vec<String> = self
+            .tasks()
+            .values()
+            .filter(|l| l.record.kind == Kind::Download && l.record.stage == Stage::Downloading)
+            .map(|l| l.record.layer.clone())
+            .collect();
+        for l in &running {
+            match self.remove(l).await {
+                Ok(_) => log::info!("{l}: download cancelled, partial data removed"),
+                Err(e) => log::warn!("{l}: cancel: {e}"),
+            }
+        }
+        running
+    }
+
+    /// Stops serving the named layers before the chain changes them.
+    pub async fn release(&self, layers: &[String]) {
+        for l in layers {
+            if self.tasks().contains_key(l) {
+                match self.remove(l).await {
+                    Ok(_) => log::info!("{l}: no longer seeded (the chain is changing it)"),
+                    Err(e) => log::warn!("{l}: release: {e}"),
+                }
+            }
+        }
+    }
+
+    /// Stops everything (clear_all_desktop, cancel_send_desktop).
+    pub async fn remove_all(&self) -> Vec<String> {
+        let all: Vec<String> = self.tasks().keys().cloned().collect();
+        for l in &all {
+            if let Err(e) = self.remove(l).await {
+                log::warn!("{l}: {e}");
+            }
+        }
+        all
+    }
+
+    /// Starts offering a local layer for upload; returns its record and
+    /// torrent. Seeding lasts until `upload_done`.
+    pub async fn start_upload(
+        &self,
+        layer: &LayerName,
+        group_uuid: &str,
+        announce: &str,
+    ) -> Result<(TaskRecord, Bytes), TransferError> {
+        let name = layer.to_string();
+        if let Some(l) = self.tasks().get(&name) {
+            if l.record.kind == Kind::Upload {
+                return Ok((l.record.clone(), l.torrent.clone()));
+            }
+            return Err(TransferError::Conflict(format!(
+                "{name} is being downloaded; it cannot be uploaded now"
+            )));
+        }
+        let path = self.desktops.store.path(layer);
+        if !path.exists() {
+            return Err(TransferError::Disk(DiskError::Missing(name)));
+        }
+        let announce = announce.to_string();
+        let created = tokio::task::spawn_blocking(move || {
+            super::torrent::create(&path, &announce, super::torrent::DEFAULT_PIECE)
+        })
+        .await
+        .map_err(|e| TransferError::Engine(e.to_string()))?
+        .map_err(io(&self.desktops.store.path(layer)))?;
+        let info_hash = created.info_hash_hex();
+        let torrent = Bytes::from(created.bytes);
+        let rec = TaskRecord {
+            layer: name.clone(),
+            kind: Kind::Upload,
+            stage: Stage::Seeding,
+            info_hash,
+            file_name: name.clone(),
+            length: created.length,
+            task_uuid: String::new(),
+            group_uuid: group_uuid.to_string(),
+            disk_type: 0,
+            operate_id: 0,
+            torrent_id: String::new(),
+            result_unreported: false,
+        };
+        self.create_dir(&rec, &torrent)?;
+        if let Err(e) = self
+            .engine
+            .add(torrent.clone(), &self.data_dir(&rec), &self.trackers())
+            .await
+        {
+            let _ = std::fs::remove_dir_all(self.dir(&name));
+            return Err(TransferError::Engine(format!("{e:#}")));
+        }
+        self.tasks().insert(
+            name,
+            Live {
+                record: rec.clone(),
+                torrent: torrent.clone(),
+                last_report: None,
+                finishing: false,
+                failures: 0,
+                retry_at: None,
+            },
+        );
+        Ok((rec, torrent))
+    }
+
+    /// Records the server's torrent_id for an upload (from the 9014 answer).
+    pub fn set_torrent_id(&self, layer: &str, torrent_id: &str) -> Result<(), TransferError> {
+        let rec = {
+            let mut tasks = self.tasks();
+            let l = tasks
+                .get_mut(layer)
+                .ok_or_else(|| TransferError::Unknown(layer.to_string()))?;
+            l.record.torrent_id = torrent_id.to_string();
+            l.record.clone()
+        };
+        self.write_record(&self.dir(layer), &rec)
+    }
+
+    /// 1021: the server holds the upload; stop seeding it.
+    pub async fn upload_done(&self, torrent_id: &str) -> Result<TaskRecord, TransferError> {
+        let layer = self
+            .tasks()
+            .values()
+            .find(|l| {
+                l.record.kind == Kind::Upload
+                    && (l.record.torrent_id == torrent_id || l.record.info_hash == torrent_id)
+            })
+            .map(|l| l.record.layer.clone())
+            .ok_or_else(|| TransferError::Unknown(torrent_id.to_string()))?;
+        self.remove(&layer).await
+    }
+
+    /// Marks a transfer's final result as delivered.
+    pub fn result_reported(&self, layer: &str) {
+        let rec = {
+            let mut tasks = self.tasks();
+            let Some(l) = tasks.get_mut(layer) else {
+                return;
+            };
+            if !l.record.result_unreported {
+                return;
+            }
+            l.record.result_unreported = false;
+            l.record.clone()
+        };
+        if let Err(e) = self.write_record(&self.dir(layer), &rec) {
+            log::warn!("{layer}: {e}");
+        }
+    }
+
+    /// One pass of the supervisor: progress reports, completions, retries.
+    pub async fn tick(self: &Arc<Self>) {
+        let now = Instant::now();
+        let mut to_finish = Vec::new();
+        let mut to_retry = Vec::new();
+        {
+            let mut tasks = self.tasks();
+            for l in tasks.values_mut() {
+                if l.record.kind != Kind::Download || l.record.stage != Stage::Downloading {
+                    continue;
+                }
+                let Some(stats) = self.engine.stats(&l.record.info_hash) else {
+                    to_retry.push(l.record.layer.clone());
+                    continue;
+                };
+                if stats.phase == Phase::Failed {
+                    if l.retry_at.is_none_or(|t| now >= t) {
+                        l.failures += 1;
+                        // Errors are retried, slower each time (a vanished
+                        // server comes back; a full disk may be cleaned).
+                        let wait = Duration::from_secs(2u64.pow(l.failures.min(5)));
+                        l.retry_at = Some(now + wait);
+                        log::warn!(
+                            "{}: {} (retry {} in {wait:?})",
+                            l.record.layer,
+                            stats.error.clone().unwrap_or_default(),
+                            l.failures
+                        );
+                        to_retry.push(l.record.layer.clone());
+                    }
+                    continue;
+                }
+                if stats.phase == Phase::Seeding && !l.finishing {
+                    l.finishing = true;
+                    to_finish.push(l.record.clone());
+                    continue;
+                }
+                if l.last_report
+                    .is_none_or(|t| now.duration_since(t) >= self.progress_every)
+                {
+                    l.last_report = Some(now);
+                    let progress = percent(stats.have_bytes, stats.total_bytes).min(99);
+                    let _ = self.reports.send(Report::Progress {
+                        record: l.record.clone(),
+                        state: stats.phase.wire(),
+                        progress,
+                        stats,
+                    });
+                }
+            }
+        }
+        for layer in to_retry {
+            let found = self
+                .tasks()
+                .get(&layer)
+                .map(|l| (l.record.clone(), l.torrent.clone()));
+            if let Some((rec, torrent)) = found {
+                if let Err(e) = self
+                    .engine
+                    .restart(
+                        &rec.info_hash,
+                        torrent,
+                        &self.data_dir(&rec),
+                        &self.trackers(),
+                    )
+                    .await
+                {
+                    log::warn!("{layer}: restart: {e:#}");
+                }
+            }
+        }
+        for rec in to_finish {
+            let me = self.clone();
+            tokio::spawn(async move { me.finish(rec).await });
+        }
+    }
+
+    /// A download the engine calls complete: verify every piece and the
+    /// qcow2 image, then put it into its chain and keep seeding it.
+    async fn finish(self: Arc<Self>, rec: TaskRecord) {
+        let layer = rec.layer.clone();
+        let torrent = self.tasks().get(&layer).map(|l| l.torrent.clone());
+        let Some(torrent) = torrent else { return };
+        let me = self.clone();
+        let rec2 = rec.clone();
+        let outcome = tokio::task::spawn_blocking(move || me.verify_and_adopt(&rec2, &torrent))
+            .await
+            .unwrap_or_else(|e| Err(Finish::Failed(e.to_string())));
+        match outcome {
+            Ok(adopted) => {
+                let mut rec = rec;
+                rec.stage = Stage::Seeding;
+                rec.result_unreported = true;
+                if let Err(e) = self.write_record(&self.dir(&layer), &rec) {
+                    log::error!("{layer}: {e}");
+                }
+                if let Some(l) = self.tasks().get_mut(&layer) {
+                    l.record = rec.clone();
+                    l.finishing = false;
+                }
+                log::info!("{layer}: verified and in its chain");
+                let _ = self.reports.send(Report::Finished {
+                    record: rec,
+                    ok: true,
+                    why: String::new(),
+                });
+                let _ = self.reports.send(Report::LayerReady(layer.clone()));
+                if adopted == Adopted::Rewritten {
+                    log::info!("{layer}: its header was rewritten, so it is not seeded");
+                    let _ = self.remove(&layer).await;
+                }
+            }
+            Err(Finish::Wait(why)) => {
+                log::info!("{layer}: complete, waiting: {why}");
+                if let Some(l) = self.tasks().get_mut(&layer) {
+                    l.finishing = false;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(Finish::BadData(why)) => {
+                // Pieces the engine believed it had are wrong (a stale
+                // bitfield after a power cut): start that layer over.
+                log::error!("{layer}: {why}; fetching it again");
+                let data = self.data_file(&rec);
+                let _ = self.engine.remove(&rec.info_hash).await;
+                let _ = std::fs::remove_file(&data);
+                let torrent = self.tasks().get(&layer).map(|l| l.torrent.clone());
+                if let Some(t) = torrent {
+                    if let Err(e) = self
+                        .engine
+                        .add(t, &self.data_dir(&rec), &self.trackers())
+                        .await
+                    {
+                        log::error!("{layer}: {e:#}");
+                    }
+                }
+                if let Some(l) = self.tasks().get_mut(&layer) {
+                    l.finishing = false;
+                }
+            }
+            Err(Finish::Failed(why)) => {
+                log::error!("{layer}: download unusable: {why}");
+                let _ = self.remove(&layer).await;
+                let _ = self.reports.send(Report::Finished {
+                    record: rec,
+                    ok: false,
+                    why,
+                });
+            }
+        }
+    }
+
+    fn verify_and_adopt(&self, rec: &TaskRecord, torrent: &[u8]) -> Result<Adopted, Finish> {
+        let meta = TorrentMeta::parse(torrent).map_err(|e| Finish::Failed(e.to_string()))?;
+        let data = self.data_file(rec);
+        let name = LayerName::parse(&rec.layer).map_err(|e| Finish::Failed(e.to_string()))?;
+        // A crash after the layer went in but before task.json said so.
+        let already = {
+            use std::os::unix::fs::MetadataExt;
+            let a = std::fs::metadata(&data).ok();
+            let b = std::fs::metadata(self.desktops.store.path(&name)).ok();
+            matches!((a, b), (Some(a), Some(b)) if a.ino() == b.ino() && a.dev() == b.dev())
+        };
+        if name.level > 0 {
+            let parent = LayerName::new(&name.prefix, i64::from(name.level) - 1, &name.uuid_str())
+                .map_err(|e| Finish::Failed(e.to_string()))?
+                .to_string();
+            if !self.desktops.store.dir().join(&parent).exists()
+                && self.tasks().contains_key(&parent)
+            {
+                return Err(Finish::Wait(format!(
+                    "its parent {parent} is still downloading"
+                )));
+            }
+        }
+        if !already {
+            meta.verify_file(&data)
+                .map_err(|e| Finish::BadData(e.to_string()))?;
+        }
+        let layer_meta = LayerMeta {
+            operate_id: rec.operate_id,
+            disk_type: rec.disk_type,
+            group_uuid: rec.group_uuid.clone(),
+            local_only: false,
+            enabled: true,
+            restore: false,
+        };
+        match self.desktops.adopt_download(&data, &name, layer_meta) {
+            Ok(a) => Ok(a),
+            Err(DiskError::Missing(parent)) if self.tasks().contains_key(&parent) => Err(
+                Finish::Wait(format!("its parent {parent} is still downloading")),
+            ),
+            Err(e) => Err(Finish::Failed(e.to_string())),
+        }
+    }
+
+    /// Runs the supervisor until `stop` fires.
+    pub async fn run(self: Arc<Self>, stop: tokio_util::sync::CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.tick().await,
+                _ = stop.cancelled() => break,
+            }
+        }
+        self.engine.stop().await;
+    }
+}
+
+enum Finish {
+    /// Try again on a later tick.
+    Wait(String),
+    /// The data does not match the torrent.
+    BadData(String),
+    /// The layer cannot be used.
+    Failed(String),
+}
+
+pub fn percent(have: u64, total: u64) -> i64 {
+    if total == 0 {
+        return 0;
+    }
+    ((have as u128 * 100) / total as u128) as i64
+}

@@ -9,7 +9,7 @@ W=$(mktemp -d)
 cleanup() { kill "${AP:-}" "${SP:-}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$W"; }
 trap cleanup EXIT
 PORT=$((40000 + RANDOM % 20000)); API=$((PORT + 1))
-$RUN "$BIN/voi-server" run --listen "127.0.0.1:$PORT" --api-listen "127.0.0.1:$API" --tracker-listen 127.0.0.1:0 --data-dir "$W/s" >"$W/server.log" 2>&1 &
+$RUN "$BIN/voi-server" run --listen "127.0.0.1:$PORT" --api-listen "127.0.0.1:$API" --tracker-listen 127.0.0.1:0 --bt-listen-port 0 --data-dir "$W/s" >"$W/server.log" 2>&1 &
 SP=$!
 cat >"$W/agent.toml" <<TOML
 server_ip = "127.0.0.1"

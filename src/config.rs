@@ -150,7 +150,7 @@ pub struct AgentConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BtConfig {
-    /// Port other peers reach this terminal on.
+    /// Port other peers reach this terminal on; 0 picks a free one.
     #[serde(default = "default_bt_port")]
     pub listen_port: u16,
     /// Seconds between 9025 progress reports while downloading; 1..=10.

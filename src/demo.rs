@@ -34,6 +34,7 @@ pub async fn run(keep_running: bool) -> anyhow::Result<()> {
         tracker_listen: "127.0.0.1:0".into(),
         data_dir: dir.0.join("server"),
         heartbeat_secs: 2,
+        bt_listen_port: 0,
         ..ServerConfig::default()
     };
     let handle = Server::start(server_cfg).await?;
@@ -89,6 +90,7 @@ pub async fn run(keep_running: bool) -> anyhow::Result<()> {
     cfg.heartbeat_secs = 2;
     cfg.performance_secs = 0;
     cfg.platform = PlatformConfig::all(EffectMode::Recording);
+    cfg.bt.listen_port = 0;
     let agent = Agent::new(cfg)?;
     println!(
         "[demo] voi-agent {} connecting to 127.0.0.1:{}",

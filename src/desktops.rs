@@ -170,7 +170,6 @@ impl Desktops {
         }
         let header = crate::disk::qcow2::read_header(src)
             .map_err(|e| DiskError::Invalid(format!("{name}: not a usable qcow2 image: {e}")))?;
-        crate::disk::qemu_img::check(src)?;
         let rewrite = if name.level == 0 {
             if let Some(b) = &header.backing_file {
                 return Err(DiskError::Invalid(format!(
@@ -196,27 +195,34 @@ impl Desktops {
                 return Err(DiskError::Missing(parent.to_string()));
             }
             backing != &parent.to_string()
-                || header
-                    .backing_format
-                    .as_deref()
-                    .is_some_and(|f| f != "qcow2")
+                || header.backing_format.as_deref().is_some_and(|f| f != "qcow2")
         };
+        // Checked under a temporary name beside the chain, where a relative
+        // backing name resolves; renamed in only when sound.
         let tmp = self.store.dir().join(format!(".tmp-{name}"));
         let _ = std::fs::remove_file(&tmp);
         let io = |what: &Path| {
             let w = what.display().to_string();
             move |e| DiskError::Io(w, e)
         };
-        if rewrite {
-            std::fs::rename(src, &tmp).map_err(io(&tmp))?;
-            let parent = LayerName::new(&name.prefix, i64::from(name.level) - 1, &name.uuid_str())?;
-            crate::disk::qemu_img::rebase_unsafe(&tmp, &parent.to_string())?;
-        } else {
-            std::fs::hard_link(src, &tmp).map_err(io(&tmp))?;
+        let staged = (|| {
+            if rewrite {
+                std::fs::rename(src, &tmp).map_err(io(&tmp))?;
+                let parent =
+                    LayerName::new(&name.prefix, i64::from(name.level) - 1, &name.uuid_str())?;
+                crate::disk::qemu_img::rebase_unsafe(&tmp, &parent.to_string())?;
+            } else {
+                std::fs::hard_link(src, &tmp).map_err(io(&tmp))?;
+            }
+            crate::disk::qemu_img::check(&tmp)?;
+            std::fs::File::open(&tmp)
+                .and_then(|f| f.sync_all())
+                .map_err(io(&tmp))
+        })();
+        if let Err(e) = staged {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
         }
-        std::fs::File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(io(&tmp))?;
         std::fs::rename(&tmp, &dest).map_err(io(&dest))?;
         crate::fsutil::sync_dir(self.store.dir()).map_err(io(self.store.dir()))?;
         self.remember_locked(name, meta)?;

@@ -62,7 +62,7 @@ fn agent_sends_ready_then_watchdog_then_stopping() {
     // socket and keeps retrying).
     std::fs::write(
         &cfg,
-        format!("server_ip = \"127.0.0.1\"\nserver_port = 1\nmac = \"AA:00:00:00:06:01\"\ndata_dir = \"{}\"\n", d.path().join("data").display()),
+        format!("server_ip = \"127.0.0.1\"\nserver_port = 1\nmac = \"AA:00:00:00:06:01\"\ndata_dir = \"{}\"\n[bt]\nlisten_port = 0\n", d.path().join("data").display()),
     )
     .expect("config");
     let mut child = Command::new(env!("CARGO_BIN_EXE_voi-agent"))

@@ -22,7 +22,7 @@ use std::sync::Arc;
 pub struct EngineConfig {
     /// Where the session keeps its torrent list and bitfields.
     pub state_dir: PathBuf,
-    /// Peer port. 0 lets the engine pick from 6881..6891.
+    /// Peer port; 0 picks a free one at start (tests, demos).
     pub listen_port: u16,
     /// Bytes per second; None is unlimited.
     pub upload_limit: Option<u32>,
@@ -77,12 +77,17 @@ impl Engine {
     pub async fn start(cfg: &EngineConfig) -> anyhow::Result<Engine> {
         std::fs::create_dir_all(&cfg.state_dir)
             .with_context(|| format!("creating {}", cfg.state_dir.display()))?;
-        let options = |cfg: &EngineConfig| {
-            let ports = if cfg.listen_port == 0 {
-                6881..6891
-            } else {
-                cfg.listen_port..cfg.listen_port.saturating_add(1)
-            };
+        // librqbit announces the port it was given, so "any port" (0) is
+        // resolved here to a concrete free one.
+        let port = match cfg.listen_port {
+            0 => std::net::TcpListener::bind(("0.0.0.0", 0))
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+                .context("finding a free port")?,
+            p => p,
+        };
+        let options = |_: &EngineConfig| {
+            let ports = port..port.saturating_add(1);
             SessionOptions {
                 disable_dht: true,
                 disable_dht_persistence: true,

@@ -33,6 +33,13 @@ enum Cmd {
         /// BitTorrent tracker listener (default 0.0.0.0:50021).
         #[arg(long)]
         tracker_listen: Option<String>,
+        /// BitTorrent peer port of the image seeder (default 6880; 0 = any).
+        #[arg(long)]
+        bt_listen_port: Option<u16>,
+        /// Address terminals reach this server at (9005, torrent URLs,
+        /// tracker announce); needed beyond loopback.
+        #[arg(long)]
+        advertise_ip: Option<String>,
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
@@ -106,6 +113,8 @@ pub fn main() -> std::process::ExitCode {
                 listen,
                 api_listen,
                 tracker_listen,
+                bt_listen_port,
+                advertise_ip,
                 data_dir,
             } => {
                 let mut cfg = match config {
@@ -120,6 +129,12 @@ pub fn main() -> std::process::ExitCode {
                 }
                 if let Some(l) = tracker_listen {
                     cfg.tracker_listen = l;
+                }
+                if let Some(p) = bt_listen_port {
+                    cfg.bt_listen_port = p;
+                }
+                if advertise_ip.is_some() {
+                    cfg.advertise_ip = advertise_ip;
                 }
                 if let Some(d) = data_dir {
                     cfg.data_dir = d;

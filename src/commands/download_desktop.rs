@@ -52,9 +52,15 @@ impl DownloadDesktop {
     }
 
     pub async fn apply(self, ctx: &Ctx<'_>) -> CmdResult {
-        let n = self.wanted.len();
+        let mut wanted: Vec<Download> = Vec::new();
+        for w in self.wanted {
+            if !wanted.contains(&w) {
+                wanted.push(w);
+            }
+        }
+        let n = wanted.len();
         ctx.agent.persist(|s| {
-            for w in self.wanted {
+            for w in wanted {
                 if !s.pending_downloads.contains(&w) {
                     s.pending_downloads.push(w);
                 }

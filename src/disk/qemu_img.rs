@@ -50,8 +50,19 @@ pub fn check(path: &Path) -> Result<Value, QemuImgError> {
         .args(["check", "--output=json", "-U", p(path)])
         .output()
         .map_err(QemuImgError::Spawn)?;
-    let report: Value =
-        serde_json::from_slice(&out.stdout).map_err(|e| QemuImgError::Json("check".into(), e))?;
+    let report: Value = match serde_json::from_slice(&out.stdout) {
+        Ok(v) => v,
+        // No report at all: qemu-img could not open the image (or its
+        // backing file); its words say why.
+        Err(_) if !out.status.success() => {
+            return Err(QemuImgError::Failed {
+                args: format!("check {}", path.display()),
+                status: out.status.to_string(),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            })
+        }
+        Err(e) => return Err(QemuImgError::Json("check".into(), e)),
+    };
     // Exit 0: clean; 3: leaked clusters only. Anything else is damage.
     match out.status.code() {
         Some(0) | Some(3) if report["corruptions"].as_u64().unwrap_or(0) == 0 => Ok(report),

@@ -109,6 +109,11 @@ pub async fn serve(server: Arc<Server>, listener: TcpListener) {
         .route("/api/v1/terminals", get(terminals))
         .route("/api/v1/terminals/:mac", get(terminal))
         .route("/api/v1/terminals/:mac/commands", post(push))
+        .route(
+            "/api/v1/terminals/:mac/download_desktop",
+            post(download_desktop),
+        )
+        .route("/api/v1/images", get(images).post(rescan_images))
         .route("/api/v1/desktop_groups", get(groups).put(put_group))
         .route("/api/v1/desktop_groups/:uuid", delete(delete_group))
         .route(
@@ -213,6 +218,71 @@ async fn push(
     match server.push(&mac, code, req.params, timeout).await {
         Ok((batch, env)) => ok(json!({ "command": code.name(), "batch_no": batch, "reply": env })),
         Err(e) => push_fail(e),
+    }
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct DownloadDesktopRequest {
+    group_uuid: String,
+    timeout_secs: Option<u64>,
+}
+
+/// 1008 then one 1015 per layer of the group.
+async fn download_desktop(
+    State(server): S,
+    headers: HeaderMap,
+    Path(mac): Path<String>,
+    body: Option<Json<DownloadDesktopRequest>>,
+) -> Response {
+    guard!(server, headers);
+    let Some(Json(req)) = body else {
+        return fail(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::MessageError,
+            "body must be {group_uuid}",
+        );
+    };
+    let timeout = Duration::from_secs(req.timeout_secs.unwrap_or(30).clamp(1, 3600));
+    match server.download_desktop(&mac, &req.group_uuid, timeout).await {
+        Ok(sent) => ok(json!({ "sent": sent })),
+        Err(e) => push_fail(e),
+    }
+}
+
+/// The image library: each layer's torrent, how much the seeder uploaded,
+/// the uploads from terminals, and every terminal's last 9025 per layer.
+async fn images(State(server): S, headers: HeaderMap) -> Response {
+    guard!(server, headers);
+    let mut progress = serde_json::Map::new();
+    if let Ok(terms) = server.store.terminals() {
+        for t in terms {
+            let tasks: serde_json::Map<String, Value> = t
+                .reports
+                .iter()
+                .filter_map(|(k, v)| k.strip_prefix("bt_task:").map(|n| (n.to_string(), v.clone())))
+                .collect();
+            if !tasks.is_empty() {
+                progress.insert(t.config.mac.clone(), Value::Object(tasks));
+            }
+        }
+    }
+    ok(json!({
+        "images": server.images.status(),
+        "uploads": server.images.uploads_list(),
+        "progress": progress,
+        "bt_port": server.images.listen_port(),
+    }))
+}
+
+async fn rescan_images(State(server): S, headers: HeaderMap) -> Response {
+    guard!(server, headers);
+    match server.images.scan().await {
+        Ok(()) => ok(json!({ "images": server.images.status() })),
+        Err(e) => fail(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::SystemError,
+            format!("{e:#}"),
+        ),
     }
 }
 

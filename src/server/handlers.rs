@@ -200,10 +200,20 @@ async fn answer(
             let v: Value = body(frame, mac)?;
             keep_report(server, mac, "desktop_upload".into(), v)
         }
-        S::TorrentUpload => err(
-            ErrorCode::TerminalTorrentUploadFail,
-            "this server does not accept uploads yet",
-        ),
+        S::TorrentUpload => {
+            if frame.data_type != DataType::Binary as u8 {
+                return Err(err(
+                    ErrorCode::MessageError,
+                    "torrent_upload: send the binary struct (data_type 0)",
+                ));
+            }
+            let up = crate::protocol::torrent_struct::UploadTorrent::parse(&frame.payload)
+                .map_err(|e| err(ErrorCode::MessageError, format!("torrent_upload: {e}")))?;
+            match server.images.receive(mac, &up).await {
+                Ok(torrent_id) => ok(TorrentUploadResp { torrent_id }),
+                Err(e) => return Err(err(ErrorCode::TerminalTorrentUploadFail, e)),
+            }
+        }
         S::TaskResult => {
             let r: TaskResultReq = body(frame, mac)?;
             keep_report(server, mac, format!("task_result:{}", r.disk), json!(r))
@@ -239,15 +249,7 @@ async fn answer(
         }
         S::BtTracker => {
             let _: MacReq = body(frame, mac)?;
-            let url = server.cfg.tracker_url.clone().unwrap_or_else(|| {
-                let ip = server
-                    .cfg
-                    .advertise_ip
-                    .clone()
-                    .or_else(|| st.local.map(|a| a.ip().to_string()))
-                    .unwrap_or_else(|| "127.0.0.1".into());
-                format!("http://{ip}:{}/announce", server.tracker_addr.port())
-            });
+            let url = super::announce_url(&server.cfg, server.tracker_addr, st.local);
             ok(BtTrackerResp { tracker: vec![url] })
         }
         S::PToVStart => {
@@ -267,7 +269,7 @@ async fn answer(
         }
         S::DiffDiskDownload => {
             let r: DiffDiskReq = body(frame, mac)?;
-            diff_disk_download(server, &r)?
+            diff_disk_download(server, &r, st.local)?
         }
         S::DesktopLogin => {
             let r: DesktopLoginReq = body(frame, mac)?;
@@ -293,13 +295,22 @@ async fn answer(
         }
         S::BtUploadState => {
             let r: BtUploadStateReq = body(frame, mac)?;
-            let rec = server.store.terminal(mac).map_err(store_err)?;
-            match rec.and_then(|r2| {
-                r2.reports
-                    .get(&format!("bt_upload:{}", r.torrent_name))
-                    .cloned()
-            }) {
-                Some(v) => Envelope::ok(v),
+            match server.images.upload_by_name(mac, &r.torrent_name) {
+                Some((up, stats)) => {
+                    let (process, rate) = match (&up.state[..], stats) {
+                        ("finished", _) => (100, 0),
+                        (_, Some(s)) => (
+                            crate::bt::transfers::percent(s.have_bytes, s.total_bytes),
+                            i64::try_from(s.down_bps).unwrap_or(i64::MAX),
+                        ),
+                        _ => (0, 0),
+                    };
+                    ok(BtUploadStateResp {
+                        process,
+                        rate,
+                        state: up.state,
+                    })
+                }
                 None => err(ErrorCode::TerminalBtUploadTaskNotExist, r.torrent_name),
             }
         }
@@ -377,7 +388,11 @@ fn desktop_of_disk(server: &Server, boot_disk: &str) -> Result<Answer, Answer> {
     }))
 }
 
-fn diff_disk_download(server: &Server, r: &DiffDiskReq) -> Result<Answer, Answer> {
+fn diff_disk_download(
+    server: &Server,
+    r: &DiffDiskReq,
+    local: Option<std::net::SocketAddr>,
+) -> Result<Answer, Answer> {
     let groups = server
         .store
         .groups()
@@ -409,7 +424,15 @@ fn diff_disk_download(server: &Server, r: &DiffDiskReq) -> Result<Answer, Answer
         diff_disk_uuid: d.uuid.clone(),
         diff_level: r.diff_level,
         diff_disk_type: d.disk_type,
-        download_url: d.download_url.clone().unwrap_or_default(),
+        // The library's torrent when it holds the layer, else whatever URL
+        // the operator configured.
+        download_url: {
+            let name = format!("{}_{}_{}", d.prefix, d.dif_level, d.uuid);
+            match server.images.get(&name) {
+                Some(_) => server.torrent_url(&name, local),
+                None => d.download_url.clone().unwrap_or_default(),
+            }
+        },
         real_size: d.real_size,
         reserve_size: d.reserve_size,
         file_size: d.file_size.unwrap_or_default(),

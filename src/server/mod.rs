@@ -6,6 +6,7 @@ pub mod api;
 pub mod client;
 mod conn;
 mod handlers;
+pub mod images;
 pub mod order;
 pub mod registry;
 pub mod store;
@@ -70,6 +71,17 @@ pub struct ServerConfig {
     /// Largest frame body accepted from a terminal.
     #[serde(default = "default_max_body")]
     pub max_body: usize,
+    /// BitTorrent peer port of the seeder (terminals use 6881); 0 picks a
+    /// free one.
+    #[serde(default = "default_bt_port")]
+    pub bt_listen_port: u16,
+    /// Seeder upload cap in bytes per second; 0 is unlimited.
+    #[serde(default)]
+    pub bt_upload_limit: u32,
+}
+
+fn default_bt_port() -> u16 {
+    6880
 }
 
 fn default_listen() -> String {
@@ -157,6 +169,8 @@ pub struct Server {
     pub tracker: Arc<tracker::Tracker>,
     /// Where the tracker listens (its port goes into 9019 answers).
     pub tracker_addr: SocketAddr,
+    /// Layer images: seeded, served as torrents, received from uploads.
+    pub images: Arc<images::Images>,
     pub shutdown: CancellationToken,
     seq: AtomicU32,
     conn_ids: AtomicU64,
@@ -201,6 +215,19 @@ impl Server {
         let addr = listener.local_addr()?;
         let api_addr = api_listener.local_addr()?;
         let tracker_addr = tracker_listener.local_addr()?;
+        let announce = announce_url(&cfg, tracker_addr, None);
+        let images = images::Images::open(
+            &cfg.data_dir,
+            crate::bt::engine::EngineConfig {
+                state_dir: cfg.data_dir.join("bt"),
+                listen_port: cfg.bt_listen_port,
+                upload_limit: (cfg.bt_upload_limit > 0).then_some(cfg.bt_upload_limit),
+                download_limit: None,
+            },
+            announce,
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("image library: {e:#}"))?;
         let server = Arc::new(Server {
             cfg,
             store,
@@ -208,6 +235,7 @@ impl Server {
             api_token,
             tracker: Arc::new(tracker::Tracker::new(Duration::from_secs(30))),
             tracker_addr,
+            images,
             shutdown: CancellationToken::new(),
             seq: AtomicU32::new(0),
             conn_ids: AtomicU64::new(0),
@@ -222,9 +250,12 @@ impl Server {
             async move { api::serve(s, api_listener).await },
         ));
         let (t, stop) = (server.tracker.clone(), server.shutdown.clone());
+        let torrents = images::router(server.images.clone());
         tasks.push(tokio::spawn(async move {
-            tracker::serve(t, tracker_listener, stop).await
+            tracker::serve(t, tracker_listener, stop, torrents).await
         }));
+        let s = server.clone();
+        tasks.push(tokio::spawn(async move { s.images_loop().await }));
         let s = server.clone();
         tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -261,6 +292,168 @@ impl Server {
                     log::error!("accept: {e}");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
+            }
+        }
+    }
+
+    /// Settles uploads (then tells their terminals with 1021) every second
+    /// and rescans the image directory now and then.
+    async fn images_loop(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut last_scan = std::time::Instant::now();
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = self.shutdown.cancelled() => break,
+            }
+            for up in self.images.settle_uploads().await {
+                let params = serde_json::json!({ "torrent_id": up.torrent_id });
+                match self
+                    .push(&up.mac, ServiceCode::BtTaskComplete, params, Duration::from_secs(10))
+                    .await
+                {
+                    Ok((_, env)) => {
+                        log::info!("bt_task_complete to {}: {} {}", up.mac, env.code, env.msg);
+                        self.images.mark_notified(&up.torrent_id);
+                    }
+                    Err(e) => log::debug!("bt_task_complete to {}: {e}", up.mac),
+                }
+            }
+            if last_scan.elapsed() >= images::RESCAN {
+                last_scan = std::time::Instant::now();
+                if let Err(e) = self.images.scan().await {
+                    log::error!("image scan: {e:#}");
+                }
+            }
+        }
+        self.images.stop().await;
+    }
+
+    /// The URL a terminal fetches a layer's torrent from (tracker port).
+    pub fn torrent_url(&self, layer: &str, local: Option<SocketAddr>) -> String {
+        let host = self
+            .cfg
+            .advertise_ip
+            .clone()
+            .or_else(|| local.map(|a| a.ip().to_string()))
+            .unwrap_or_else(|| "127.0.0.1".into());
+        format!("http://{host}:{}/torrents/{layer}.torrent", self.tracker_addr.port())
+    }
+
+    /// Sends 1008 and then one 1015 per layer of the group the library
+    /// holds, each waited for. Returns the layers sent.
+    pub async fn download_desktop(
+        &self,
+        mac: &str,
+        group_uuid: &str,
+        timeout: Duration,
+    ) -> Result<Vec<Value>, PushError> {
+        use crate::protocol::torrent_struct::SendTorrent;
+        let groups = self.store.groups()?;
+        let g = groups
+            .iter()
+            .find(|g| g.desktop_group_uuid == group_uuid)
+            .ok_or_else(|| PushError::Bad(format!("no desktop group {group_uuid}")))?;
+        let mut layers = Vec::new();
+        let mut missing = Vec::new();
+        for d in &g.disks {
+            let name = format!("{}_{}_{}", d.prefix, d.dif_level, d.uuid);
+            match self.images.get(&name) {
+                Some(img) => layers.push((d.clone(), img)),
+                None => missing.push(name),
+            }
+        }
+        if !missing.is_empty() {
+            return Err(PushError::Bad(format!(
+                "the image library lacks {}",
+                missing.join(", ")
+            )));
+        }
+        let desktop = serde_json::json!({
+            "name": g.desktop_group_name,
+            "desc": g.desktop_group_desc,
+            "diff_mode": g.diff_mode,
+            "uuid": g.desktop_group_uuid,
+            "sys_type": g.os_sys_type,
+            "disks": g.disks.iter().map(|d| serde_json::json!({
+                "uuid": d.uuid, "type": d.disk_type, "dif_level": d.dif_level,
+                "prefix": d.prefix, "operate_id": d.operate_id,
+                "real_size": d.real_size, "reserve_space": d.reserve_size,
+            })).collect::<Vec<_>>(),
+        });
+        let (_, env) = self
+            .push(mac, ServiceCode::DownloadDesktop, serde_json::json!({ "desktop": desktop }), timeout)
+            .await?;
+        if !env.is_ok() {
+            return Err(PushError::Bad(format!("download_desktop refused: {} {}", env.code, env.msg)));
+        }
+        let mut sent = Vec::new();
+        for (d, img) in layers {
+            let task_uuid = uuid::Uuid::new_v4().hyphenated().to_string();
+            let body = SendTorrent {
+                uuid: d.uuid.clone(),
+                disk_type: d.disk_type.clamp(0, 2) as i8,
+                sys_type: g.os_sys_type.clamp(0, i64::from(i8::MAX)) as i8,
+                dif_level: d.dif_level.clamp(0, 5) as i32,
+                real_size: d.real_size.0,
+                space_size: d.reserve_size.0,
+                file_size: img.length.div_ceil(512),
+                task_uuid: task_uuid.clone(),
+                group_uuid: g.desktop_group_uuid.clone(),
+                operate_id: u32::try_from(d.operate_id).unwrap_or(0),
+                torrent: img.torrent.clone(),
+            };
+            let env = self
+                .push_binary(mac, ServiceCode::SendTorrent, body.encode(), BatchNo::Text(task_uuid.clone()), timeout)
+                .await?;
+            sent.push(serde_json::json!({
+                "layer": img.layer.to_string(), "task_uuid": task_uuid,
+                "code": env.code, "msg": env.msg,
+            }));
+        }
+        Ok(sent)
+    }
+
+    /// Pushes a binary command (1015) and waits for the reply carrying
+    /// `batch`.
+    pub async fn push_binary(
+        &self,
+        mac: &str,
+        code: ServiceCode,
+        payload: bytes::Bytes,
+        batch: BatchNo,
+        timeout: Duration,
+    ) -> Result<Envelope<Value>, PushError> {
+        let mac = crate::protocol::normalize_mac(mac)
+            .ok_or_else(|| PushError::Bad(format!("{mac:?} is not a MAC")))?;
+        let (tx, token) = self
+            .registry
+            .sender(&mac)
+            .ok_or_else(|| PushError::NotConnected(mac.clone()))?;
+        let rx = self.registry.expect_reply(code as u32, &mac, &batch);
+        let frame = Frame {
+            service_code: code as u32,
+            sequence_code: self.next_seq(),
+            data_type: DataType::Binary as u8,
+            client_type: ClientType::Server as u8,
+            req_or_res: Direction::Request as u8,
+            token: token.into_bytes().into(),
+            payload,
+        };
+        if tx.send(frame).await.is_err() {
+            self.registry.forget_reply(code as u32, &mac, &batch);
+            return Err(PushError::NotConnected(mac));
+        }
+        self.registry.emit(ServerEvent::CommandSent {
+            mac: mac.clone(),
+            command: code.name().into(),
+            batch_no: batch.clone(),
+        });
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(env)) => Ok(env),
+            _ => {
+                self.registry.forget_reply(code as u32, &mac, &batch);
+                Err(PushError::Timeout(mac, timeout))
             }
         }
     }
@@ -441,6 +634,20 @@ fn load_or_create_token(path: &std::path::Path) -> anyhow::Result<String> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(token)
+}
+
+/// The announce URL for torrents and 9019: configured, else this server's
+/// address (advertised, or as the terminal reached it) with the tracker
+/// port.
+pub fn announce_url(cfg: &ServerConfig, tracker: SocketAddr, local: Option<SocketAddr>) -> String {
+    cfg.tracker_url.clone().unwrap_or_else(|| {
+        let ip = cfg
+            .advertise_ip
+            .clone()
+            .or_else(|| local.map(|a| a.ip().to_string()))
+            .unwrap_or_else(|| "127.0.0.1".into());
+        format!("http://{ip}:{}/announce", tracker.port())
+    })
 }
 
 /// Fills a response envelope's msg from its code.

@@ -216,10 +216,17 @@ async fn announce(
     ([("content-type", "text/plain")], body).into_response()
 }
 
-pub async fn serve(tracker: Arc<Tracker>, listener: TcpListener, shutdown: CancellationToken) {
+/// Serves the announce endpoint plus `extra` routes (the torrent files).
+pub async fn serve(
+    tracker: Arc<Tracker>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    extra: Router,
+) {
     let app = Router::new()
         .route("/announce", get(announce))
-        .with_state(tracker);
+        .with_state(tracker)
+        .merge(extra);
     let svc = app.into_make_service_with_connect_info::<SocketAddr>();
     if let Err(e) = axum::serve(listener, svc)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })

@@ -31,6 +31,7 @@ pub fn server_config(dir: &Path, listen: &str) -> ServerConfig {
         tracker_listen: "127.0.0.1:0".into(),
         data_dir: dir.to_path_buf(),
         heartbeat_secs: 1,
+        bt_listen_port: 0,
         ..ServerConfig::default()
     }
 }
@@ -55,6 +56,7 @@ pub fn agent_config(dir: &Path, port: u16, mac: &str) -> AgentConfig {
     cfg.performance_secs = 0;
     cfg.connect_retry_ms = 300;
     cfg.platform = PlatformConfig::all(EffectMode::Recording);
+    cfg.bt.listen_port = 0;
     cfg
 }
 

@@ -1,0 +1,479 @@
+//! The server's image library: every layer file in `<data_dir>/images`
+//! (named `prefix_level_uuid`) gets a torrent and is seeded; terminals
+//! fetch the torrents from `/torrents/<layer>.torrent` on the tracker's
+//! port; uploaded layers arrive through the same engine.
+//!
+//! Torrents are cached in `<data_dir>/torrents/` with a sidecar recording
+//! the image's size and mtime, so a restart does not re-hash 30 GB images.
+
+use anyhow::Context;
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::bt::engine::{Engine, EngineConfig, Phase, TaskStats};
+use crate::bt::meta::TorrentMeta;
+use crate::disk::name::LayerName;
+use crate::fsutil;
+use crate::protocol::torrent_struct::UploadTorrent;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Sidecar {
+    size: u64,
+    mtime_ns: i128,
+    info_hash: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Image {
+    pub layer: LayerName,
+    pub info_hash: String,
+    pub length: u64,
+    pub torrent: Bytes,
+}
+
+/// An upload from a terminal, until the layer is in the library.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Upload {
+    pub torrent_id: String,
+    pub mac: String,
+    pub layer: String,
+    pub info_hash: String,
+    pub length: u64,
+    /// "downloading", "finished" (in the library), "failed: …".
+    pub state: String,
+    /// 1021 reached the terminal.
+    #[serde(default)]
+    pub notified: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageStatus {
+    pub layer: String,
+    pub info_hash: String,
+    pub length: u64,
+    pub uploaded_bytes: u64,
+    pub state: String,
+}
+
+pub struct Images {
+    dir: PathBuf,
+    torrents: PathBuf,
+    uploads_dir: PathBuf,
+    announce: String,
+    engine: Engine,
+    known: Mutex<BTreeMap<String, Image>>,
+    uploads: Mutex<BTreeMap<String, Upload>>,
+    /// Serialises scans (the periodic one and the API's).
+    scan_lock: tokio::sync::Mutex<()>,
+}
+
+fn mtime_ns(m: &std::fs::Metadata) -> i128 {
+    use std::os::unix::fs::MetadataExt;
+    i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec())
+}
+
+impl Images {
+    pub async fn open(
+        data_dir: &Path,
+        engine_cfg: EngineConfig,
+        announce: String,
+    ) -> anyhow::Result<Arc<Images>> {
+        let dir = data_dir.join("images");
+        let torrents = data_dir.join("torrents");
+        let uploads_dir = data_dir.join("uploads");
+        for d in [&dir, &torrents, &uploads_dir] {
+            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+        }
+        let engine = Engine::start(&engine_cfg).await?;
+        let images = Arc::new(Images {
+            dir,
+            torrents,
+            uploads_dir,
+            announce,
+            engine,
+            known: Mutex::new(BTreeMap::new()),
+            uploads: Mutex::new(BTreeMap::new()),
+            scan_lock: tokio::sync::Mutex::new(()),
+        });
+        images.restore_uploads().await;
+        images.scan().await?;
+        Ok(images)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn known(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Image>> {
+        self.known.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn uploads(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Upload>> {
+        self.uploads.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn listen_port(&self) -> Option<u16> {
+        self.engine.listen_port()
+    }
+
+    pub fn get(&self, layer: &str) -> Option<Image> {
+        self.known().get(layer).cloned()
+    }
+
+    /// Torrents for new or changed images, seeding for all; images that
+    /// disappeared stop being seeded.
+    pub async fn scan(&self) -> anyhow::Result<()> {
+        let _g = self.scan_lock.lock().await;
+        let mut present = Vec::new();
+        for entry in std::fs::read_dir(&self.dir)? {
+            let Ok(entry) = entry else { continue };
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Ok(layer) = LayerName::parse(&name) else {
+                continue;
+            };
+            let Ok(meta) = entry.metadata() else { continue };
+            if !meta.is_file() {
+                continue;
+            }
+            present.push(name.clone());
+            let sidecar_path = self.torrents.join(format!("{name}.json"));
+            let torrent_path = self.torrents.join(format!("{name}.torrent"));
+            let current = Sidecar {
+                size: meta.len(),
+                mtime_ns: mtime_ns(&meta),
+                info_hash: String::new(),
+            };
+            let seeded = self
+                .known()
+                .get(&name)
+                .is_some_and(|img| img.length == meta.len() && self.engine.contains(&img.info_hash));
+            if seeded {
+                continue;
+            }
+            let cached = std::fs::read(&sidecar_path)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Sidecar>(&b).ok())
+                .filter(|s| s.size == current.size && s.mtime_ns == current.mtime_ns)
+                .and_then(|_| std::fs::read(&torrent_path).ok())
+                .and_then(|t| TorrentMeta::parse(&t).ok().map(|m| (t, m)));
+            let (torrent, meta_t) = match cached {
+                Some(x) => x,
+                None => {
+                    // Only images that are usable qcow2 layers are offered.
+                    if let Err(e) = crate::disk::qcow2::read_header(&entry.path()) {
+                        log::warn!("image {name} is not a usable qcow2 layer: {e}");
+                        continue;
+                    }
+                    log::info!("creating the torrent of {name} ({} bytes)", meta.len());
+                    let path = entry.path();
+                    let announce = self.announce.clone();
+                    let created = tokio::task::spawn_blocking(move || {
+                        crate::bt::torrent::create(&path, &announce, crate::bt::torrent::DEFAULT_PIECE)
+                    })
+                    .await??;
+                    fsutil::atomic_write(&torrent_path, &created.bytes)?;
+                    fsutil::write_json(
+                        &sidecar_path,
+                        &Sidecar {
+                            info_hash: created.info_hash_hex(),
+                            ..current
+                        },
+                    )?;
+                    let m = TorrentMeta::parse(&created.bytes)?;
+                    (created.bytes, m)
+                }
+            };
+            let torrent = Bytes::from(torrent);
+            let old = self.known().get(&name).cloned();
+            if let Some(old) = old {
+                if old.info_hash != meta_t.info_hash {
+                    let _ = self.engine.remove(&old.info_hash).await;
+                }
+            }
+            self.engine
+                .add(torrent.clone(), &self.dir, &[])
+                .await
+                .with_context(|| format!("seeding {name}"))?;
+            self.known().insert(
+                name,
+                Image {
+                    layer,
+                    info_hash: meta_t.info_hash,
+                    length: meta_t.length,
+                    torrent,
+                },
+            );
+        }
+        let gone: Vec<Image> = self
+            .known()
+            .values()
+            .filter(|i| !present.contains(&i.layer.to_string()))
+            .cloned()
+            .collect();
+        for img in gone {
+            log::info!("image {} is gone; no longer seeded", img.layer);
+            let _ = self.engine.remove(&img.info_hash).await;
+            self.known().remove(&img.layer.to_string());
+        }
+        Ok(())
+    }
+
+    pub fn status(&self) -> Vec<ImageStatus> {
+        self.known()
+            .values()
+            .map(|i| {
+                let s = self.engine.stats(&i.info_hash);
+                ImageStatus {
+                    layer: i.layer.to_string(),
+                    info_hash: i.info_hash.clone(),
+                    length: i.length,
+                    uploaded_bytes: s.as_ref().map(|s| s.uploaded_bytes).unwrap_or(0),
+                    state: s.map(|s| s.phase.wire().to_string()).unwrap_or_default(),
+                }
+            })
+            .collect()
+    }
+
+    fn upload_dir(&self, layer: &str) -> PathBuf {
+        self.uploads_dir.join(layer)
+    }
+
+    async fn restore_uploads(&self) {
+        let Ok(rd) = std::fs::read_dir(&self.uploads_dir) else {
+            return;
+        };
+        for entry in rd.flatten() {
+            let path = entry.path();
+            let loaded = std::fs::read(path.join("upload.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Upload>(&b).ok())
+                .zip(std::fs::read(path.join("meta.torrent")).ok());
+            let Some((up, torrent)) = loaded else {
+                let _ = std::fs::remove_dir_all(&path);
+                continue;
+            };
+            if up.state == "downloading" {
+                if let Err(e) = self
+                    .engine
+                    .add(Bytes::from(torrent), &path.join("data"), &[])
+                    .await
+                {
+                    log::warn!("upload {}: {e:#}", up.layer);
+                }
+            }
+            self.uploads().insert(up.torrent_id.clone(), up);
+        }
+    }
+
+    fn save_upload(&self, up: &Upload) {
+        let p = self.upload_dir(&up.layer).join("upload.json");
+        if let Err(e) = fsutil::write_json(&p, up) {
+            log::error!("{}: {e}", p.display());
+        }
+    }
+
+    /// 9014: starts pulling a terminal's layer. Returns the torrent_id.
+    pub async fn receive(&self, mac: &str, body: &UploadTorrent) -> Result<String, String> {
+        let meta = TorrentMeta::parse(&body.torrent).map_err(|e| e.to_string())?;
+        let layer = LayerName::parse(&meta.name)
+            .map_err(|e| format!("torrent names {:?}: {e}", meta.name))?;
+        if layer.uuid_str() != body.uuid || i32::from(layer.level) != body.dif_level {
+            return Err(format!(
+                "the torrent holds {layer}, the struct says uuid {} level {}",
+                body.uuid, body.dif_level
+            ));
+        }
+        let name = layer.to_string();
+        if self.dir.join(&name).exists() {
+            return Err(format!("{name} is already in the image library"));
+        }
+        if let Some(up) = self.uploads().values().find(|u| u.layer == name) {
+            if up.info_hash == meta.info_hash && up.state == "downloading" {
+                return Ok(up.torrent_id.clone());
+            }
+        }
+        let dir = self.upload_dir(&name);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("data")).map_err(|e| e.to_string())?;
+        fsutil::atomic_write(&dir.join("meta.torrent"), &body.torrent).map_err(|e| e.to_string())?;
+        let up = Upload {
+            torrent_id: uuid::Uuid::new_v4().hyphenated().to_string(),
+            mac: mac.to_string(),
+            layer: name.clone(),
+            info_hash: meta.info_hash.clone(),
+            length: meta.length,
+            state: "downloading".into(),
+            notified: false,
+        };
+        self.save_upload(&up);
+        self.engine
+            .add(body.torrent.clone(), &dir.join("data"), &[])
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        log::info!("{mac} uploads {name} ({} bytes) as torrent {}", meta.length, up.torrent_id);
+        let id = up.torrent_id.clone();
+        self.uploads().insert(id.clone(), up);
+        Ok(id)
+    }
+
+    pub fn upload_by_name(&self, mac: &str, torrent_name: &str) -> Option<(Upload, Option<TaskStats>)> {
+        let layer = torrent_name.trim_end_matches(".torrent");
+        self.uploads()
+            .values()
+            .find(|u| u.mac == mac && u.layer == layer)
+            .cloned()
+            .map(|u| {
+                let s = self.engine.stats(&u.info_hash);
+                (u, s)
+            })
+    }
+
+    pub fn uploads_list(&self) -> Vec<Upload> {
+        self.uploads().values().cloned().collect()
+    }
+
+    /// Moves finished uploads into the library; returns those whose
+    /// terminal should now hear 1021.
+    pub async fn settle_uploads(&self) -> Vec<Upload> {
+        let pending: Vec<Upload> = self
+            .uploads()
+            .values()
+            .filter(|u| u.state == "downloading")
+            .cloned()
+            .collect();
+        let mut changed = false;
+        for mut up in pending {
+            let Some(stats) = self.engine.stats(&up.info_hash) else {
+                continue;
+            };
+            if stats.phase != Phase::Seeding {
+                continue;
+            }
+            let dir = self.upload_dir(&up.layer);
+            let torrent = std::fs::read(dir.join("meta.torrent")).unwrap_or_default();
+            let _ = self.engine.remove(&up.info_hash).await;
+            let lib = self.dir.clone();
+            let layer = up.layer.clone();
+            let res = tokio::task::spawn_blocking(move || accept_upload(&dir, &lib, &layer, &torrent))
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()));
+            up.state = match res {
+                Ok(()) => {
+                    log::info!("{} from {} is in the image library", up.layer, up.mac);
+                    changed = true;
+                    "finished".into()
+                }
+                Err(e) => {
+                    log::error!("upload {} from {}: {e}", up.layer, up.mac);
+                    format!("failed: {e}")
+                }
+            };
+            self.save_upload(&up);
+            self.uploads().insert(up.torrent_id.clone(), up);
+        }
+        if changed {
+            if let Err(e) = self.scan().await {
+                log::error!("image scan: {e:#}");
+            }
+        }
+        self.uploads()
+            .values()
+            .filter(|u| u.state == "finished" && !u.notified)
+            .cloned()
+            .collect()
+    }
+
+    pub fn mark_notified(&self, torrent_id: &str) {
+        let up = {
+            let mut ups = self.uploads();
+            let Some(u) = ups.get_mut(torrent_id) else { return };
+            u.notified = true;
+            u.clone()
+        };
+        self.save_upload(&up);
+    }
+
+    pub async fn stop(&self) {
+        self.engine.stop().await;
+    }
+}
+
+/// Checks a finished upload and moves it into the library. The torrent
+/// (same bytes) is kept as the library's, so nothing is hashed twice.
+fn accept_upload(dir: &Path, lib: &Path, layer: &str, torrent: &[u8]) -> Result<(), String> {
+    let meta = TorrentMeta::parse(torrent).map_err(|e| e.to_string())?;
+    let data = dir.join("data").join(&meta.name);
+    meta.verify_file(&data).map_err(|e| e.to_string())?;
+    let header = crate::disk::qcow2::read_header(&data).map_err(|e| e.to_string())?;
+    crate::disk::qemu_img::check(&data).map_err(|e| e.to_string())?;
+    let name = LayerName::parse(layer).map_err(|e| e.to_string())?;
+    if name.level > 0 {
+        let parent = LayerName::new(&name.prefix, i64::from(name.level) - 1, &name.uuid_str())
+            .map_err(|e| e.to_string())?
+            .to_string();
+        if header.backing_file.as_deref() != Some(parent.as_str()) {
+            return Err(format!(
+                "its backing file is {:?}, not {parent}",
+                header.backing_file
+            ));
+        }
+        if !lib.join(&parent).exists() {
+            return Err(format!("its parent {parent} is not in the library"));
+        }
+    }
+    let dest = lib.join(layer);
+    if dest.exists() {
+        return Err(format!("{layer} is already in the library"));
+    }
+    let torrents = lib.parent().map(|p| p.join("torrents")).unwrap_or_default();
+    let md = std::fs::metadata(&data).map_err(|e| e.to_string())?;
+    std::fs::rename(&data, &dest).map_err(|e| e.to_string())?;
+    fsutil::sync_dir(lib).map_err(|e| e.to_string())?;
+    let md_after = std::fs::metadata(&dest).map_err(|e| e.to_string())?;
+    fsutil::atomic_write(&torrents.join(format!("{layer}.torrent")), torrent)
+        .map_err(|e| e.to_string())?;
+    fsutil::write_json(
+        &torrents.join(format!("{layer}.json")),
+        &Sidecar {
+            size: md.len(),
+            mtime_ns: mtime_ns(&md_after),
+            info_hash: meta.info_hash,
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// `/torrents/<layer>.torrent`, served beside the tracker (which, unlike
+/// the operator API, listens on the terminals' network).
+pub fn router(images: Arc<Images>) -> Router {
+    Router::new()
+        .route("/torrents/:file", get(torrent_file))
+        .with_state(images)
+}
+
+async fn torrent_file(State(images): State<Arc<Images>>, UrlPath(file): UrlPath<String>) -> Response {
+    let Some(layer) = file.strip_suffix(".torrent") else {
+        return (StatusCode::NOT_FOUND, "not a torrent").into_response();
+    };
+    match images.get(layer) {
+        Some(img) => (
+            [(header::CONTENT_TYPE, "application/x-bittorrent")],
+            img.torrent,
+        )
+            .into_response(),
+        None => (StatusCode::NOT_FOUND, "no such layer").into_response(),
+    }
+}
+
+/// How often the library is rescanned for new image files.
+pub const RESCAN: Duration = Duration::from_secs(30);

@@ -1,0 +1,747 @@
+//! BitTorrent layer distribution end to end: voi-server's library seeds
+//! real qcow2 layers, real agents (each with its own engine and TCP port)
+//! fetch them over loopback, verify them and join them to their chains;
+//! uploads go the other way. aria2c is the peer nobody here wrote.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use voi::agent::Agent;
+use voi::bt::transfers::Stage;
+use voi::protocol::messages::{DesktopGroup, DiskInfo};
+use voi::protocol::torrent_struct::SendTorrent;
+use voi::protocol::{BatchNo, Sectors, ServiceCode};
+use voi::server::ServerHandle;
+
+const U: &str = "91f9d1ba-cb4a-41ba-971a-618f9e306571";
+const G: &str = "f15a1759-789e-4e17-a3e1-e723121e9314";
+
+fn layer(level: u8) -> String {
+    format!("voi_{level}_{U}")
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().expect("spawn");
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A base layer holding `mib` MiB of random data.
+fn make_base(path: &Path, mib: u64) {
+    let raw = path.with_extension("raw");
+    run(Command::new("sh").arg("-c").arg(format!(
+        "head -c {mib}M /dev/urandom > '{}'",
+        raw.display()
+    )));
+    run(Command::new("qemu-img")
+        .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
+        .arg(&raw)
+        .arg(path));
+    std::fs::remove_file(&raw).expect("rm raw");
+}
+
+/// A diff over `parent` (relative name, same directory) with `mib` MiB
+/// written.
+fn make_diff(dir: &Path, name: &str, parent: &str, mib: u64, pattern: u8) {
+    run(Command::new("qemu-img")
+        .current_dir(dir)
+        .args(["create", "-q", "-f", "qcow2", "-b", parent, "-F", "qcow2", name]));
+    run(Command::new("qemu-io")
+        .current_dir(dir)
+        .args(["-f", "qcow2", "-c"])
+        .arg(format!("write -P {pattern} 0 {mib}M"))
+        .arg(name));
+}
+
+fn group(levels: &[i64]) -> DesktopGroup {
+    DesktopGroup {
+        desktop_group_name: "bt".into(),
+        desktop_group_uuid: G.into(),
+        default_desktop_group: true,
+        os_sys_type: 3,
+        disks: levels
+            .iter()
+            .map(|&l| DiskInfo {
+                uuid: U.into(),
+                disk_type: 0,
+                dif_level: l,
+                prefix: "voi".into(),
+                max_dif: Some(2),
+                operate_id: 0,
+                real_size: Sectors(1 << 21),
+                reserve_size: Sectors(0),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+async fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < Duration::from_secs(secs),
+            "timed out after {secs} s waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn seeding(agent: &Agent, name: &str) -> bool {
+    agent
+        .transfers
+        .get()
+        .and_then(|t| t.get(name))
+        .is_some_and(|(r, _)| r.stage == Stage::Seeding)
+}
+
+fn same_bytes(a: &Path, b: &Path) -> bool {
+    std::fs::read(a).expect("a") == std::fs::read(b).expect("b")
+}
+
+fn report(h: &ServerHandle, mac: &str, key: &str) -> Option<serde_json::Value> {
+    h.server
+        .store
+        .terminal(mac)
+        .ok()
+        .flatten()
+        .and_then(|r| r.reports.get(key).cloned())
+}
+
+fn disk_path(agent: &Agent, name: &str) -> PathBuf {
+    agent.cfg.disk_dir().join(name)
+}
+
+fn bt_dir_entries(agent: &Agent) -> Vec<String> {
+    std::fs::read_dir(agent.cfg.disk_dir().join(".bt"))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn online(h: &ServerHandle, cfg: voi::config::AgentConfig) -> (Arc<Agent>, tokio::task::JoinHandle<()>) {
+    let mac = cfg.mac.clone().expect("mac");
+    let mut ev = h.server.registry.events.subscribe();
+    let (agent, task) = start_agent(cfg);
+    wait_event(&mut ev, 20, is_heartbeat(&mac)).await;
+    wait_for("the agent's engine", 20, || agent.transfers.get().is_some()).await;
+    (agent, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn download_desktop_pushes_torrents_and_layers_join_their_chain() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let h = start_server(&dir.path().join("s")).await;
+    h.server.store.put_group(&group(&[0, 1])).expect("group");
+    let mac = "AA:00:00:00:05:01";
+    let (agent, task) = online(&h, agent_config(&dir.path().join("a"), h.addr.port(), mac)).await;
+    // The library was empty at login, so 9023 named no torrent; the
+    // layers arrive now and go out as 1008 + 1015.
+    let lib = h.server.images.dir().to_path_buf();
+    make_base(&lib.join(layer(0)), 12);
+    make_diff(&lib, &layer(1), &layer(0), 3, 0x33);
+    h.server.images.scan().await.expect("scan");
+
+    let sent = h
+        .server
+        .download_desktop(mac, G, Duration::from_secs(10))
+        .await
+        .expect("download_desktop");
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    for s in &sent {
+        assert_eq!(s["code"], 0, "{s}");
+    }
+    for l in [layer(0), layer(1)] {
+        wait_for(&format!("{l} seeding"), 60, || seeding(&agent, &l)).await;
+        assert!(same_bytes(&disk_path(&agent, &l), &lib.join(&l)));
+    }
+    voi::disk::qemu_img::check(&disk_path(&agent, &layer(1))).expect("chain top checks");
+    // The level-1 layer names its parent by relative name, as the chain needs.
+    let hdr = voi::disk::qcow2::read_header(&disk_path(&agent, &layer(1))).expect("header");
+    assert_eq!(hdr.backing_file.as_deref(), Some(layer(0).as_str()));
+
+    // The server heard the final 9025 and 9015 for both.
+    for l in [layer(0), layer(1)] {
+        wait_for(&format!("task_result of {l}"), 20, || {
+            report(&h, mac, &format!("task_result:{l}")).is_some_and(|r| r["result"] == 1)
+        })
+        .await;
+        let st = report(&h, mac, &format!("bt_task:{l}.torrent")).expect("bt_task_state");
+        assert_eq!(st["state"], "finished");
+        assert_eq!(st["progress"], 100);
+        assert_eq!(st["file_size"], st["total_size"], "sizes travel as equal strings");
+        assert!(st["file_size"].is_string());
+    }
+    // Sending the same torrent again is answered and changes nothing.
+    let again = h
+        .server
+        .download_desktop(mac, G, Duration::from_secs(10))
+        .await
+        .expect("again");
+    assert!(again.iter().all(|s| s["code"] == 0), "{again:?}");
+
+    // A fresh desktop decision keeps the downloaded layers (their
+    // operate_id was recorded) and the seeding goes on.
+    api(&h)
+        .push(mac, "update_desktop_group_info", json!({}), 10)
+        .await
+        .expect("refresh");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(disk_path(&agent, &layer(1)).exists());
+    assert!(seeding(&agent, &layer(1)));
+
+    // The server drops level 1: the decision deletes it and the seeder
+    // lets go first (no hidden second link keeps its space).
+    h.server.store.put_group(&group(&[0])).expect("group");
+    api(&h)
+        .push(mac, "update_desktop_group_info", json!({}), 10)
+        .await
+        .expect("refresh");
+    wait_for("level 1 gone", 20, || !disk_path(&agent, &layer(1)).exists()).await;
+    wait_for("its transfer gone", 20, || {
+        !bt_dir_entries(&agent).contains(&layer(1))
+    })
+    .await;
+    assert!(seeding(&agent, &layer(0)));
+    agent.shutdown.cancel();
+    let _ = task.await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn layers_the_decision_wants_are_fetched_by_url_at_login() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let h = start_server(&dir.path().join("s")).await;
+    let lib = h.server.images.dir().to_path_buf();
+    make_base(&lib.join(layer(0)), 8);
+    h.server.images.scan().await.expect("scan");
+    h.server.store.put_group(&group(&[0])).expect("group");
+    let mac = "AA:00:00:00:05:02";
+    // 9007 → decision wants level 0 → 9023 answers with the torrent URL on
+    // the tracker's port → fetched with reqwest → downloaded.
+    let (agent, task) = online(&h, agent_config(&dir.path().join("a"), h.addr.port(), mac)).await;
+    wait_for("the layer", 60, || seeding(&agent, &layer(0))).await;
+    assert!(same_bytes(&disk_path(&agent, &layer(0)), &lib.join(layer(0))));
+    wait_for("9026 lists the system disk", 20, || {
+        report(&h, mac, "desktop_groups").is_some_and(|v| v.as_str() == Some(U))
+    })
+    .await;
+
+    // 1017 with a URL that is not http(s), or a path trick in a disk
+    // name: refused before anything is fetched.
+    let bad = json!({"desktop": {"desktop_group_uuid": G, "disks": [
+        {"uuid": U, "type": 0, "dif_level": 1, "prefix": "voi", "download_url": "file:///etc/passwd"}]}});
+    let (_, env) = h
+        .server
+        .push(mac, ServiceCode::SendDesktop, bad, Duration::from_secs(5))
+        .await
+        .expect("reply");
+    assert_eq!(env.code, 88888, "{}", env.msg);
+    let bad = json!({"desktop": {"desktop_group_uuid": G, "disks": [
+        {"uuid": "../../etc", "type": 0, "dif_level": 1, "prefix": "voi", "download_url": "http://127.0.0.1:1/x"}]}});
+    let (_, env) = h
+        .server
+        .push(mac, ServiceCode::SendDesktop, bad, Duration::from_secs(5))
+        .await
+        .expect("reply");
+    assert_eq!(env.code, 88888, "{}", env.msg);
+    // A URL that fails: the reply is success (queued), the failure comes
+    // back as a 9015 with result 2 and nothing is left behind.
+    let gone = json!({"desktop": {"desktop_group_uuid": G, "disks": [
+        {"uuid": U, "type": 0, "dif_level": 1, "prefix": "voi",
+         "download_url": format!("http://127.0.0.1:{}/torrents/nothing.torrent", h.server.tracker_addr.port())}]}});
+    let (_, env) = h
+        .server
+        .push(mac, ServiceCode::SendDesktop, gone, Duration::from_secs(5))
+        .await
+        .expect("reply");
+    assert_eq!(env.code, 0, "{}", env.msg);
+    wait_for("failed task_result", 20, || {
+        report(&h, mac, &format!("task_result:{}", layer(1))).is_some_and(|r| r["result"] == 2)
+    })
+    .await;
+    assert!(!bt_dir_entries(&agent).contains(&layer(1)));
+    agent.shutdown.cancel();
+    let _ = task.await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn malformed_send_torrent_is_refused_and_nothing_is_written() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let h = start_server(&dir.path().join("s")).await;
+    let mac = "AA:00:00:00:05:03";
+    let (agent, task) = online(&h, agent_config(&dir.path().join("a"), h.addr.port(), mac)).await;
+    let src = dir.path().join(layer(0));
+    make_base(&src, 1);
+    let good = voi::bt::torrent::create(&src, "http://127.0.0.1:1/announce", 16384).expect("torrent");
+    let task_uuid = "0b7d4a0e-1f2a-4c3b-9d8e-7f6a5b4c3d2e";
+    let body = |uuid: &str, level: i32, torrent: Vec<u8>| SendTorrent {
+        uuid: uuid.into(),
+        disk_type: 0,
+        sys_type: 3,
+        dif_level: level,
+        real_size: 2048,
+        space_size: 0,
+        file_size: 2048,
+        task_uuid: task_uuid.into(),
+        group_uuid: G.into(),
+        operate_id: 0,
+        torrent: torrent.into(),
+    };
+    let push = |payload: bytes::Bytes, batch: BatchNo| {
+        let h = &h;
+        async move {
+            h.server
+                .push_binary(mac, ServiceCode::SendTorrent, payload, batch, Duration::from_secs(5))
+                .await
+                .expect("a reply, not a dropped connection")
+        }
+    };
+    // Declared torrent length larger than what follows.
+    let mut wire = body(U, 0, good.bytes.clone()).encode().to_vec();
+    wire.truncate(wire.len() - 10);
+    let env = push(wire.into(), BatchNo::default()).await;
+    assert_eq!(env.code, 88888, "{}", env.msg);
+    // A uuid that is not one.
+    let mut wire = body(U, 0, good.bytes.clone()).encode().to_vec();
+    wire[..36].copy_from_slice(b"../../../../../../../../../etc/passw");
+    let env = push(wire.into(), BatchNo::default()).await;
+    assert_eq!(env.code, 88888, "{}", env.msg);
+    // A level outside 0..=5.
+    let env = push(body(U, 9, good.bytes.clone()).encode(), BatchNo::default()).await;
+    assert_eq!(env.code, 88888, "{}", env.msg);
+    // A torrent whose file name climbs out of the directory.
+    let mut evil = good.bytes.clone();
+    let needle = layer(0);
+    let pos = evil
+        .windows(needle.len())
+        .position(|w| w == needle.as_bytes())
+        .expect("name in torrent");
+    let trick = b"../../../../../../../../../../../../tmp/x/evil/voi-evil-target";
+    evil.splice(pos..pos + needle.len(), trick[..needle.len()].iter().copied());
+    // Keep the length prefix valid: same length, so only the name changed.
+    let env = push(
+        body(U, 0, evil).encode(),
+        BatchNo::Text(task_uuid.into()),
+    )
+    .await;
+    assert_eq!(env.code, 88888, "{}", env.msg);
+    // Not a torrent at all.
+    let env = push(
+        body(U, 0, b"d4:junk3:abce".to_vec()).encode(),
+        BatchNo::Text(task_uuid.into()),
+    )
+    .await;
+    assert_eq!(env.code, 88888, "{}", env.msg);
+    // JSON where the struct belongs.
+    let (_, env) = h
+        .server
+        .push(mac, ServiceCode::SendTorrent, json!({}), Duration::from_secs(5))
+        .await
+        .expect("reply");
+    assert_eq!(env.code, 88888, "{}", env.msg);
+
+    assert!(bt_dir_entries(&agent).is_empty(), "{:?}", bt_dir_entries(&agent));
+    assert!(!disk_path(&agent, &layer(0)).exists());
+    assert!(!Path::new("/tmp/x/evil").exists());
+    // Still logged in and answering.
+    let (_, env) = h
+        .server
+        .push(mac, ServiceCode::WatermarkSwitch, json!({"switch": 1}), Duration::from_secs(5))
+        .await
+        .expect("still answering");
+    assert_eq!(env.code, 0);
+    agent.shutdown.cancel();
+    let _ = task.await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cancel_download_desktop_stops_and_removes_the_partial_file() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut cfg = server_config(&dir.path().join("s"), "127.0.0.1:0");
+    // Slow enough to be caught mid-download.
+    cfg.bt_upload_limit = 1 << 20;
+    let h = voi::server::Server::start(cfg).await.expect("server");
+    h.server.store.put_group(&group(&[0])).expect("group");
+    let mac = "AA:00:00:00:05:04";
+    let (agent, task) = online(&h, agent_config(&dir.path().join("a"), h.addr.port(), mac)).await;
+    let lib = h.server.images.dir().to_path_buf();
+    make_base(&lib.join(layer(0)), 32);
+    h.server.images.scan().await.expect("scan");
+    h.server
+        .download_desktop(mac, G, Duration::from_secs(10))
+        .await
+        .expect("sent");
+    wait_for("some progress", 30, || {
+        agent
+            .transfers
+            .get()
+            .and_then(|t| t.get(&layer(0)))
+            .and_then(|(_, s)| s)
+            .is_some_and(|s| s.have_bytes > 0)
+    })
+    .await;
+    let (_, env) = h
+        .server
+        .push(mac, ServiceCode::CancelDownloadDesktop, json!({}), Duration::from_secs(5))
+        .await
+        .expect("reply");
+    assert_eq!(env.code, 0, "{}", env.msg);
+    assert!(bt_dir_entries(&agent).is_empty(), "{:?}", bt_dir_entries(&agent));
+    assert!(!disk_path(&agent, &layer(0)).exists());
+    // 1021 for a torrent nobody uploads: the documented code.
+    let (_, env) = h
+        .server
+        .push(mac, ServiceCode::BtTaskComplete, json!({"torrent_id": "nope"}), Duration::from_secs(5))
+        .await
+        .expect("reply");
+    assert_eq!(env.code, 60033, "{}", env.msg);
+    agent.shutdown.cancel();
+    let _ = task.await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_local_diff_uploads_to_the_server_library() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let h = start_server(&dir.path().join("s")).await;
+    let lib = h.server.images.dir().to_path_buf();
+    make_base(&lib.join(layer(0)), 6);
+    h.server.images.scan().await.expect("scan");
+    h.server.store.put_group(&group(&[0])).expect("group");
+    let mac = "AA:00:00:00:05:05";
+    let (agent, task) = online(&h, agent_config(&dir.path().join("a"), h.addr.port(), mac)).await;
+    wait_for("the base", 60, || seeding(&agent, &layer(0))).await;
+    // The terminal's own work: a diff over the base.
+    make_diff(&agent.cfg.disk_dir(), &layer(1), &layer(0), 4, 0x77);
+
+    let (_, env) = h
+        .server
+        .push(
+            mac,
+            ServiceCode::UploadDisk,
+            json!({"desktop": {"uuid": G, "disks": [{"uuid": U, "type": 0, "dif_level": 1, "prefix": "voi"}]}}),
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("reply");
+    assert_eq!(env.code, 0, "{}", env.msg);
+    // 9018 → torrent → 9014 → the server pulls → library → 1021 → 9015.
+    wait_for("the layer in the server library", 60, || lib.join(layer(1)).exists()).await;
+    assert!(same_bytes(&lib.join(layer(1)), &disk_path(&agent, &layer(1))));
+    voi::disk::qemu_img::check(&lib.join(layer(1))).expect("check");
+    wait_for("upload finished on the terminal", 30, || {
+        report(&h, mac, &format!("task_result:{}", layer(1))).is_some_and(|r| r["result"] == 1)
+    })
+    .await;
+    wait_for("seeding of the upload stopped", 10, || {
+        !bt_dir_entries(&agent).contains(&layer(1))
+    })
+    .await;
+    // The terminal's copy stays; the server now seeds the layer itself.
+    assert!(disk_path(&agent, &layer(1)).exists());
+    wait_for("the library seeds it", 10, || h.server.images.get(&layer(1)).is_some()).await;
+    let ups = h.server.images.uploads_list();
+    assert!(ups.iter().any(|u| u.layer == layer(1) && u.state == "finished" && u.notified), "{ups:?}");
+
+    // A layer that is not on the terminal is refused at once.
+    let (_, env) = h
+        .server
+        .push(
+            mac,
+            ServiceCode::UploadDisk,
+            json!({"desktop": {"uuid": G, "disks": [{"uuid": U, "type": 0, "dif_level": 2, "prefix": "voi"}]}}),
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("reply");
+    assert_eq!(env.code, 88888, "{}", env.msg);
+    agent.shutdown.cancel();
+    let _ = task.await;
+    h.stop().await;
+}
+
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_agent(cfg_path: &Path, log: &Path) -> Proc {
+    let log = std::fs::File::create(log).expect("log");
+    Proc(
+        Command::new(env!("CARGO_BIN_EXE_voi-agent"))
+            .args(["--config"])
+            .arg(cfg_path)
+            .arg("run")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("voi-agent"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_download_killed_with_sigkill_resumes_without_refetching() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut cfg = server_config(&dir.path().join("s"), "127.0.0.1:0");
+    cfg.bt_upload_limit = 8 << 20;
+    let h = voi::server::Server::start(cfg).await.expect("server");
+    let lib = h.server.images.dir().to_path_buf();
+    make_base(&lib.join(layer(0)), 64);
+    h.server.images.scan().await.expect("scan");
+    let size = std::fs::metadata(lib.join(layer(0))).expect("size").len();
+    h.server.store.put_group(&group(&[0])).expect("group");
+    let mac = "AA:00:00:00:05:06";
+    let data = dir.path().join("a");
+    let cfg_path = dir.path().join("agent.toml");
+    std::fs::write(
+        &cfg_path,
+        format!(
+            "server_ip = \"127.0.0.1\"\nserver_port = {}\nmac = \"{mac}\"\ndata_dir = \"{}\"\nheartbeat_secs = 1\nconnect_retry_ms = 300\nperformance_secs = 0\n[bt]\nlisten_port = 0\nprogress_secs = 1\n[platform]\npower = \"recording\"\nboot = \"recording\"\nhostname = \"recording\"\nnetwork = \"recording\"\n",
+            h.addr.port(),
+            data.display()
+        ),
+    )
+    .expect("cfg");
+    let progress = |h: &ServerHandle| {
+        report(h, mac, &format!("bt_task:{}.torrent", layer(0)))
+            .and_then(|r| r["progress"].as_i64())
+            .unwrap_or(0)
+    };
+    let started = Instant::now();
+    let mut agent = spawn_agent(&cfg_path, &dir.path().join("agent1.log"));
+    wait_for("40% downloaded", 60, || progress(&h) >= 40).await;
+    let _ = agent.0.kill(); // SIGKILL
+    let _ = agent.0.wait();
+    let killed_at = progress(&h);
+    let partial = data.join("disks/.bt").join(layer(0)).join("data").join(layer(0));
+    let have = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+    eprintln!("killed at {killed_at}% ({have} bytes on disk, sparse)");
+    let restarted = Instant::now();
+    let _agent = spawn_agent(&cfg_path, &dir.path().join("agent2.log"));
+    let final_path = data.join("disks").join(layer(0));
+    wait_for("the layer after restart", 120, || {
+        report(&h, mac, &format!("task_result:{}", layer(0))).is_some_and(|r| r["result"] == 1)
+    })
+    .await;
+    assert!(same_bytes(&final_path, &lib.join(layer(0))), "byte-identical after resume");
+    voi::disk::qemu_img::check(&final_path).expect("check");
+    let uploaded: u64 = h
+        .server
+        .images
+        .status()
+        .iter()
+        .map(|s| s.uploaded_bytes)
+        .sum();
+    eprintln!(
+        "resume: {size} byte layer, server sent {uploaded} bytes ({:.3} x); total {:?}, after restart {:?}",
+        uploaded as f64 / size as f64,
+        started.elapsed(),
+        restarted.elapsed()
+    );
+    // What was verified before the kill is not fetched again: the server
+    // sent little more than one copy (pieces in flight at the kill are the
+    // only repeat).
+    assert!(
+        uploaded < size + size / 5,
+        "server sent {uploaded} bytes for a {size}-byte layer"
+    );
+    h.stop().await;
+}
+
+fn aria2c(args: &[&str]) -> Command {
+    let mut c = Command::new("aria2c");
+    c.args([
+        "--enable-dht=false",
+        "--enable-dht6=false",
+        "--bt-enable-lpd=false",
+        "--enable-peer-exchange=false",
+        "--file-allocation=none",
+        "--console-log-level=warn",
+        "--summary-interval=0",
+    ])
+    .args(args)
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    c
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("0.0.0.0:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn aria2c_downloads_from_the_server_and_seeds_to_the_agent() {
+    if std::env::var("VOI_SKIP_ARIA2").is_ok() {
+        eprintln!("VOI_SKIP_ARIA2 set: skipping");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    let h = start_server(&dir.path().join("s")).await;
+    let lib = h.server.images.dir().to_path_buf();
+    make_base(&lib.join(layer(0)), 16);
+    h.server.images.scan().await.expect("scan");
+
+    // 1. aria2c fetches the server's torrent over HTTP and the layer from
+    //    voi-server's seeder (librqbit).
+    let url = format!(
+        "http://127.0.0.1:{}/torrents/{}.torrent",
+        h.server.tracker_addr.port(),
+        layer(0)
+    );
+    let torrent = voi::distribution::fetch_torrent(&url).await.expect("torrent over HTTP");
+    let tpath = dir.path().join("server.torrent");
+    std::fs::write(&tpath, &torrent).expect("write");
+    let get_dir = dir.path().join("aria-get");
+    let mut leecher = aria2c(&[
+        &format!("--dir={}", get_dir.display()),
+        "--seed-time=0",
+        &format!("--listen-port={}", free_port()),
+        tpath.to_str().expect("utf8"),
+    ])
+    .spawn()
+    .expect("aria2c (apt-get install aria2; VOI_SKIP_ARIA2=1 skips)");
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = leecher.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(start.elapsed() < Duration::from_secs(120), "aria2c did not finish");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(status.success(), "aria2c: {status}");
+    assert!(same_bytes(&get_dir.join(layer(0)), &lib.join(layer(0))));
+
+    // 2. aria2c seeds a layer the server does not have; the agent gets it
+    //    from aria2c alone.
+    let mac = "AA:00:00:00:05:07";
+    let (agent, task) = online(&h, agent_config(&dir.path().join("a"), h.addr.port(), mac)).await;
+    let seed_dir = dir.path().join("aria-seed");
+    std::fs::create_dir_all(&seed_dir).expect("dir");
+    let other = "5b0f3c8e-2d4a-4e6b-8c1d-9a7e6f5d4c3b";
+    let name = format!("voi_0_{other}");
+    make_base(&seed_dir.join(&name), 10);
+    let announce = format!("http://127.0.0.1:{}/announce", h.server.tracker_addr.port());
+    let t = voi::bt::torrent::create(&seed_dir.join(&name), &announce, 256 * 1024).expect("torrent");
+    let tpath = dir.path().join("aria.torrent");
+    std::fs::write(&tpath, &t.bytes).expect("write");
+    let _seeder = Proc(
+        aria2c(&[
+            &format!("--dir={}", seed_dir.display()),
+            "--check-integrity=true",
+            "--seed-ratio=0.0",
+            &format!("--listen-port={}", free_port()),
+            tpath.to_str().expect("utf8"),
+        ])
+        .spawn()
+        .expect("aria2c"),
+    );
+    wait_for("aria2c announced", 30, || h.server.tracker.swarm_size(&t.info_hash) > 0).await;
+    let task_uuid = "3c2b1a09-8f7e-4d6c-9b5a-4e3d2c1b0a99";
+    let body = SendTorrent {
+        uuid: other.into(),
+        disk_type: 0,
+        sys_type: 3,
+        dif_level: 0,
+        real_size: 1 << 21,
+        space_size: 0,
+        file_size: t.length.div_ceil(512),
+        task_uuid: task_uuid.into(),
+        group_uuid: G.into(),
+        operate_id: 0,
+        torrent: t.bytes.clone().into(),
+    };
+    let env = h
+        .server
+        .push_binary(
+            mac,
+            ServiceCode::SendTorrent,
+            body.encode(),
+            BatchNo::Text(task_uuid.into()),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("reply");
+    assert_eq!(env.code, 0, "{}", env.msg);
+    wait_for("the agent's copy from aria2c", 60, || seeding(&agent, &name)).await;
+    assert!(same_bytes(&disk_path(&agent, &name), &seed_dir.join(&name)));
+    voi::disk::qemu_img::check(&disk_path(&agent, &name)).expect("check");
+    agent.shutdown.cancel();
+    let _ = task.await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_swarm_of_agents_shares_a_256_mib_layer() {
+    const AGENTS: usize = 3;
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut cfg = server_config(&dir.path().join("s"), "127.0.0.1:0");
+    // The server's uplink is the classroom's bottleneck: capped, the
+    // terminals must get most pieces from each other.
+    cfg.bt_upload_limit = 24 << 20;
+    let h = voi::server::Server::start(cfg).await.expect("server");
+    let lib = h.server.images.dir().to_path_buf();
+    make_base(&lib.join(layer(0)), 256);
+    h.server.images.scan().await.expect("scan");
+    let size = std::fs::metadata(lib.join(layer(0))).expect("size").len();
+    assert!(size >= 256 << 20);
+    h.server.store.put_group(&group(&[0])).expect("group");
+    let started = Instant::now();
+    let mut agents = Vec::new();
+    for i in 0..AGENTS {
+        let mac = format!("AA:00:00:00:05:{:02X}", 0x10 + i);
+        let cfg = agent_config(&dir.path().join(format!("a{i}")), h.addr.port(), &mac);
+        agents.push(start_agent(cfg));
+    }
+    for (i, (agent, _)) in agents.iter().enumerate() {
+        wait_for(&format!("agent {i} holds the layer"), 300, || seeding(agent, &layer(0))).await;
+    }
+    let elapsed = started.elapsed();
+    for (agent, _) in &agents {
+        let p = disk_path(agent, &layer(0));
+        assert!(same_bytes(&p, &lib.join(layer(0))));
+        voi::disk::qemu_img::check(&p).expect("check");
+    }
+    let uploaded: u64 = h.server.images.status().iter().map(|s| s.uploaded_bytes).sum();
+    let rss: Vec<String> = std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("VmRSS"))
+        .map(String::from)
+        .collect();
+    eprintln!(
+        "swarm: {AGENTS} agents, {size} byte layer, {elapsed:?}; server sent {uploaded} bytes = {:.2} x the layer (unicast would be {AGENTS}.00 x); test process {rss:?}",
+        uploaded as f64 / size as f64
+    );
+    assert!(
+        uploaded < size * AGENTS as u64,
+        "the terminals took nothing from each other: server sent {uploaded} bytes"
+    );
+    for (agent, task) in agents {
+        agent.shutdown.cancel();
+        let _ = task.await;
+    }
+    h.stop().await;
+}

@@ -414,7 +414,6 @@ fn accept_upload(dir: &Path, lib: &Path, layer: &str, torrent: &[u8]) -> Result<
     let data = dir.join("data").join(&meta.name);
     meta.verify_file(&data).map_err(|e| e.to_string())?;
     let header = crate::disk::qcow2::read_header(&data).map_err(|e| e.to_string())?;
-    crate::disk::qemu_img::check(&data).map_err(|e| e.to_string())?;
     let name = LayerName::parse(layer).map_err(|e| e.to_string())?;
     if name.level > 0 {
         let parent = LayerName::new(&name.prefix, i64::from(name.level) - 1, &name.uuid_str())
@@ -436,7 +435,15 @@ fn accept_upload(dir: &Path, lib: &Path, layer: &str, torrent: &[u8]) -> Result<
     }
     let torrents = lib.parent().map(|p| p.join("torrents")).unwrap_or_default();
     let md = std::fs::metadata(&data).map_err(|e| e.to_string())?;
-    std::fs::rename(&data, &dest).map_err(|e| e.to_string())?;
+    // Checked beside its parent (a relative backing name resolves there)
+    // under a name the library scan skips, then renamed in.
+    let tmp = lib.join(format!(".tmp-{layer}"));
+    std::fs::rename(&data, &tmp).map_err(|e| e.to_string())?;
+    if let Err(e) = crate::disk::qemu_img::check(&tmp) {
+        let _ = std::fs::rename(&tmp, &data);
+        return Err(e.to_string());
+    }
+    std::fs::rename(&tmp, &dest).map_err(|e| e.to_string())?;
     fsutil::sync_dir(lib).map_err(|e| e.to_string())?;
     let md_after = std::fs::metadata(&dest).map_err(|e| e.to_string())?;
     fsutil::atomic_write(&torrents.join(format!("{layer}.torrent")), torrent)

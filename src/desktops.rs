@@ -195,7 +195,10 @@ impl Desktops {
                 return Err(DiskError::Missing(parent.to_string()));
             }
             backing != &parent.to_string()
-                || header.backing_format.as_deref().is_some_and(|f| f != "qcow2")
+                || header
+                    .backing_format
+                    .as_deref()
+                    .is_some_and(|f| f != "qcow2")
         };
         // Checked under a temporary name beside the chain, where a relative
         // backing name resolves; renamed in only when sound.

@@ -69,6 +69,56 @@ pub struct Engine {
     session: Arc<Session>,
 }
 
+/// librqbit requests pieces in file order, so a room of terminals that
+/// start together would all want the same pieces at the same time and
+/// have nothing to trade: the server would send every copy. A stream
+/// positioned on each piece in a random order makes the engine fetch the
+/// region there first (streamed regions take priority), so terminals hold
+/// different pieces and take them from each other, which is what
+/// rarest-first or random-first selection does in other clients. A piece
+/// already here answers at once from the page cache; the walk ends when
+/// the torrent completes or goes away.
+async fn spread_pieces(handle: Arc<ManagedTorrent>, piece_len: u64) {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    // Wait for the torrent to leave its initial check.
+    let len = loop {
+        let s = handle.stats();
+        if s.finished || matches!(s.state, TorrentStatsState::Error) {
+            return;
+        }
+        if matches!(s.state, TorrentStatsState::Live) {
+            break s.total_bytes;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    if len == 0 || piece_len == 0 {
+        return;
+    }
+    let mut order: Vec<u64> = (0..len.div_ceil(piece_len)).collect();
+    fastrand::shuffle(&mut order);
+    let Ok(mut stream) = handle.clone().stream(0) else {
+        return;
+    };
+    let mut byte = [0u8; 1];
+    for piece in order {
+        let s = handle.stats();
+        if s.finished || !matches!(s.state, TorrentStatsState::Live) {
+            return;
+        }
+        let read = async {
+            stream
+                .seek(std::io::SeekFrom::Start(piece * piece_len))
+                .await?;
+            stream.read(&mut byte).await
+        };
+        if read.await.is_err() {
+            // A read can fail on a piece the engine holds but has not yet
+            // flushed; the walk only steers priorities, so it moves on.
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+}
+
 fn mib_to_bps(mbps: f64) -> u64 {
     (mbps * 1024.0 * 1024.0).max(0.0) as u64
 }
@@ -94,6 +144,16 @@ impl Engine {
                 enable_upnp_port_forwarding: false,
                 listen_port_range: Some(ports),
                 fastresume: true,
+                // librqbit drops a peer silent for its read timeout (10 s)
+                // but sends keep-alives only every 120 s, so two terminals
+                // with nothing to trade yet would cut each other off and
+                // not meet again until the next announce. Keep-alives
+                // well inside the timeout keep the room's mesh up.
+                peer_opts: Some(librqbit::PeerConnectionOptions {
+                    connect_timeout: Some(std::time::Duration::from_secs(5)),
+                    read_write_timeout: Some(std::time::Duration::from_secs(30)),
+                    keep_alive_interval: Some(std::time::Duration::from_secs(10)),
+                }),
                 persistence: Some(SessionPersistenceConfig::Json {
                     folder: Some(cfg.state_dir.join("session")),
                 }),
@@ -141,6 +201,18 @@ impl Engine {
         dir: &Path,
         trackers: &[String],
     ) -> anyhow::Result<String> {
+        self.add_with(torrent, dir, trackers, false).await
+    }
+
+    /// As `add`; `spread` makes this peer fetch the file starting at a
+    /// random place (see `spread_pieces`).
+    pub async fn add_with(
+        &self,
+        torrent: Bytes,
+        dir: &Path,
+        trackers: &[String],
+        spread: bool,
+    ) -> anyhow::Result<String> {
         let opts = AddTorrentOptions {
             output_folder: Some(dir.to_string_lossy().into_owned()),
             overwrite: true,
@@ -151,6 +223,7 @@ impl Engine {
             },
             ..Default::default()
         };
+        let torrent_copy = torrent.clone();
         let resp = self
             .session
             .add_torrent(AddTorrent::from_bytes(torrent), Some(opts))
@@ -159,6 +232,12 @@ impl Engine {
             AddTorrentResponse::Added(_, h) | AddTorrentResponse::AlreadyManaged(_, h) => h,
             AddTorrentResponse::ListOnly(_) => anyhow::bail!("engine answered list-only"),
         };
+        if spread {
+            let piece_len = super::meta::TorrentMeta::parse(&torrent_copy)
+                .map(|m| m.piece_length)
+                .unwrap_or(0);
+            tokio::spawn(spread_pieces(handle.clone(), piece_len));
+        }
         Ok(handle.info_hash().as_string())
     }
 
@@ -199,6 +278,18 @@ impl Engine {
             up_bps,
             error: s.error,
         })
+    }
+
+    /// The connected peers of a torrent and what each sent us, for the
+    /// operator's view and for diagnosing a swarm.
+    pub fn peers_json(&self, info_hash: &str) -> serde_json::Value {
+        self.handle(info_hash)
+            .and_then(|h| h.live())
+            .and_then(|l| {
+                let all = serde_json::from_value(serde_json::json!({ "state": "All" })).ok()?;
+                serde_json::to_value(l.per_peer_stats_snapshot(all)).ok()
+            })
+            .unwrap_or(serde_json::Value::Null)
     }
 
     /// Every torrent the session holds, as info hashes.

@@ -6,8 +6,18 @@ use sha1::{Digest, Sha1};
 use std::io::Read;
 use std::path::Path;
 
-/// 4 MiB pieces keep a 30 GB layer's torrent near 150 KB.
-pub const DEFAULT_PIECE: u64 = 4 << 20;
+/// About this many pieces per layer: enough that a room of terminals holds
+/// different pieces to trade (and a piece stolen from a slow peer wastes
+/// little), few enough that the torrent stays small.
+const TARGET_PIECES: u64 = 1024;
+
+/// The piece length for a layer of `len` bytes: a power of two from
+/// 256 KiB to 16 MiB (a 30 GB layer: 16 MiB pieces, a 40 KB torrent).
+pub fn piece_length_for(len: u64) -> u64 {
+    (len / TARGET_PIECES)
+        .next_power_of_two()
+        .clamp(256 << 10, 16 << 20)
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CreatedTorrent {

@@ -233,6 +233,12 @@ impl Transfers {
             .collect()
     }
 
+    pub fn peers_json(&self, layer: &str) -> serde_json::Value {
+        let hash = self.tasks().get(layer).map(|l| l.record.info_hash.clone());
+        hash.map(|h| self.engine.peers_json(&h))
+            .unwrap_or(serde_json::Value::Null)
+    }
+
     pub fn get(&self, layer: &str) -> Option<(TaskRecord, Option<TaskStats>)> {
         self.tasks()
             .get(layer)
@@ -271,9 +277,15 @@ impl Transfers {
                 let _ = std::fs::remove_dir_all(self.dir(&rec.layer));
                 continue;
             }
+            let downloading = rec.kind == Kind::Download && rec.stage == Stage::Downloading;
             match self
                 .engine
-                .add(torrent.clone(), &self.data_dir(&rec), &self.trackers())
+                .add_with(
+                    torrent.clone(),
+                    &self.data_dir(&rec),
+                    &self.trackers(),
+                    downloading,
+                )
                 .await
             {
                 Ok(_) => {
@@ -379,7 +391,12 @@ impl Transfers {
         self.create_dir(&rec, &req.torrent)?;
         if let Err(e) = self
             .engine
-            .add(req.torrent.clone(), &self.data_dir(&rec), &self.trackers())
+            .add_with(
+                req.torrent.clone(),
+                &self.data_dir(&rec),
+                &self.trackers(),
+                true,
+            )
             .await
         {
             let _ = std::fs::remove_dir_all(self.dir(&layer));
@@ -485,7 +502,8 @@ impl Transfers {
         }
         let announce = announce.to_string();
         let created = tokio::task::spawn_blocking(move || {
-            super::torrent::create(&path, &announce, super::torrent::DEFAULT_PIECE)
+            let len = std::fs::metadata(&path)?.len();
+            super::torrent::create(&path, &announce, super::torrent::piece_length_for(len))
         })
         .await
         .map_err(|e| TransferError::Engine(e.to_string()))?

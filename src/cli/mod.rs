@@ -4,9 +4,14 @@ pub mod server;
 
 /// Logging to stderr, `RUST_LOG` style, default info.
 pub fn init_logging() {
-    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_timestamp_millis()
-        .try_init();
+    let _ = logger("info").format_timestamp_millis().try_init();
+}
+
+/// `RUST_LOG` when set, else `default`. (The BitTorrent engine logs through
+/// `tracing`, which is not bridged: its span records would arrive as
+/// errors.)
+pub fn logger(default: &str) -> env_logger::Builder {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default))
 }
 
 /// Prints a line to stdout. A closed pipe (`voi-server ctl ... | head`) is

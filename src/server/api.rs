@@ -243,7 +243,10 @@ async fn download_desktop(
         );
     };
     let timeout = Duration::from_secs(req.timeout_secs.unwrap_or(30).clamp(1, 3600));
-    match server.download_desktop(&mac, &req.group_uuid, timeout).await {
+    match server
+        .download_desktop(&mac, &req.group_uuid, timeout)
+        .await
+    {
         Ok(sent) => ok(json!({ "sent": sent })),
         Err(e) => push_fail(e),
     }
@@ -259,7 +262,10 @@ async fn images(State(server): S, headers: HeaderMap) -> Response {
             let tasks: serde_json::Map<String, Value> = t
                 .reports
                 .iter()
-                .filter_map(|(k, v)| k.strip_prefix("bt_task:").map(|n| (n.to_string(), v.clone())))
+                .filter_map(|(k, v)| {
+                    k.strip_prefix("bt_task:")
+                        .map(|n| (n.to_string(), v.clone()))
+                })
                 .collect();
             if !tasks.is_empty() {
                 progress.insert(t.config.mac.clone(), Value::Object(tasks));

@@ -152,10 +152,9 @@ impl Images {
                 mtime_ns: mtime_ns(&meta),
                 info_hash: String::new(),
             };
-            let seeded = self
-                .known()
-                .get(&name)
-                .is_some_and(|img| img.length == meta.len() && self.engine.contains(&img.info_hash));
+            let seeded = self.known().get(&name).is_some_and(|img| {
+                img.length == meta.len() && self.engine.contains(&img.info_hash)
+            });
             if seeded {
                 continue;
             }
@@ -177,7 +176,12 @@ impl Images {
                     let path = entry.path();
                     let announce = self.announce.clone();
                     let created = tokio::task::spawn_blocking(move || {
-                        crate::bt::torrent::create(&path, &announce, crate::bt::torrent::DEFAULT_PIECE)
+                        let len = std::fs::metadata(&path)?.len();
+                        crate::bt::torrent::create(
+                            &path,
+                            &announce,
+                            crate::bt::torrent::piece_length_for(len),
+                        )
                     })
                     .await??;
                     fsutil::atomic_write(&torrent_path, &created.bytes)?;
@@ -304,7 +308,8 @@ impl Images {
         let dir = self.upload_dir(&name);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("data")).map_err(|e| e.to_string())?;
-        fsutil::atomic_write(&dir.join("meta.torrent"), &body.torrent).map_err(|e| e.to_string())?;
+        fsutil::atomic_write(&dir.join("meta.torrent"), &body.torrent)
+            .map_err(|e| e.to_string())?;
         let up = Upload {
             torrent_id: uuid::Uuid::new_v4().hyphenated().to_string(),
             mac: mac.to_string(),
@@ -319,13 +324,21 @@ impl Images {
             .add(body.torrent.clone(), &dir.join("data"), &[])
             .await
             .map_err(|e| format!("{e:#}"))?;
-        log::info!("{mac} uploads {name} ({} bytes) as torrent {}", meta.length, up.torrent_id);
+        log::info!(
+            "{mac} uploads {name} ({} bytes) as torrent {}",
+            meta.length,
+            up.torrent_id
+        );
         let id = up.torrent_id.clone();
         self.uploads().insert(id.clone(), up);
         Ok(id)
     }
 
-    pub fn upload_by_name(&self, mac: &str, torrent_name: &str) -> Option<(Upload, Option<TaskStats>)> {
+    pub fn upload_by_name(
+        &self,
+        mac: &str,
+        torrent_name: &str,
+    ) -> Option<(Upload, Option<TaskStats>)> {
         let layer = torrent_name.trim_end_matches(".torrent");
         self.uploads()
             .values()
@@ -363,9 +376,10 @@ impl Images {
             let _ = self.engine.remove(&up.info_hash).await;
             let lib = self.dir.clone();
             let layer = up.layer.clone();
-            let res = tokio::task::spawn_blocking(move || accept_upload(&dir, &lib, &layer, &torrent))
-                .await
-                .unwrap_or_else(|e| Err(e.to_string()));
+            let res =
+                tokio::task::spawn_blocking(move || accept_upload(&dir, &lib, &layer, &torrent))
+                    .await
+                    .unwrap_or_else(|e| Err(e.to_string()));
             up.state = match res {
                 Ok(()) => {
                     log::info!("{} from {} is in the image library", up.layer, up.mac);
@@ -395,7 +409,9 @@ impl Images {
     pub fn mark_notified(&self, torrent_id: &str) {
         let up = {
             let mut ups = self.uploads();
-            let Some(u) = ups.get_mut(torrent_id) else { return };
+            let Some(u) = ups.get_mut(torrent_id) else {
+                return;
+            };
             u.notified = true;
             u.clone()
         };
@@ -468,7 +484,10 @@ pub fn router(images: Arc<Images>) -> Router {
         .with_state(images)
 }
 
-async fn torrent_file(State(images): State<Arc<Images>>, UrlPath(file): UrlPath<String>) -> Response {
+async fn torrent_file(
+    State(images): State<Arc<Images>>,
+    UrlPath(file): UrlPath<String>,
+) -> Response {
     let Some(layer) = file.strip_suffix(".torrent") else {
         return (StatusCode::NOT_FOUND, "not a torrent").into_response();
     };

@@ -309,7 +309,12 @@ impl Server {
             for up in self.images.settle_uploads().await {
                 let params = serde_json::json!({ "torrent_id": up.torrent_id });
                 match self
-                    .push(&up.mac, ServiceCode::BtTaskComplete, params, Duration::from_secs(10))
+                    .push(
+                        &up.mac,
+                        ServiceCode::BtTaskComplete,
+                        params,
+                        Duration::from_secs(10),
+                    )
                     .await
                 {
                     Ok((_, env)) => {
@@ -337,7 +342,10 @@ impl Server {
             .clone()
             .or_else(|| local.map(|a| a.ip().to_string()))
             .unwrap_or_else(|| "127.0.0.1".into());
-        format!("http://{host}:{}/torrents/{layer}.torrent", self.tracker_addr.port())
+        format!(
+            "http://{host}:{}/torrents/{layer}.torrent",
+            self.tracker_addr.port()
+        )
     }
 
     /// Sends 1008 and then one 1015 per layer of the group the library
@@ -382,10 +390,18 @@ impl Server {
             })).collect::<Vec<_>>(),
         });
         let (_, env) = self
-            .push(mac, ServiceCode::DownloadDesktop, serde_json::json!({ "desktop": desktop }), timeout)
+            .push(
+                mac,
+                ServiceCode::DownloadDesktop,
+                serde_json::json!({ "desktop": desktop }),
+                timeout,
+            )
             .await?;
         if !env.is_ok() {
-            return Err(PushError::Bad(format!("download_desktop refused: {} {}", env.code, env.msg)));
+            return Err(PushError::Bad(format!(
+                "download_desktop refused: {} {}",
+                env.code, env.msg
+            )));
         }
         let mut sent = Vec::new();
         for (d, img) in layers {
@@ -404,7 +420,13 @@ impl Server {
                 torrent: img.torrent.clone(),
             };
             let env = self
-                .push_binary(mac, ServiceCode::SendTorrent, body.encode(), BatchNo::Text(task_uuid.clone()), timeout)
+                .push_binary(
+                    mac,
+                    ServiceCode::SendTorrent,
+                    body.encode(),
+                    BatchNo::Text(task_uuid.clone()),
+                    timeout,
+                )
                 .await?;
             sent.push(serde_json::json!({
                 "layer": img.layer.to_string(), "task_uuid": task_uuid,

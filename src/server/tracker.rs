@@ -180,8 +180,15 @@ impl Tracker {
         put_int(&mut out, complete);
         put_bytes(&mut out, b"incomplete");
         put_int(&mut out, incomplete);
+        // A leecher that found no seeder (the server's seeder may still be
+        // checking its image) comes back soon instead of in 30 s.
+        let interval = if a.left > 0 && complete == 0 {
+            self.interval.min(Duration::from_secs(5))
+        } else {
+            self.interval
+        };
         put_bytes(&mut out, b"interval");
-        put_int(&mut out, self.interval.as_secs().max(1));
+        put_int(&mut out, interval.as_secs().max(1));
         put_bytes(&mut out, b"peers");
         put_bytes(&mut out, &peers);
         out.push(b'e');

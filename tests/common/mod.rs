@@ -19,9 +19,7 @@ use voi::server::registry::ServerEvent;
 use voi::server::{Server, ServerConfig, ServerHandle};
 
 pub fn init_log() {
-    let _ = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
-        .is_test(true)
-        .try_init();
+    let _ = voi::cli::logger("warn").is_test(true).try_init();
 }
 
 pub fn server_config(dir: &Path, listen: &str) -> ServerConfig {

@@ -1,0 +1,3 @@
+mod e2e;
+mod e2e_stream;
+pub mod test_util;

@@ -18,10 +18,22 @@ use crate::protocol::ServiceCode;
 pub enum ControlRequest {
     Status,
     OrderShow,
-    OrderConfirm { terminal_id: i64 },
-    VerifyAdmin { user: String, password: String },
+    OrderConfirm {
+        terminal_id: i64,
+    },
+    VerifyAdmin {
+        user: String,
+        password: String,
+    },
     GetDateTime,
     Disks,
+    /// BitTorrent transfers with their progress and peers.
+    Transfers,
+    /// Upload a local layer to the server (9018, 9014, seed until 1021).
+    Upload {
+        layer: String,
+        group_uuid: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -151,6 +163,41 @@ async fn handle(agent: &Arc<Agent>, req: ControlRequest) -> ControlResponse {
                     "free_bytes": agent.desktops.store.free_bytes(),
                 })),
                 Ok(Err(e)) => ControlResponse::err(e.to_string()),
+                Err(e) => ControlResponse::err(e.to_string()),
+            }
+        }
+        ControlRequest::Transfers => match agent.transfers.get() {
+            Some(t) => {
+                let list: Vec<Value> = t
+                    .list()
+                    .into_iter()
+                    .map(|(rec, stats)| {
+                        json!({
+                            "transfer": rec,
+                            "phase": stats.as_ref().map(|s| s.phase.wire()),
+                            "have_bytes": stats.as_ref().map(|s| s.have_bytes),
+                            "uploaded_bytes": stats.as_ref().map(|s| s.uploaded_bytes),
+                            "down_bps": stats.as_ref().map(|s| s.down_bps),
+                            "up_bps": stats.as_ref().map(|s| s.up_bps),
+                            "error": stats.and_then(|s| s.error),
+                            "peers": t.peers_json(&rec.layer),
+                        })
+                    })
+                    .collect();
+                ControlResponse::ok(json!({ "listen_port": t.listen_port(), "transfers": list }))
+            }
+            None => ControlResponse::err("the BitTorrent engine is not running"),
+        },
+        ControlRequest::Upload { layer, group_uuid } => {
+            let name = match crate::disk::name::LayerName::parse(&layer) {
+                Ok(n) => n,
+                Err(e) => return ControlResponse::err(format!("{layer:?}: {e}")),
+            };
+            let Some(link) = agent.link() else {
+                return ControlResponse::err("not connected to the server");
+            };
+            match crate::distribution::upload_layer(agent, &link, &name, &group_uuid).await {
+                Ok(id) => ControlResponse::ok(json!({ "torrent_id": id })),
                 Err(e) => ControlResponse::err(e.to_string()),
             }
         }

@@ -64,6 +64,11 @@ enum CtlCmd {
     Date,
     /// Disk chains, problems, and pending downloads.
     Disks,
+    /// BitTorrent transfers: progress, rates, peers.
+    Transfers,
+    /// Upload a local layer to the server; it is seeded until the server
+    /// confirms (1021).
+    Upload { layer: String, group_uuid: String },
 }
 
 #[derive(Subcommand)]
@@ -213,6 +218,8 @@ fn ctl(config: &std::path::Path, socket: Option<PathBuf>, what: CtlCmd) -> std::
         CtlCmd::VerifyAdmin { user, password } => ControlRequest::VerifyAdmin { user, password },
         CtlCmd::Date => ControlRequest::GetDateTime,
         CtlCmd::Disks => ControlRequest::Disks,
+        CtlCmd::Transfers => ControlRequest::Transfers,
+        CtlCmd::Upload { layer, group_uuid } => ControlRequest::Upload { layer, group_uuid },
     };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -91,6 +91,18 @@ enum CtlCmd {
     OrderStart { start_id: i64, macs: Vec<String> },
     /// End numbering.
     OrderCancel,
+    /// The image library: layers seeded, bytes sent, uploads, and each
+    /// terminal's download progress (9025).
+    Images,
+    /// Rescan the image directory now (it is rescanned every 30 s).
+    ImagesRescan,
+    /// Send a desktop group's layers to a terminal (1008, then 1015 each).
+    DownloadDesktop {
+        mac: String,
+        group_uuid: String,
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+    },
 }
 
 pub fn main() -> std::process::ExitCode {
@@ -215,6 +227,19 @@ async fn ctl(
             .await?
         }
         CtlCmd::OrderCancel => c.delete("/api/v1/order").await?,
+        CtlCmd::Images => c.get("/api/v1/images").await?,
+        CtlCmd::ImagesRescan => c.post("/api/v1/images", &serde_json::json!({})).await?,
+        CtlCmd::DownloadDesktop {
+            mac,
+            group_uuid,
+            timeout,
+        } => {
+            c.post(
+                &format!("/api/v1/terminals/{mac}/download_desktop"),
+                &serde_json::json!({ "group_uuid": group_uuid, "timeout_secs": timeout }),
+            )
+            .await?
+        }
     };
     super::print_line(&serde_json::to_string_pretty(&env)?);
     if env.is_ok() {

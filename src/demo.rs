@@ -152,6 +152,8 @@ pub async fn run(keep_running: bool) -> anyhow::Result<()> {
         }
     }
 
+    distribute_a_layer(&handle, &agent, &group).await?;
+
     if keep_running {
         println!("[demo] running; Ctrl-C to stop");
         crate::cli::agent::wait_for_signal().await;
@@ -161,5 +163,54 @@ pub async fn run(keep_running: bool) -> anyhow::Result<()> {
     handle.stop().await;
     printer.abort();
     println!("[demo] done");
+    Ok(())
+}
+
+/// The main job: the server's library seeds a layer, the operator sends the
+/// desktop (1008 + 1015), the agent downloads it over BitTorrent, verifies
+/// it and links it into its chain. Needs qemu-img; without it this step is
+/// skipped with a note.
+async fn distribute_a_layer(
+    handle: &crate::server::ServerHandle,
+    agent: &std::sync::Arc<Agent>,
+    group: &DesktopGroup,
+) -> anyhow::Result<()> {
+    let Some(disk) = group.disks.first() else {
+        return Ok(());
+    };
+    let layer = format!("{}_{}_{}", disk.prefix, disk.dif_level, disk.uuid);
+    let image = handle.server.images.dir().join(&layer);
+    if let Err(e) = crate::disk::qemu_img::create(&image, 64 << 20) {
+        println!("[demo] skipping the BitTorrent step: {e} (install qemu-utils)");
+        return Ok(());
+    }
+    handle.server.images.scan().await?;
+    println!("[operator] image library now seeds {layer}; sending the desktop to {DEMO_MAC}");
+    let sent = handle
+        .server
+        .download_desktop(DEMO_MAC, &group.desktop_group_uuid, Duration::from_secs(10))
+        .await?;
+    println!("[operator] sent: {}", serde_json::to_string(&sent)?);
+    let done = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let seeding = agent
+                .transfers
+                .get()
+                .and_then(|t| t.get(&layer))
+                .is_some_and(|(r, _)| r.stage == crate::bt::transfers::Stage::Seeding);
+            if seeding {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    if done.is_err() {
+        anyhow::bail!("{layer} did not arrive within 60 s");
+    }
+    println!(
+        "[agent] {layer}: pieces and qcow2 image verified, linked into {}, now seeding",
+        agent.cfg.disk_dir().display()
+    );
     Ok(())
 }

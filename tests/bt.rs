@@ -599,7 +599,7 @@ async fn a_download_killed_with_sigkill_resumes_without_refetching() {
     let have = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
     eprintln!("killed at {killed_at}% ({have} bytes on disk, sparse)");
     let restarted = Instant::now();
-    let _agent = spawn_agent(&cfg_path, &dir.path().join("agent2.log"));
+    let agent2 = spawn_agent(&cfg_path, &dir.path().join("agent2.log"));
     let final_path = data.join("disks").join(layer(0));
     wait_for("the layer after restart", 120, || {
         report(&h, mac, &format!("task_result:{}", layer(0))).is_some_and(|r| r["result"] == 1)
@@ -617,11 +617,21 @@ async fn a_download_killed_with_sigkill_resumes_without_refetching() {
         .iter()
         .map(|s| s.uploaded_bytes)
         .sum();
+    let after_restart = restarted.elapsed();
+    // The agent process while it seeds the finished layer.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let rss = std::fs::read_to_string(format!("/proc/{}/status", agent2.0.id()))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmRSS"))
+        .unwrap_or("")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
     eprintln!(
-        "resume: {size} byte layer, server sent {uploaded} bytes ({:.3} x); total {:?}, after restart {:?}",
+        "resume: {size}-byte layer at 8 MiB/s, killed at {killed_at}%; server sent {uploaded} bytes ({:.3} x); total {:?}, restart to verified {after_restart:?}; agent seeding: {rss}",
         uploaded as f64 / size as f64,
         started.elapsed(),
-        restarted.elapsed()
     );
     // What was verified before the kill is not fetched again: the server
     // sent little more than one copy (pieces in flight at the kill are the
@@ -765,6 +775,42 @@ async fn aria2c_downloads_from_the_server_and_seeds_to_the_agent() {
     .await;
     assert!(same_bytes(&disk_path(&agent, &name), &seed_dir.join(&name)));
     voi::disk::qemu_img::check(&disk_path(&agent, &name)).expect("check");
+    agent.shutdown.cancel();
+    let _ = task.await;
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_layer_that_does_not_fit_is_refused_before_anything_is_written() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let h = start_server(&dir.path().join("s")).await;
+    let lib = h.server.images.dir().to_path_buf();
+    make_base(&lib.join(layer(0)), 2);
+    h.server.images.scan().await.expect("scan");
+    h.server.store.put_group(&group(&[0])).expect("group");
+    let mac = "AA:00:00:00:05:08";
+    let mut cfg = agent_config(&dir.path().join("a"), h.addr.port(), mac);
+    // A margin larger than any disk: nothing fits.
+    cfg.disk_margin_mb = 1 << 40;
+    let (agent, task) = online(&h, cfg).await;
+    let sent = h
+        .server
+        .download_desktop(mac, G, Duration::from_secs(10))
+        .await
+        .expect("sent");
+    assert_eq!(sent[0]["code"], 60027, "{sent:?}");
+    assert!(
+        sent[0]["msg"]
+            .as_str()
+            .is_some_and(|m| m.contains("not enough space")),
+        "{sent:?}"
+    );
+    assert!(
+        bt_dir_entries(&agent).is_empty(),
+        "{:?}",
+        bt_dir_entries(&agent)
+    );
+    assert!(!disk_path(&agent, &layer(0)).exists());
     agent.shutdown.cancel();
     let _ = task.await;
     h.stop().await;

@@ -158,6 +158,10 @@ fn run(path: &std::path::Path) -> std::process::ExitCode {
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cfg.worker_threads)
+        // The BitTorrent engine reads and writes pieces on blocking
+        // threads; a terminal needs few, and idle ones should go soon.
+        .max_blocking_threads(16)
+        .thread_keep_alive(std::time::Duration::from_secs(2))
         .enable_all()
         .build()
     {

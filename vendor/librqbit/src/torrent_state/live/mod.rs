@@ -1366,6 +1366,15 @@ impl PeerHandler {
         if self.state.torrent().options.disable_upload() {
             anyhow::bail!("upload disabled, but peer requested a piece")
         }
+        // voi-agent patch: asking again supersedes an earlier cancel (one
+        // that arrived after the chunk had already gone out stays in the
+        // set and would otherwise swallow this request).
+        {
+            let key = (request.index, request.begin);
+            if self.locked.read().cancelled.contains(&key) {
+                self.locked.write().cancelled.remove(&key);
+            }
+        }
 
         let piece_index = match self.state.lengths.validate_piece_index(request.index) {
             Some(p) => p,

@@ -224,6 +224,34 @@ async fn download_desktop_pushes_torrents_and_layers_join_their_chain() {
     })
     .await;
     assert!(seeding(&agent, &layer(0)));
+    let cfg = agent.cfg.clone();
+    agent.shutdown.cancel();
+    let _ = task.await;
+    drop(agent);
+
+    // A restarted agent seeds its finished layer again from its own
+    // records, without fetching it.
+    let before: u64 = h
+        .server
+        .images
+        .status()
+        .iter()
+        .map(|s| s.uploaded_bytes)
+        .sum();
+    let (agent, task) = online(&h, cfg).await;
+    wait_for("seeding restored", 20, || seeding(&agent, &layer(0))).await;
+    assert!(same_bytes(
+        &disk_path(&agent, &layer(0)),
+        &lib.join(layer(0))
+    ));
+    let after: u64 = h
+        .server
+        .images
+        .status()
+        .iter()
+        .map(|s| s.uploaded_bytes)
+        .sum();
+    assert_eq!(before, after, "nothing was fetched again");
     agent.shutdown.cancel();
     let _ = task.await;
     h.stop().await;

@@ -1,5 +1,6 @@
 //! Command lines of the two binaries; `src/bin/*` only call in here.
 pub mod agent;
+pub mod bench;
 pub mod server;
 
 /// Logging to stderr, `RUST_LOG` style, default info.

@@ -1,6 +1,5 @@
 //! Command lines of the two binaries; `src/bin/*` only call in here.
 pub mod agent;
-pub mod bench;
 pub mod server;
 
 /// Logging to stderr, `RUST_LOG` style, default info.

@@ -1,12 +1,9 @@
-//! `voi-bench`: measurements that are reported, never asserted.
-//!
-//! `voi-bench scale --sessions 1000,5000,10000` (issue 7, P4): a load
+//! P4, server scale: a load
 //! generator opens N real TCP sessions against a voi-server child process;
 //! each logs in with its own MAC and heartbeats every 10 s, as terminals
 //! do. It reports heartbeat latency (p50/p99/max), sessions dropped, and
 //! the server's RSS per terminal.
 
-use clap::{Parser, Subcommand};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use std::path::PathBuf;
@@ -16,82 +13,10 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 
-use crate::protocol::{ClientType, Frame, FrameCodec, ServiceCode};
-
-#[derive(Parser)]
-#[command(name = "voi-bench", about = "voi-agent / voi-server measurements")]
-struct Cli {
-    #[command(subcommand)]
-    cmd: Cmd,
-}
-
-#[derive(Subcommand)]
-enum Cmd {
-    /// Server scale: N terminals logging in and heartbeating every 10 s.
-    Scale {
-        /// Comma-separated session counts, each run against a fresh server.
-        #[arg(long, default_value = "1000,5000,10000")]
-        sessions: String,
-        /// Seconds of steady heartbeating measured after all logged in.
-        #[arg(long, default_value_t = 60)]
-        duration: u64,
-        /// Logins per second while ramping up.
-        #[arg(long, default_value_t = 500)]
-        login_rate: u64,
-        /// Write the results here as JSON (Markdown goes to stdout).
-        #[arg(long)]
-        json: Option<PathBuf>,
-    },
-}
-
-pub fn main() -> std::process::ExitCode {
-    super::init_logging();
-    let cli = Cli::parse();
-    raise_nofile();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("voi-bench: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    let r = rt.block_on(async move {
-        match cli.cmd {
-            Cmd::Scale {
-                sessions,
-                duration,
-                login_rate,
-                json: json_path,
-            } => {
-                let mut results = Vec::new();
-                for n in sessions.split(',').filter(|s| !s.is_empty()) {
-                    let n: usize = n.trim().parse()?;
-                    let r = scale(n, Duration::from_secs(duration), login_rate).await?;
-                    super::print_line(&r.markdown_row());
-                    results.push(r);
-                }
-                if let Some(p) = json_path {
-                    std::fs::write(&p, serde_json::to_vec_pretty(&results)?)?;
-                }
-                Ok::<_, anyhow::Error>(())
-            }
-        }
-    });
-    match r {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("voi-bench: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
-}
+use voi::protocol::{ClientType, Frame, FrameCodec, ServiceCode};
 
 /// Each session is a socket in this process and one in the server.
-fn raise_nofile() {
+pub fn raise_nofile() {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
         let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
@@ -115,7 +40,7 @@ pub struct ScaleResult {
 }
 
 impl ScaleResult {
-    fn markdown_row(&self) -> String {
+    pub fn markdown_row(&self) -> String {
         format!(
             "| {} | {} | {} | {} | {:.2} | {:.2} | {:.2} | {} | {:.1} |",
             self.sessions,
@@ -131,7 +56,7 @@ impl ScaleResult {
     }
 }
 
-fn rss_kb(pid: u32) -> u64 {
+pub fn rss_kb(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
@@ -143,7 +68,7 @@ fn rss_kb(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-struct Child(std::process::Child);
+pub struct Child(pub std::process::Child);
 impl Drop for Child {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -151,13 +76,15 @@ impl Drop for Child {
     }
 }
 
-async fn scale(n: usize, duration: Duration, login_rate: u64) -> anyhow::Result<ScaleResult> {
+pub async fn scale(
+    bins: &std::path::Path,
+    n: usize,
+    duration: Duration,
+    login_rate: u64,
+) -> anyhow::Result<ScaleResult> {
     let dir = tempfile_dir()?;
     let port = free_port()?;
-    let exe = std::env::current_exe()?
-        .parent()
-        .map(|p| p.join("voi-server"))
-        .ok_or_else(|| anyhow::anyhow!("no voi-server beside voi-bench"))?;
+    let exe = bins.join("voi-server");
     let child = Child(
         std::process::Command::new(&exe)
             .args(["run", "--listen"])
@@ -264,7 +191,7 @@ async fn scale(n: usize, duration: Duration, login_rate: u64) -> anyhow::Result<
     })
 }
 
-fn tempfile_dir() -> anyhow::Result<PathBuf> {
+pub fn tempfile_dir() -> anyhow::Result<PathBuf> {
     let d = std::env::temp_dir().join(format!(
         "voi-bench-{}-{}",
         std::process::id(),
@@ -274,7 +201,7 @@ fn tempfile_dir() -> anyhow::Result<PathBuf> {
     Ok(d)
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())

@@ -1,0 +1,462 @@
+//! voi-bench: the figures we claim, measured side by side in one run and
+//! written to `docs/benchmarks.md` (+ JSON, + PNG). Never part of the tests'
+//! pass/fail.
+//!
+//!   cargo run --release -p voi-bench -- all        # everything (root: P1 needs netns + tc)
+//!   cargo run --release -p voi-bench -- swarm --agents 8 --size-mib 256 --rate 100mbit
+//!   cargo run --release -p voi-bench -- single | scale | merge
+
+mod plot;
+mod scale;
+mod single;
+mod swarm;
+
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "voi-bench")]
+struct Cli {
+    /// Where the report goes.
+    #[arg(long, default_value = "docs")]
+    out: PathBuf,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Clone)]
+enum Cmd {
+    /// P1–P5 and the report.
+    All {
+        #[command(flatten)]
+        swarm: SwarmArgs,
+        #[arg(long, default_value = "1000,5000,10000")]
+        sessions: String,
+    },
+    /// P1: K terminals in network namespaces behind shaped links.
+    Swarm(SwarmArgs),
+    /// P2 + P3: one download on loopback (agent, librqbit, curl) and the
+    /// agent's memory.
+    Single {
+        #[arg(long, default_value_t = 512)]
+        size_mib: u64,
+    },
+    /// P4: server scale.
+    Scale {
+        #[arg(long, default_value = "1000,5000,10000")]
+        sessions: String,
+        #[arg(long, default_value_t = 60)]
+        duration: u64,
+    },
+    /// P5: merge, agent vs bare qemu-img commit.
+    Merge,
+}
+
+#[derive(clap::Args, Clone)]
+struct SwarmArgs {
+    #[arg(long, default_value_t = 8)]
+    agents: usize,
+    #[arg(long, default_value_t = 256)]
+    size_mib: u64,
+    /// tc rate of every link.
+    #[arg(long, default_value = "100mbit")]
+    rate: String,
+}
+
+#[derive(Default, Serialize)]
+struct Report {
+    machine: serde_json::Value,
+    swarm: Option<swarm::SwarmReport>,
+    single: Option<single::SingleReport>,
+    scale: Vec<scale::ScaleResult>,
+    merge: Option<serde_json::Value>,
+    binaries: serde_json::Value,
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn build_bins() -> anyhow::Result<PathBuf> {
+    let st = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(root())
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "-p",
+            "voi-agent",
+            "--bins",
+        ])
+        .status()?;
+    if !st.success() {
+        anyhow::bail!("building the release binaries failed");
+    }
+    Ok(root().join("target/release"))
+}
+
+fn machine() -> serde_json::Value {
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    let cpu = read("/proc/cpuinfo")
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    let mem = read("/proc/meminfo")
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .nth(1)
+        .and_then(|k| k.parse::<u64>().ok())
+        .unwrap_or(0);
+    let out = |c: &str, a: &[&str]| {
+        Command::new(c)
+            .args(a)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    };
+    serde_json::json!({
+        "cpu": cpu,
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "memory_gib": (mem as f64 / 1048576.0 * 10.0).round() / 10.0,
+        "kernel": out("uname", &["-r"]),
+        "qemu_img": out("qemu-img", &["--version"]).lines().next().unwrap_or("").to_string(),
+        "date": out("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+        "commit": out("git", &["-C", &root().to_string_lossy(), "rev-parse", "--short", "HEAD"]),
+    })
+}
+
+fn binaries() -> serde_json::Value {
+    let size = |p: PathBuf| std::fs::metadata(p).ok().map(|m| m.len());
+    let r = root();
+    serde_json::json!({
+        "x86_64_voi_agent": size(r.join("target/release/voi-agent")),
+        "x86_64_voi_server": size(r.join("target/release/voi-server")),
+        "aarch64_voi_agent": size(r.join("target/cross/aarch64-unknown-linux-gnu/release/voi-agent")),
+        "aarch64_voi_server": size(r.join("target/cross/aarch64-unknown-linux-gnu/release/voi-server")),
+    })
+}
+
+fn merge() -> anyhow::Result<serde_json::Value> {
+    let out = Command::new(root().join("benches/merge.sh"))
+        .arg("3")
+        .output()?;
+    if !out.status.success() {
+        anyhow::bail!("merge.sh: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let median = |prefix: &str| {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit("median ").next())
+            .and_then(|v| v.trim_end_matches(" s").trim().parse::<f64>().ok())
+    };
+    let a = median("agent merge");
+    let b = median("bare qemu-img");
+    Ok(serde_json::json!({
+        "agent_secs": a, "bare_secs": b,
+        "ratio": a.zip(b).map(|(a, b)| a / b),
+        "output": text,
+    }))
+}
+
+fn sessions(s: &str) -> anyhow::Result<Vec<usize>> {
+    s.split(',')
+        .filter(|x| !x.is_empty())
+        .map(|x| Ok(x.trim().parse()?))
+        .collect()
+}
+
+fn main() -> std::process::ExitCode {
+    let _ = env_logger::try_init();
+    let cli = Cli::parse();
+    scale::raise_nofile();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("voi-bench: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("voi-bench: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let bins = build_bins()?;
+    std::fs::create_dir_all(&cli.out)?;
+    let json_path = cli.out.join("benchmarks.json");
+    // Partial runs update their part of an existing report.
+    let mut report: Report = Report {
+        machine: machine(),
+        binaries: binaries(),
+        ..Default::default()
+    };
+    let previous: serde_json::Value = std::fs::read(&json_path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let (do_swarm, do_single, do_scale, do_merge) = match &cli.cmd {
+        Cmd::All { .. } => (true, true, true, true),
+        Cmd::Swarm(_) => (true, false, false, false),
+        Cmd::Single { .. } => (false, true, false, false),
+        Cmd::Scale { .. } => (false, false, true, false),
+        Cmd::Merge => (false, false, false, true),
+    };
+    if do_single {
+        let mib = match &cli.cmd {
+            Cmd::Single { size_mib } => *size_mib,
+            _ => 512,
+        };
+        eprintln!("[single] {mib} MiB on loopback: librqbit, curl, agent");
+        report.single = Some(single::run(&bins, mib).await?);
+    }
+    if do_merge {
+        eprintln!("[merge] benches/merge.sh 3");
+        report.merge = Some(merge()?);
+    }
+    if do_scale {
+        let (list, duration) = match &cli.cmd {
+            Cmd::Scale {
+                sessions: s,
+                duration,
+            } => (sessions(s)?, *duration),
+            Cmd::All { sessions: s, .. } => (sessions(s)?, 60),
+            _ => (Vec::new(), 60),
+        };
+        for n in list {
+            eprintln!("[scale] {n} sessions");
+            let r = scale::scale(&bins, n, Duration::from_secs(duration), 500).await?;
+            eprintln!("[scale] {}", r.markdown_row());
+            report.scale.push(r);
+        }
+    }
+    if do_swarm {
+        let a = match &cli.cmd {
+            Cmd::Swarm(a) | Cmd::All { swarm: a, .. } => a.clone(),
+            _ => unreachable!("only swarm and all run P1"),
+        };
+        let r = swarm::run(&bins, a.agents, a.size_mib, &a.rate).await?;
+        plot::progress(
+            &cli.out.join("swarm-bittorrent.png"),
+            &format!(
+                "BitTorrent: {} terminals, {} MiB layer, every link {}",
+                a.agents, a.size_mib, a.rate
+            ),
+            r.layer_bytes,
+            &r.bt_all.progress,
+        )?;
+        plot::progress(
+            &cli.out.join("swarm-http.png"),
+            &format!(
+                "HTTP unicast: {} terminals, {} MiB layer, every link {}",
+                a.agents, a.size_mib, a.rate
+            ),
+            r.layer_bytes,
+            &r.http_all.progress,
+        )?;
+        report.swarm = Some(r);
+    }
+    // Keep the parts this run did not measure.
+    let mut value = serde_json::to_value(&report)?;
+    for key in ["swarm", "single", "merge"] {
+        if value[key].is_null() && !previous[key].is_null() {
+            value[key] = previous[key].clone();
+        }
+    }
+    if value["scale"].as_array().is_some_and(|a| a.is_empty()) {
+        if let Some(p) = previous.get("scale") {
+            value["scale"] = p.clone();
+        }
+    }
+    let mut slim = value.clone();
+    for run in ["bt_all", "bt_one", "http_all"] {
+        if let Some(r) = slim["swarm"].get_mut(run) {
+            r["progress"] = serde_json::Value::Null;
+        }
+    }
+    std::fs::write(&json_path, serde_json::to_vec_pretty(&slim)?)?;
+    std::fs::write(cli.out.join("benchmarks.md"), markdown(&value))?;
+    eprintln!("wrote {} and benchmarks.md", json_path.display());
+    Ok(())
+}
+
+fn f(v: &serde_json::Value, digits: usize) -> String {
+    v.as_f64()
+        .map(|x| format!("{x:.digits$}"))
+        .unwrap_or_else(|| "–".into())
+}
+
+fn mb(v: &serde_json::Value) -> String {
+    v.as_u64()
+        .map(|x| format!("{:.1} MB", x as f64 / 1e6))
+        .unwrap_or_else(|| "not built".into())
+}
+
+fn markdown(v: &serde_json::Value) -> String {
+    let m = &v["machine"];
+    let mut s = String::new();
+    s += "# Benchmarks\n\n";
+    s += "Generated by `cargo run --release -p voi-bench -- all` (as root: P1 builds network namespaces). ";
+    s += "Each section can be re-run alone (`swarm`, `single`, `scale`, `merge`); the others are kept from the last run. ";
+    s += "Figures are ratios measured side by side in one run, because the machines are noisy. Nothing here is asserted by the tests.\n\n";
+    s += &format!(
+        "Machine: {}, {} cores, {} GiB, kernel {}, {}; commit {}, {}.\n\n",
+        m["cpu"].as_str().unwrap_or(""),
+        m["cores"],
+        m["memory_gib"],
+        m["kernel"].as_str().unwrap_or(""),
+        m["qemu_img"].as_str().unwrap_or(""),
+        m["commit"].as_str().unwrap_or(""),
+        m["date"].as_str().unwrap_or("")
+    );
+    let sw = &v["swarm"];
+    s += "## P1: swarm distribution\n\n";
+    if sw.is_null() {
+        s += "Not measured yet (needs root: `cargo run --release -p voi-bench -- swarm`).\n\n";
+    } else {
+        let k = &sw["bt_all"]["terminals"];
+        s += &format!(
+            "voi-server and {k} agents, each in its own network namespace, joined by a Linux bridge. Every link is shaped with `tc tbf` to {} in both directions, so the server's one link is the bottleneck a classroom has. The layer is a {:.1} MiB qcow2 image of random data. Times run from the agents' start (login, 9007, 9023, torrent fetch) until each holds a copy whose every piece and qcow2 header verified and which is linked into its chain. Server egress is the `tx_bytes` of the server namespace's interface (everything it sent, protocol overhead included).\n\n",
+            sw["rate"].as_str().unwrap_or(""),
+            sw["layer_bytes"].as_f64().unwrap_or(0.0) / 1048576.0
+        );
+        s += "| run | all done (s) | server egress / S |\n|---|---|---|\n";
+        let row = |name: &str, r: &serde_json::Value| {
+            format!(
+                "| {name} | {} | {} |\n",
+                f(&r["all_done_secs"], 1),
+                r["server_egress_bytes"]
+                    .as_f64()
+                    .map(|e| format!("{:.2}", e / sw["layer_bytes"].as_f64().unwrap_or(1.0)))
+                    .unwrap_or_default()
+            )
+        };
+        s += &row("BitTorrent, one terminal alone", &sw["bt_one"]);
+        s += &row(&format!("BitTorrent, {k} terminals"), &sw["bt_all"]);
+        s += &row(
+            &format!("HTTP unicast (curl), {k} terminals"),
+            &sw["http_all"],
+        );
+        s += &format!(
+            "\n* Time for {k} over time for one: **{}** (goal ≤ 1.5).\n* Server egress over S with BitTorrent: **{}** (goal ≤ 1.5); with HTTP unicast {}.\n* HTTP unicast took {}× as long as BitTorrent.\n\n",
+            f(&sw["time_ratio"], 2),
+            f(&sw["egress_ratio"], 2),
+            f(&sw["http_egress_ratio"], 2),
+            f(&sw["http_vs_bt_time"], 1)
+        );
+        s += "![BitTorrent progress per terminal](swarm-bittorrent.png)\n\n![HTTP unicast progress per terminal](swarm-http.png)\n\n";
+    }
+    let si = &v["single"];
+    s += "## P2: one download on loopback\n\n";
+    if si.is_null() {
+        s += "Not measured yet.\n\n";
+    } else {
+        s += &format!(
+            "A {:.1} MiB layer seeded by voi-server, fetched once each way on loopback. The agent's time runs from the operator's 1024 until the layer is in its chain: 9007, the decision, 9023, the torrent over HTTP, the download, a full re-hash of every piece, `qemu-img check`, and the link. Plain librqbit stops when its last piece is checked; curl fetches the file from `python3 -m http.server`.\n\n",
+            si["layer_bytes"].as_f64().unwrap_or(0.0) / 1048576.0
+        );
+        s += "| client | seconds | MB/s |\n|---|---|---|\n";
+        s += &format!(
+            "| voi-agent | {} | {} |\n",
+            f(&si["agent_secs"], 2),
+            f(&si["agent_mb_s"], 0)
+        );
+        s += &format!(
+            "| plain librqbit | {} | {} |\n",
+            f(&si["librqbit_secs"], 2),
+            f(&si["librqbit_mb_s"], 0)
+        );
+        s += &format!(
+            "| curl over HTTP | {} | {} |\n",
+            f(&si["curl_secs"], 2),
+            f(&si["curl_mb_s"], 0)
+        );
+        s += &format!(
+            "\nAgent throughput over plain librqbit: **{}**; over curl: **{}**.\n\n",
+            f(&si["agent_vs_librqbit"], 2),
+            f(&si["agent_vs_curl"], 2)
+        );
+    }
+    s += "## P3: footprint\n\n| what | value |\n|---|---|\n";
+    let kb = |x: &serde_json::Value| {
+        x.as_u64()
+            .map(|k| format!("{:.1} MB", k as f64 / 1024.0))
+            .unwrap_or_else(|| "–".into())
+    };
+    s += &format!(
+        "| agent RSS, idle (logged in, heartbeating, engine up) | {} |\n",
+        kb(&si["agent_idle_rss_kb"])
+    );
+    s += &format!(
+        "| agent RSS, downloading (peak) | {} |\n",
+        kb(&si["agent_download_rss_kb"])
+    );
+    s += &format!(
+        "| agent RSS, seeding (5 s after the layer landed) | {} ({} threads) |\n",
+        kb(&si["agent_seeding_rss_kb"]),
+        si["agent_seeding_threads"]
+    );
+    let b = &v["binaries"];
+    s += &format!(
+        "| voi-agent, x86_64, stripped | {} |\n",
+        mb(&b["x86_64_voi_agent"])
+    );
+    s += &format!(
+        "| voi-server, x86_64, stripped | {} |\n",
+        mb(&b["x86_64_voi_server"])
+    );
+    s += &format!(
+        "| voi-agent, aarch64, static, stripped (`cross/build.sh aarch64`) | {} |\n",
+        mb(&b["aarch64_voi_agent"])
+    );
+    s += &format!(
+        "| voi-server, aarch64, static, stripped | {} |\n\n",
+        mb(&b["aarch64_voi_server"])
+    );
+    s += "## P4: server scale\n\n";
+    s += "A load generator in this process opens N real TCP sessions to a voi-server child process; each logs in with its own MAC (500 logins/s) and sends 9000 every 10 s with a random phase, as terminals do. Latency is measured over 60 s of steady state, from writing the heartbeat to reading its answer. RSS per terminal is (RSS with N terminals − RSS idle) / N.\n\n";
+    s += "| sessions | logged in | dropped | heartbeats measured | p50 ms | p99 ms | max ms | server RSS kB | RSS per terminal kB |\n|---|---|---|---|---|---|---|---|---|\n";
+    if let Some(list) = v["scale"].as_array() {
+        for r in list {
+            s += &format!(
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                r["sessions"],
+                r["logged_in"],
+                r["dropped"],
+                r["heartbeats"],
+                f(&r["p50_ms"], 2),
+                f(&r["p99_ms"], 2),
+                f(&r["max_ms"], 1),
+                r["server_rss_kb"],
+                f(&r["server_rss_per_terminal_kb"], 1)
+            );
+        }
+    }
+    s += "\n";
+    let me = &v["merge"];
+    s += "## P5: merge\n\n";
+    s += &format!(
+        "The agent's merge of a 512 MiB diff into a 2 GiB base (`commit -d`, `rebase -u` of the layer above, unlink, journal fsyncs) against bare `qemu-img commit` plus `sync`, median of 3, warm page cache: agent {} s, bare {} s, ratio **{}**. Reproduce: `benches/merge.sh 3`.\n",
+        f(&me["agent_secs"], 3),
+        f(&me["bare_secs"], 3),
+        f(&me["ratio"], 2)
+    );
+    s
+}

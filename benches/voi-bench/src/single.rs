@@ -1,0 +1,254 @@
+//! P2, one download on loopback, three ways, side by side in one run: the
+//! agent (voi-server seeds, voi-agent fetches over BitTorrent, verifies and
+//! links), a plain librqbit client of the same torrent from the same seeder,
+//! and curl over HTTP. P3's download and seeding RSS come from the agent run.
+
+use serde::Serialize;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::scale::{free_port, rss_kb, Child};
+
+const U: &str = "91f9d1ba-cb4a-41ba-971a-618f9e306571";
+const G: &str = "f15a1759-789e-4e17-a3e1-e723121e9314";
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SingleReport {
+    pub layer_bytes: u64,
+    pub agent_secs: f64,
+    pub librqbit_secs: f64,
+    pub curl_secs: f64,
+    pub agent_mb_s: f64,
+    pub librqbit_mb_s: f64,
+    pub curl_mb_s: f64,
+    /// agent / librqbit and agent / curl throughput.
+    pub agent_vs_librqbit: f64,
+    pub agent_vs_curl: f64,
+    pub agent_idle_rss_kb: u64,
+    pub agent_download_rss_kb: u64,
+    pub agent_seeding_rss_kb: u64,
+    pub agent_seeding_threads: u64,
+}
+
+fn threads(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Threads"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn mb_s(bytes: u64, secs: f64) -> f64 {
+    bytes as f64 / 1e6 / secs
+}
+
+pub async fn run(bins: &Path, mib: u64) -> anyhow::Result<SingleReport> {
+    let work = crate::scale::tempfile_dir()?;
+    let r = run_in(bins, mib, &work).await;
+    let _ = std::fs::remove_dir_all(&work);
+    r
+}
+
+async fn run_in(bins: &Path, mib: u64, work: &Path) -> anyhow::Result<SingleReport> {
+    let layer = format!("voi_0_{U}");
+    let data = work.join("server");
+    std::fs::create_dir_all(data.join("images"))?;
+    crate::swarm::make_layer(&data.join("images").join(&layer), mib)?;
+    let size = std::fs::metadata(data.join("images").join(&layer))?.len();
+    let (port, api_port, tracker_port) = (free_port()?, free_port()?, free_port()?);
+    let server = Child(
+        Command::new(bins.join("voi-server"))
+            .args(["run", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--api-listen", &format!("127.0.0.1:{api_port}")])
+            .args(["--tracker-listen", &format!("127.0.0.1:{tracker_port}")])
+            .args(["--bt-listen-port", "0", "--data-dir"])
+            .arg(&data)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()?,
+    );
+    let start = Instant::now();
+    while !data.join("api-token").exists() {
+        if start.elapsed() > Duration::from_secs(30) {
+            anyhow::bail!("voi-server did not start");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let token = std::fs::read_to_string(data.join("api-token"))?;
+    let api =
+        voi::server::client::ApiClient::new(format!("http://127.0.0.1:{api_port}"), token.trim());
+    loop {
+        if let Ok(env) = api.get("/api/v1/images").await {
+            if env
+                .data
+                .as_ref()
+                .is_some_and(|d| d["images"][0]["state"] == "seeding")
+            {
+                break;
+            }
+        }
+        if start.elapsed() > Duration::from_secs(300) {
+            anyhow::bail!("the server never seeded");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let torrent = voi::distribution::fetch_torrent(&format!(
+        "http://127.0.0.1:{tracker_port}/torrents/{layer}.torrent"
+    ))
+    .await
+    .map_err(|e| anyhow::anyhow!(e))?;
+
+    // 1. Plain librqbit, same torrent, same seeder.
+    let out = work.join("librqbit");
+    let session = librqbit::Session::new_with_opts(
+        out.clone(),
+        librqbit::SessionOptions {
+            disable_dht: true,
+            disable_dht_persistence: true,
+            listen_port_range: Some({
+                let p = free_port()?;
+                p..p + 1
+            }),
+            enable_upnp_port_forwarding: false,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let t0 = Instant::now();
+    let h = session
+        .add_torrent(
+            librqbit::AddTorrent::from_bytes(torrent.clone()),
+            Some(librqbit::AddTorrentOptions {
+                output_folder: Some(out.to_string_lossy().into_owned()),
+                overwrite: true,
+                ..Default::default()
+            }),
+        )
+        .await?
+        .into_handle()
+        .ok_or_else(|| anyhow::anyhow!("no handle"))?;
+    h.wait_until_completed().await?;
+    let librqbit_secs = t0.elapsed().as_secs_f64();
+    session.stop().await;
+    drop(session);
+    let _ = std::fs::remove_dir_all(&out);
+
+    // 2. curl over HTTP from a plain server on the same machine.
+    let http_port = free_port()?;
+    let _http = Child(
+        Command::new("python3")
+            .args([
+                "-m",
+                "http.server",
+                &http_port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--directory",
+            ])
+            .arg(data.join("images"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let t0 = Instant::now();
+    let st = Command::new("curl")
+        .args(["-sf", "-o"])
+        .arg(work.join("curl.img"))
+        .arg(format!("http://127.0.0.1:{http_port}/{layer}"))
+        .status()?;
+    let curl_secs = t0.elapsed().as_secs_f64();
+    if !st.success() {
+        anyhow::bail!("curl failed: {st}");
+    }
+    let _ = std::fs::remove_file(work.join("curl.img"));
+
+    // 3. The agent: login, 9007, 9023, torrent, download, verify, link.
+    let adir = work.join("agent");
+    std::fs::create_dir_all(&adir)?;
+    let cfg = adir.join("agent.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "server_ip = \"127.0.0.1\"\nserver_port = {port}\nmac = \"AA:00:00:00:0C:01\"\ndata_dir = \"{}\"\nperformance_secs = 0\n[bt]\nlisten_port = 0\n[platform]\npower = \"recording\"\nboot = \"recording\"\nhostname = \"recording\"\nnetwork = \"recording\"\n",
+            adir.display()
+        ),
+    )?;
+    let agent = Child(
+        Command::new(bins.join("voi-agent"))
+            .args(["--config"])
+            .arg(&cfg)
+            .arg("run")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    let pid = agent.0.id();
+    let t_login = Instant::now();
+    let sock = adir.join("control.sock");
+    // Idle: logged in, before the desktop exists on the server.
+    loop {
+        if let Ok(r) = voi::control::call(&sock, &voi::control::ControlRequest::Status).await {
+            if r.data
+                .as_ref()
+                .is_some_and(|d| d["live"]["logins"].as_u64().unwrap_or(0) > 0)
+            {
+                break;
+            }
+        }
+        if t_login.elapsed() > Duration::from_secs(30) {
+            anyhow::bail!("the agent did not log in");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let idle = rss_kb(pid);
+    let group = serde_json::json!({
+        "desktop_group_uuid": G, "desktop_group_name": "bench", "default_desktop_group": true,
+        "disks": [{"uuid": U, "type": 0, "dif_level": 0, "prefix": "voi", "max_dif": 0}],
+    });
+    api.put("/api/v1/desktop_groups", &group).await?;
+    let t0 = Instant::now();
+    // 1024: fetch the desktop list again, so the download starts now.
+    api.post(
+        "/api/v1/terminals/AA:00:00:00:0C:01/commands",
+        &serde_json::json!({"command": "update_desktop_group_info", "params": {}}),
+    )
+    .await?;
+    let final_path = adir.join("disks").join(&layer);
+    let mut peak = 0;
+    while !final_path.exists() {
+        peak = peak.max(rss_kb(pid));
+        if t0.elapsed() > Duration::from_secs(900) {
+            anyhow::bail!("the agent download did not finish");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let agent_secs = t0.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let seeding = rss_kb(pid);
+    let seeding_threads = threads(pid);
+    drop(agent);
+    drop(server);
+    Ok(SingleReport {
+        layer_bytes: size,
+        agent_secs,
+        librqbit_secs,
+        curl_secs,
+        agent_mb_s: mb_s(size, agent_secs),
+        librqbit_mb_s: mb_s(size, librqbit_secs),
+        curl_mb_s: mb_s(size, curl_secs),
+        agent_vs_librqbit: librqbit_secs / agent_secs,
+        agent_vs_curl: curl_secs / agent_secs,
+        agent_idle_rss_kb: idle,
+        agent_download_rss_kb: peak,
+        agent_seeding_rss_kb: seeding,
+        agent_seeding_threads: seeding_threads,
+    })
+}

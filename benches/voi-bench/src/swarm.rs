@@ -1,0 +1,511 @@
+//! P1, swarm: voi-server and K agents, each in its own network namespace,
+//! joined by a bridge; every link shaped with tc to the same rate in both
+//! directions. One layer of S bytes goes to all K terminals over BitTorrent,
+//! to one terminal alone, and to all K by HTTP unicast (curl from a plain
+//! HTTP server in the server's namespace). Progress is sampled every 0.5 s.
+
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::scale::Child;
+use voi::control::{self, ControlRequest};
+
+const U: &str = "91f9d1ba-cb4a-41ba-971a-618f9e306571";
+const G: &str = "f15a1759-789e-4e17-a3e1-e723121e9314";
+
+fn sh(args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(args[0]).args(&args[1..]).output()?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "{}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The bridge, the namespaces and their shaped veths; removed on drop.
+pub struct Lab {
+    tag: String,
+    bridge: String,
+    subnet: u32,
+    pub rate: String,
+    namespaces: Vec<String>,
+    host_ifs: Vec<String>,
+}
+
+impl Lab {
+    pub fn new(rate: &str) -> anyhow::Result<Lab> {
+        let pid = std::process::id() % 10000;
+        let lab = Lab {
+            tag: format!("vb{pid}"),
+            bridge: format!("vb{pid}br"),
+            subnet: 150 + pid % 100,
+            rate: rate.to_string(),
+            namespaces: Vec::new(),
+            host_ifs: Vec::new(),
+        };
+        sh(&["ip", "link", "add", &lab.bridge, "type", "bridge"])?;
+        sh(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{}/24", lab.ip(1)),
+            "dev",
+            &lab.bridge,
+        ])?;
+        sh(&["ip", "link", "set", &lab.bridge, "up"])?;
+        Ok(lab)
+    }
+
+    pub fn ip(&self, host: u32) -> String {
+        format!("10.203.{}.{host}", self.subnet)
+    }
+
+    fn tbf(&self, dev: &str, ns: Option<&str>) -> anyhow::Result<()> {
+        let mut a = Vec::new();
+        if let Some(ns) = ns {
+            a.extend(["ip", "netns", "exec", ns]);
+        }
+        a.extend([
+            "tc", "qdisc", "add", "dev", dev, "root", "tbf", "rate", &self.rate, "burst", "256kb",
+            "latency", "100ms",
+        ]);
+        sh(&a).map(drop)
+    }
+
+    /// A namespace with address `.host`, its link shaped both ways.
+    pub fn add(&mut self, name: &str, host: u32) -> anyhow::Result<String> {
+        let ns = format!("{}{name}", self.tag);
+        let h = format!("{}h{host}", self.tag);
+        sh(&["ip", "netns", "add", &ns])?;
+        self.namespaces.push(ns.clone());
+        sh(&[
+            "ip", "link", "add", &h, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+        ])?;
+        self.host_ifs.push(h.clone());
+        sh(&["ip", "link", "set", &h, "master", &self.bridge, "up"])?;
+        let exec = |a: &[&str]| {
+            let mut v = vec!["ip", "netns", "exec", ns.as_str()];
+            v.extend_from_slice(a);
+            sh(&v).map(drop)
+        };
+        exec(&["ip", "link", "set", "lo", "up"])?;
+        exec(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{}/24", self.ip(host)),
+            "dev",
+            "eth0",
+        ])?;
+        exec(&["ip", "link", "set", "eth0", "up"])?;
+        self.tbf("eth0", Some(&ns))?;
+        self.tbf(&h, None)?;
+        Ok(ns)
+    }
+
+    pub fn tx_bytes(ns: &str) -> u64 {
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            "cat",
+            "/sys/class/net/eth0/statistics/tx_bytes",
+        ])
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for ns in &self.namespaces {
+            let _ = sh(&["ip", "netns", "del", ns]);
+        }
+        for h in &self.host_ifs {
+            let _ = sh(&["ip", "link", "del", h]);
+        }
+        let _ = sh(&["ip", "link", "del", &self.bridge]);
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Run {
+    pub method: String,
+    pub terminals: usize,
+    /// Seconds until every terminal held a verified (BT) or complete (HTTP) copy.
+    pub all_done_secs: f64,
+    pub done_secs: Vec<f64>,
+    pub server_egress_bytes: u64,
+    /// (seconds, bytes held) per terminal.
+    pub progress: Vec<Vec<(f64, u64)>>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SwarmReport {
+    pub layer_bytes: u64,
+    pub rate: String,
+    pub bt_all: Run,
+    pub bt_one: Run,
+    pub http_all: Run,
+    /// bt_all time / bt_one time (goal <= 1.5).
+    pub time_ratio: f64,
+    /// server egress / S in the BT run (goal <= 1.5).
+    pub egress_ratio: f64,
+    pub http_egress_ratio: f64,
+    pub http_vs_bt_time: f64,
+}
+
+struct Server {
+    ns: String,
+    _child: Child,
+    data: PathBuf,
+}
+
+fn start_server(
+    lab: &Lab,
+    ns: &str,
+    bins: &Path,
+    work: &Path,
+    image: &Path,
+) -> anyhow::Result<Server> {
+    let data = work.join("server");
+    std::fs::create_dir_all(data.join("images"))?;
+    let layer = format!("voi_0_{U}");
+    if !data.join("images").join(&layer).exists() {
+        std::fs::hard_link(image, data.join("images").join(&layer))
+            .or_else(|_| std::fs::copy(image, data.join("images").join(&layer)).map(drop))?;
+    }
+    let cfg = work.join("server.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen = \"0.0.0.0:50007\"\napi_listen = \"0.0.0.0:50080\"\ntracker_listen = \"0.0.0.0:50021\"\ndata_dir = \"{}\"\napi_token = \"bench\"\nadvertise_ip = \"{}\"\nbt_listen_port = 6880\n",
+            data.display(),
+            lab.ip(2)
+        ),
+    )?;
+    let child = Child(
+        Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(bins.join("voi-server"))
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(work.join("server.log"))?)
+            .spawn()?,
+    );
+    Ok(Server {
+        ns: ns.to_string(),
+        _child: child,
+        data,
+    })
+}
+
+async fn wait_seeding(api: &voi::server::client::ApiClient) -> anyhow::Result<()> {
+    let start = Instant::now();
+    loop {
+        if let Ok(env) = api.get("/api/v1/images").await {
+            if env
+                .data
+                .as_ref()
+                .is_some_and(|d| d["images"][0]["state"] == "seeding")
+            {
+                return Ok(());
+            }
+        }
+        if start.elapsed() > Duration::from_secs(300) {
+            anyhow::bail!("the server never started seeding");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+struct AgentProc {
+    _child: Child,
+    socket: PathBuf,
+    disks: PathBuf,
+}
+
+fn start_agent(
+    lab: &Lab,
+    ns: &str,
+    i: usize,
+    bins: &Path,
+    work: &Path,
+) -> anyhow::Result<AgentProc> {
+    let dir = work.join(format!("agent{i}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let cfg = dir.join("agent.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "server_ip = \"{}\"\nmac = \"AA:00:00:00:0B:{:02X}\"\ndata_dir = \"{}\"\nperformance_secs = 0\n[bt]\nlisten_port = 6881\n[platform]\npower = \"recording\"\nboot = \"recording\"\nhostname = \"recording\"\nnetwork = \"recording\"\n",
+            lab.ip(2),
+            i,
+            dir.display()
+        ),
+    )?;
+    let child = Child(
+        Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(bins.join("voi-agent"))
+            .args(["--config"])
+            .arg(&cfg)
+            .arg("run")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("agent.log"))?)
+            .spawn()?,
+    );
+    Ok(AgentProc {
+        _child: child,
+        socket: dir.join("control.sock"),
+        disks: dir.join("disks"),
+    })
+}
+
+/// (bytes held, verified and in the chain)
+async fn agent_progress(a: &AgentProc, layer: &str) -> (u64, bool) {
+    if a.disks.join(layer).exists() {
+        let len = std::fs::metadata(a.disks.join(layer))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        return (len, true);
+    }
+    match control::call(&a.socket, &ControlRequest::Transfers).await {
+        Ok(r) => {
+            let have = r
+                .data
+                .as_ref()
+                .and_then(|d| d["transfers"].as_array().cloned())
+                .unwrap_or_default()
+                .iter()
+                .find(|t| t["transfer"]["layer"] == layer)
+                .and_then(|t| t["have_bytes"].as_u64())
+                .unwrap_or(0);
+            (have, false)
+        }
+        Err(_) => (0, false),
+    }
+}
+
+async fn bt_run(
+    lab: &Lab,
+    server: &Server,
+    agent_ns: &[String],
+    bins: &Path,
+    work: &Path,
+    layer: &str,
+) -> anyhow::Result<Run> {
+    let tx0 = Lab::tx_bytes(&server.ns);
+    let started = Instant::now();
+    let mut agents = Vec::new();
+    for (i, ns) in agent_ns.iter().enumerate() {
+        agents.push(start_agent(lab, ns, i, bins, work)?);
+    }
+    let k = agents.len();
+    let mut progress = vec![Vec::new(); k];
+    let mut done: Vec<Option<f64>> = vec![None; k];
+    while done.iter().any(Option::is_none) {
+        let t = started.elapsed().as_secs_f64();
+        for (i, a) in agents.iter().enumerate() {
+            let (have, ok) = agent_progress(a, layer).await;
+            progress[i].push((t, have));
+            if ok && done[i].is_none() {
+                done[i] = Some(t);
+            }
+        }
+        if started.elapsed() > Duration::from_secs(1800) {
+            anyhow::bail!("BitTorrent run with {k} terminals not done in 30 min: {done:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let egress = Lab::tx_bytes(&server.ns).saturating_sub(tx0);
+    drop(agents);
+    let done: Vec<f64> = done.into_iter().map(|d| d.unwrap_or(f64::NAN)).collect();
+    Ok(Run {
+        method: "bittorrent".into(),
+        terminals: k,
+        all_done_secs: done.iter().copied().fold(0.0, f64::max),
+        done_secs: done,
+        server_egress_bytes: egress,
+        progress,
+    })
+}
+
+async fn http_run(
+    lab: &Lab,
+    server: &Server,
+    agent_ns: &[String],
+    work: &Path,
+    layer: &str,
+    size: u64,
+) -> anyhow::Result<Run> {
+    let _http = Child(
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &server.ns,
+                "python3",
+                "-m",
+                "http.server",
+                "8000",
+                "--bind",
+                "0.0.0.0",
+                "--directory",
+            ])
+            .arg(server.data.join("images"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let url = format!("http://{}:8000/{layer}", lab.ip(2));
+    let tx0 = Lab::tx_bytes(&server.ns);
+    let started = Instant::now();
+    let mut curls = Vec::new();
+    let mut outs = Vec::new();
+    for (i, ns) in agent_ns.iter().enumerate() {
+        let out = work.join(format!("http{i}.img"));
+        let _ = std::fs::remove_file(&out);
+        curls.push(Child(
+            Command::new("ip")
+                .args(["netns", "exec", ns, "curl", "-sf", "-o"])
+                .arg(&out)
+                .arg(&url)
+                .spawn()?,
+        ));
+        outs.push(out);
+    }
+    let k = curls.len();
+    let mut progress = vec![Vec::new(); k];
+    let mut done: Vec<Option<f64>> = vec![None; k];
+    while done.iter().any(Option::is_none) {
+        let t = started.elapsed().as_secs_f64();
+        for i in 0..k {
+            let have = std::fs::metadata(&outs[i]).map(|m| m.len()).unwrap_or(0);
+            progress[i].push((t, have));
+            if done[i].is_none() {
+                if let Ok(Some(st)) = curls[i].0.try_wait() {
+                    if !st.success() {
+                        anyhow::bail!("curl {i} failed: {st}");
+                    }
+                    done[i] = Some(t);
+                }
+            }
+        }
+        if started.elapsed() > Duration::from_secs(3600) {
+            anyhow::bail!("HTTP run not done in an hour");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let egress = Lab::tx_bytes(&server.ns).saturating_sub(tx0);
+    for o in &outs {
+        if std::fs::metadata(o).map(|m| m.len()).unwrap_or(0) != size {
+            anyhow::bail!("{} is incomplete", o.display());
+        }
+        let _ = std::fs::remove_file(o);
+    }
+    let done: Vec<f64> = done.into_iter().map(|d| d.unwrap_or(f64::NAN)).collect();
+    Ok(Run {
+        method: "http".into(),
+        terminals: k,
+        all_done_secs: done.iter().copied().fold(0.0, f64::max),
+        done_secs: done,
+        server_egress_bytes: egress,
+        progress,
+    })
+}
+
+pub fn make_layer(path: &Path, mib: u64) -> anyhow::Result<()> {
+    let raw = path.with_extension("raw");
+    sh(&[
+        "sh",
+        "-c",
+        &format!("head -c {mib}M /dev/urandom > '{}'", raw.display()),
+    ])?;
+    sh(&[
+        "qemu-img",
+        "convert",
+        "-q",
+        "-f",
+        "raw",
+        "-O",
+        "qcow2",
+        &raw.to_string_lossy(),
+        &path.to_string_lossy(),
+    ])?;
+    std::fs::remove_file(&raw)?;
+    Ok(())
+}
+
+pub async fn run(bins: &Path, k: usize, mib: u64, rate: &str) -> anyhow::Result<SwarmReport> {
+    let work = crate::scale::tempfile_dir()?;
+    let result = run_in(bins, k, mib, rate, &work).await;
+    let _ = std::fs::remove_dir_all(&work);
+    result
+}
+
+async fn run_in(
+    bins: &Path,
+    k: usize,
+    mib: u64,
+    rate: &str,
+    work: &Path,
+) -> anyhow::Result<SwarmReport> {
+    let image = work.join("layer.qcow2");
+    make_layer(&image, mib)?;
+    let size = std::fs::metadata(&image)?.len();
+    let layer = format!("voi_0_{U}");
+    let mut lab = Lab::new(rate)?;
+    let server_ns = lab.add("s", 2)?;
+    let mut agent_ns = Vec::new();
+    for i in 0..k {
+        agent_ns.push(lab.add(&format!("a{i}"), 10 + i as u32)?);
+    }
+    let server = start_server(&lab, &server_ns, bins, work, &image)?;
+    let api = voi::server::client::ApiClient::new(format!("http://{}:50080", lab.ip(2)), "bench");
+    wait_seeding(&api).await?;
+    let group = serde_json::json!({
+        "desktop_group_uuid": G, "desktop_group_name": "bench", "default_desktop_group": true,
+        "disks": [{"uuid": U, "type": 0, "dif_level": 0, "prefix": "voi", "max_dif": 0}],
+    });
+    api.put("/api/v1/desktop_groups", &group).await?;
+
+    eprintln!("[swarm] one terminal, BitTorrent, {rate}");
+    let bt_one = bt_run(&lab, &server, &agent_ns[..1], bins, work, &layer).await?;
+    eprintln!(
+        "[swarm] {:.1} s; {k} terminals, BitTorrent",
+        bt_one.all_done_secs
+    );
+    let bt_all = bt_run(&lab, &server, &agent_ns, bins, work, &layer).await?;
+    eprintln!(
+        "[swarm] {:.1} s; {k} terminals, HTTP unicast",
+        bt_all.all_done_secs
+    );
+    let http_all = http_run(&lab, &server, &agent_ns, work, &layer, size).await?;
+    eprintln!("[swarm] {:.1} s", http_all.all_done_secs);
+    drop(server);
+    drop(lab);
+    Ok(SwarmReport {
+        layer_bytes: size,
+        rate: rate.to_string(),
+        time_ratio: bt_all.all_done_secs / bt_one.all_done_secs,
+        egress_ratio: bt_all.server_egress_bytes as f64 / size as f64,
+        http_egress_ratio: http_all.server_egress_bytes as f64 / size as f64,
+        http_vs_bt_time: http_all.all_done_secs / bt_all.all_done_secs,
+        bt_all,
+        bt_one,
+        http_all,
+    })
+}

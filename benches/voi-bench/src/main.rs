@@ -370,6 +370,11 @@ fn markdown(v: &serde_json::Value, out: &Path) -> String {
             f(&sw["http_egress_ratio"], 2),
             f(&sw["http_vs_bt_time"], 1)
         );
+        s += &format!(
+            "Reproduce (root): `cargo run --release -p voi-bench -- swarm --agents {k} --size-mib {} --rate {}`.\n\n",
+            (sw["layer_bytes"].as_u64().unwrap_or(0) >> 20),
+            sw["rate"].as_str().unwrap_or("")
+        );
         s += "![BitTorrent progress per terminal](swarm-bittorrent.png)\n\n![HTTP unicast progress per terminal](swarm-http.png)\n\n";
     }
     let si = &v["single"];
@@ -398,12 +403,12 @@ fn markdown(v: &serde_json::Value, out: &Path) -> String {
             f(&si["curl_mb_s"], 0)
         );
         s += &format!(
-            "\nAgent throughput over plain librqbit: **{}**; over curl: **{}**.\n\n",
+            "\nAgent throughput over plain librqbit: **{}**; over curl: **{}**. Reproduce: `cargo run --release -p voi-bench -- single --size-mib 512` (also gives P3's RSS).\n\n",
             f(&si["agent_vs_librqbit"], 2),
             f(&si["agent_vs_curl"], 2)
         );
     }
-    s += "## P3: footprint\n\n| what | value |\n|---|---|\n";
+    s += "## P3: footprint\n\nRSS from the P2 run (`single`); sizes of the release binaries in `target/release` and of `cross/build.sh aarch64`'s output.\n\n| what | value |\n|---|---|\n";
     let kb = |x: &serde_json::Value| {
         x.as_u64()
             .map(|k| format!("{:.1} MB", k as f64 / 1024.0))
@@ -441,6 +446,7 @@ fn markdown(v: &serde_json::Value, out: &Path) -> String {
     );
     s += "## P4: server scale\n\n";
     s += "A load generator in this process opens N real TCP sessions to a voi-server child process; each logs in with its own MAC (500 logins/s) and sends 9000 every 10 s with a random phase, as terminals do. Latency is measured over 60 s of steady state, from writing the heartbeat to reading its answer. RSS per terminal is (RSS with N terminals − RSS idle) / N.\n\n";
+    s += "Reproduce: `cargo run --release -p voi-bench -- scale --sessions 1000,5000,10000`.\n\n";
     s += "| sessions | logged in | dropped | heartbeats measured | p50 ms | p99 ms | max ms | server RSS kB | RSS per terminal kB |\n|---|---|---|---|---|---|---|---|---|\n";
     if let Some(list) = v["scale"].as_array() {
         for r in list {

@@ -8,7 +8,7 @@ mod common;
 use common::*;
 use serde_json::json;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,19 +33,6 @@ fn run(cmd: &mut Command) {
         "{cmd:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// A base layer holding `mib` MiB of random data.
-fn make_base(path: &Path, mib: u64) {
-    let raw = path.with_extension("raw");
-    run(Command::new("sh")
-        .arg("-c")
-        .arg(format!("head -c {mib}M /dev/urandom > '{}'", raw.display())));
-    run(Command::new("qemu-img")
-        .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
-        .arg(&raw)
-        .arg(path));
-    std::fs::remove_file(&raw).expect("rm raw");
 }
 
 /// A diff over `parent` (relative name, same directory) with `mib` MiB
@@ -562,14 +549,6 @@ async fn a_local_diff_uploads_to_the_server_library() {
     h.stop().await;
 }
 
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn spawn_agent(cfg_path: &Path, log: &Path) -> Proc {
     let log = std::fs::File::create(log).expect("log");
     Proc(
@@ -669,23 +648,6 @@ async fn a_download_killed_with_sigkill_resumes_without_refetching() {
         "server sent {uploaded} bytes for a {size}-byte layer"
     );
     h.stop().await;
-}
-
-fn aria2c(args: &[&str]) -> Command {
-    let mut c = Command::new("aria2c");
-    c.args([
-        "--enable-dht=false",
-        "--enable-dht6=false",
-        "--bt-enable-lpd=false",
-        "--enable-peer-exchange=false",
-        "--file-allocation=none",
-        "--console-log-level=warn",
-        "--summary-interval=0",
-    ])
-    .args(args)
-    .stdout(Stdio::null())
-    .stderr(Stdio::null());
-    c
 }
 
 fn free_port() -> u16 {

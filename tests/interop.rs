@@ -5,34 +5,9 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use common::{aria2c, Proc};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn aria2c(args: &[&str]) -> Command {
-    let mut c = Command::new("aria2c");
-    c.args([
-        "--enable-dht=false",
-        "--enable-dht6=false",
-        "--bt-enable-lpd=false",
-        "--enable-peer-exchange=false",
-        "--file-allocation=none",
-        "--console-log-level=warn",
-        "--summary-interval=0",
-    ])
-    .args(args)
-    .stdout(Stdio::null())
-    .stderr(Stdio::null());
-    c
-}
 
 #[tokio::test]
 async fn aria2c_swarm_through_our_tracker_and_torrent() {

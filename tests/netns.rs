@@ -7,7 +7,7 @@ mod common;
 
 use common::*;
 use serde_json::{json, Value};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 fn ip(args: &[&str]) -> Result<String, String> {
     let out = Command::new("ip")
@@ -113,15 +113,6 @@ impl Drop for Netns {
         // Deleting the namespace destroys the veth pair with it.
         let _ = ip(&["netns", "del", &self.name]);
         let _ = ip(&["link", "del", &self.host_if]);
-    }
-}
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 

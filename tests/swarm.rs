@@ -10,8 +10,7 @@
 mod common;
 
 use common::*;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use voi::bt::transfers::Stage;
@@ -89,32 +88,6 @@ impl Drop for Netns {
         let _ = sh(&["ip", "netns", "del", &self.name]);
         let _ = sh(&["ip", "link", "del", &self.host_if]);
     }
-}
-
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn make_base(path: &Path, mib: u64) {
-    let raw = path.with_extension("raw");
-    assert!(Command::new("sh")
-        .arg("-c")
-        .arg(format!("head -c {mib}M /dev/urandom > '{}'", raw.display()))
-        .status()
-        .expect("sh")
-        .success());
-    assert!(Command::new("qemu-img")
-        .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
-        .arg(&raw)
-        .arg(path)
-        .status()
-        .expect("qemu-img")
-        .success());
-    std::fs::remove_file(&raw).expect("rm");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

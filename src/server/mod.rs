@@ -448,36 +448,15 @@ impl Server {
     ) -> Result<Envelope<Value>, PushError> {
         let mac = crate::protocol::normalize_mac(mac)
             .ok_or_else(|| PushError::Bad(format!("{mac:?} is not a MAC")))?;
-        let (tx, token) = self
-            .registry
-            .sender(&mac)
-            .ok_or_else(|| PushError::NotConnected(mac.clone()))?;
         let rx = self.registry.expect_reply(code as u32, &mac, &batch);
-        let frame = Frame {
-            service_code: code as u32,
-            sequence_code: self.next_seq(),
-            data_type: DataType::Binary as u8,
-            client_type: ClientType::Server as u8,
-            req_or_res: Direction::Request as u8,
-            token: token.into_bytes().into(),
-            payload,
-        };
-        if tx.send(frame).await.is_err() {
+        if let Err(e) = self
+            .send_frame(&mac, code, DataType::Binary, payload, &batch)
+            .await
+        {
             self.registry.forget_reply(code as u32, &mac, &batch);
-            return Err(PushError::NotConnected(mac));
+            return Err(e);
         }
-        self.registry.emit(ServerEvent::CommandSent {
-            mac: mac.clone(),
-            command: code.name().into(),
-            batch_no: batch.clone(),
-        });
-        match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(env)) => Ok(env),
-            _ => {
-                self.registry.forget_reply(code as u32, &mac, &batch);
-                Err(PushError::Timeout(mac, timeout))
-            }
-        }
+        self.await_reply(rx, code, mac, &batch, timeout).await
     }
 
     pub fn next_seq(&self) -> u32 {
@@ -513,29 +492,9 @@ impl Server {
                 b
             }
         };
-        let (tx, token) = self
-            .registry
-            .sender(mac)
-            .ok_or_else(|| PushError::NotConnected(mac.to_string()))?;
-        let frame = Frame {
-            service_code: code as u32,
-            sequence_code: self.next_seq(),
-            data_type: DataType::Json as u8,
-            client_type: ClientType::Server as u8,
-            req_or_res: Direction::Request as u8,
-            token: token.into_bytes().into(),
-            payload: serde_json::to_vec(&params)
-                .map_err(|e| PushError::Bad(e.to_string()))?
-                .into(),
-        };
-        tx.send(frame)
-            .await
-            .map_err(|_| PushError::NotConnected(mac.to_string()))?;
-        self.registry.emit(ServerEvent::CommandSent {
-            mac: mac.to_string(),
-            command: code.name().into(),
-            batch_no: batch.clone(),
-        });
+        let payload = serde_json::to_vec(&params).map_err(|e| PushError::Bad(e.to_string()))?;
+        self.send_frame(mac, code, DataType::Json, payload.into(), &batch)
+            .await?;
         Ok(batch)
     }
 
@@ -569,10 +528,57 @@ impl Server {
             self.registry.forget_reply(code as u32, &mac, &batch);
             return Err(e);
         }
+        let env = self.await_reply(rx, code, mac, &batch, timeout).await?;
+        Ok((batch, env))
+    }
+
+    /// Writes one command frame to a connected terminal.
+    async fn send_frame(
+        &self,
+        mac: &str,
+        code: ServiceCode,
+        data_type: DataType,
+        payload: bytes::Bytes,
+        batch: &BatchNo,
+    ) -> Result<(), PushError> {
+        let (tx, token) = self
+            .registry
+            .sender(mac)
+            .ok_or_else(|| PushError::NotConnected(mac.to_string()))?;
+        let frame = Frame {
+            service_code: code as u32,
+            sequence_code: self.next_seq(),
+            data_type: data_type as u8,
+            client_type: ClientType::Server as u8,
+            req_or_res: Direction::Request as u8,
+            token: token.into_bytes().into(),
+            payload,
+        };
+        tx.send(frame)
+            .await
+            .map_err(|_| PushError::NotConnected(mac.to_string()))?;
+        self.registry.emit(ServerEvent::CommandSent {
+            mac: mac.to_string(),
+            command: code.name().into(),
+            batch_no: batch.clone(),
+        });
+        Ok(())
+    }
+
+    /// The reply registered with `expect_reply`, or a timeout (which
+    /// forgets the registration).
+    async fn await_reply(
+        &self,
+        rx: tokio::sync::oneshot::Receiver<Envelope<Value>>,
+        code: ServiceCode,
+        mac: String,
+        batch: &BatchNo,
+        timeout: Duration,
+    ) -> Result<Envelope<Value>, PushError> {
         match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(env)) => Ok((batch, env)),
+            Ok(Ok(env)) => Ok(env),
             _ => {
-                self.registry.forget_reply(code as u32, &mac, &batch);
+                self.registry.forget_reply(code as u32, &mac, batch);
                 Err(PushError::Timeout(mac, timeout))
             }
         }

@@ -170,3 +170,55 @@ impl RawClient {
         }
     }
 }
+
+/// A child process killed and reaped when dropped.
+pub struct Proc(pub std::process::Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// aria2c on a closed LAN: no DHT, LPD or PEX, quiet.
+pub fn aria2c(args: &[&str]) -> std::process::Command {
+    let mut c = std::process::Command::new("aria2c");
+    c.args([
+        "--enable-dht=false",
+        "--enable-dht6=false",
+        "--bt-enable-lpd=false",
+        "--enable-peer-exchange=false",
+        "--file-allocation=none",
+        "--console-log-level=warn",
+        "--summary-interval=0",
+    ])
+    .args(args)
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null());
+    c
+}
+
+/// A base layer holding `mib` MiB of random data.
+pub fn make_base(path: &Path, mib: u64) {
+    let raw = path.with_extension("raw");
+    let ok = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("head -c {mib}M /dev/urandom > '{}'", raw.display()))
+        .status()
+        .expect("sh")
+        .success();
+    assert!(ok, "random data");
+    let out = std::process::Command::new("qemu-img")
+        .args(["convert", "-q", "-f", "raw", "-O", "qcow2"])
+        .arg(&raw)
+        .arg(path)
+        .output()
+        .expect("qemu-img");
+    assert!(
+        out.status.success(),
+        "qemu-img convert: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::remove_file(&raw).expect("rm raw");
+}

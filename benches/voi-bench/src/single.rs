@@ -82,21 +82,7 @@ async fn run_in(bins: &Path, mib: u64, work: &Path) -> anyhow::Result<SingleRepo
     let token = std::fs::read_to_string(data.join("api-token"))?;
     let api =
         voi::server::client::ApiClient::new(format!("http://127.0.0.1:{api_port}"), token.trim());
-    loop {
-        if let Ok(env) = api.get("/api/v1/images").await {
-            if env
-                .data
-                .as_ref()
-                .is_some_and(|d| d["images"][0]["state"] == "seeding")
-            {
-                break;
-            }
-        }
-        if start.elapsed() > Duration::from_secs(300) {
-            anyhow::bail!("the server never seeded");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    crate::swarm::wait_seeding(&api).await?;
     let torrent = voi::distribution::fetch_torrent(&format!(
         "http://127.0.0.1:{tracker_port}/torrents/{layer}.torrent"
     ))

@@ -209,7 +209,7 @@ fn start_server(
     })
 }
 
-async fn wait_seeding(api: &voi::server::client::ApiClient) -> anyhow::Result<()> {
+pub async fn wait_seeding(api: &voi::server::client::ApiClient) -> anyhow::Result<()> {
     let start = Instant::now();
     loop {
         if let Ok(env) = api.get("/api/v1/images").await {

@@ -510,19 +510,12 @@ impl Transfers {
         .map_err(io(&self.desktops.store.path(layer)))?;
         let info_hash = created.info_hash_hex();
         let torrent = Bytes::from(created.bytes);
+        // An upload serves the chain file itself, under the layer's name.
         let rec = TaskRecord {
-            layer: name.clone(),
-            kind: Kind::Upload,
             stage: Stage::Seeding,
             info_hash,
-            file_name: name.clone(),
             length: created.length,
-            task_uuid: String::new(),
-            group_uuid: group_uuid.to_string(),
-            disk_type: 0,
-            operate_id: 0,
-            torrent_id: String::new(),
-            result_unreported: false,
+            ..TaskRecord::unstarted(&name, Kind::Upload, group_uuid)
         };
         self.create_dir(&rec, &torrent)?;
         if let Err(e) = self

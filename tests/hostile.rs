@@ -7,9 +7,7 @@ use common::*;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use std::time::Duration;
-use tokio::net::TcpListener;
-use tokio_util::codec::Framed;
-use voi::protocol::{ClientType, Envelope, Frame, FrameCodec, Header, ServiceCode};
+use voi::protocol::{ClientType, Envelope, Frame, Header, ServiceCode};
 
 #[tokio::test]
 async fn server_survives_random_bytes_and_oversize_frames() {
@@ -117,95 +115,6 @@ async fn server_answers_88888_to_bad_json_and_unknown_codes() {
         .await;
     assert!(env.is_ok(), "the session survived");
     h.stop().await;
-}
-
-/// A server written by hand: answers the agent's requests with `{code:0}`
-/// unless told otherwise, and lets the test inject frames.
-struct FakeServer {
-    listener: TcpListener,
-}
-
-type Conn = Framed<tokio::net::TcpStream, FrameCodec>;
-
-impl FakeServer {
-    async fn new() -> FakeServer {
-        FakeServer {
-            listener: TcpListener::bind("127.0.0.1:0").await.expect("bind"),
-        }
-    }
-
-    fn port(&self) -> u16 {
-        self.listener.local_addr().expect("addr").port()
-    }
-
-    async fn accept(&self) -> Conn {
-        let (s, _) = tokio::time::timeout(Duration::from_secs(15), self.listener.accept())
-            .await
-            .expect("agent connects")
-            .expect("accept");
-        Framed::new(s, FrameCodec::default())
-    }
-
-    fn answer(req: &Frame, body: serde_json::Value) -> Frame {
-        Frame::response_json(
-            req,
-            ClientType::Server,
-            &bytes::Bytes::from_static(b"tok"),
-            &body,
-        )
-        .expect("frame")
-    }
-
-    /// Answers requests until the startup sequence is done (9010 answered).
-    async fn serve_startup(conn: &mut Conn) {
-        loop {
-            let f = tokio::time::timeout(Duration::from_secs(10), conn.next())
-                .await
-                .expect("request")
-                .expect("open")
-                .expect("frame");
-            let code = f.service_code;
-            conn.send(Self::answer(
-                &f,
-                json!({"code": 0, "msg": "Success",
-                       "data": {"conf_version": -1, "batch_no": 0, "terminal_id": -1}}),
-            ))
-            .await
-            .expect("send");
-            if code == ServiceCode::OrderQuery as u32 {
-                return;
-            }
-        }
-    }
-
-    /// Next command reply from the agent (skipping its requests).
-    async fn next_reply(conn: &mut Conn) -> Frame {
-        loop {
-            let f = tokio::time::timeout(Duration::from_secs(10), conn.next())
-                .await
-                .expect("reply in time")
-                .expect("open")
-                .expect("frame");
-            if f.is_response() {
-                return f;
-            }
-            let _ = conn
-                .send(Self::answer(&f, json!({"code": 0, "msg": "Success"})))
-                .await;
-        }
-    }
-}
-
-fn command(code: u32, payload: &[u8]) -> Frame {
-    Frame {
-        service_code: code,
-        sequence_code: 77,
-        data_type: 1,
-        client_type: 4,
-        req_or_res: 1,
-        token: bytes::Bytes::from_static(b"tok"),
-        payload: bytes::Bytes::copy_from_slice(payload),
-    }
 }
 
 #[tokio::test]

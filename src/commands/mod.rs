@@ -132,6 +132,19 @@ pub fn parse_json<T: DeserializeOwned>(frame: &Frame) -> Result<T, CommandError>
         .map_err(|e| CommandError::message(format!("bad {} body: {e}", frame.service_code)))
 }
 
+/// A URL the agent will fetch from: http or https only, so a command cannot
+/// make it read local files or talk to other schemes.
+pub fn check_download_url(url: &str) -> Result<(), CommandError> {
+    let parsed = reqwest::Url::parse(url)
+        .map_err(|e| CommandError::message(format!("download_url {url:?}: {e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(CommandError::message(format!(
+            "download_url {url:?} must be http or https"
+        )));
+    }
+    Ok(())
+}
+
 /// The batch number, however much of the body is otherwise usable, so even
 /// a refusal is matched to its request by the server.
 fn batch_of(frame: &Frame) -> BatchNo {
@@ -247,6 +260,17 @@ impl Command {
     }
 }
 
+/// Parses a command frame the way `handle` does, without applying it: what
+/// the agent would refuse, and with which error. The fuzzers drive every
+/// command's parser through this.
+pub fn validate(frame: &Frame) -> Result<ServiceCode, CommandError> {
+    let code = frame
+        .service()
+        .ok_or_else(|| CommandError::message("unknown service code"))?;
+    Command::from_frame(code, frame)?;
+    Ok(code)
+}
+
 /// Handles one command frame: returns the reply and what to do after it.
 pub async fn handle(agent: &Arc<Agent>, link: &Link, frame: &Frame) -> (Frame, After) {
     let Some(code) = frame.service() else {
@@ -262,6 +286,19 @@ pub async fn handle(agent: &Arc<Agent>, link: &Link, frame: &Frame) -> (Frame, A
         batch_of(frame)
     };
     let body_md5 = crate::protocol::md5_hex(&frame.payload);
+
+    // The server sends every command with this session's token (notes
+    // §1.4) and, when it names a terminal, this terminal's mac. Anything
+    // else is not for us and must not be applied.
+    if let Some(e) = foreign(agent, link, frame) {
+        log::warn!("{} batch {batch_no} refused: {}", code.name(), e.msg);
+        let env = Envelope::error(e.code, e.msg).with_data(CommandReplyData {
+            mac: agent.mac.clone(),
+            batch_no,
+            extra: BTreeMap::new(),
+        });
+        return (reply_frame(link, frame, env), After::Nothing);
+    }
 
     // A batch we already answered (the server re-sent it after a reconnect)
     // is answered again with the same result and not applied twice.
@@ -327,6 +364,36 @@ pub async fn handle(agent: &Arc<Agent>, link: &Link, frame: &Frame) -> (Frame, A
     };
     agent.persist(|s| s.record_command(record));
     (reply_frame(link, frame, env), after)
+}
+
+/// Why a command is not meant for this terminal's session, if it is not.
+fn foreign(agent: &Agent, link: &Link, frame: &Frame) -> Option<CommandError> {
+    let token = link.token();
+    if !token.is_empty() && frame.token != token {
+        return Some(CommandError::new(
+            ErrorCode::TerminalTokenError,
+            "the command carries another session's token",
+        ));
+    }
+    if frame.data_type == DataType::Json as u8 {
+        #[derive(serde::Deserialize)]
+        struct M {
+            mac: Option<serde_json::Value>,
+        }
+        if let Ok(M { mac: Some(m) }) = frame.json::<M>() {
+            let ours = m.as_str() == Some("")
+                || m.as_str()
+                    .and_then(crate::protocol::normalize_mac)
+                    .is_some_and(|m| m == agent.mac);
+            if !ours {
+                return Some(CommandError::new(
+                    ErrorCode::TerminalMacError,
+                    format!("the command names mac {m}, not this terminal"),
+                ));
+            }
+        }
+    }
+    None
 }
 
 fn reply_frame(link: &Link, req: &Frame, env: Envelope<CommandReplyData>) -> Frame {

@@ -29,14 +29,8 @@ impl SendDesktop {
             let Some(url) = d.download_url.clone().filter(|u| !u.is_empty()) else {
                 continue;
             };
-            let parsed = reqwest::Url::parse(&url).map_err(|e| {
-                CommandError::message(format!("{layer}: download_url {url:?}: {e}"))
-            })?;
-            if !matches!(parsed.scheme(), "http" | "https") {
-                return Err(CommandError::message(format!(
-                    "{layer}: download_url must be http or https"
-                )));
-            }
+            super::check_download_url(&url)
+                .map_err(|e| CommandError::message(format!("{layer}: {}", e.msg)))?;
             downloads.push(UrlDownload {
                 layer,
                 url,

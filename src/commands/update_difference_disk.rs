@@ -16,6 +16,9 @@ impl UpdateDifferenceDisk {
         let cmd: UpdateDifferenceDiskCmd = parse_json(frame)?;
         for d in &cmd.disk_info_list {
             parse_uuid(&d.uuid).map_err(|e| CommandError::message(e.to_string()))?;
+            if !d.download_url.is_empty() {
+                super::check_download_url(&d.download_url)?;
+            }
             if d.version < 0 {
                 return Err(CommandError::message(format!(
                     "version {} is negative",

@@ -30,6 +30,14 @@ pub fn validate_name(name: &str) -> Result<(), CommandError> {
             format!("name is {} bytes; at most {MAX_NAME_BYTES}", name.len()),
         ));
     }
+    // Names end up in file names of other tools (logs, screenshots), and
+    // no classroom names a terminal with a path.
+    if name.contains(['/', '\\']) || name.starts_with('.') {
+        return Err(CommandError::new(
+            ErrorCode::TerminalNameError,
+            "name contains a path separator or starts with a dot",
+        ));
+    }
     if name.chars().any(|c| c.is_control()) {
         return Err(CommandError::new(
             ErrorCode::TerminalNameError,

@@ -47,6 +47,14 @@ fn body<T: DeserializeOwned>(frame: &Frame, session_mac: &str) -> Result<T, Answ
     T::deserialize(&v).map_err(|e| err(ErrorCode::MessageError, e.to_string()))
 }
 
+/// Reports are kept per layer, so a name that is not one would let a
+/// terminal grow its record without bound.
+fn layer_named(name: &str) -> Result<(), Answer> {
+    crate::disk::name::LayerName::parse(name)
+        .map(|_| ())
+        .map_err(|e| err(ErrorCode::MessageError, format!("{name:?}: {e}")))
+}
+
 /// Stores the latest report of one kind on the terminal's record.
 fn keep_report(server: &Server, mac: &str, kind: String, value: Value) -> Answer {
     match server.store.update_terminal(mac, |r| {
@@ -103,6 +111,15 @@ async fn answer(
         }
         S::GetConfigVersionId => {
             let req: ConfigVersionReq = body(frame, mac)?;
+            if req
+                .disk_residue
+                .is_some_and(|d| !(d.is_finite() && d >= 0.0))
+            {
+                return Err(err(
+                    ErrorCode::MessageError,
+                    format!("disk_residue {:?} is not a free size", req.disk_residue),
+                ));
+            }
             let rec = server
                 .store
                 .update_terminal(mac, |r| {
@@ -216,6 +233,13 @@ async fn answer(
         }
         S::TaskResult => {
             let r: TaskResultReq = body(frame, mac)?;
+            layer_named(r.disk.strip_suffix(".torrent").unwrap_or(&r.disk))?;
+            if !(0..=2).contains(&r.result) {
+                return Err(err(
+                    ErrorCode::MessageError,
+                    format!("result {} is not 0, 1 or 2", r.result),
+                ));
+            }
             keep_report(server, mac, format!("task_result:{}", r.disk), json!(r))
         }
         S::InitDesktop => {
@@ -282,6 +306,13 @@ async fn answer(
         }
         S::BtTaskState => {
             let r: BtTaskStateReq = body(frame, mac)?;
+            layer_named(r.torrent_name.strip_suffix(".torrent").unwrap_or(""))?;
+            if !(0..=100).contains(&r.progress) {
+                return Err(err(
+                    ErrorCode::MessageError,
+                    format!("progress {} is not a percentage", r.progress),
+                ));
+            }
             keep_report(server, mac, format!("bt_task:{}", r.torrent_name), json!(r))
         }
         S::PutDesktopGroupList => {

@@ -12,6 +12,7 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::sync::CancellationToken;
 
 use crate::protocol::{ClientType, Envelope, ErrorCode, Frame, FrameCodec, ServiceCode};
 
@@ -56,6 +57,10 @@ pub struct Link {
     timeout: Duration,
     /// Our address on this connection, reported when the interface has none.
     local_ip: Arc<str>,
+    /// Cancelled when the session is over: both halves of the socket are
+    /// dropped at once, whatever the peer does (a server that trickles
+    /// bytes or never reads must not keep the old connection alive).
+    closed: CancellationToken,
 }
 
 pub struct Spawned {
@@ -87,9 +92,21 @@ impl Link {
         let (end_tx, end_rx) = oneshot::channel();
         let waiters: Arc<Mutex<VecDeque<Waiter>>> = Arc::default();
 
+        let closed = CancellationToken::new();
+        let writer_closed = closed.clone();
         tokio::spawn(async move {
-            while let Some((frame, ack)) = out_rx.recv().await {
-                let ok = writer.send(frame).await.is_ok();
+            loop {
+                let (frame, ack) = tokio::select! {
+                    next = out_rx.recv() => match next {
+                        Some(next) => next,
+                        None => break,
+                    },
+                    _ = writer_closed.cancelled() => break,
+                };
+                let ok = tokio::select! {
+                    r = writer.send(frame) => r.is_ok(),
+                    _ = writer_closed.cancelled() => false,
+                };
                 if let Some(ack) = ack {
                     let _ = ack.send(ok);
                 }
@@ -100,9 +117,14 @@ impl Link {
         });
 
         let w = waiters.clone();
+        let reader_closed = closed.clone();
         tokio::spawn(async move {
             let end = loop {
-                match reader.next().await {
+                let next = tokio::select! {
+                    next = reader.next() => next,
+                    _ = reader_closed.cancelled() => break LinkEnd::Eof,
+                };
+                match next {
                     None => break LinkEnd::Eof,
                     Some(Err(e)) => {
                         log::warn!("closing connection: {e}");
@@ -115,8 +137,10 @@ impl Link {
                         if is_not_logged_in(&frame) {
                             break LinkEnd::NotLoggedIn;
                         }
+                        // Unknown codes go to the worker too, which answers
+                        // them 88888 rather than leaving the server waiting.
                         let is_command =
-                            frame.service().is_some_and(|c| c.is_command()) && !frame.is_response();
+                            !frame.is_response() && frame.service().is_none_or(|c| c.is_command());
                         if is_command {
                             if cmd_tx.send(frame).await.is_err() {
                                 break LinkEnd::Eof;
@@ -129,6 +153,7 @@ impl Link {
             };
             // Dropping the waiters wakes every requester with Closed.
             w.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            reader_closed.cancel();
             let _ = end_tx.send(end);
         });
 
@@ -141,10 +166,17 @@ impl Link {
                 client_type,
                 timeout,
                 local_ip,
+                closed,
             },
             commands: cmd_rx,
             ended: end_rx,
         }
+    }
+
+    /// Ends the connection now: the reader and writer stop and the socket
+    /// is closed.
+    pub fn close(&self) {
+        self.closed.cancel();
     }
 
     pub fn set_token(&self, token: Bytes) {

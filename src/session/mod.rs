@@ -63,6 +63,7 @@ pub async fn run(agent: Arc<Agent>, stream: TcpStream) -> SessionEnd {
     };
     if let Err(end) = res {
         agent.set_link(None);
+        link.close();
         return end;
     }
 
@@ -133,6 +134,7 @@ pub async fn run(agent: Arc<Agent>, stream: TcpStream) -> SessionEnd {
         }
     };
     agent.set_link(None);
+    link.close();
     // The worker finishes the command in hand (its reply may be lost) and
     // then stops, because the command channel closes with the reader.
     drop(worker);

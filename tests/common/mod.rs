@@ -3,11 +3,12 @@
 
 use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
 use serde_json::Value;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::broadcast;
 use tokio_util::codec::Framed;
 
@@ -221,4 +222,93 @@ pub fn make_base(path: &Path, mib: u64) {
         String::from_utf8_lossy(&out.stderr)
     );
     std::fs::remove_file(&raw).expect("rm raw");
+}
+
+/// A server written by hand: answers the agent's requests with `{code:0}`
+/// unless told otherwise, and lets the test inject frames.
+pub struct FakeServer {
+    listener: TcpListener,
+}
+
+pub type Conn = Framed<tokio::net::TcpStream, FrameCodec>;
+
+impl FakeServer {
+    pub async fn new() -> FakeServer {
+        FakeServer {
+            listener: TcpListener::bind("127.0.0.1:0").await.expect("bind"),
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().expect("addr").port()
+    }
+
+    pub async fn accept(&self) -> Conn {
+        let (s, _) = tokio::time::timeout(Duration::from_secs(15), self.listener.accept())
+            .await
+            .expect("agent connects")
+            .expect("accept");
+        Framed::new(s, FrameCodec::default())
+    }
+
+    pub fn answer(req: &Frame, body: serde_json::Value) -> Frame {
+        Frame::response_json(
+            req,
+            ClientType::Server,
+            &bytes::Bytes::from_static(b"tok"),
+            &body,
+        )
+        .expect("frame")
+    }
+
+    /// Answers requests until the startup sequence is done (9010 answered).
+    pub async fn serve_startup(conn: &mut Conn) {
+        loop {
+            let f = tokio::time::timeout(Duration::from_secs(10), conn.next())
+                .await
+                .expect("request")
+                .expect("open")
+                .expect("frame");
+            let code = f.service_code;
+            conn.send(Self::answer(
+                &f,
+                json!({"code": 0, "msg": "Success",
+                       "data": {"conf_version": -1, "batch_no": 0, "terminal_id": -1}}),
+            ))
+            .await
+            .expect("send");
+            if code == ServiceCode::OrderQuery as u32 {
+                return;
+            }
+        }
+    }
+
+    /// Next command reply from the agent (skipping its requests).
+    pub async fn next_reply(conn: &mut Conn) -> Frame {
+        loop {
+            let f = tokio::time::timeout(Duration::from_secs(10), conn.next())
+                .await
+                .expect("reply in time")
+                .expect("open")
+                .expect("frame");
+            if f.is_response() {
+                return f;
+            }
+            let _ = conn
+                .send(Self::answer(&f, json!({"code": 0, "msg": "Success"})))
+                .await;
+        }
+    }
+}
+
+pub fn command(code: u32, payload: &[u8]) -> Frame {
+    Frame {
+        service_code: code,
+        sequence_code: 77,
+        data_type: 1,
+        client_type: 4,
+        req_or_res: 1,
+        token: bytes::Bytes::from_static(b"tok"),
+        payload: bytes::Bytes::copy_from_slice(payload),
+    }
 }

@@ -28,15 +28,27 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> io::Result<()> {
         f.write_all(bytes)?;
         f.sync_all()?;
         fs::rename(&tmp, path)?;
-        sync_dir(dir)
+        fsync_dir(dir)
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
+    } else {
+        crate::crashpoint::hit(&format!("write {}", name.to_string_lossy()));
     }
     result
 }
 
+/// Makes renames and links in `dir` durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    fsync_dir(dir)?;
+    crate::crashpoint::hit(&format!(
+        "sync {}",
+        dir.file_name().unwrap_or(dir.as_os_str()).to_string_lossy()
+    ));
+    Ok(())
+}
+
+fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 

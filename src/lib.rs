@@ -5,6 +5,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod control;
+pub mod crashpoint;
 pub mod demo;
 pub mod desktops;
 pub mod disk;

@@ -30,6 +30,10 @@ pub struct CommandRecord {
     pub msg: String,
     /// RFC 3339 time the reply was sent.
     pub at: String,
+    /// Written before the command is applied and cleared after: a record
+    /// still pending after a restart means the agent died during `apply`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pending: bool,
 }
 
 /// A change that cut us off from the server until proven good: if no login
@@ -132,7 +136,17 @@ impl Default for AgentState {
 }
 
 impl AgentState {
+    /// Adds a record, or completes the pending one of the same command.
     pub fn record_command(&mut self, rec: CommandRecord) {
+        if let Some(prev) = self.commands.iter_mut().rev().find(|r| {
+            r.pending
+                && r.service_code == rec.service_code
+                && r.batch_no == rec.batch_no
+                && r.body_md5 == rec.body_md5
+        }) {
+            *prev = rec;
+            return;
+        }
         self.commands.push_back(rec);
         while self.commands.len() > COMMAND_HISTORY {
             self.commands.pop_front();

@@ -111,7 +111,7 @@ async fn pump(
         let now = *fault.lock().expect("lock");
         let code = frame.service_code;
         let mine = |c: u32| from_server && c == code && !frame.is_response();
-        let mut once = |f: Fault| {
+        let once = |f: Fault| {
             let mut g = fault.lock().expect("lock");
             if *g == f {
                 *g = Fault::Pass;

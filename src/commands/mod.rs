@@ -302,26 +302,59 @@ pub async fn handle(agent: &Arc<Agent>, link: &Link, frame: &Frame) -> (Frame, A
 
     // A batch we already answered (the server re-sent it after a reconnect)
     // is answered again with the same result and not applied twice.
-    if let Some(prev) = agent
+    let prev = agent
         .state
-        .read(|s| s.handled(frame.service_code, &batch_no, &body_md5).cloned())
-    {
-        log::info!(
-            "{} batch {batch_no} was already handled; repeating its answer",
+        .read(|s| s.handled(frame.service_code, &batch_no, &body_md5).cloned());
+    if let Some(mut prev) = prev {
+        if prev.pending && code.is_power() {
+            // The agent died while applying a power or boot command: that
+            // death was the command's effect (its boot target, if any, is
+            // already set). Doing it again would be doing it twice.
+            log::warn!(
+                "{} batch {batch_no} was in progress when the agent stopped; counted as done",
+                code.name()
+            );
+            prev.pending = false;
+            prev.code = 0;
+            prev.msg = ErrorCode::Success.key().into();
+            let done = prev.clone();
+            agent.persist(|s| s.record_command(done));
+        }
+        if !prev.pending {
+            log::info!(
+                "{} batch {batch_no} was already handled; repeating its answer",
+                code.name()
+            );
+            let env = Envelope {
+                code: prev.code,
+                msg: prev.msg,
+                en_msg: None,
+                data: Some(CommandReplyData {
+                    mac: agent.mac.clone(),
+                    batch_no,
+                    extra: BTreeMap::new(),
+                }),
+            };
+            return (reply_frame(link, frame, env), After::Nothing);
+        }
+        // Every other command sets absolute values, so finishing an
+        // interrupted one is applying it again.
+        log::warn!(
+            "{} batch {batch_no} was interrupted by a restart; applying it again",
             code.name()
         );
-        let env = Envelope {
-            code: prev.code,
-            msg: prev.msg,
-            en_msg: None,
-            data: Some(CommandReplyData {
-                mac: agent.mac.clone(),
-                batch_no,
-                extra: BTreeMap::new(),
-            }),
-        };
-        return (reply_frame(link, frame, env), After::Nothing);
     }
+    let intent = CommandRecord {
+        service_code: frame.service_code,
+        name: code.name().into(),
+        batch_no: batch_no.clone(),
+        body_md5: body_md5.clone(),
+        code: ErrorCode::SystemError.code().into(),
+        msg: "interrupted".into(),
+        at: chrono::Local::now().to_rfc3339(),
+        pending: true,
+    };
+    agent.persist(|s| s.record_command(intent));
 
     let ctx = Ctx { agent, link };
     let result = match Command::from_frame(code, frame) {
@@ -361,6 +394,7 @@ pub async fn handle(agent: &Arc<Agent>, link: &Link, frame: &Frame) -> (Frame, A
         code: env.code,
         msg: env.msg.clone(),
         at: chrono::Local::now().to_rfc3339(),
+        pending: false,
     };
     agent.persist(|s| s.record_command(record));
     (reply_frame(link, frame, env), after)

@@ -43,6 +43,7 @@ impl RecordingPlatform {
             .open(&self.path)?;
         f.write_all(&line)?;
         f.sync_data()?;
+        crate::crashpoint::hit("journal effect");
         log::info!(
             "recorded platform effect: {}",
             String::from_utf8_lossy(&line).trim_end()

@@ -92,6 +92,19 @@ service_codes! {
 }
 
 impl ServiceCode {
+    /// Commands whose effect is the terminal going down (or booting
+    /// elsewhere).
+    pub fn is_power(self) -> bool {
+        matches!(
+            self,
+            ServiceCode::Shutdown
+                | ServiceCode::Restart
+                | ServiceCode::PxeStart
+                | ServiceCode::EnterMaintenanceMode
+                | ServiceCode::EnterMaintain
+        )
+    }
+
     /// Server→terminal command (1xxx).
     pub fn is_command(self) -> bool {
         (1000..2000).contains(&(self as u32))

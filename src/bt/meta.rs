@@ -185,6 +185,27 @@ mod tests {
     use super::*;
     use crate::bt::bencode::{put_bytes, put_int};
 
+    /// Fuzzer finds (fuzz/corpus/torrent_meta/regress-*): each used to
+    /// panic inside librqbit-bencode; see vendor/librqbit-bencode.
+    #[test]
+    fn hostile_bencode_is_an_error_not_a_panic() {
+        let cases: [&[u8]; 6] = [
+            b"d4:infod5:filesld6:lengthi1e4:path",
+            b"d4:infod5:filesl",
+            b"l",
+            b"d4:info18446744073709551615:x",
+            b"d4:infod6:lengthie",
+            b"d4:infoi-e",
+        ];
+        for c in cases {
+            assert!(
+                TorrentMeta::parse(c).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(c)
+            );
+        }
+    }
+
     fn torrent(name: &[u8], length: u64, piece: u64, pieces: &[u8]) -> Vec<u8> {
         let mut info = Vec::new();
         info.push(b'd');

@@ -161,6 +161,10 @@ pub struct BtConfig {
     pub upload_limit: u32,
     #[serde(default)]
     pub download_limit: u32,
+    /// Checking finished layers against the server's manifest:
+    /// "if_published" (default), "required" or "off".
+    #[serde(default)]
+    pub manifest: crate::bt::manifest::ManifestPolicy,
 }
 
 impl Default for BtConfig {
@@ -170,6 +174,7 @@ impl Default for BtConfig {
             progress_secs: default_bt_progress(),
             upload_limit: 0,
             download_limit: 0,
+            manifest: Default::default(),
         }
     }
 }

@@ -38,6 +38,7 @@ pub async fn start(agent: Arc<Agent>) {
                 engine,
                 agent.desktops.clone(),
                 Duration::from_secs(agent.cfg.bt.progress_secs),
+                agent.cfg.bt.manifest,
             )
             .await
             .map_err(|e| e.to_string()),

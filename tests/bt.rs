@@ -805,3 +805,98 @@ async fn a_layer_that_does_not_fit_is_refused_before_anything_is_written() {
     let _ = task.await;
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn layers_are_checked_against_the_manifest_and_a_mismatch_is_refused() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let sdir = dir.path().join("s");
+    let h = start_server(&sdir).await;
+    let lib = h.server.images.dir().to_path_buf();
+    make_base(&lib.join(layer(0)), 6);
+    make_diff(&lib, &layer(1), &layer(0), 2, 0x44);
+    h.server.images.scan().await.expect("scan");
+
+    // What the server publishes, next to each torrent.
+    let url = h
+        .server
+        .torrent_url(&layer(1), None)
+        .replace(".torrent", ".json")
+        .replace("/torrents/", "/manifest/");
+    let m: voi::bt::manifest::LayerManifest = reqwest::get(&url)
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("manifest");
+    assert_eq!(m.layer, layer(1));
+    assert_eq!(m.parent.as_deref(), Some(layer(0).as_str()));
+    assert_eq!(
+        m.size,
+        std::fs::metadata(lib.join(layer(1))).expect("md").len()
+    );
+    assert_eq!(
+        m.sha256,
+        voi::bt::manifest::sha256_file(&lib.join(layer(1))).expect("sha")
+    );
+    assert_eq!(
+        m.info_hash,
+        h.server.images.get(&layer(1)).expect("img").info_hash
+    );
+    let missing = reqwest::get(url.replace(&layer(1), &layer(2)))
+        .await
+        .expect("get");
+    assert_eq!(missing.status(), reqwest::StatusCode::NOT_FOUND);
+
+    // A matching layer lands.
+    h.server.store.put_group(&group(&[0, 1])).expect("group");
+    let mac = "AA:00:00:00:05:21";
+    let (agent, task) = online(&h, agent_config(&dir.path().join("a"), h.addr.port(), mac)).await;
+    let sent = h
+        .server
+        .download_desktop(mac, G, Duration::from_secs(10))
+        .await
+        .expect("sent");
+    assert!(sent.iter().all(|s| s["code"] == 0), "{sent:?}");
+    wait_for("level 0 seeding", 60, || seeding(&agent, &layer(0))).await;
+    wait_for("level 1 seeding", 60, || seeding(&agent, &layer(1))).await;
+    agent.shutdown.cancel();
+    let _ = task.await;
+
+    // The server's record of level 1 now disagrees with the file (a library
+    // file replaced under the same name, say): its sidecar carries another
+    // sha256, and a restarted server publishes that.
+    h.stop().await;
+    let sidecar = sdir.join("torrents").join(format!("{}.json", layer(1)));
+    let mut v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&sidecar).expect("sidecar")).expect("json");
+    v["sha256"] = json!("00".repeat(32));
+    std::fs::write(&sidecar, serde_json::to_vec(&v).expect("json")).expect("write");
+    let h = start_server(&sdir).await;
+    h.server.images.scan().await.expect("scan");
+    let mac = "AA:00:00:00:05:22";
+    let (agent, task) = online(&h, agent_config(&dir.path().join("b"), h.addr.port(), mac)).await;
+    h.server
+        .download_desktop(mac, G, Duration::from_secs(10))
+        .await
+        .expect("sent");
+    wait_for("level 0 seeding", 60, || seeding(&agent, &layer(0))).await;
+    wait_for("level 1 refused", 60, || {
+        report(&h, mac, &format!("task_result:{}", layer(1))).is_some_and(|r| r["result"] == 2)
+    })
+    .await;
+    assert!(
+        !disk_path(&agent, &layer(1)).exists(),
+        "a refused layer never becomes bootable"
+    );
+    assert!(
+        !bt_dir_entries(&agent).contains(&layer(1)),
+        "nor stays as a transfer"
+    );
+    assert!(
+        disk_path(&agent, &layer(0)).exists(),
+        "the matching base is kept"
+    );
+    agent.shutdown.cancel();
+    let _ = task.await;
+    h.stop().await;
+}

@@ -213,7 +213,7 @@ impl Engine {
         trackers: &[String],
         spread: bool,
     ) -> anyhow::Result<String> {
-        let opts = AddTorrentOptions {
+        let opts = || AddTorrentOptions {
             output_folder: Some(dir.to_string_lossy().into_owned()),
             overwrite: true,
             trackers: if trackers.is_empty() {
@@ -226,10 +226,41 @@ impl Engine {
         let torrent_copy = torrent.clone();
         let resp = self
             .session
-            .add_torrent(AddTorrent::from_bytes(torrent), Some(opts))
+            .add_torrent(AddTorrent::from_bytes(torrent.clone()), Some(opts()))
             .await?;
         let handle = match resp {
-            AddTorrentResponse::Added(_, h) | AddTorrentResponse::AlreadyManaged(_, h) => h,
+            AddTorrentResponse::Added(_, h) => h,
+            AddTorrentResponse::AlreadyManaged(id, h) => {
+                // Restored from the session's persistence with the trackers
+                // of an earlier run; librqbit keeps those and ignores ours.
+                // If the tracker moved (a new address or port), re-add it,
+                // which costs one re-check of the data.
+                let known = &h.shared().trackers;
+                let moved = trackers
+                    .iter()
+                    .filter_map(|t| reqwest::Url::parse(t).ok())
+                    .any(|t| !known.contains(&t));
+                if moved {
+                    log::info!(
+                        "{}: its tracker moved; re-adding it",
+                        h.info_hash().as_string()
+                    );
+                    self.session.delete(id.into(), false).await?;
+                    match self
+                        .session
+                        .add_torrent(AddTorrent::from_bytes(torrent), Some(opts()))
+                        .await?
+                    {
+                        AddTorrentResponse::Added(_, h)
+                        | AddTorrentResponse::AlreadyManaged(_, h) => h,
+                        AddTorrentResponse::ListOnly(_) => {
+                            anyhow::bail!("engine answered list-only")
+                        }
+                    }
+                } else {
+                    h
+                }
+            }
             AddTorrentResponse::ListOnly(_) => anyhow::bail!("engine answered list-only"),
         };
         if spread {

@@ -3,6 +3,7 @@
 //! tasks. See `STATE.md` for the transfer state machine.
 pub mod bencode;
 pub mod engine;
+pub mod manifest;
 pub mod meta;
 pub mod torrent;
 pub mod transfers;

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use super::engine::{Engine, Phase, TaskStats};
+use super::manifest::{self, Fetched, LayerManifest, ManifestPolicy};
 use super::meta::TorrentMeta;
 use crate::desktops::{Adopted, Desktops};
 use crate::disk::name::LayerName;
@@ -160,6 +161,10 @@ pub struct Transfers {
     trackers: Mutex<Vec<String>>,
     reports: mpsc::UnboundedSender<Report>,
     progress_every: Duration,
+    manifests: ManifestPolicy,
+    /// One `download` at a time: a layer announced twice at once (by 9023
+    /// and a 1015 push) must become one transfer, not a clash on its dir.
+    starting: tokio::sync::Mutex<()>,
 }
 
 impl Transfers {
@@ -169,6 +174,7 @@ impl Transfers {
         engine: Engine,
         desktops: Arc<Desktops>,
         progress_every: Duration,
+        manifests: ManifestPolicy,
     ) -> Result<(Arc<Transfers>, mpsc::UnboundedReceiver<Report>), TransferError> {
         let root = desktops.store.dir().join(".bt");
         std::fs::create_dir_all(&root).map_err(io(&root))?;
@@ -181,6 +187,8 @@ impl Transfers {
             trackers: Mutex::new(Vec::new()),
             reports: tx,
             progress_every,
+            manifests,
+            starting: tokio::sync::Mutex::new(()),
         });
         t.restore().await?;
         Ok((t, rx))
@@ -346,6 +354,7 @@ impl Transfers {
     /// 1015 / download_url: starts (or confirms) the download of one layer.
     pub async fn download(&self, req: DownloadRequest) -> Result<TaskRecord, TransferError> {
         let meta = TorrentMeta::parse(&req.torrent)?;
+        let _one_at_a_time = self.starting.lock().await;
         let layer = req.layer.to_string();
         let existing = self.tasks().get(&layer).map(|l| l.record.clone());
         if let Some(old) = existing {
@@ -668,11 +677,18 @@ impl Transfers {
         let layer = rec.layer.clone();
         let torrent = self.tasks().get(&layer).map(|l| l.torrent.clone());
         let Some(torrent) = torrent else { return };
-        let me = self.clone();
-        let rec2 = rec.clone();
-        let outcome = tokio::task::spawn_blocking(move || me.verify_and_adopt(&rec2, &torrent))
-            .await
-            .unwrap_or_else(|e| Err(Finish::Failed(e.to_string())));
+        let outcome = match self.manifest_for(&layer).await {
+            Err(finish) => Err(finish),
+            Ok(manifest) => {
+                let me = self.clone();
+                let rec2 = rec.clone();
+                tokio::task::spawn_blocking(move || {
+                    me.verify_and_adopt(&rec2, &torrent, manifest.as_ref())
+                })
+                .await
+                .unwrap_or_else(|e| Err(Finish::Failed(e.to_string())))
+            }
+        };
         match outcome {
             Ok(adopted) => {
                 let mut rec = rec;
@@ -737,7 +753,32 @@ impl Transfers {
         }
     }
 
-    fn verify_and_adopt(&self, rec: &TaskRecord, torrent: &[u8]) -> Result<Adopted, Finish> {
+    /// The server's manifest of a layer, as the policy wants it: `None`
+    /// when there is nothing to check against.
+    async fn manifest_for(&self, layer: &str) -> Result<Option<LayerManifest>, Finish> {
+        if self.manifests == ManifestPolicy::Off {
+            return Ok(None);
+        }
+        match manifest::fetch(&self.trackers(), layer).await {
+            Fetched::Found(m) => Ok(Some(m)),
+            Fetched::NotPublished if self.manifests == ManifestPolicy::IfPublished => {
+                log::warn!("{layer}: the server publishes no manifest; trusting the torrent");
+                Ok(None)
+            }
+            Fetched::NotPublished => Err(Finish::Failed(
+                "the server publishes no manifest for it and manifests are required".into(),
+            )),
+            // Never adopt unchecked because the server is briefly away.
+            Fetched::Unavailable(why) => Err(Finish::Wait(format!("manifest unavailable: {why}"))),
+        }
+    }
+
+    fn verify_and_adopt(
+        &self,
+        rec: &TaskRecord,
+        torrent: &[u8],
+        manifest: Option<&LayerManifest>,
+    ) -> Result<Adopted, Finish> {
         let meta = TorrentMeta::parse(torrent).map_err(|e| Finish::Failed(e.to_string()))?;
         let data = self.data_file(rec);
         let name = LayerName::parse(&rec.layer).map_err(|e| Finish::Failed(e.to_string()))?;
@@ -763,6 +804,19 @@ impl Transfers {
         if !already {
             meta.verify_file(&data)
                 .map_err(|e| Finish::BadData(e.to_string()))?;
+        }
+        if let Some(m) = manifest {
+            let header = crate::disk::qcow2::read_header(&data)
+                .map_err(|e| Finish::Failed(format!("not a qcow2 layer: {e}")))?;
+            let parent = header.backing_file.as_deref().map(|b| {
+                Path::new(b)
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            });
+            m.check(&rec.layer, &rec.info_hash, parent.as_deref(), &data)
+                .map_err(Finish::Failed)?;
+            log::info!("{}: matches the server's manifest", rec.layer);
         }
         let layer_meta = LayerMeta {
             operate_id: rec.operate_id,

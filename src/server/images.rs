@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::bt::engine::{Engine, EngineConfig, Phase, TaskStats};
+use crate::bt::manifest::LayerManifest;
 use crate::bt::meta::TorrentMeta;
 use crate::disk::name::LayerName;
 use crate::fsutil;
@@ -30,6 +31,11 @@ struct Sidecar {
     size: u64,
     mtime_ns: i128,
     info_hash: String,
+    /// The manifest's whole-file hash; empty in sidecars older than it.
+    #[serde(default)]
+    sha256: String,
+    #[serde(default)]
+    parent: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -38,6 +44,20 @@ pub struct Image {
     pub info_hash: String,
     pub length: u64,
     pub torrent: Bytes,
+    pub sha256: String,
+    pub parent: Option<String>,
+}
+
+impl Image {
+    pub fn manifest(&self) -> LayerManifest {
+        LayerManifest {
+            layer: self.layer.to_string(),
+            size: self.length,
+            sha256: self.sha256.clone(),
+            parent: self.parent.clone(),
+            info_hash: self.info_hash.clone(),
+        }
+    }
 }
 
 /// An upload from a terminal, until the layer is in the library.
@@ -151,6 +171,8 @@ impl Images {
                 size: meta.len(),
                 mtime_ns: mtime_ns(&meta),
                 info_hash: String::new(),
+                sha256: String::new(),
+                parent: None,
             };
             let seeded = self.known().get(&name).is_some_and(|img| {
                 img.length == meta.len() && self.engine.contains(&img.info_hash)
@@ -162,38 +184,52 @@ impl Images {
                 .ok()
                 .and_then(|b| serde_json::from_slice::<Sidecar>(&b).ok())
                 .filter(|s| s.size == current.size && s.mtime_ns == current.mtime_ns)
-                .and_then(|_| std::fs::read(&torrent_path).ok())
-                .and_then(|t| TorrentMeta::parse(&t).ok().map(|m| (t, m)));
-            let (torrent, meta_t) = match cached {
-                Some(x) => x,
-                None => {
+                .and_then(|s| std::fs::read(&torrent_path).ok().map(|t| (s, t)))
+                .and_then(|(s, t)| TorrentMeta::parse(&t).ok().map(|m| (s, t, m)));
+            let (sidecar, torrent, meta_t) = match cached {
+                Some((s, t, m)) if !s.sha256.is_empty() => (s, t, m),
+                _ => {
                     // Only images that are usable qcow2 layers are offered.
-                    if let Err(e) = crate::disk::qcow2::read_header(&entry.path()) {
-                        log::warn!("image {name} is not a usable qcow2 layer: {e}");
-                        continue;
-                    }
-                    log::info!("creating the torrent of {name} ({} bytes)", meta.len());
+                    let header = match crate::disk::qcow2::read_header(&entry.path()) {
+                        Ok(h) => h,
+                        Err(e) => {
+                            log::warn!("image {name} is not a usable qcow2 layer: {e}");
+                            continue;
+                        }
+                    };
+                    log::info!(
+                        "hashing {name} ({} bytes) for its torrent and manifest",
+                        meta.len()
+                    );
                     let path = entry.path();
                     let announce = self.announce.clone();
-                    let created = tokio::task::spawn_blocking(move || {
+                    let (created, sha256) = tokio::task::spawn_blocking(move || {
                         let len = std::fs::metadata(&path)?.len();
-                        crate::bt::torrent::create(
+                        let created = crate::bt::torrent::create(
                             &path,
                             &announce,
                             crate::bt::torrent::piece_length_for(len),
-                        )
+                        )?;
+                        let sha = crate::bt::manifest::sha256_file(&path)?;
+                        Ok::<_, std::io::Error>((created, sha))
                     })
                     .await??;
+                    let parent = header.backing_file.as_deref().map(|b| {
+                        Path::new(b)
+                            .file_name()
+                            .map(|n| n.to_string_lossy().into_owned())
+                            .unwrap_or_default()
+                    });
+                    let sidecar = Sidecar {
+                        info_hash: created.info_hash_hex(),
+                        sha256,
+                        parent,
+                        ..current
+                    };
                     fsutil::atomic_write(&torrent_path, &created.bytes)?;
-                    fsutil::write_json(
-                        &sidecar_path,
-                        &Sidecar {
-                            info_hash: created.info_hash_hex(),
-                            ..current
-                        },
-                    )?;
+                    fsutil::write_json(&sidecar_path, &sidecar)?;
                     let m = TorrentMeta::parse(&created.bytes)?;
-                    (created.bytes, m)
+                    (sidecar, created.bytes, m)
                 }
             };
             let torrent = Bytes::from(torrent);
@@ -203,8 +239,14 @@ impl Images {
                     let _ = self.engine.remove(&old.info_hash).await;
                 }
             }
+            // The cached torrent may name a tracker from an earlier run (a
+            // new address or port); the seeder announces to today's.
             self.engine
-                .add(torrent.clone(), &self.dir, &[])
+                .add(
+                    torrent.clone(),
+                    &self.dir,
+                    std::slice::from_ref(&self.announce),
+                )
                 .await
                 .with_context(|| format!("seeding {name}"))?;
             self.known().insert(
@@ -214,6 +256,8 @@ impl Images {
                     info_hash: meta_t.info_hash,
                     length: meta_t.length,
                     torrent,
+                    sha256: sidecar.sha256,
+                    parent: sidecar.parent,
                 },
             );
         }
@@ -470,6 +514,8 @@ fn accept_upload(dir: &Path, lib: &Path, layer: &str, torrent: &[u8]) -> Result<
             size: md.len(),
             mtime_ns: mtime_ns(&md_after),
             info_hash: meta.info_hash,
+            sha256: crate::bt::manifest::sha256_file(&dest).map_err(|e| e.to_string())?,
+            parent: header.backing_file.clone(),
         },
     )
     .map_err(|e| e.to_string())?;
@@ -481,6 +527,7 @@ fn accept_upload(dir: &Path, lib: &Path, layer: &str, torrent: &[u8]) -> Result<
 pub fn router(images: Arc<Images>) -> Router {
     Router::new()
         .route("/torrents/:file", get(torrent_file))
+        .route("/manifest/:file", get(manifest_file))
         .with_state(images)
 }
 
@@ -497,6 +544,20 @@ async fn torrent_file(
             img.torrent,
         )
             .into_response(),
+        None => (StatusCode::NOT_FOUND, "no such layer").into_response(),
+    }
+}
+
+/// `/manifest/<layer>.json`: what an agent checks a finished layer against.
+async fn manifest_file(
+    State(images): State<Arc<Images>>,
+    UrlPath(file): UrlPath<String>,
+) -> Response {
+    let Some(layer) = file.strip_suffix(".json") else {
+        return (StatusCode::NOT_FOUND, "not a manifest").into_response();
+    };
+    match images.get(layer) {
+        Some(img) => axum::Json(img.manifest()).into_response(),
         None => (StatusCode::NOT_FOUND, "no such layer").into_response(),
     }
 }

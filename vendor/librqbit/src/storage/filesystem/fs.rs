@@ -124,12 +124,15 @@ impl TorrentStorage for FilesystemStorage {
     }
 
     fn ensure_file_length(&self, file_id: usize, len: u64) -> anyhow::Result<()> {
-        Ok(self.opened_files[file_id]
-            .file
-            .write()
-            .as_ref()
-            .context("file is None")?
-            .set_len(len)?)
+        let g = self.opened_files[file_id].file.write();
+        let f = g.as_ref().context("file is None")?;
+        // voi-agent patch: ftruncate to the same length still bumps mtime,
+        // so every restart made a seeded library file look changed (and
+        // re-hashed). Only resize a file whose length is wrong.
+        if f.metadata()?.len() != len {
+            f.set_len(len)?;
+        }
+        Ok(())
     }
 
     fn take(&self) -> anyhow::Result<Box<dyn TorrentStorage>> {

@@ -1,0 +1,213 @@
+//! The image manifest: what the server says each layer is (size, sha256,
+//! parent layer, BitTorrent info hash), published beside its torrent at
+//! `/manifest/<layer>.json` on the tracker's port. A downloaded layer whose
+//! pieces all hash right can still be the wrong layer (a torrent pushed by
+//! someone else, a library file replaced under the same name); the agent
+//! checks the finished file against the manifest before the layer becomes
+//! bootable, and refuses it on any difference.
+
+use serde::{Deserialize, Serialize};
+use std::io::Read;
+use std::path::Path;
+use std::time::Duration;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerManifest {
+    pub layer: String,
+    pub size: u64,
+    /// Lower-case hex of the whole file.
+    pub sha256: String,
+    /// The layer this one's qcow2 header names as its backing file; none
+    /// for a base.
+    pub parent: Option<String>,
+    pub info_hash: String,
+}
+
+/// How strictly the agent wants manifests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ManifestPolicy {
+    /// Check when the server publishes one; a server that answers 404 (the
+    /// vendor's, which has no manifests) is trusted on the torrent alone.
+    #[default]
+    IfPublished,
+    /// No layer without a matching manifest.
+    Required,
+    Off,
+}
+
+/// sha256 of a file as lower-case hex, read in 1 MiB blocks.
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut f = std::fs::File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+impl LayerManifest {
+    /// Compares a finished download with the manifest. `parent` is what the
+    /// file's own header names.
+    pub fn check(
+        &self,
+        layer: &str,
+        info_hash: &str,
+        parent: Option<&str>,
+        path: &Path,
+    ) -> Result<(), String> {
+        let mut wrong = Vec::new();
+        if self.layer != layer {
+            wrong.push(format!("layer {} (manifest {})", layer, self.layer));
+        }
+        if !self.info_hash.eq_ignore_ascii_case(info_hash) {
+            wrong.push(format!(
+                "info hash {info_hash} (manifest {})",
+                self.info_hash
+            ));
+        }
+        if self.parent.as_deref() != parent {
+            wrong.push(format!("parent {parent:?} (manifest {:?})", self.parent));
+        }
+        let size = std::fs::metadata(path).map_err(|e| e.to_string())?.len();
+        if size != self.size {
+            wrong.push(format!("size {size} (manifest {})", self.size));
+        }
+        if wrong.is_empty() {
+            let sum = sha256_file(path).map_err(|e| e.to_string())?;
+            if !sum.eq_ignore_ascii_case(&self.sha256) {
+                wrong.push(format!("sha256 {sum} (manifest {})", self.sha256));
+            }
+        }
+        if wrong.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "does not match the server's manifest: {}",
+                wrong.join(", ")
+            ))
+        }
+    }
+}
+
+/// What asking the server for a manifest gave.
+#[derive(Debug)]
+pub enum Fetched {
+    Found(LayerManifest),
+    /// The server answered and has none (404).
+    NotPublished,
+    /// No answer worth trusting (unreachable, 5xx, bad JSON); ask later.
+    Unavailable(String),
+}
+
+/// `http://host:port/announce` → `http://host:port/manifest/<layer>.json`.
+pub fn url_for(tracker: &str, layer: &str) -> Option<String> {
+    let mut url = reqwest::Url::parse(tracker).ok()?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return None;
+    }
+    url.set_query(None);
+    url.set_path(&format!("/manifest/{layer}.json"));
+    Some(url.to_string())
+}
+
+/// Asks each tracker's host in turn; the first real answer wins.
+pub async fn fetch(trackers: &[String], layer: &str) -> Fetched {
+    let client = match reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => return Fetched::Unavailable(e.to_string()),
+    };
+    let mut last = "no http tracker is known".to_string();
+    let mut not_found = false;
+    for url in trackers.iter().filter_map(|t| url_for(t, layer)) {
+        match client.get(&url).send().await {
+            Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => not_found = true,
+            Ok(r) if r.status().is_success() => {
+                // A manifest is a few hundred bytes; refuse anything large.
+                match r.bytes().await {
+                    Ok(b) if b.len() <= 64 * 1024 => {
+                        match serde_json::from_slice::<LayerManifest>(&b) {
+                            Ok(m) => return Fetched::Found(m),
+                            Err(e) => last = format!("{url}: {e}"),
+                        }
+                    }
+                    Ok(b) => last = format!("{url}: {} bytes is no manifest", b.len()),
+                    Err(e) => last = format!("{url}: {e}"),
+                }
+            }
+            Ok(r) => last = format!("{url}: HTTP {}", r.status()),
+            Err(e) => last = format!("{url}: {e}"),
+        }
+    }
+    if not_found {
+        Fetched::NotPublished
+    } else {
+        Fetched::Unavailable(last)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifest_url_sits_beside_the_tracker() {
+        assert_eq!(
+            url_for("http://10.0.0.1:50021/announce", "voi_0_x").as_deref(),
+            Some("http://10.0.0.1:50021/manifest/voi_0_x.json")
+        );
+        assert_eq!(url_for("udp://10.0.0.1:6969", "voi_0_x"), None);
+    }
+
+    #[test]
+    fn every_difference_is_refused() {
+        let d = tempfile::tempdir().expect("tmp");
+        let p = d.path().join("f");
+        std::fs::write(&p, b"layer bytes").expect("write");
+        let good = LayerManifest {
+            layer: "voi_1_u".into(),
+            size: 11,
+            sha256: sha256_file(&p).expect("sha"),
+            parent: Some("voi_0_u".into()),
+            info_hash: "ab".into(),
+        };
+        assert!(good.check("voi_1_u", "AB", Some("voi_0_u"), &p).is_ok());
+        let cases = [
+            LayerManifest {
+                sha256: "00".repeat(32),
+                ..good.clone()
+            },
+            LayerManifest {
+                size: 12,
+                ..good.clone()
+            },
+            LayerManifest {
+                parent: None,
+                ..good.clone()
+            },
+            LayerManifest {
+                info_hash: "cd".into(),
+                ..good.clone()
+            },
+            LayerManifest {
+                layer: "voi_1_v".into(),
+                ..good.clone()
+            },
+        ];
+        for m in cases {
+            let e = m
+                .check("voi_1_u", "ab", Some("voi_0_u"), &p)
+                .expect_err("refused");
+            assert!(e.contains("manifest"), "{e}");
+        }
+    }
+}

@@ -143,6 +143,9 @@ pub struct AgentConfig {
     pub platform: PlatformConfig,
     #[serde(default)]
     pub bt: BtConfig,
+    /// TLS on the terminal port; off unless the server speaks it too.
+    #[serde(default)]
+    pub tls: crate::tls::AgentTlsConfig,
 }
 
 /// BitTorrent: layers come from the server and from the other terminals of
@@ -261,6 +264,7 @@ impl AgentConfig {
             soft_version: default_soft_version(),
             platform: PlatformConfig::default(),
             bt: BtConfig::default(),
+            tls: Default::default(),
         }
     }
 
@@ -278,6 +282,11 @@ impl AgentConfig {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.tls.enabled {
+            // Read the CA and check the pin now, not at the first connect.
+            crate::tls::Connector::new(&self.tls, &self.server_ip)
+                .map_err(|e| ConfigError::Invalid(format!("[tls]: {e}")))?;
+        }
         if !(1..=10).contains(&self.heartbeat_secs) {
             return Err(ConfigError::Invalid(format!(
                 "heartbeat_secs = {} is outside 1..=10; the server marks a terminal offline after 20 s",

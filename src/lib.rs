@@ -20,3 +20,4 @@ pub mod sdnotify;
 pub mod server;
 pub mod session;
 pub mod state;
+pub mod tls;

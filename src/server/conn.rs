@@ -27,10 +27,30 @@ pub struct ConnState {
     pub mac: Option<String>,
 }
 
-pub async fn run(server: Arc<Server>, stream: TcpStream, peer: SocketAddr, id: u64) {
+/// Accepts one terminal connection: TLS first when the server has it on.
+pub async fn accept(server: Arc<Server>, stream: TcpStream, peer: SocketAddr, id: u64) {
     let _ = stream.set_nodelay(true);
     let local = stream.local_addr().ok();
-    let (rd, wr) = stream.into_split();
+    let Some(tls) = server.tls.clone() else {
+        return run(server, stream, peer, local, id).await;
+    };
+    // A bounded handshake: a peer that opens the port and says nothing
+    // (or speaks plain frames to a TLS port) is dropped, not kept.
+    match tokio::time::timeout(crate::session::TLS_HANDSHAKE, tls.accept(stream)).await {
+        Ok(Ok(s)) => run(server, s, peer, local, id).await,
+        Ok(Err(e)) => log::warn!("{peer}: TLS handshake failed: {e}"),
+        Err(_) => log::warn!("{peer}: TLS handshake timed out"),
+    }
+}
+
+pub async fn run(
+    server: Arc<Server>,
+    stream: impl crate::tls::Stream,
+    peer: SocketAddr,
+    local: Option<SocketAddr>,
+    id: u64,
+) {
+    let (rd, wr) = tokio::io::split(stream);
     let mut reader = FramedRead::new(rd, FrameCodec::new(server.cfg.max_body));
     let mut writer = FramedWrite::new(wr, FrameCodec::new(server.cfg.max_body));
     let (tx, mut rx) = mpsc::channel::<Frame>(64);

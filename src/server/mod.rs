@@ -78,6 +78,12 @@ pub struct ServerConfig {
     /// Seeder upload cap in bytes per second; 0 is unlimited.
     #[serde(default)]
     pub bt_upload_limit: u32,
+    /// TLS on the terminal port: certificate chain and key, PEM. Both or
+    /// neither; off by default (the vendor's terminals speak plain TCP).
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
 }
 
 fn default_bt_port() -> u16 {
@@ -172,6 +178,8 @@ pub struct Server {
     /// Layer images: seeded, served as torrents, received from uploads.
     pub images: Arc<images::Images>,
     pub shutdown: CancellationToken,
+    /// Set when the terminal port speaks TLS.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
     seq: AtomicU32,
     conn_ids: AtomicU64,
 }
@@ -228,8 +236,18 @@ impl Server {
         )
         .await
         .map_err(|e| anyhow::anyhow!("image library: {e:#}"))?;
+        let tls = match (&cfg.tls_cert, &cfg.tls_key) {
+            (Some(cert), Some(key)) => {
+                let (acceptor, fp) = crate::tls::acceptor(cert, key)?;
+                log::info!("terminal port speaks TLS; certificate sha256 (pin_sha256) {fp}");
+                Some(acceptor)
+            }
+            (None, None) => None,
+            _ => anyhow::bail!("tls_cert and tls_key go together"),
+        };
         let server = Arc::new(Server {
             cfg,
+            tls,
             store,
             registry: Registry::default(),
             api_token,
@@ -285,7 +303,7 @@ impl Server {
                 Ok((stream, peer)) => {
                     let id = self.conn_ids.fetch_add(1, Ordering::Relaxed);
                     let s = self.clone();
-                    tokio::spawn(async move { conn::run(s, stream, peer, id).await });
+                    tokio::spawn(async move { conn::accept(s, stream, peer, id).await });
                 }
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.

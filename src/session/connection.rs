@@ -9,7 +9,6 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
@@ -72,19 +71,17 @@ pub struct Spawned {
 }
 
 impl Link {
+    /// Runs a link over `stream` (plain TCP or TLS); `local_ip` is our
+    /// address on it.
     pub fn spawn(
-        stream: TcpStream,
+        stream: impl crate::tls::Stream,
+        local_ip: &str,
         client_type: ClientType,
         timeout: Duration,
         max_body: usize,
     ) -> Spawned {
-        let _ = stream.set_nodelay(true);
-        let local_ip: Arc<str> = stream
-            .local_addr()
-            .map(|a| a.ip().to_string())
-            .unwrap_or_default()
-            .into();
-        let (rd, wr) = stream.into_split();
+        let local_ip: Arc<str> = local_ip.into();
+        let (rd, wr) = tokio::io::split(stream);
         let mut reader = FramedRead::new(rd, FrameCodec::new(max_body));
         let mut writer = FramedWrite::new(wr, FrameCodec::new(max_body));
         let (out_tx, mut out_rx) = mpsc::channel::<Outgoing>(64);

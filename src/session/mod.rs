@@ -40,9 +40,36 @@ impl SessionEnd {
 
 /// Runs one session on a connected stream until it ends.
 pub async fn run(agent: Arc<Agent>, stream: TcpStream) -> SessionEnd {
+    let _ = stream.set_nodelay(true);
+    let local_ip = stream
+        .local_addr()
+        .map(|a| a.ip().to_string())
+        .unwrap_or_default();
+    if !agent.cfg.tls.enabled {
+        return run_on(agent, stream, &local_ip).await;
+    }
+    // Built per connection: the server address may have moved (1005).
+    let connector = match crate::tls::Connector::new(&agent.cfg.tls, &agent.server_ip()) {
+        Ok(c) => c,
+        Err(e) => return SessionEnd::Link(LinkEnd::Protocol(format!("TLS: {e}"))),
+    };
+    match tokio::time::timeout(TLS_HANDSHAKE, connector.connect(stream)).await {
+        Ok(Ok(tls)) => run_on(agent, tls, &local_ip).await,
+        Ok(Err(e)) => SessionEnd::Link(LinkEnd::Protocol(format!("TLS handshake: {e}"))),
+        Err(_) => SessionEnd::Link(LinkEnd::Protocol(format!(
+            "TLS handshake: no answer within {TLS_HANDSHAKE:?}"
+        ))),
+    }
+}
+
+/// Longest a TLS handshake may take, on either side.
+pub const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
+
+async fn run_on(agent: Arc<Agent>, stream: impl crate::tls::Stream, local_ip: &str) -> SessionEnd {
     let client_type = ClientType::from_u8(agent.cfg.client_type).unwrap_or(ClientType::Linux);
     let spawned = Link::spawn(
         stream,
+        local_ip,
         client_type,
         Duration::from_secs(agent.cfg.request_timeout_secs),
         crate::protocol::codec::DEFAULT_MAX_BODY,

@@ -1,0 +1,183 @@
+//! TLS on the terminal port: a real server with a certificate from a test
+//! CA, real agents that trust the CA or pin the certificate, and the ones
+//! that must not get in.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::path::Path;
+use std::time::Duration;
+use voi::protocol::ServiceCode;
+use voi::server::Server;
+use voi::tls::AgentTlsConfig;
+
+struct Pki {
+    ca: std::path::PathBuf,
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+    /// Another CA's certificate, trusted by nobody.
+    stranger: std::path::PathBuf,
+}
+
+fn make_pki(dir: &Path) -> Pki {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let ca = |cn: &str| {
+        let key = KeyPair::generate().expect("key");
+        let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.distinguished_name.push(DnType::CommonName, cn);
+        let cert = p.self_signed(&key).expect("ca");
+        (cert, key)
+    };
+    let (ca_cert, ca_key) = ca("voi test CA");
+    let (other, _) = ca("someone else's CA");
+    let srv_key = KeyPair::generate().expect("key");
+    let srv = CertificateParams::new(vec!["voi-server.test".to_string(), "127.0.0.1".to_string()])
+        .expect("params")
+        .signed_by(&srv_key, &ca_cert, &ca_key)
+        .expect("server cert");
+    let pki = Pki {
+        ca: dir.join("ca.pem"),
+        cert: dir.join("server.pem"),
+        key: dir.join("server.key"),
+        stranger: dir.join("other-ca.pem"),
+    };
+    std::fs::write(&pki.ca, ca_cert.pem()).expect("ca");
+    std::fs::write(&pki.cert, srv.pem()).expect("cert");
+    std::fs::write(&pki.key, srv_key.serialize_pem()).expect("key");
+    std::fs::write(&pki.stranger, other.pem()).expect("other");
+    pki
+}
+
+async fn logs_in_within(agent: &voi::agent::Agent, secs: u64) -> bool {
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(secs) {
+        if agent.live().session.starts_with("logged_in") {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_that_trust_the_server_log_in_over_tls_and_others_do_not() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let pki = make_pki(dir.path());
+    let mut cfg = server_config(&dir.path().join("s"), "127.0.0.1:0");
+    cfg.tls_cert = Some(pki.cert.clone());
+    cfg.tls_key = Some(pki.key.clone());
+    init_log();
+    let h = Server::start(cfg).await.expect("server");
+    let port = h.addr.port();
+    let pin = voi::tls::fingerprint_file(&pki.cert).expect("fingerprint");
+
+    let agent_with = |name: &str, mac: &str, tls: AgentTlsConfig| {
+        let mut c = agent_config(&dir.path().join(name), port, mac);
+        c.tls = tls;
+        c
+    };
+
+    // 1. Trusts the CA and names the server as its certificate does. The
+    // whole protocol runs inside: login, heartbeats, a command.
+    let by_ca = AgentTlsConfig {
+        enabled: true,
+        ca: Some(pki.ca.clone()),
+        pin_sha256: None,
+        server_name: Some("voi-server.test".into()),
+    };
+    let mut events = h.server.registry.events.subscribe();
+    let (a1, t1) = start_agent(agent_with("a1", "AA:00:00:00:71:01", by_ca.clone()));
+    wait_event(&mut events, 20, is_login("AA:00:00:00:71:01")).await;
+    wait_event(&mut events, 10, is_heartbeat("AA:00:00:00:71:01")).await;
+    let (_, env) = h
+        .server
+        .push(
+            "AA:00:00:00:71:01",
+            ServiceCode::UpdateName,
+            json!({"batch_no": 1, "name": "tls-1"}),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("update_name over TLS");
+    assert_eq!(env.code, 0);
+    assert_eq!(a1.state.read(|s| s.terminal.name.clone()), "tls-1");
+
+    // 2. Pins the certificate, no CA, connecting by IP.
+    let by_pin = AgentTlsConfig {
+        enabled: true,
+        ca: None,
+        pin_sha256: Some(pin.to_uppercase()),
+        server_name: None,
+    };
+    let (a2, t2) = start_agent(agent_with("a2", "AA:00:00:00:71:02", by_pin));
+    assert!(logs_in_within(&a2, 20).await, "pinned agent logs in");
+
+    // 3. A pin of another certificate, 4. a CA that did not sign it, 5. the
+    // right CA but a name the certificate does not carry, 6. plain TCP to
+    // the TLS port: none of them gets a session.
+    let refused = [
+        AgentTlsConfig {
+            enabled: true,
+            ca: None,
+            pin_sha256: Some("ab".repeat(32)),
+            server_name: None,
+        },
+        AgentTlsConfig {
+            enabled: true,
+            ca: Some(pki.stranger.clone()),
+            pin_sha256: None,
+            server_name: Some("voi-server.test".into()),
+        },
+        AgentTlsConfig {
+            server_name: Some("elsewhere.test".into()),
+            ..by_ca.clone()
+        },
+        AgentTlsConfig::default(),
+    ];
+    let mut losers = Vec::new();
+    for (i, tls) in refused.into_iter().enumerate() {
+        let mac = format!("AA:00:00:00:72:0{i}");
+        losers.push(start_agent(agent_with(&format!("r{i}"), &mac, tls)));
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    for (i, (agent, _)) in losers.iter().enumerate() {
+        let live = agent.live();
+        assert_eq!(live.logins, 0, "case {i} got in: {live:?}");
+        assert!(
+            h.server
+                .store
+                .terminal(&format!("AA:00:00:00:72:0{i}"))
+                .expect("store")
+                .is_none(),
+            "case {i} reached the server"
+        );
+    }
+    assert!(
+        losers[0]
+            .0
+            .live()
+            .last_end
+            .unwrap_or_default()
+            .contains("TLS"),
+        "a TLS failure says so"
+    );
+
+    // 7. TLS on with nothing to trust is a configuration error at start.
+    let mut bad = agent_config(&dir.path().join("bad"), port, "AA:00:00:00:73:01");
+    bad.tls = AgentTlsConfig {
+        enabled: true,
+        ..Default::default()
+    };
+    let err = voi::agent::Agent::new(bad).err().expect("refused");
+    assert!(err.to_string().contains("pin_sha256"), "{err}");
+
+    // The first agents are still fine.
+    assert!(a1.live().session.starts_with("logged_in"));
+    for (agent, task) in losers.into_iter().chain([(a1, t1), (a2, t2)]) {
+        agent.shutdown.cancel();
+        let _ = task.await;
+    }
+    h.stop().await;
+}

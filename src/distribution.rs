@@ -65,7 +65,40 @@ pub async fn start(agent: Arc<Agent>) {
         return;
     }
     tokio::spawn(pump_reports(agent.clone(), reports));
+    tokio::spawn(keep_asking(agent.clone()));
     transfers.run(agent.shutdown.clone()).await;
+}
+
+/// How often wanted layers that have no transfer yet are asked for again.
+const ASK_AGAIN: Duration = Duration::from_secs(10);
+
+/// Layers the decision wants are asked for after every 9007; this asks
+/// again for those that still have no transfer: the engine may have
+/// started after that 9007, or the 9023 or the torrent fetch failed.
+async fn keep_asking(agent: Arc<Agent>) {
+    let mut tick = tokio::time::interval(ASK_AGAIN);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = agent.shutdown.cancelled() => return,
+        }
+        let Some(link) = agent.link() else { continue };
+        let Some(transfers) = agent.transfers.get() else {
+            continue;
+        };
+        let missing = agent.state.read(|s| {
+            s.pending_downloads.iter().any(|p| {
+                LayerName::new(&p.prefix, i64::from(p.level), &p.disk_uuid).is_ok_and(|l| {
+                    transfers.get(&l.to_string()).is_none()
+                        && !agent.desktops.store.path(&l).exists()
+                })
+            })
+        });
+        if missing {
+            request_pending(&agent, &link).await;
+        }
+    }
 }
 
 /// Sends transfer reports on whichever session is up. Progress is dropped
@@ -257,7 +290,8 @@ pub async fn request_pending(agent: &Arc<Agent>, link: &Link) {
         let Ok(layer) = LayerName::new(&p.prefix, i64::from(p.level), &p.disk_uuid) else {
             continue;
         };
-        if transfers.get(&layer.to_string()).is_some() {
+        if transfers.get(&layer.to_string()).is_some() || agent.desktops.store.path(&layer).exists()
+        {
             continue;
         }
         let req = DiffDiskReq {

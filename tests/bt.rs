@@ -900,3 +900,41 @@ async fn layers_are_checked_against_the_manifest_and_a_mismatch_is_refused() {
     let _ = task.await;
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn layers_wanted_before_the_engine_started_are_asked_for_again() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let h = start_server(&dir.path().join("s")).await;
+    let lib = h.server.images.dir().to_path_buf();
+    make_base(&lib.join(layer(0)), 4);
+    h.server.images.scan().await.expect("scan");
+    h.server.store.put_group(&group(&[0])).expect("group");
+    // The engine's port is taken, so the engine starts only after the
+    // session has logged in and run its desktop decision (as when a
+    // previous instance is still exiting).
+    let blocker = std::net::TcpListener::bind("0.0.0.0:0").expect("bind");
+    let port = blocker.local_addr().expect("addr").port();
+    let mac = "AA:00:00:00:05:31";
+    let mut cfg = agent_config(&dir.path().join("a"), h.addr.port(), mac);
+    cfg.bt.listen_port = port;
+    let mut ev = h.server.registry.events.subscribe();
+    let (agent, task) = start_agent(cfg);
+    wait_event(&mut ev, 20, is_login(mac)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        agent.transfers.get().is_none(),
+        "the engine is still waiting"
+    );
+    drop(blocker);
+    wait_for("the layer", 90, || {
+        report(&h, mac, &format!("task_result:{}", layer(0))).is_some_and(|r| r["result"] == 1)
+    })
+    .await;
+    assert!(same_bytes(
+        &disk_path(&agent, &layer(0)),
+        &lib.join(layer(0))
+    ));
+    agent.shutdown.cancel();
+    let _ = task.await;
+    h.stop().await;
+}

@@ -127,7 +127,13 @@ impl Drill {
 
     /// Drives the script against the agent until it is done or the agent
     /// dies: three commands, both layers fetched, then the diff dropped.
-    async fn script(&self, mac: &str, agent: &mut Proc) -> Ran {
+    async fn script(&self, mac: &str, agent: &mut Proc, tag: &str) -> Ran {
+        let log = self.agent_dir(mac).join(format!("agent-{tag}.log"));
+        let tail = || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len().saturating_sub(60)..].join("\n")
+        };
         let dead = |p: &mut Proc| p.0.try_wait().ok().flatten().is_some();
         self.h
             .server
@@ -164,7 +170,8 @@ impl Drill {
                 }
                 assert!(
                     start.elapsed() < Duration::from_secs(90),
-                    "{code:?} never answered"
+                    "{mac}: {code:?} never answered; the agent's log ends:\n{}",
+                    tail()
                 );
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
@@ -184,7 +191,8 @@ impl Drill {
             }
             assert!(
                 start.elapsed() < Duration::from_secs(120),
-                "layers never landed"
+                "{mac}: layers never landed; the agent's log ends:\n{}",
+                tail()
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -210,7 +218,8 @@ impl Drill {
                 .await;
             assert!(
                 start.elapsed() < Duration::from_secs(150),
-                "the diff was never dropped"
+                "{mac}: the diff was never dropped; the agent's log ends:\n{}",
+                tail()
             );
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
@@ -339,7 +348,7 @@ async fn sigkill_after_every_durable_write_loses_nothing_and_applies_nothing_twi
     let mac0 = "AA:00:00:00:C0:00";
     let list = dir.path().join("points-clean.log");
     let mut agent = drill.spawn(mac0, None, &list, "clean");
-    assert_eq!(drill.script(mac0, &mut agent).await, Ran::Finished);
+    assert_eq!(drill.script(mac0, &mut agent, "clean").await, Ran::Finished);
     drop(agent);
     drill.check(mac0, &[]);
     let all = points(&list);
@@ -369,7 +378,7 @@ async fn sigkill_after_every_durable_write_loses_nothing_and_applies_nothing_twi
         let mac = format!("AA:00:00:00:C1:{:02X}", i % 256);
         let log = dir.path().join(format!("points-{n}.log"));
         let mut agent = drill.spawn(&mac, Some(*n), &log, "crash");
-        let ran = drill.script(&mac, &mut agent).await;
+        let ran = drill.script(&mac, &mut agent, "crash").await;
         drop(agent);
         let reached = points(&log).last().cloned();
         let killed_at = match (&ran, reached) {
@@ -400,7 +409,7 @@ async fn sigkill_after_every_durable_write_loses_nothing_and_applies_nothing_twi
             "after",
         );
         assert_eq!(
-            drill.script(&mac, &mut again).await,
+            drill.script(&mac, &mut again, "after").await,
             Ran::Finished,
             "point {n} ({killed_at}): the restarted agent died"
         );

@@ -14,9 +14,12 @@ targets=${*:-"frame_decoder torrent_structs command_bodies server_requests torre
 RUSTC_BOOTSTRAP=1 cargo fuzz build -s none -O
 for t in $targets; do
     mkdir -p "$WORK/$t" "artifacts/$t"
+    # JSON bodies get a dictionary of every message key.
+    dict=""
+    case $t in command_bodies|server_requests) dict="-dict=json.dict" ;; esac
     RUSTC_BOOTSTRAP=1 cargo fuzz run -s none -O "$t" "$WORK/$t" "corpus/$t" -- \
         -runs="$RUNS" -max_total_time="$SECS" -artifact_prefix="artifacts/$t/" \
-        -print_final_stats=1 -max_len=8192 >"$WORK/$t.log" 2>&1 || {
+        -print_final_stats=1 -max_len=8192 $dict >"$WORK/$t.log" 2>&1 || {
         echo "$t: CRASH, see $WORK/$t.log and artifacts/$t/"
         continue
     }

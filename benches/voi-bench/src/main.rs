@@ -53,6 +53,12 @@ enum Cmd {
     },
     /// P5: merge, agent vs bare qemu-img commit.
     Merge,
+    /// The manifest check's cost: sha256 of a file, ours vs sha256sum
+    /// (printed, not added to the report).
+    Hash {
+        #[arg(long, default_value_t = 1024)]
+        size_mib: u64,
+    },
     /// Re-render benchmarks.md from benchmarks.json (after editing the
     /// hand-written analysis in benchmarks-analysis.md).
     Report,
@@ -201,7 +207,60 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// sha256 throughput of the manifest check against coreutils, best of 3.
+fn hash(size_mib: u64) -> anyhow::Result<()> {
+    let dir = tempfile_dir()?;
+    let path = dir.join("hash.bin");
+    let ok = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "head -c {size_mib}M /dev/urandom > '{}'",
+            path.display()
+        ))
+        .status()?
+        .success();
+    anyhow::ensure!(ok, "could not write the test file");
+    let best = |f: &dyn Fn() -> anyhow::Result<()>| -> anyhow::Result<f64> {
+        let mut best = f64::MAX;
+        for _ in 0..3 {
+            let t = std::time::Instant::now();
+            f()?;
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        Ok(best)
+    };
+    let ours = best(&|| {
+        voi::bt::manifest::sha256_file(&path)?;
+        Ok(())
+    })?;
+    let coreutils = best(&|| {
+        anyhow::ensure!(Command::new("sha256sum")
+            .arg(&path)
+            .output()?
+            .status
+            .success());
+        Ok(())
+    })?;
+    let mb = size_mib as f64 * 1.048576;
+    println!(
+        "sha256 of {size_mib} MiB (page cache, best of 3): voi {:.0} MB/s ({ours:.2} s), sha256sum {:.0} MB/s ({coreutils:.2} s)",
+        mb / ours,
+        mb / coreutils
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+fn tempfile_dir() -> anyhow::Result<PathBuf> {
+    let d = std::env::temp_dir().join(format!("voi-bench-hash-{}", std::process::id()));
+    std::fs::create_dir_all(&d)?;
+    Ok(d)
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Cmd::Hash { size_mib } = &cli.cmd {
+        return hash(*size_mib);
+    }
     let json_path = cli.out.join("benchmarks.json");
     if matches!(cli.cmd, Cmd::Report) {
         let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json_path)?)?;
@@ -226,7 +285,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Single { .. } => (false, true, false, false),
         Cmd::Scale { .. } => (false, false, true, false),
         Cmd::Merge => (false, false, false, true),
-        Cmd::Report => (false, false, false, false),
+        Cmd::Report | Cmd::Hash { .. } => (false, false, false, false),
     };
     if do_single {
         let mib = match &cli.cmd {

@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 
 use voi::agent::Agent;
 use voi::bt::transfers::Stage;
-use voi::protocol::messages::{DesktopGroup, DiskInfo};
+use voi::protocol::messages::DesktopGroup;
 use voi::protocol::torrent_struct::SendTorrent;
-use voi::protocol::{BatchNo, Sectors, ServiceCode};
+use voi::protocol::{BatchNo, ServiceCode};
 use voi::server::ServerHandle;
 
 const U: &str = "91f9d1ba-cb4a-41ba-971a-618f9e306571";
@@ -49,27 +49,7 @@ fn make_diff(dir: &Path, name: &str, parent: &str, mib: u64, pattern: u8) {
 }
 
 fn group(levels: &[i64]) -> DesktopGroup {
-    DesktopGroup {
-        desktop_group_name: "bt".into(),
-        desktop_group_uuid: G.into(),
-        default_desktop_group: true,
-        os_sys_type: 3,
-        disks: levels
-            .iter()
-            .map(|&l| DiskInfo {
-                uuid: U.into(),
-                disk_type: 0,
-                dif_level: l,
-                prefix: "voi".into(),
-                max_dif: Some(2),
-                operate_id: 0,
-                real_size: Sectors(1 << 21),
-                reserve_size: Sectors(0),
-                ..Default::default()
-            })
-            .collect(),
-        ..Default::default()
-    }
+    layer_group("bt", G, U, levels)
 }
 
 async fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {

@@ -26,8 +26,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use voi::platform::{JournalEntry, RecordingPlatform};
-use voi::protocol::messages::{DesktopGroup, DiskInfo};
-use voi::protocol::{Sectors, ServiceCode};
+use voi::protocol::messages::DesktopGroup;
+use voi::protocol::ServiceCode;
 use voi::server::ServerHandle;
 use voi::state::AgentState;
 
@@ -40,25 +40,7 @@ fn layer(level: u8) -> String {
 }
 
 fn group(levels: &[i64]) -> DesktopGroup {
-    DesktopGroup {
-        desktop_group_name: "drill".into(),
-        desktop_group_uuid: G.into(),
-        default_desktop_group: true,
-        os_sys_type: 3,
-        disks: levels
-            .iter()
-            .map(|&l| DiskInfo {
-                uuid: U.into(),
-                disk_type: 0,
-                dif_level: l,
-                prefix: "voi".into(),
-                max_dif: Some(2),
-                real_size: Sectors(1 << 21),
-                ..Default::default()
-            })
-            .collect(),
-        ..Default::default()
-    }
+    layer_group("drill", G, U, levels)
 }
 
 fn run_ok(cmd: &mut Command) {

@@ -808,12 +808,7 @@ impl Transfers {
         if let Some(m) = manifest {
             let header = crate::disk::qcow2::read_header(&data)
                 .map_err(|e| Finish::Failed(format!("not a qcow2 layer: {e}")))?;
-            let parent = header.backing_file.as_deref().map(|b| {
-                Path::new(b)
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default()
-            });
+            let parent = header.backing_name();
             m.check(&rec.layer, &rec.info_hash, parent.as_deref(), &data)
                 .map_err(Finish::Failed)?;
             log::info!("{}: matches the server's manifest", rec.layer);

@@ -21,6 +21,19 @@ pub struct ImageHeader {
     pub file_len: u64,
 }
 
+impl ImageHeader {
+    /// The backing file's own name, without any directory: the parent
+    /// layer's name in a chain (foreign servers may write absolute paths).
+    pub fn backing_name(&self) -> Option<String> {
+        self.backing_file.as_deref().map(|b| {
+            Path::new(b)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        })
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum HeaderError {
     #[error("{0}: {1}")]

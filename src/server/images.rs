@@ -214,12 +214,7 @@ impl Images {
                         Ok::<_, std::io::Error>((created, sha))
                     })
                     .await??;
-                    let parent = header.backing_file.as_deref().map(|b| {
-                        Path::new(b)
-                            .file_name()
-                            .map(|n| n.to_string_lossy().into_owned())
-                            .unwrap_or_default()
-                    });
+                    let parent = header.backing_name();
                     let sidecar = Sidecar {
                         info_hash: created.info_hash_hex(),
                         sha256,
@@ -515,7 +510,7 @@ fn accept_upload(dir: &Path, lib: &Path, layer: &str, torrent: &[u8]) -> Result<
             mtime_ns: mtime_ns(&md_after),
             info_hash: meta.info_hash,
             sha256: crate::bt::manifest::sha256_file(&dest).map_err(|e| e.to_string())?,
-            parent: header.backing_file.clone(),
+            parent: header.backing_name(),
         },
     )
     .map_err(|e| e.to_string())?;

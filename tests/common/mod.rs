@@ -200,6 +200,39 @@ pub fn aria2c(args: &[&str]) -> std::process::Command {
     c
 }
 
+/// The default desktop group: one system disk `disk_uuid` at `levels`
+/// (1 GiB virtual, up to two diffs).
+pub fn layer_group(
+    name: &str,
+    group_uuid: &str,
+    disk_uuid: &str,
+    levels: &[i64],
+) -> voi::protocol::messages::DesktopGroup {
+    use voi::protocol::messages::{DesktopGroup, DiskInfo};
+    use voi::protocol::Sectors;
+    DesktopGroup {
+        desktop_group_name: name.into(),
+        desktop_group_uuid: group_uuid.into(),
+        default_desktop_group: true,
+        os_sys_type: 3,
+        disks: levels
+            .iter()
+            .map(|&l| DiskInfo {
+                uuid: disk_uuid.into(),
+                disk_type: 0,
+                dif_level: l,
+                prefix: "voi".into(),
+                max_dif: Some(2),
+                operate_id: 0,
+                real_size: Sectors(1 << 21),
+                reserve_size: Sectors(0),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
 /// A base layer holding `mib` MiB of random data.
 pub fn make_base(path: &Path, mib: u64) {
     let raw = path.with_extension("raw");

@@ -26,28 +26,6 @@ fn layer(level: u8) -> String {
     format!("voi_{level}_{U}")
 }
 
-fn run(cmd: &mut Command) {
-    let out = cmd.output().expect("spawn");
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A diff over `parent` (relative name, same directory) with `mib` MiB
-/// written.
-fn make_diff(dir: &Path, name: &str, parent: &str, mib: u64, pattern: u8) {
-    run(Command::new("qemu-img").current_dir(dir).args([
-        "create", "-q", "-f", "qcow2", "-b", parent, "-F", "qcow2", name,
-    ]));
-    run(Command::new("qemu-io")
-        .current_dir(dir)
-        .args(["-f", "qcow2", "-c"])
-        .arg(format!("write -P {pattern} 0 {mib}M"))
-        .arg(name));
-}
-
 fn group(levels: &[i64]) -> DesktopGroup {
     layer_group("bt", G, U, levels)
 }
@@ -628,13 +606,6 @@ async fn a_download_killed_with_sigkill_resumes_without_refetching() {
         "server sent {uploaded} bytes for a {size}-byte layer"
     );
     h.stop().await;
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("0.0.0.0:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

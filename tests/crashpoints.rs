@@ -43,15 +43,6 @@ fn group(levels: &[i64]) -> DesktopGroup {
     layer_group("drill", G, U, levels)
 }
 
-fn run_ok(cmd: &mut Command) {
-    let out = cmd.output().expect("spawn");
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 struct Drill {
     h: ServerHandle,
     lib: PathBuf,
@@ -301,24 +292,7 @@ async fn sigkill_after_every_durable_write_loses_nothing_and_applies_nothing_twi
     let h = voi::server::Server::start(cfg).await.expect("server");
     let lib = h.server.images.dir().to_path_buf();
     make_base(&lib.join(layer(0)), 8);
-    run_ok(Command::new("qemu-img").current_dir(&lib).args([
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-b",
-        &layer(0),
-        "-F",
-        "qcow2",
-        &layer(1),
-    ]));
-    run_ok(Command::new("qemu-io").current_dir(&lib).args([
-        "-f",
-        "qcow2",
-        "-c",
-        "write -P 7 0 2M",
-        &layer(1),
-    ]));
+    make_diff(&lib, &layer(1), &layer(0), 2, 7);
     h.server.images.scan().await.expect("scan");
     let drill = Drill {
         h,

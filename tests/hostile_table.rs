@@ -493,13 +493,6 @@ async fn outcome(
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 /// Every file under `root`, relative to it.
 fn files_under(root: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();

@@ -49,18 +49,20 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
         }
         h.update(&buf[..n]);
     }
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(format!("{:x}", h.finalize()))
 }
 
 impl LayerManifest {
     /// Compares a finished download with the manifest. `parent` is what the
-    /// file's own header names.
+    /// file's own header names; `sha256` is the file's, when the caller
+    /// already read it (else it is read here).
     pub fn check(
         &self,
         layer: &str,
         info_hash: &str,
         parent: Option<&str>,
         path: &Path,
+        sha256: Option<&str>,
     ) -> Result<(), String> {
         let mut wrong = Vec::new();
         if self.layer != layer {
@@ -80,7 +82,10 @@ impl LayerManifest {
             wrong.push(format!("size {size} (manifest {})", self.size));
         }
         if wrong.is_empty() {
-            let sum = sha256_file(path).map_err(|e| e.to_string())?;
+            let sum = match sha256 {
+                Some(s) => s.to_string(),
+                None => sha256_file(path).map_err(|e| e.to_string())?,
+            };
             if !sum.eq_ignore_ascii_case(&self.sha256) {
                 wrong.push(format!("sha256 {sum} (manifest {})", self.sha256));
             }
@@ -180,7 +185,13 @@ mod tests {
             parent: Some("voi_0_u".into()),
             info_hash: "ab".into(),
         };
-        assert!(good.check("voi_1_u", "AB", Some("voi_0_u"), &p).is_ok());
+        assert!(good
+            .check("voi_1_u", "AB", Some("voi_0_u"), &p, None)
+            .is_ok());
+        let sum = sha256_file(&p).expect("sha");
+        assert!(good
+            .check("voi_1_u", "ab", Some("voi_0_u"), &p, Some(&sum))
+            .is_ok());
         let cases = [
             LayerManifest {
                 sha256: "00".repeat(32),
@@ -205,7 +216,7 @@ mod tests {
         ];
         for m in cases {
             let e = m
-                .check("voi_1_u", "ab", Some("voi_0_u"), &p)
+                .check("voi_1_u", "ab", Some("voi_0_u"), &p, None)
                 .expect_err("refused");
             assert!(e.contains("manifest"), "{e}");
         }

@@ -4,6 +4,7 @@
 //! directory it is downloaded into.
 
 use sha1::{Digest, Sha1};
+use sha2::Sha256;
 use std::io::Read;
 use std::path::Path;
 
@@ -143,8 +144,9 @@ impl TorrentMeta {
     /// Hashes every piece of `path` against the torrent. Run before a layer
     /// joins its chain: the engine checks pieces as they arrive, but a
     /// restart resumes from a saved bitfield that a power cut may have made
-    /// stale.
-    pub fn verify_file(&self, path: &Path) -> Result<(), VerifyError> {
+    /// stale. With `sha256`, the same read also yields the whole file's
+    /// sha256 (what the manifest holds), so a layer is read once, not twice.
+    pub fn verify_file(&self, path: &Path, sha256: bool) -> Result<Option<String>, VerifyError> {
         let io = |source| VerifyError::Io {
             path: path.display().to_string(),
             source,
@@ -160,17 +162,21 @@ impl TorrentMeta {
         let mut buf = vec![0u8; self.piece_length as usize];
         let mut bad = 0;
         let mut first = None;
+        let mut whole = sha256.then(Sha256::new);
         for (i, want) in self.pieces.iter().enumerate() {
             let start = i as u64 * self.piece_length;
             let len = (self.length - start).min(self.piece_length) as usize;
             f.read_exact(&mut buf[..len]).map_err(io)?;
+            if let Some(h) = whole.as_mut() {
+                h.update(&buf[..len]);
+            }
             if Sha1::digest(&buf[..len]).as_slice() != want {
                 bad += 1;
                 first.get_or_insert(i);
             }
         }
         match first {
-            None => Ok(()),
+            None => Ok(whole.map(|h| format!("{:x}", h.finalize()))),
             Some(first) => Err(VerifyError::Pieces {
                 bad,
                 total: self.pieces.len(),
@@ -240,17 +246,26 @@ mod tests {
         assert_eq!(m.length, 100_000);
         assert_eq!(m.piece_count(), 7);
         assert_eq!(m.announce, vec!["http://t/announce".to_string()]);
-        m.verify_file(&p).unwrap();
+        assert_eq!(m.verify_file(&p, false).unwrap(), None);
+        // The sha256 both read paths give is the manifest's, from one read.
+        let whole = crate::bt::manifest::sha256_file(&p).unwrap();
+        assert_eq!(m.verify_file(&p, true).unwrap(), Some(whole.clone()));
+        let (t2, sha) =
+            crate::bt::torrent::create_with_sha256(&p, "http://t/announce", 16384).unwrap();
+        assert_eq!((t2, sha), (t, whole));
 
         let mut changed = data.clone();
         changed[50_000] ^= 1;
         std::fs::write(&p, &changed).unwrap();
-        match m.verify_file(&p) {
+        match m.verify_file(&p, false) {
             Err(VerifyError::Pieces { bad, first, .. }) => assert_eq!((bad, first), (1, 3)),
             other => panic!("{other:?}"),
         }
         std::fs::write(&p, &data[..99_999]).unwrap();
-        assert!(matches!(m.verify_file(&p), Err(VerifyError::Size { .. })));
+        assert!(matches!(
+            m.verify_file(&p, false),
+            Err(VerifyError::Size { .. })
+        ));
     }
 
     #[test]

@@ -38,6 +38,26 @@ impl CreatedTorrent {
 /// torrent's name is the file name, so a layer keeps its
 /// `prefix_level_uuid` name wherever it is downloaded.
 pub fn create(path: &Path, announce: &str, piece_length: u64) -> std::io::Result<CreatedTorrent> {
+    build(path, announce, piece_length, false).map(|(t, _)| t)
+}
+
+/// As `create`, plus the whole file's sha256 (the image manifest's) from
+/// the same read.
+pub fn create_with_sha256(
+    path: &Path,
+    announce: &str,
+    piece_length: u64,
+) -> std::io::Result<(CreatedTorrent, String)> {
+    let (t, sha) = build(path, announce, piece_length, true)?;
+    Ok((t, sha.unwrap_or_default()))
+}
+
+fn build(
+    path: &Path,
+    announce: &str,
+    piece_length: u64,
+    sha256: bool,
+) -> std::io::Result<(CreatedTorrent, Option<String>)> {
     if piece_length < 16 * 1024 || !piece_length.is_power_of_two() {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
@@ -51,6 +71,7 @@ pub fn create(path: &Path, announce: &str, piece_length: u64) -> std::io::Result
     let mut pieces = Vec::new();
     let mut buf = vec![0u8; piece_length as usize];
     let mut length = 0u64;
+    let mut whole = sha256.then(sha2::Sha256::new);
     loop {
         let mut filled = 0;
         while filled < buf.len() {
@@ -64,6 +85,9 @@ pub fn create(path: &Path, announce: &str, piece_length: u64) -> std::io::Result
             break;
         }
         length += filled as u64;
+        if let Some(h) = whole.as_mut() {
+            h.update(&buf[..filled]);
+        }
         pieces.extend_from_slice(&Sha1::digest(&buf[..filled]));
         if filled < buf.len() {
             break;
@@ -93,12 +117,15 @@ pub fn create(path: &Path, announce: &str, piece_length: u64) -> std::io::Result
     put_bytes(&mut out, b"info");
     out.extend_from_slice(&info);
     out.push(b'e');
-    Ok(CreatedTorrent {
-        bytes: out,
-        info_hash,
-        length,
-        piece_length,
-    })
+    Ok((
+        CreatedTorrent {
+            bytes: out,
+            info_hash,
+            length,
+            piece_length,
+        },
+        whole.map(|h| format!("{:x}", h.finalize())),
+    ))
 }
 
 #[cfg(test)]

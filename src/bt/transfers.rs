@@ -801,16 +801,24 @@ impl Transfers {
                 )));
             }
         }
-        if !already {
-            meta.verify_file(&data)
-                .map_err(|e| Finish::BadData(e.to_string()))?;
-        }
+        let sha256 = if already {
+            None
+        } else {
+            meta.verify_file(&data, manifest.is_some())
+                .map_err(|e| Finish::BadData(e.to_string()))?
+        };
         if let Some(m) = manifest {
             let header = crate::disk::qcow2::read_header(&data)
                 .map_err(|e| Finish::Failed(format!("not a qcow2 layer: {e}")))?;
             let parent = header.backing_name();
-            m.check(&rec.layer, &rec.info_hash, parent.as_deref(), &data)
-                .map_err(Finish::Failed)?;
+            m.check(
+                &rec.layer,
+                &rec.info_hash,
+                parent.as_deref(),
+                &data,
+                sha256.as_deref(),
+            )
+            .map_err(Finish::Failed)?;
             log::info!("{}: matches the server's manifest", rec.layer);
         }
         let layer_meta = LayerMeta {

@@ -205,13 +205,11 @@ impl Images {
                     let announce = self.announce.clone();
                     let (created, sha256) = tokio::task::spawn_blocking(move || {
                         let len = std::fs::metadata(&path)?.len();
-                        let created = crate::bt::torrent::create(
+                        crate::bt::torrent::create_with_sha256(
                             &path,
                             &announce,
                             crate::bt::torrent::piece_length_for(len),
-                        )?;
-                        let sha = crate::bt::manifest::sha256_file(&path)?;
-                        Ok::<_, std::io::Error>((created, sha))
+                        )
                     })
                     .await??;
                     let parent = header.backing_name();
@@ -467,7 +465,11 @@ impl Images {
 fn accept_upload(dir: &Path, lib: &Path, layer: &str, torrent: &[u8]) -> Result<(), String> {
     let meta = TorrentMeta::parse(torrent).map_err(|e| e.to_string())?;
     let data = dir.join("data").join(&meta.name);
-    meta.verify_file(&data).map_err(|e| e.to_string())?;
+    // Empty only if hashing were skipped; a scan then hashes it again.
+    let sha256 = meta
+        .verify_file(&data, true)
+        .map_err(|e| e.to_string())?
+        .unwrap_or_default();
     let header = crate::disk::qcow2::read_header(&data).map_err(|e| e.to_string())?;
     let name = LayerName::parse(layer).map_err(|e| e.to_string())?;
     if name.level > 0 {
@@ -509,7 +511,7 @@ fn accept_upload(dir: &Path, lib: &Path, layer: &str, torrent: &[u8]) -> Result<
             size: md.len(),
             mtime_ns: mtime_ns(&md_after),
             info_hash: meta.info_hash,
-            sha256: crate::bt::manifest::sha256_file(&dest).map_err(|e| e.to_string())?,
+            sha256,
             parent: header.backing_name(),
         },
     )

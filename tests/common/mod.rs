@@ -257,6 +257,39 @@ pub fn make_base(path: &Path, mib: u64) {
     std::fs::remove_file(&raw).expect("rm raw");
 }
 
+/// A port nothing listens on right now (for configs that need a number).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("0.0.0.0:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Runs a command that must succeed.
+pub fn run(cmd: &mut std::process::Command) {
+    let out = cmd.output().expect("spawn");
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A diff over `parent` (relative name, same directory) with `mib` MiB
+/// written.
+pub fn make_diff(dir: &Path, name: &str, parent: &str, mib: u64, pattern: u8) {
+    run(std::process::Command::new("qemu-img")
+        .current_dir(dir)
+        .args([
+            "create", "-q", "-f", "qcow2", "-b", parent, "-F", "qcow2", name,
+        ]));
+    run(std::process::Command::new("qemu-io")
+        .current_dir(dir)
+        .args(["-f", "qcow2", "-c"])
+        .arg(format!("write -P {pattern} 0 {mib}M"))
+        .arg(name));
+}
+
 /// A server written by hand: answers the agent's requests with `{code:0}`
 /// unless told otherwise, and lets the test inject frames.
 pub struct FakeServer {

@@ -14,11 +14,11 @@ case "$ARCH" in
 esac
 
 if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
-if ! dpkg -s "libstd-rust-web-dev:$DEB" >/dev/null 2>&1 || ! command -v "$GNU-gcc" >/dev/null || ! command -v qemu-$ARCH-static >/dev/null || ! command -v file >/dev/null || ! command -v cmake >/dev/null; then
+if ! dpkg -s "libstd-rust-web-dev:$DEB" >/dev/null 2>&1 || ! command -v "$GNU-gcc" >/dev/null || ! command -v qemu-$ARCH-static >/dev/null || ! command -v file >/dev/null; then
   $SUDO dpkg --add-architecture "$DEB"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq \
-    rustc-web cargo-web "libstd-rust-web-dev:$DEB" "gcc-$GNU" "libc6-dev-$DEB-cross" qemu-user-static cmake file
+    rustc-web cargo-web "libstd-rust-web-dev:$DEB" "gcc-$GNU" "libc6-dev-$DEB-cross" qemu-user-static file
 fi
 
 # Debian's toolchain, not rustup's: it is the one with the $DEB std library.
@@ -32,7 +32,7 @@ export CARGO_TARGET_DIR=target/cross
 # Few jobs: the machines that run this have two cores.
 JOBS=${JOBS:-2}
 
-"$CARGO" build --locked --release -j "$JOBS" --target "$TARGET" --bins
+"$CARGO" build --locked --release -j "$JOBS" --target "$TARGET" -p voi-agent --bins
 OUT=target/cross/$TARGET/release
 for b in voi-agent voi-server; do
   file "$OUT/$b" 2>/dev/null | grep -q "statically linked" || { echo "$b is not static" >&2; exit 1; }
@@ -41,6 +41,6 @@ done
 
 if [ "$MODE" = "--test" ]; then
   # Protocol unit tests, built for $ARCH and run through qemu-user.
-  "$CARGO" test --locked --release -j "$JOBS" --target "$TARGET" --lib -- protocol:: --test-threads 2
+  "$CARGO" test --locked --release -j "$JOBS" --target "$TARGET" -p voi-agent --lib -- protocol:: --test-threads 2
   cross/e2e.sh "$OUT" "qemu-$ARCH-static"
 fi

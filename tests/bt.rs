@@ -610,8 +610,7 @@ async fn a_download_killed_with_sigkill_resumes_without_refetching() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn aria2c_downloads_from_the_server_and_seeds_to_the_agent() {
-    if std::env::var("VOI_SKIP_ARIA2").is_ok() {
-        eprintln!("VOI_SKIP_ARIA2 set: skipping");
+    if !has("aria2c_downloads_from_the_server_and_seeds_to_the_agent", &[ARIA2C]) {
         return;
     }
     let dir = tempfile::tempdir().expect("tmp");
@@ -640,7 +639,7 @@ async fn aria2c_downloads_from_the_server_and_seeds_to_the_agent() {
         tpath.to_str().expect("utf8"),
     ])
     .spawn()
-    .expect("aria2c (apt-get install aria2; VOI_SKIP_ARIA2=1 skips)");
+    .expect("aria2c");
     let start = Instant::now();
     let status = loop {
         if let Some(s) = leecher.try_wait().expect("wait") {

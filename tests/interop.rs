@@ -1,7 +1,7 @@
 //! Our torrent files and tracker with a BitTorrent implementation nobody
 //! here wrote: one aria2c seeds a real qcow2 layer, another downloads it
 //! through voi-server's tracker. Needs aria2c (apt-get install aria2);
-//! VOI_SKIP_ARIA2=1 skips.
+//! Skips with one line without it (see tests/common/needs.rs).
 
 mod common;
 
@@ -11,8 +11,7 @@ use std::time::{Duration, Instant};
 
 #[tokio::test]
 async fn aria2c_swarm_through_our_tracker_and_torrent() {
-    if std::env::var("VOI_SKIP_ARIA2").is_ok() {
-        eprintln!("VOI_SKIP_ARIA2 set: skipping");
+    if !common::has("aria2c_swarm_through_our_tracker_and_torrent", &[common::ARIA2C]) {
         return;
     }
     let dir = tempfile::tempdir().expect("tmp");
@@ -52,7 +51,7 @@ async fn aria2c_swarm_through_our_tracker_and_torrent() {
             torrent.to_str().expect("utf8"),
         ])
         .spawn()
-        .expect("aria2c (apt-get install aria2; VOI_SKIP_ARIA2=1 skips)"),
+        .expect("aria2c"),
     );
     // Wait until the seeder has announced.
     let start = Instant::now();

@@ -1,7 +1,7 @@
 //! update_ip for real: the agent runs inside a network namespace joined to
 //! the host by a veth pair; the server listens on the host end. The test
-//! creates and removes everything itself. Needs root and iproute2; set
-//! VOI_SKIP_NETNS=1 to skip where that is impossible.
+//! creates and removes everything itself. Needs root and iproute2; skips
+//! with one line without them.
 
 mod common;
 
@@ -125,11 +125,10 @@ fn is_login_from<'a>(
 
 #[tokio::test]
 async fn update_ip_changes_address_route_dns_and_rolls_back_when_cut_off() {
-    if std::env::var("VOI_SKIP_NETNS").is_ok() {
-        eprintln!("VOI_SKIP_NETNS set: skipping the network namespace test");
+    if !has("update_ip_changes_address_route_dns_and_rolls_back_when_cut_off", &[Need::Root, IP]) {
         return;
     }
-    let ns = Netns::create(1).unwrap_or_else(|e| panic!("cannot create a network namespace (root and iproute2 needed; VOI_SKIP_NETNS=1 skips): {e}"));
+    let ns = Netns::create(1).unwrap_or_else(|e| panic!("cannot create a network namespace : {e}"));
     let dir = tempfile::tempdir().expect("tmp");
     let h = voi::server::Server::start(server_config(
         &dir.path().join("s"),

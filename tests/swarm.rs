@@ -5,7 +5,7 @@
 //! copy must verify; the figure is the server's upload bytes against the
 //! layer size (3.00 would be plain unicast).
 //!
-//! Needs root, iproute2 and tc; VOI_SKIP_NETNS=1 skips it.
+//! Needs root, iproute2 and tc; skips with one line without them.
 
 mod common;
 
@@ -92,15 +92,14 @@ impl Drop for Netns {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_agents_share_a_256_mib_layer_from_a_shaped_server() {
-    if std::env::var("VOI_SKIP_NETNS").is_ok() {
-        eprintln!("VOI_SKIP_NETNS set: skipping the swarm test");
+    if !has("three_agents_share_a_256_mib_layer_from_a_shaped_server", &[Need::Root, IP, TC]) {
         return;
     }
     init_log();
     let subnet = 100 + std::process::id() % 100;
     let (host, guest) = (format!("10.202.{subnet}.1"), format!("10.202.{subnet}.2"));
     let ns = Netns::create(&host, &guest).unwrap_or_else(|e| {
-        panic!("cannot create a shaped network namespace (root, iproute2, tc; VOI_SKIP_NETNS=1 skips): {e}")
+        panic!("cannot create a shaped network namespace : {e}")
     });
     let dir = tempfile::tempdir().expect("tmp");
     let data = dir.path().join("server");

@@ -19,6 +19,9 @@ use voi::server::client::ApiClient;
 use voi::server::registry::ServerEvent;
 use voi::server::{Server, ServerConfig, ServerHandle};
 
+mod needs;
+pub use needs::*;
+
 pub fn init_log() {
     let _ = voi::cli::logger("warn").is_test(true).try_init();
 }

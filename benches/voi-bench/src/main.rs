@@ -96,8 +96,8 @@ fn build_bins() -> anyhow::Result<PathBuf> {
             "build",
             "--release",
             "--locked",
-            "-p",
-            "voi-agent",
+            // The default members, as the README's commands build them: one
+            // feature set, so this reuses their dependency build.
             "--bins",
         ])
         .status()?;

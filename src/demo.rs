@@ -6,9 +6,9 @@ use serde_json::json;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::agent::config::{AgentConfig, EffectMode, PlatformConfig};
+use crate::agent::control_socket::{self, ControlRequest};
 use crate::agent::Agent;
-use crate::config::{AgentConfig, EffectMode, PlatformConfig};
-use crate::control::{self, ControlRequest};
 use crate::protocol::messages::{DesktopGroup, DiskInfo};
 use crate::protocol::Sectors;
 use crate::server::client::ApiClient;
@@ -131,7 +131,8 @@ pub async fn run(keep_running: bool) -> anyhow::Result<()> {
         anyhow::bail!("terminal answered {inner_code:?}");
     }
 
-    let status = control::call(&agent.cfg.control_socket_path(), &ControlRequest::Status).await?;
+    let status =
+        control_socket::call(&agent.cfg.control_socket_path(), &ControlRequest::Status).await?;
     if let Some(d) = status.data {
         println!(
             "[agent] ctl status: name={} conf_version={} session={} desktop_groups={}",
@@ -156,7 +157,7 @@ pub async fn run(keep_running: bool) -> anyhow::Result<()> {
 
     if keep_running {
         println!("[demo] running; Ctrl-C to stop");
-        crate::cli::agent::wait_for_signal().await;
+        crate::agent::cli::wait_for_signal().await;
     }
     agent.shutdown.cancel();
     let _ = agent_task.await;
@@ -197,7 +198,7 @@ async fn distribute_a_layer(
                 .transfers
                 .get()
                 .and_then(|t| t.get(&layer))
-                .is_some_and(|(r, _)| r.stage == crate::bt::transfers::Stage::Seeding);
+                .is_some_and(|(r, _)| r.stage == crate::agent::transfers::tasks::Stage::Seeding);
             if seeding {
                 break;
             }

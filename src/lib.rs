@@ -1,23 +1,28 @@
 //! voi-agent: the terminal agent and reference server of the VOI protocol.
-pub mod agent;
+//!
+//! The tree is layered; `tests/layers.rs` enforces it:
+//!
+//! * `agent/`  the terminal program (`voi-agent`);
+//! * `server/` the reference management server (`voi-server`);
+//! * everything else is shared by both and imports neither: the wire
+//!   protocol, the qcow2 disk chains, the BitTorrent engine, TLS, file
+//!   safety, logging;
+//! * `demo` runs one of each in a process and is used only by `voi-server demo`.
+
+// Shared by both programs.
 pub mod bt;
-pub mod cli;
-pub mod commands;
-pub mod config;
-pub mod control;
+pub mod cli_support;
 pub mod crashpoint;
-pub mod demo;
-pub mod desktops;
 pub mod disk;
-pub mod distribution;
 pub mod fsutil;
-pub mod net;
-pub mod netinfo;
-pub mod perf;
-pub mod platform;
+pub mod ipv4;
 pub mod protocol;
 pub mod sdnotify;
-pub mod server;
-pub mod session;
-pub mod state;
 pub mod tls;
+
+// The two programs.
+pub mod agent;
+pub mod server;
+
+// Both programs in one process.
+pub mod demo;

@@ -12,8 +12,8 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use voi::agent::transfers::tasks::Stage;
 use voi::agent::Agent;
-use voi::bt::transfers::Stage;
 use voi::protocol::messages::DesktopGroup;
 use voi::protocol::torrent_struct::SendTorrent;
 use voi::protocol::{BatchNo, ServiceCode};
@@ -78,7 +78,7 @@ fn bt_dir_entries(agent: &Agent) -> Vec<String> {
 
 async fn online(
     h: &ServerHandle,
-    cfg: voi::config::AgentConfig,
+    cfg: voi::agent::config::AgentConfig,
 ) -> (Arc<Agent>, tokio::task::JoinHandle<()>) {
     let mac = cfg.mac.clone().expect("mac");
     let mut ev = h.server.registry.events.subscribe();
@@ -610,7 +610,10 @@ async fn a_download_killed_with_sigkill_resumes_without_refetching() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn aria2c_downloads_from_the_server_and_seeds_to_the_agent() {
-    if !has("aria2c_downloads_from_the_server_and_seeds_to_the_agent", &[ARIA2C]) {
+    if !has(
+        "aria2c_downloads_from_the_server_and_seeds_to_the_agent",
+        &[ARIA2C],
+    ) {
         return;
     }
     let dir = tempfile::tempdir().expect("tmp");
@@ -626,7 +629,7 @@ async fn aria2c_downloads_from_the_server_and_seeds_to_the_agent() {
         h.server.tracker_addr.port(),
         layer(0)
     );
-    let torrent = voi::distribution::fetch_torrent(&url)
+    let torrent = voi::agent::transfers::server_link::fetch_torrent(&url)
         .await
         .expect("torrent over HTTP");
     let tpath = dir.path().join("server.torrent");

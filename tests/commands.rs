@@ -8,9 +8,9 @@ use serde_json::{json, Value};
 
 use std::sync::Arc;
 use std::time::Duration;
+use voi::agent::control_socket::{self, ControlRequest};
+use voi::agent::platform::{BootTarget, JournalEntry, RecordingPlatform};
 use voi::agent::Agent;
-use voi::control::{self, ControlRequest};
-use voi::platform::{BootTarget, JournalEntry, RecordingPlatform};
 use voi::protocol::messages::DesktopGroup;
 use voi::server::registry::ServerEvent;
 use voi::server::{ServerConfig, ServerHandle};
@@ -363,7 +363,7 @@ async fn watermark_switch_persists_and_refuses_other_values() {
         code(&rig.push("watermark_switch", json!({"switch": 1})).await),
         0
     );
-    let st = control::call(
+    let st = control_socket::call(
         &rig.agent.cfg.control_socket_path(),
         &ControlRequest::Status,
     )
@@ -400,12 +400,12 @@ async fn performance_reports_reach_the_server() {
 async fn control_interface_date_and_admin_check() {
     let rig = Rig::new("AA:00:00:00:01:0E").await;
     let sock = rig.agent.cfg.control_socket_path();
-    let d = control::call(&sock, &ControlRequest::GetDateTime)
+    let d = control_socket::call(&sock, &ControlRequest::GetDateTime)
         .await
         .expect("ctl");
     assert!(d.ok, "{d:?}");
     assert!(d.data.expect("data")["datetime"].as_str().is_some());
-    let good = control::call(
+    let good = control_socket::call(
         &sock,
         &ControlRequest::VerifyAdmin {
             user: "admin".into(),
@@ -415,7 +415,7 @@ async fn control_interface_date_and_admin_check() {
     .await
     .expect("ctl");
     assert!(good.ok, "{good:?}");
-    let bad = control::call(
+    let bad = control_socket::call(
         &sock,
         &ControlRequest::VerifyAdmin {
             user: "admin".into(),
@@ -429,8 +429,8 @@ async fn control_interface_date_and_admin_check() {
     rig.stop().await;
 }
 
-async fn ctl(agent: &Agent, req: ControlRequest) -> voi::control::ControlResponse {
-    control::call(&agent.cfg.control_socket_path(), &req)
+async fn ctl(agent: &Agent, req: ControlRequest) -> voi::agent::control_socket::ControlResponse {
+    control_socket::call(&agent.cfg.control_socket_path(), &req)
         .await
         .expect("ctl")
 }

@@ -25,11 +25,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use voi::platform::{JournalEntry, RecordingPlatform};
+use voi::agent::platform::{JournalEntry, RecordingPlatform};
+use voi::agent::state::AgentState;
 use voi::protocol::messages::DesktopGroup;
 use voi::protocol::ServiceCode;
 use voi::server::ServerHandle;
-use voi::state::AgentState;
 
 const U: &str = "7a0e4f3c-2b1d-4c5e-8f6a-9b0c1d2e3f4a";
 const G: &str = "3c2b1a09-8f7e-4d6c-b5a4-938271605f4e";
@@ -198,7 +198,7 @@ impl Drill {
         }
         // Give the last writes (reports, seeding records, the reboot that
         // follows 1002 by POWER_DELAY) time to happen.
-        let settle = restart_answered + voi::commands::POWER_DELAY * 2;
+        let settle = restart_answered + voi::agent::commands::POWER_DELAY * 2;
         tokio::time::sleep_until(settle.into()).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         if dead(agent) {

@@ -21,7 +21,10 @@ fn unit_with_local_binary(
 
 #[test]
 fn units_pass_systemd_analyze_verify() {
-    if !common::has("units_pass_systemd_analyze_verify", &[common::SYSTEMD_ANALYZE]) {
+    if !common::has(
+        "units_pass_systemd_analyze_verify",
+        &[common::SYSTEMD_ANALYZE],
+    ) {
         return;
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -160,7 +163,7 @@ fn terminal_root_directory_has_agent_units_and_config() {
             & 0o777,
         0o600
     );
-    voi::config::AgentConfig::load(&cfg).expect("the shipped config is valid");
+    voi::agent::config::AgentConfig::load(&cfg).expect("the shipped config is valid");
     assert!(r.join("var/lib/voi-agent").is_dir());
     assert!(std::fs::read_to_string(r.join("boot/grub/custom.cfg"))
         .expect("grub")

@@ -430,9 +430,9 @@ async fn agent_reports_chains_and_applies_the_decision() {
     );
 
     // ctl disks shows the chain.
-    let disks = voi::control::call(
+    let disks = voi::agent::control_socket::call(
         &agent.cfg.control_socket_path(),
-        &voi::control::ControlRequest::Disks,
+        &voi::agent::control_socket::ControlRequest::Disks,
     )
     .await
     .expect("ctl");
@@ -552,7 +552,7 @@ async fn agent_reports_chains_and_applies_the_decision() {
     h.stop().await;
 }
 
-fn agent_config_for(dir: &Path, port: u16, mac: &str) -> voi::config::AgentConfig {
+fn agent_config_for(dir: &Path, port: u16, mac: &str) -> voi::agent::config::AgentConfig {
     let mut c = common::agent_config(dir, port, mac);
     c.disk_margin_mb = 0;
     c

@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::Decoder;
 use tokio_util::sync::CancellationToken;
-use voi::platform::{JournalEntry, RecordingPlatform};
+use voi::agent::platform::{JournalEntry, RecordingPlatform};
 use voi::protocol::{FrameCodec, ServiceCode};
 
 /// What the proxy does to traffic. One-shot faults act on the next frame
@@ -310,7 +310,7 @@ async fn a_stalled_link_is_abandoned_and_the_command_applied_once() {
     assert_eq!(rig.push_until_answered(ServiceCode::Restart, cmd).await, 0);
     rig.assert_logged_in().await;
     assert!(rig.agent.live().logins > logins);
-    tokio::time::sleep(voi::commands::POWER_DELAY * 2).await;
+    tokio::time::sleep(voi::agent::commands::POWER_DELAY * 2).await;
     assert_eq!(rig.count(reboot), 1, "{:?}", rig.journal());
     rig.stop().await;
 }
@@ -326,7 +326,7 @@ async fn a_duplicated_command_is_applied_once_and_answered_twice() {
         Some(0)
     );
     assert_eq!(rig.proxy.fired.load(Ordering::SeqCst), 1);
-    tokio::time::sleep(voi::commands::POWER_DELAY * 2).await;
+    tokio::time::sleep(voi::agent::commands::POWER_DELAY * 2).await;
     assert_eq!(rig.count(reboot), 1, "{:?}", rig.journal());
     let answered = rig.agent.state.read(|s| {
         s.commands
@@ -384,7 +384,7 @@ async fn a_connection_dropped_during_a_command_does_not_apply_it_twice() {
     assert_eq!(rig.push_until_answered(ServiceCode::Restart, cmd).await, 0);
     rig.assert_logged_in().await;
     assert!(rig.agent.live().logins > logins);
-    tokio::time::sleep(voi::commands::POWER_DELAY * 2).await;
+    tokio::time::sleep(voi::agent::commands::POWER_DELAY * 2).await;
     assert_eq!(rig.count(reboot), 1, "{:?}", rig.journal());
     rig.stop().await;
 }

@@ -269,7 +269,7 @@ async fn agent_refuses_bad_bodies_of_every_batch_command_and_does_nothing() {
         }
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let journal = voi::platform::RecordingPlatform::read_journal(&agent.cfg.journal_path());
+    let journal = voi::agent::platform::RecordingPlatform::read_journal(&agent.cfg.journal_path());
     assert!(journal.is_empty(), "nothing was done: {journal:?}");
     assert_eq!(agent.live().logins, 1, "no reconnect either");
     agent.shutdown.cancel();

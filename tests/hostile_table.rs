@@ -706,8 +706,9 @@ async fn hostile_cases_against_the_agent_binary() {
     }
     let _ = &mut agent;
     assert_confined(sandbox.path(), &["data"]);
-    let cfg = voi::config::AgentConfig::load(&sandbox.path().join("agent.toml")).expect("cfg");
-    let journal = voi::platform::RecordingPlatform::read_journal(&cfg.journal_path());
+    let cfg =
+        voi::agent::config::AgentConfig::load(&sandbox.path().join("agent.toml")).expect("cfg");
+    let journal = voi::agent::platform::RecordingPlatform::read_journal(&cfg.journal_path());
     assert!(journal.is_empty(), "nothing was done: {journal:?}");
     assert!(failures.is_empty(), "{failures:#?}");
 }

@@ -11,7 +11,10 @@ use std::time::{Duration, Instant};
 
 #[tokio::test]
 async fn aria2c_swarm_through_our_tracker_and_torrent() {
-    if !common::has("aria2c_swarm_through_our_tracker_and_torrent", &[common::ARIA2C]) {
+    if !common::has(
+        "aria2c_swarm_through_our_tracker_and_torrent",
+        &[common::ARIA2C],
+    ) {
         return;
     }
     let dir = tempfile::tempdir().expect("tmp");

@@ -125,7 +125,10 @@ fn is_login_from<'a>(
 
 #[tokio::test]
 async fn update_ip_changes_address_route_dns_and_rolls_back_when_cut_off() {
-    if !has("update_ip_changes_address_route_dns_and_rolls_back_when_cut_off", &[Need::Root, IP]) {
+    if !has(
+        "update_ip_changes_address_route_dns_and_rolls_back_when_cut_off",
+        &[Need::Root, IP],
+    ) {
         return;
     }
     let ns = Netns::create(1).unwrap_or_else(|e| panic!("cannot create a network namespace : {e}"));

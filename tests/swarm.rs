@@ -13,7 +13,7 @@ use common::*;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use voi::bt::transfers::Stage;
+use voi::agent::transfers::tasks::Stage;
 use voi::protocol::messages::{DesktopGroup, DiskInfo};
 use voi::protocol::Sectors;
 
@@ -92,15 +92,17 @@ impl Drop for Netns {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_agents_share_a_256_mib_layer_from_a_shaped_server() {
-    if !has("three_agents_share_a_256_mib_layer_from_a_shaped_server", &[Need::Root, IP, TC]) {
+    if !has(
+        "three_agents_share_a_256_mib_layer_from_a_shaped_server",
+        &[Need::Root, IP, TC],
+    ) {
         return;
     }
     init_log();
     let subnet = 100 + std::process::id() % 100;
     let (host, guest) = (format!("10.202.{subnet}.1"), format!("10.202.{subnet}.2"));
-    let ns = Netns::create(&host, &guest).unwrap_or_else(|e| {
-        panic!("cannot create a shaped network namespace : {e}")
-    });
+    let ns = Netns::create(&host, &guest)
+        .unwrap_or_else(|e| panic!("cannot create a shaped network namespace : {e}"));
     let dir = tempfile::tempdir().expect("tmp");
     let data = dir.path().join("server");
     let layer = format!("voi_0_{U}");

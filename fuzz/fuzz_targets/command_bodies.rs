@@ -27,5 +27,5 @@ fuzz_target!(|data: &[u8]| {
         payload: Bytes::copy_from_slice(&data[2..]),
     };
     // Either a parsed command or a protocol error; never a panic.
-    let _ = voi::commands::validate(&frame);
+    let _ = voi::agent::commands::validate(&frame);
 });

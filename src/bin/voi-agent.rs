@@ -1,3 +1,3 @@
 fn main() -> std::process::ExitCode {
-    voi::cli::agent::main()
+    voi::agent::cli::main()
 }

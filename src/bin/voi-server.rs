@@ -1,3 +1,3 @@
 fn main() -> std::process::ExitCode {
-    voi::cli::server::main()
+    voi::server::cli::main()
 }

@@ -6,4 +6,3 @@ pub mod engine;
 pub mod manifest;
 pub mod meta;
 pub mod torrent;
-pub mod transfers;

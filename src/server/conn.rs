@@ -36,7 +36,7 @@ pub async fn accept(server: Arc<Server>, stream: TcpStream, peer: SocketAddr, id
     };
     // A bounded handshake: a peer that opens the port and says nothing
     // (or speaks plain frames to a TLS port) is dropped, not kept.
-    match tokio::time::timeout(crate::session::TLS_HANDSHAKE, tls.accept(stream)).await {
+    match tokio::time::timeout(crate::agent::session::TLS_HANDSHAKE, tls.accept(stream)).await {
         Ok(Ok(s)) => run(server, s, peer, local, id).await,
         Ok(Err(e)) => log::warn!("{peer}: TLS handshake failed: {e}"),
         Err(_) => log::warn!("{peer}: TLS handshake timed out"),

@@ -331,7 +331,7 @@ async fn answer(
                     let (process, rate) = match (&up.state[..], stats) {
                         ("finished", _) => (100, 0),
                         (_, Some(s)) => (
-                            crate::bt::transfers::percent(s.have_bytes, s.total_bytes),
+                            crate::agent::transfers::tasks::percent(s.have_bytes, s.total_bytes),
                             i64::try_from(s.down_bps).unwrap_or(i64::MAX),
                         ),
                         _ => (0, 0),
@@ -377,7 +377,7 @@ fn check_config(c: &TerminalConfig) -> Result<(), Answer> {
         if c.ip.parse::<Ipv4Addr>().is_err() {
             return Err(err(ErrorCode::MessageError, format!("ip {:?}", c.ip)));
         }
-        if crate::net::prefix_len(&c.mask).is_none() {
+        if crate::ipv4::prefix_len(&c.mask).is_none() {
             return Err(err(ErrorCode::TerminalMaskError, c.mask.clone()));
         }
     }

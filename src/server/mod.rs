@@ -3,6 +3,7 @@
 //! operator HTTP API on loopback.
 
 pub mod api;
+pub mod cli;
 pub mod client;
 mod conn;
 mod handlers;

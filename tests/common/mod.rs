@@ -12,8 +12,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::broadcast;
 use tokio_util::codec::Framed;
 
+use voi::agent::config::{AgentConfig, EffectMode, PlatformConfig};
 use voi::agent::Agent;
-use voi::config::{AgentConfig, EffectMode, PlatformConfig};
 use voi::protocol::{ClientType, Envelope, Frame, FrameCodec, ServiceCode};
 use voi::server::client::ApiClient;
 use voi::server::registry::ServerEvent;
@@ -23,7 +23,7 @@ mod needs;
 pub use needs::*;
 
 pub fn init_log() {
-    let _ = voi::cli::logger("warn").is_test(true).try_init();
+    let _ = voi::cli_support::logger("warn").is_test(true).try_init();
 }
 
 pub fn server_config(dir: &Path, listen: &str) -> ServerConfig {

@@ -83,7 +83,7 @@ async fn run_in(bins: &Path, mib: u64, work: &Path) -> anyhow::Result<SingleRepo
     let api =
         voi::server::client::ApiClient::new(format!("http://127.0.0.1:{api_port}"), token.trim());
     crate::swarm::wait_seeding(&api).await?;
-    let torrent = voi::distribution::fetch_torrent(&format!(
+    let torrent = voi::agent::transfers::server_link::fetch_torrent(&format!(
         "http://127.0.0.1:{tracker_port}/torrents/{layer}.torrent"
     ))
     .await
@@ -180,7 +180,12 @@ async fn run_in(bins: &Path, mib: u64, work: &Path) -> anyhow::Result<SingleRepo
     let sock = adir.join("control.sock");
     // Idle: logged in, before the desktop exists on the server.
     loop {
-        if let Ok(r) = voi::control::call(&sock, &voi::control::ControlRequest::Status).await {
+        if let Ok(r) = voi::agent::control_socket::call(
+            &sock,
+            &voi::agent::control_socket::ControlRequest::Status,
+        )
+        .await
+        {
             if r.data
                 .as_ref()
                 .is_some_and(|d| d["live"]["logins"].as_u64().unwrap_or(0) > 0)

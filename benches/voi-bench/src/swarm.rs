@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::scale::Child;
-use voi::control::{self, ControlRequest};
+use voi::agent::control_socket::{self, ControlRequest};
 
 const U: &str = "91f9d1ba-cb4a-41ba-971a-618f9e306571";
 const G: &str = "f15a1759-789e-4e17-a3e1-e723121e9314";
@@ -281,7 +281,7 @@ async fn agent_progress(a: &AgentProc, layer: &str) -> (u64, bool) {
             .unwrap_or(0);
         return (len, true);
     }
-    match control::call(&a.socket, &ControlRequest::Transfers).await {
+    match control_socket::call(&a.socket, &ControlRequest::Transfers).await {
         Ok(r) => {
             let have = r
                 .data

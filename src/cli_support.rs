@@ -1,6 +1,4 @@
-//! Command lines of the two binaries; `src/bin/*` only call in here.
-pub mod agent;
-pub mod server;
+//! What both command lines use: logging, printing, waiting for a signal.
 
 /// Logging to stderr, `RUST_LOG` style, default info.
 pub fn init_logging() {

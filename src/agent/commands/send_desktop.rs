@@ -6,9 +6,9 @@
 use serde_json::json;
 
 use super::{parse_json, Applied, CmdResult, CommandError, Ctx};
-use crate::bt::transfers::{Kind, Report, TaskRecord};
+use crate::agent::transfers::server_link::UrlDownload;
+use crate::agent::transfers::tasks::{Kind, Report, TaskRecord};
 use crate::disk::name::LayerName;
-use crate::distribution::UrlDownload;
 use crate::protocol::messages::SendDesktopCmd;
 use crate::protocol::Frame;
 
@@ -48,7 +48,9 @@ impl SendDesktop {
         tokio::spawn(async move {
             for d in self.downloads {
                 let layer = d.layer.to_string();
-                if let Err(why) = crate::distribution::download_from_url(&agent, d.clone()).await {
+                if let Err(why) =
+                    crate::agent::transfers::server_link::download_from_url(&agent, d.clone()).await
+                {
                     log::error!("{layer}: {why}");
                     if let Some(t) = agent.transfers.get() {
                         t.report(Report::Finished {

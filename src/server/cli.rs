@@ -106,7 +106,7 @@ enum CtlCmd {
 }
 
 pub fn main() -> std::process::ExitCode {
-    super::init_logging();
+    crate::cli_support::init_logging();
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -157,7 +157,7 @@ pub fn main() -> std::process::ExitCode {
                     handle.addr, handle.api_addr
                 );
                 crate::sdnotify::notify_logged("READY=1");
-                super::agent::wait_for_signal().await;
+                crate::agent::cli::wait_for_signal().await;
                 handle.stop().await;
                 Ok(())
             }
@@ -241,7 +241,7 @@ async fn ctl(
             .await?
         }
     };
-    super::print_line(&serde_json::to_string_pretty(&env)?);
+    crate::cli_support::print_line(&serde_json::to_string_pretty(&env)?);
     if env.is_ok() {
         Ok(())
     } else {

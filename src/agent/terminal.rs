@@ -7,15 +7,15 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::AgentConfig;
-use crate::desktops::Desktops;
+use crate::agent::config::AgentConfig;
+use crate::agent::desktops::Desktops;
+use crate::agent::platform::{NetworkConfig, Platform, SelectedPlatform};
+use crate::agent::session::backoff::Backoff;
+use crate::agent::session::{self, Link, SessionEnd};
+use crate::agent::state::{AgentState, PendingChange, StateStore};
 use crate::disk::DiskStore;
-use crate::platform::{NetworkConfig, Platform, SelectedPlatform};
 use crate::protocol::messages::{DateTimeResp, DesktopGroup, TerminalConfig};
 use crate::protocol::{normalize_mac, Envelope, Frame};
-use crate::session::backoff::Backoff;
-use crate::session::{self, Link, SessionEnd};
-use crate::state::{AgentState, PendingChange, StateStore};
 
 /// What `ctl status` shows about the connection; not persisted.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -35,7 +35,7 @@ pub struct Agent {
     pub platform: Arc<dyn Platform>,
     pub desktops: Arc<Desktops>,
     /// Set once the BitTorrent engine runs (see `distribution::start`).
-    pub transfers: std::sync::OnceLock<Arc<crate::bt::transfers::Transfers>>,
+    pub transfers: std::sync::OnceLock<Arc<crate::agent::transfers::tasks::Transfers>>,
     pub shutdown: CancellationToken,
     /// Commands are applied one at a time, across sessions.
     pub command_lock: tokio::sync::Mutex<()>,
@@ -48,7 +48,7 @@ pub struct Agent {
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
+    Config(#[from] crate::agent::config::ConfigError),
     #[error("cannot determine the terminal's MAC: {0}")]
     Mac(String),
     #[error("data dir {0}: {1}")]
@@ -75,7 +75,7 @@ impl Agent {
                 normalize_mac(m).ok_or_else(|| AgentError::Mac(format!("{m:?} is not a MAC")))?
             }
             None => {
-                let info = crate::netinfo::detect(cfg.interface.as_deref())
+                let info = crate::agent::interfaces::detect(cfg.interface.as_deref())
                     .map_err(|e| AgentError::Mac(e.to_string()))?;
                 if info.mac == "00:00:00:00:00:00" {
                     return Err(AgentError::Mac(format!(
@@ -132,7 +132,7 @@ impl Agent {
         self.cfg
             .interface
             .as_deref()
-            .and_then(|n| crate::netinfo::detect(Some(n)).ok())
+            .and_then(|n| crate::agent::interfaces::detect(Some(n)).ok())
             .and_then(|i| i.ipv4)
             .map(|ip| ip.to_string())
             .unwrap_or_else(|| local_ip.to_string())
@@ -202,10 +202,10 @@ impl Agent {
         host.unwrap_or_else(|| format!("PC-{}", self.mac.replace(':', "").get(6..).unwrap_or("0")))
     }
 
-    pub fn interface_name(&self) -> Result<String, crate::netinfo::NetInfoError> {
+    pub fn interface_name(&self) -> Result<String, crate::agent::interfaces::NetInfoError> {
         match &self.cfg.interface {
             Some(i) => Ok(i.clone()),
-            None => crate::netinfo::detect(None).map(|i| i.name),
+            None => crate::agent::interfaces::detect(None).map(|i| i.name),
         }
     }
 
@@ -227,7 +227,7 @@ impl Agent {
         mask: String,
     ) -> Result<(), String> {
         let old = self.state.read(|s| s.network.clone()).or_else(|| {
-            crate::netinfo::current_network(&net.interface, &self.cfg.platform.etc_dir)
+            crate::agent::interfaces::current_network(&net.interface, &self.cfg.platform.etc_dir)
         });
         let deadline = chrono::Utc::now().timestamp() + self.cfg.change_confirm_secs as i64;
         self.state
@@ -491,7 +491,7 @@ impl Agent {
 
     /// Connects, runs sessions, and reconnects until `shutdown` fires.
     pub async fn run(self: Arc<Self>) {
-        let control = crate::control::serve(self.clone());
+        let control = crate::agent::control_socket::serve(self.clone());
         let control = match control {
             Ok(task) => Some(task),
             Err(e) => {
@@ -503,7 +503,7 @@ impl Agent {
             }
         };
         let watchdog = tokio::spawn(self.clone().watch_pending_change());
-        let distribution = tokio::spawn(crate::distribution::start(self.clone()));
+        let distribution = tokio::spawn(crate::agent::transfers::server_link::start(self.clone()));
         // The agent can serve its control socket and retry the server from
         // here on: that is "ready" for systemd.
         crate::sdnotify::notify_logged("READY=1");

@@ -7,7 +7,7 @@ use serde_json::json;
 use std::sync::Arc;
 
 use super::{parse_json, Applied, CmdResult, CommandError, Ctx};
-use crate::bt::transfers::{Kind, Report, TaskRecord};
+use crate::agent::transfers::tasks::{Kind, Report, TaskRecord};
 use crate::disk::name::LayerName;
 use crate::protocol::messages::UploadDesktopCmd;
 use crate::protocol::Frame;
@@ -55,12 +55,14 @@ impl UploadDisk {
 
 async fn upload_all(
     agent: Arc<crate::agent::Agent>,
-    link: crate::session::Link,
+    link: crate::agent::session::Link,
     group_uuid: String,
     layers: Vec<LayerName>,
 ) {
     for layer in layers {
-        match crate::distribution::upload_layer(&agent, &link, &layer, &group_uuid).await {
+        match crate::agent::transfers::server_link::upload_layer(&agent, &link, &layer, &group_uuid)
+            .await
+        {
             Ok(id) => log::info!("{layer}: upload offered (torrent {id})"),
             Err(e) => {
                 log::error!("{layer}: upload failed: {e}");

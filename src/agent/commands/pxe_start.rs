@@ -1,19 +1,19 @@
-//! 1019 enter_maintain: the newer name of enter_maintenance_mode.
+//! 1014 pxe_start: one-shot network boot, then reboot.
 
 use super::enter_maintenance_mode::next_boot_then_reboot;
 use super::{parse_json, CmdResult, CommandError, Ctx};
-use crate::platform::BootTarget;
+use crate::agent::platform::BootTarget;
 use crate::protocol::messages::BatchCmd;
 use crate::protocol::Frame;
 
-pub struct EnterMaintain;
+pub struct PxeStart;
 
-impl EnterMaintain {
+impl PxeStart {
     pub fn parse(frame: &Frame) -> Result<Self, CommandError> {
-        parse_json::<BatchCmd>(frame).map(|_| EnterMaintain)
+        parse_json::<BatchCmd>(frame).map(|_| PxeStart)
     }
 
     pub async fn apply(self, ctx: &Ctx<'_>) -> CmdResult {
-        next_boot_then_reboot(ctx, BootTarget::Maintenance)
+        next_boot_then_reboot(ctx, BootTarget::Pxe)
     }
 }

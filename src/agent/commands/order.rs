@@ -3,9 +3,9 @@
 //! `terminal_id = -1` ends the numbering session.
 
 use super::{parse_json, Applied, CmdResult, CommandError, Ctx};
+use crate::agent::state::PendingOrder;
 use crate::protocol::messages::OrderCmd;
 use crate::protocol::{ErrorCode, Frame};
-use crate::state::PendingOrder;
 
 pub struct Order(OrderCmd);
 

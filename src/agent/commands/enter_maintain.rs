@@ -1,19 +1,19 @@
-//! 1014 pxe_start: one-shot network boot, then reboot.
+//! 1019 enter_maintain: the newer name of enter_maintenance_mode.
 
 use super::enter_maintenance_mode::next_boot_then_reboot;
 use super::{parse_json, CmdResult, CommandError, Ctx};
-use crate::platform::BootTarget;
+use crate::agent::platform::BootTarget;
 use crate::protocol::messages::BatchCmd;
 use crate::protocol::Frame;
 
-pub struct PxeStart;
+pub struct EnterMaintain;
 
-impl PxeStart {
+impl EnterMaintain {
     pub fn parse(frame: &Frame) -> Result<Self, CommandError> {
-        parse_json::<BatchCmd>(frame).map(|_| PxeStart)
+        parse_json::<BatchCmd>(frame).map(|_| EnterMaintain)
     }
 
     pub async fn apply(self, ctx: &Ctx<'_>) -> CmdResult {
-        next_boot_then_reboot(ctx, BootTarget::Pxe)
+        next_boot_then_reboot(ctx, BootTarget::Maintenance)
     }
 }

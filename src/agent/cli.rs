@@ -3,9 +3,9 @@
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
+use crate::agent::config::AgentConfig;
+use crate::agent::control_socket::{self, ControlRequest};
 use crate::agent::Agent;
-use crate::config::AgentConfig;
-use crate::control::{self, ControlRequest};
 
 #[derive(Parser)]
 #[command(name = "voi-agent", version, about = "VOI terminal agent")]
@@ -88,7 +88,7 @@ enum OrderCmd {
 }
 
 pub fn main() -> std::process::ExitCode {
-    super::init_logging();
+    crate::cli_support::init_logging();
     let cli = Cli::parse();
     match cli.cmd.unwrap_or(Cmd::Run) {
         Cmd::Run => run(&cli.config),
@@ -122,14 +122,14 @@ pub fn main() -> std::process::ExitCode {
 fn offline(
     config: &std::path::Path,
     f: impl FnOnce(
-        &crate::desktops::Desktops,
-        &crate::state::AgentState,
+        &crate::agent::desktops::Desktops,
+        &crate::agent::state::AgentState,
     ) -> anyhow::Result<serde_json::Value>,
 ) -> std::process::ExitCode {
     let run = || -> anyhow::Result<serde_json::Value> {
         let cfg = AgentConfig::load(config)?;
         let store = crate::disk::DiskStore::new(cfg.disk_dir(), cfg.disk_margin_mb << 20)?;
-        let desktops = crate::desktops::Desktops::open(store)?;
+        let desktops = crate::agent::desktops::Desktops::open(store)?;
         let state = std::fs::read(cfg.state_path())
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
@@ -138,7 +138,7 @@ fn offline(
     };
     match run() {
         Ok(v) => {
-            super::print_line(&serde_json::to_string_pretty(&v).unwrap_or_default());
+            crate::cli_support::print_line(&serde_json::to_string_pretty(&v).unwrap_or_default());
             std::process::ExitCode::SUCCESS
         }
         Err(e) => {
@@ -235,9 +235,11 @@ fn ctl(config: &std::path::Path, socket: Option<PathBuf>, what: CtlCmd) -> std::
             return std::process::ExitCode::FAILURE;
         }
     };
-    match rt.block_on(control::call(&socket, &req)) {
+    match rt.block_on(control_socket::call(&socket, &req)) {
         Ok(resp) => {
-            super::print_line(&serde_json::to_string_pretty(&resp).unwrap_or_default());
+            crate::cli_support::print_line(
+                &serde_json::to_string_pretty(&resp).unwrap_or_default(),
+            );
             if resp.ok {
                 std::process::ExitCode::SUCCESS
             } else {

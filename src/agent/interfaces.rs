@@ -87,7 +87,7 @@ pub fn detect(name: Option<&str>) -> Result<InterfaceInfo, NetInfoError> {
 pub fn current_network(
     name: &str,
     etc: &std::path::Path,
-) -> Option<crate::platform::NetworkConfig> {
+) -> Option<crate::agent::platform::NetworkConfig> {
     let info = detect(Some(name)).ok()?;
     let gateway = std::process::Command::new("ip")
         .args(["-j", "route", "show", "default", "dev", name])
@@ -105,7 +105,7 @@ pub fn current_network(
         .filter_map(|l| l.trim().strip_prefix("nameserver"))
         .filter_map(|a| a.trim().parse().ok())
         .collect();
-    Some(crate::platform::NetworkConfig {
+    Some(crate::agent::platform::NetworkConfig {
         interface: info.name,
         address: info.ipv4?,
         prefix_len: info.prefix_len?,

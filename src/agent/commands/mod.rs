@@ -35,11 +35,11 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
+use crate::agent::session::{Link, SessionEnd};
+use crate::agent::state::CommandRecord;
 use crate::agent::Agent;
 use crate::protocol::messages::CommandReplyData;
 use crate::protocol::{BatchNo, DataType, Envelope, ErrorCode, Frame, ServiceCode};
-use crate::session::{Link, SessionEnd};
-use crate::state::CommandRecord;
 
 /// Delay between a power or boot command's reply and the act, so the reply
 /// reaches the server before the network goes down.
@@ -80,7 +80,7 @@ pub enum After {
     RefreshDesktops,
     /// Apply a validated static network, then log in again from it.
     ChangeNetwork {
-        net: crate::platform::NetworkConfig,
+        net: crate::agent::platform::NetworkConfig,
         conf_version: i64,
         mask: String,
     },

@@ -6,7 +6,7 @@
 use serde_json::json;
 
 use super::{Applied, CmdResult, CommandError, Ctx};
-use crate::bt::transfers::{DownloadRequest, TransferError};
+use crate::agent::transfers::tasks::{DownloadRequest, TransferError};
 use crate::disk::name::LayerName;
 use crate::disk::DiskError;
 use crate::protocol::torrent_struct::SendTorrent as Struct;

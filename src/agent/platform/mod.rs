@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
-use crate::config::{AgentConfig, EffectMode};
+use crate::agent::config::{AgentConfig, EffectMode};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -196,7 +196,14 @@ async fn handle(agent: &Arc<Agent>, req: ControlRequest) -> ControlResponse {
             let Some(link) = agent.link() else {
                 return ControlResponse::err("not connected to the server");
             };
-            match crate::distribution::upload_layer(agent, &link, &name, &group_uuid).await {
+            match crate::agent::transfers::server_link::upload_layer(
+                agent,
+                &link,
+                &name,
+                &group_uuid,
+            )
+            .await
+            {
                 Ok(id) => ControlResponse::ok(json!({ "torrent_id": id })),
                 Err(e) => ControlResponse::err(e.to_string()),
             }

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::process::Command;
 
 use super::{BootTarget, NetworkConfig, Platform, PlatformError, PlatformResult};
-use crate::config::PlatformConfig;
+use crate::agent::config::PlatformConfig;
 use crate::fsutil;
 
 pub struct LinuxPlatform {

@@ -10,8 +10,8 @@
 use std::net::Ipv4Addr;
 
 use super::{parse_json, After, Applied, CmdResult, CommandError, Ctx};
-use crate::net::{is_host_address, prefix_len, same_subnet};
-use crate::platform::NetworkConfig;
+use crate::agent::platform::NetworkConfig;
+use crate::ipv4::{is_host_address, prefix_len, same_subnet};
 use crate::protocol::messages::UpdateIpCmd;
 use crate::protocol::{ErrorCode, Frame};
 

@@ -12,8 +12,8 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
+use crate::agent::commands;
 use crate::agent::Agent;
-use crate::commands;
 use crate::protocol::messages::MacReq;
 use crate::protocol::{ClientType, ServiceCode};
 
@@ -147,7 +147,7 @@ async fn run_on(agent: Arc<Agent>, stream: impl crate::tls::Stream, local_ip: &s
                 let link = link.clone();
                 let mac = agent.mac.clone();
                 tokio::spawn(async move {
-                    let Ok(body) = tokio::task::spawn_blocking(move || crate::perf::report(&mac)).await else {
+                    let Ok(body) = tokio::task::spawn_blocking(move || crate::agent::performance_report::report(&mac)).await else {
                         return;
                     };
                     if let Err(e) = link.request(ServiceCode::UpdatePerformance, &body).await {

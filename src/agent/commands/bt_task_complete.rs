@@ -2,7 +2,7 @@
 //! so the terminal stops seeding it and reports 9015 task_result.
 
 use super::{parse_json, Applied, CmdResult, CommandError, Ctx};
-use crate::bt::transfers::Report;
+use crate::agent::transfers::tasks::Report;
 use crate::protocol::messages::BtTaskCompleteCmd;
 use crate::protocol::{ErrorCode, Frame};
 

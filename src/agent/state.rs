@@ -7,8 +7,8 @@ use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::agent::platform::NetworkConfig;
 use crate::fsutil;
-use crate::platform::NetworkConfig;
 use crate::protocol::messages::{DesktopGroup, TerminalConfig};
 use crate::protocol::BatchNo;
 

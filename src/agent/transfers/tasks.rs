@@ -15,10 +15,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
-use super::engine::{Engine, Phase, TaskStats};
-use super::manifest::{self, Fetched, LayerManifest, ManifestPolicy};
-use super::meta::TorrentMeta;
-use crate::desktops::{Adopted, Desktops};
+use crate::agent::desktops::{Adopted, Desktops};
+use crate::bt::engine::{Engine, Phase, TaskStats};
+use crate::bt::manifest::{self, Fetched, LayerManifest, ManifestPolicy};
+use crate::bt::meta::TorrentMeta;
 use crate::disk::name::LayerName;
 use crate::disk::{DiskError, LayerMeta};
 use crate::fsutil;
@@ -125,7 +125,7 @@ pub enum Report {
 #[derive(Debug, thiserror::Error)]
 pub enum TransferError {
     #[error("bad torrent: {0}")]
-    Torrent(#[from] super::meta::MetaError),
+    Torrent(#[from] crate::bt::meta::MetaError),
     #[error(transparent)]
     Disk(#[from] DiskError),
     #[error("BitTorrent engine: {0}")]
@@ -512,7 +512,7 @@ impl Transfers {
         let announce = announce.to_string();
         let created = tokio::task::spawn_blocking(move || {
             let len = std::fs::metadata(&path)?.len();
-            super::torrent::create(&path, &announce, super::torrent::piece_length_for(len))
+            crate::bt::torrent::create(&path, &announce, crate::bt::torrent::piece_length_for(len))
         })
         .await
         .map_err(|e| TransferError::Engine(e.to_string()))?

@@ -4,10 +4,10 @@
 use std::sync::Arc;
 
 use super::{parse_json, After, Applied, CmdResult, CommandError, Ctx};
+use crate::agent::session::Link;
 use crate::agent::Agent;
 use crate::protocol::messages::{BatchCmd, DesktopGroupListReq, DesktopGroupListResp};
 use crate::protocol::{Frame, ServiceCode};
-use crate::session::Link;
 
 pub struct UpdateDesktopGroupInfo;
 
@@ -31,7 +31,7 @@ pub async fn refresh(agent: &Arc<Agent>, link: &Link) {
             Ok(Some(list)) if env.is_ok() => {
                 agent.desktop_groups_received(list.desktop_group_list).await;
                 agent.report_desktops(link).await;
-                crate::distribution::request_pending(agent, link).await;
+                crate::agent::transfers::server_link::request_pending(agent, link).await;
             }
             other => log::warn!(
                 "get_desktop_group_list: code {} {} ({other:?})",

@@ -9,10 +9,13 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
+use crate::agent::session::Link;
+use crate::agent::transfers::tasks::{
+    DownloadRequest, Report, TaskRecord, TransferError, Transfers,
+};
 use crate::agent::Agent;
 use crate::bt::engine::{Engine, EngineConfig};
 use crate::bt::meta::MAX_TORRENT_BYTES;
-use crate::bt::transfers::{DownloadRequest, Report, TaskRecord, TransferError, Transfers};
 use crate::disk::name::LayerName;
 use crate::protocol::messages::{
     BtTaskStateReq, CheckUploadStateReq, CheckUploadStateResp, DiffDiskDownloadResp, DiffDiskReq,
@@ -20,7 +23,6 @@ use crate::protocol::messages::{
 };
 use crate::protocol::torrent_struct::UploadTorrent;
 use crate::protocol::ServiceCode;
-use crate::session::Link;
 
 /// Starts the engine and the transfer supervisor. Retries while the engine
 /// cannot start (its port taken by a previous instance still exiting).

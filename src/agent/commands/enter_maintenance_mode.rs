@@ -2,7 +2,7 @@
 //! `boot/`; reply, then reboot.
 
 use super::{parse_json, After, Applied, CmdResult, CommandError, Ctx};
-use crate::platform::BootTarget;
+use crate::agent::platform::BootTarget;
 use crate::protocol::messages::BatchCmd;
 use crate::protocol::Frame;
 

@@ -4,13 +4,13 @@ use bytes::Bytes;
 use std::sync::Arc;
 
 use super::{Link, SessionEnd};
+use crate::agent::state::PendingOrder;
 use crate::agent::Agent;
 use crate::protocol::messages::{
     BtTrackerResp, ConfigVersionReq, ConfigVersionResp, DesktopGroupListReq, DesktopGroupListResp,
     LoginReq, LoginResp, MacReq, OrderQueryResp, TerminalConfig,
 };
 use crate::protocol::ServiceCode;
-use crate::state::PendingOrder;
 
 fn transport(e: super::RequestError) -> SessionEnd {
     SessionEnd::Startup(e.to_string())
@@ -56,7 +56,7 @@ pub async fn sequence(agent: &Arc<Agent>, link: &Link) -> Result<(), SessionEnd>
     // 9004: report what we are; learn the server's conf_version.
     let req = ConfigVersionReq {
         mac: mac.clone(),
-        platform: Some(crate::agent::platform_name().into()),
+        platform: Some(crate::agent::terminal::platform_name().into()),
         soft_version: Some(agent.cfg.soft_version.clone()),
         disk_residue: Some(agent.disk_residue_gb()),
         resolutions: None,
@@ -97,7 +97,7 @@ pub async fn sequence(agent: &Arc<Agent>, link: &Link) -> Result<(), SessionEnd>
         // reset): push ours with 9006.
         let mut mine = agent.state.read(|s| s.terminal.clone());
         mine.mac = mac.clone();
-        mine.platform = crate::agent::platform_name().into();
+        mine.platform = crate::agent::terminal::platform_name().into();
         mine.soft_version = agent.cfg.soft_version.clone();
         mine.disk_residue = agent.disk_residue_gb();
         if mine.name.is_empty() {
@@ -161,7 +161,9 @@ pub async fn sequence(agent: &Arc<Agent>, link: &Link) -> Result<(), SessionEnd>
     {
         let agent = agent.clone();
         let link = link.clone();
-        tokio::spawn(async move { crate::distribution::request_pending(&agent, &link).await });
+        tokio::spawn(async move {
+            crate::agent::transfers::server_link::request_pending(&agent, &link).await
+        });
     }
 
     // 9010: a numbering session may have started while we were away.

@@ -1,0 +1,30 @@
+//! `voi-agent`, the terminal program.
+//!
+//! Layers, each using only those below it:
+//!
+//! * `cli`, `supervisor`: the process; connects and reconnects, starts
+//!   everything else;
+//! * `control_socket`: the local `voi-agent ctl` interface;
+//! * `commands/`: one file per server command (1000–1032), parse + apply;
+//! * `session/`: one logged-in session (login, startup requests, heartbeats);
+//!   it hands command frames to a handler it is given;
+//! * `transfers/`: layer downloads and uploads on the BitTorrent engine, and
+//!   what the agent tells the server about them;
+//! * `terminal`: the agent's shared state (identity, persisted state, platform,
+//!   desktops, the current link);
+//! * `desktops`, `state`, `config`, `platform/`, `interfaces`,
+//!   `performance_report`: the parts `terminal` is made of.
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod control_socket;
+pub mod desktops;
+pub mod interfaces;
+pub mod performance_report;
+pub mod platform;
+pub mod session;
+pub mod state;
+pub mod terminal;
+pub mod transfers;
+
+pub use terminal::Agent;

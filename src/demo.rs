@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::agent::config::{AgentConfig, EffectMode, PlatformConfig};
 use crate::agent::control_socket::{self, ControlRequest};
-use crate::agent::Agent;
+use crate::agent::terminal::Agent;
 use crate::protocol::messages::{DesktopGroup, DiskInfo};
 use crate::protocol::Sectors;
 use crate::server::client::ApiClient;
@@ -157,7 +157,7 @@ pub async fn run(keep_running: bool) -> anyhow::Result<()> {
 
     if keep_running {
         println!("[demo] running; Ctrl-C to stop");
-        crate::agent::cli::wait_for_signal().await;
+        crate::cli_support::wait_for_signal().await;
     }
     agent.shutdown.cancel();
     let _ = agent_task.await;

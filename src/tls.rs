@@ -17,6 +17,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
 
+/// Longest a TLS handshake may take, on either side.
+pub const TLS_HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// What a session runs over: plain TCP or TLS.
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for T {}

@@ -307,42 +307,99 @@ fn shared_code_imports_neither_program_and_programs_not_each_other() {
     );
 }
 
-#[test]
-fn no_file_imports_itself_through_others() {
-    let g = graph();
-    // Tarjan-free: a depth-first search reporting the first circle found.
-    fn visit(
-        n: &PathBuf,
-        g: &Graph,
-        stack: &mut Vec<PathBuf>,
-        done: &mut BTreeSet<PathBuf>,
-    ) -> Option<Vec<PathBuf>> {
-        if let Some(pos) = stack.iter().position(|s| s == n) {
-            let mut circle = stack[pos..].to_vec();
-            circle.push(n.clone());
-            return Some(circle);
-        }
-        if done.contains(n) {
-            return None;
-        }
-        stack.push(n.clone());
-        for m in g.edges.get(n).into_iter().flatten() {
-            if let Some(c) = visit(m, g, stack, done) {
-                return Some(c);
+/// Groups of files that import each other around a circle (Tarjan's
+/// strongly connected components of more than one file).
+fn circles(g: &Graph) -> Vec<Vec<PathBuf>> {
+    struct Walk<'a> {
+        g: &'a Graph,
+        index: BTreeMap<PathBuf, usize>,
+        low: BTreeMap<PathBuf, usize>,
+        stack: Vec<PathBuf>,
+        on_stack: BTreeSet<PathBuf>,
+        found: Vec<Vec<PathBuf>>,
+    }
+    fn connect(w: &mut Walk, v: &PathBuf) {
+        let i = w.index.len();
+        w.index.insert(v.clone(), i);
+        w.low.insert(v.clone(), i);
+        w.stack.push(v.clone());
+        w.on_stack.insert(v.clone());
+        let next: Vec<PathBuf> = w.g.edges.get(v).into_iter().flatten().cloned().collect();
+        for m in next {
+            if !w.index.contains_key(&m) {
+                connect(w, &m);
+                let lm = w.low[&m];
+                let lv = w.low.get_mut(v).expect("visited");
+                *lv = (*lv).min(lm);
+            } else if w.on_stack.contains(&m) {
+                let im = w.index[&m];
+                let lv = w.low.get_mut(v).expect("visited");
+                *lv = (*lv).min(im);
             }
         }
-        stack.pop();
-        done.insert(n.clone());
-        None
-    }
-    let mut done = BTreeSet::new();
-    for n in g.edges.keys() {
-        let mut stack = Vec::new();
-        if let Some(c) = visit(n, &g, &mut stack, &mut done) {
-            let shown: Vec<String> = c.iter().map(|p| p.display().to_string()).collect();
-            panic!("import circle: {}", shown.join(" -> "));
+        if w.low[v] == w.index[v] {
+            let mut group = Vec::new();
+            while let Some(x) = w.stack.pop() {
+                w.on_stack.remove(&x);
+                let done = &x == v;
+                group.push(x);
+                if done {
+                    break;
+                }
+            }
+            if group.len() > 1 {
+                group.sort();
+                w.found.push(group);
+            }
         }
     }
+    let mut w = Walk {
+        g,
+        index: BTreeMap::new(),
+        low: BTreeMap::new(),
+        stack: Vec::new(),
+        on_stack: BTreeSet::new(),
+        found: Vec::new(),
+    };
+    for v in g.edges.keys() {
+        if !w.index.contains_key(v) {
+            connect(&mut w, v);
+        }
+    }
+    w.found
+}
+
+#[test]
+fn no_file_imports_itself_through_others() {
+    let found = circles(&graph());
+    let shown: Vec<String> = found
+        .iter()
+        .map(|c| {
+            c.iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .collect();
+    assert!(
+        found.is_empty(),
+        "files that import each other around a circle:\n{}",
+        shown.join("\n")
+    );
+}
+
+#[test]
+fn a_circle_is_found() {
+    let mut edges = BTreeMap::new();
+    let (a, b, c) = (
+        PathBuf::from("a.rs"),
+        PathBuf::from("b.rs"),
+        PathBuf::from("c.rs"),
+    );
+    edges.insert(a.clone(), BTreeSet::from([b.clone()]));
+    edges.insert(b.clone(), BTreeSet::from([c.clone()]));
+    edges.insert(c.clone(), BTreeSet::from([a.clone()]));
+    assert_eq!(circles(&Graph { edges }), vec![vec![a, b, c]]);
 }
 
 #[test]

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use crate::agent::config::AgentConfig;
 use crate::agent::control_socket::{self, ControlRequest};
-use crate::agent::Agent;
+use crate::agent::terminal::Agent;
 
 #[derive(Parser)]
 #[command(name = "voi-agent", version, about = "VOI terminal agent")]
@@ -181,28 +181,13 @@ fn run(path: &std::path::Path) -> std::process::ExitCode {
         };
         let stop = agent.shutdown.clone();
         tokio::spawn(async move {
-            wait_for_signal().await;
+            crate::cli_support::wait_for_signal().await;
             log::info!("stopping");
             stop.cancel();
         });
         agent.run().await;
         std::process::ExitCode::SUCCESS
     })
-}
-
-pub async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }
 
 fn ctl(config: &std::path::Path, socket: Option<PathBuf>, what: CtlCmd) -> std::process::ExitCode {

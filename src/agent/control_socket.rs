@@ -9,7 +9,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinHandle;
 
-use crate::agent::Agent;
+use crate::agent::terminal::Agent;
 use crate::protocol::messages::{DateTimeResp, MacReq, OrderConfirmReq, VerifyAdminUserReq};
 use crate::protocol::ServiceCode;
 

@@ -24,6 +24,7 @@ pub mod performance_report;
 pub mod platform;
 pub mod session;
 pub mod state;
+pub mod supervisor;
 pub mod terminal;
 pub mod transfers;
 

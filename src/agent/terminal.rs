@@ -1,17 +1,17 @@
-//! The agent process: identity, persisted state, the reconnect loop, and the
-//! local control socket.
+//! The agent's shared state: identity, persisted state, the platform, the
+//! desktops, the transfers and the current link. Everything above it
+//! (session, commands, control socket, supervisor) works through an `Agent`.
 
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-use tokio::net::TcpStream;
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::config::AgentConfig;
 use crate::agent::desktops::Desktops;
 use crate::agent::platform::{NetworkConfig, Platform, SelectedPlatform};
-use crate::agent::session::backoff::Backoff;
-use crate::agent::session::{self, Link, SessionEnd};
+use crate::agent::session::connection::Link;
+use crate::agent::session::end::SessionEnd;
 use crate::agent::state::{AgentState, PendingChange, StateStore};
 use crate::disk::DiskStore;
 use crate::protocol::messages::{DateTimeResp, DesktopGroup, TerminalConfig};
@@ -167,7 +167,7 @@ impl Agent {
         self.live.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    fn set_live(&self, f: impl FnOnce(&mut LiveStatus)) {
+    pub(crate) fn set_live(&self, f: impl FnOnce(&mut LiveStatus)) {
         f(&mut self.live.lock().unwrap_or_else(|p| p.into_inner()));
     }
 
@@ -328,7 +328,7 @@ impl Agent {
     /// Restores the previous network or server when a change is not
     /// confirmed by a login in time. A change found at start (the agent
     /// died mid-change) is applied again first, then watched the same way.
-    async fn watch_pending_change(self: Arc<Self>) {
+    pub(crate) async fn watch_pending_change(self: Arc<Self>) {
         if let Some(PendingChange::Network { new, .. }) =
             self.state.read(|s| s.pending_change.clone())
         {
@@ -487,113 +487,6 @@ impl Agent {
             }
         });
         moved.then(|| SessionEnd::Reconnect(format!("server moved to {new_server}")))
-    }
-
-    /// Connects, runs sessions, and reconnects until `shutdown` fires.
-    pub async fn run(self: Arc<Self>) {
-        let control = crate::agent::control_socket::serve(self.clone());
-        let control = match control {
-            Ok(task) => Some(task),
-            Err(e) => {
-                log::error!(
-                    "control socket {}: {e}",
-                    self.cfg.control_socket_path().display()
-                );
-                None
-            }
-        };
-        let watchdog = tokio::spawn(self.clone().watch_pending_change());
-        let distribution = tokio::spawn(crate::agent::transfers::server_link::start(self.clone()));
-        // The agent can serve its control socket and retry the server from
-        // here on: that is "ready" for systemd.
-        crate::sdnotify::notify_logged("READY=1");
-        let sd_watchdog = crate::sdnotify::watchdog_interval().map(|every| {
-            tokio::spawn(async move {
-                // Pings come from the runtime itself, so a wedged runtime
-                // stops them and systemd restarts the agent.
-                let mut t = tokio::time::interval(every);
-                loop {
-                    t.tick().await;
-                    crate::sdnotify::notify_logged("WATCHDOG=1");
-                }
-            })
-        });
-        let mut connect_backoff = Backoff::new(
-            Duration::from_millis(100),
-            Duration::from_millis(self.cfg.connect_retry_ms.max(100)),
-        );
-        let mut session_backoff = Backoff::new(
-            Duration::from_millis(200),
-            Duration::from_secs(self.cfg.backoff_cap_secs),
-        );
-        while !self.shutdown.is_cancelled() {
-            let addr = self.server_addr();
-            self.set_live(|l| {
-                l.session = "connecting".into();
-                l.server = addr.clone();
-            });
-            let connect = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(&addr));
-            let stream = tokio::select! {
-                r = connect => r,
-                _ = self.shutdown.cancelled() => break,
-            };
-            let stream = match stream {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    log::debug!("connect {addr}: {e}");
-                    self.pause(connect_backoff.next_delay()).await;
-                    continue;
-                }
-                Err(_) => {
-                    log::debug!("connect {addr}: timed out");
-                    self.pause(connect_backoff.next_delay()).await;
-                    continue;
-                }
-            };
-            connect_backoff.reset();
-            let started = Instant::now();
-            let end = session::run(self.clone(), stream).await;
-            let text = format!("{end:?}");
-            self.set_live(|l| {
-                l.session = "disconnected".into();
-                l.last_end = Some(text.clone());
-            });
-            match &end {
-                SessionEnd::Shutdown => break,
-                e if e.is_planned() => {
-                    log::info!("session ended: {text}; reconnecting now");
-                    session_backoff.reset();
-                    continue;
-                }
-                _ => {}
-            }
-            if started.elapsed() > Duration::from_secs(60) {
-                session_backoff.reset();
-            }
-            let delay = session_backoff.next_delay();
-            log::warn!("session ended: {text}; reconnecting in {delay:?}");
-            self.pause(delay).await;
-        }
-        watchdog.abort();
-        // The engine stops with the shutdown token; give it a moment to
-        // save its resume data.
-        let _ = tokio::time::timeout(Duration::from_secs(3), distribution).await;
-        if let Some(w) = sd_watchdog {
-            w.abort();
-        }
-        crate::sdnotify::notify_logged("STOPPING=1");
-        if let Some(task) = control {
-            task.abort();
-        }
-        let _ = std::fs::remove_file(self.cfg.control_socket_path());
-    }
-
-    async fn pause(&self, d: Duration) {
-        self.set_live(|l| l.session = format!("waiting {} ms to reconnect", d.as_millis()));
-        tokio::select! {
-            _ = tokio::time::sleep(d) => {}
-            _ = self.shutdown.cancelled() => {}
-        }
     }
 }
 

@@ -1,3 +1,3 @@
 fn main() -> std::process::ExitCode {
-    voi::server::cli::main()
+    voi::server::cli::main(|keep_running| Box::pin(voi::demo::run(keep_running)))
 }

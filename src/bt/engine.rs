@@ -359,3 +359,11 @@ impl Engine {
         self.session.stop().await;
     }
 }
+
+/// Whole percent of `total` that `have` is, rounded down (what 9025 reports).
+pub fn percent(have: u64, total: u64) -> i64 {
+    if total == 0 {
+        return 0;
+    }
+    ((have as u128 * 100) / total as u128) as i64
+}

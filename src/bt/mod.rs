@@ -1,6 +1,6 @@
-//! BitTorrent distribution of disk layers: torrent creation and checking,
-//! the engine wrapper shared by agent and server, and the agent's transfer
-//! tasks. See `STATE.md` for the transfer state machine.
+//! BitTorrent for disk layers, shared by agent and server: torrent creation
+//! and checking, bencode, the layer manifest, and the engine wrapper. The
+//! agent's transfers built on it are in `agent/transfers/`.
 pub mod bencode;
 pub mod engine;
 pub mod manifest;

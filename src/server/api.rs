@@ -22,7 +22,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 
-use super::{order, PushError, Server};
+use super::order;
+use super::service::{PushError, Server};
 use crate::protocol::messages::DesktopGroup;
 use crate::protocol::{normalize_mac, Envelope, ErrorCode, ServiceCode};
 

@@ -105,7 +105,11 @@ enum CtlCmd {
     },
 }
 
-pub fn main() -> std::process::ExitCode {
+/// Runs `voi-server demo`: a server and an agent in one process. The binary
+/// passes it in, so the server itself never links the agent's code paths.
+pub type DemoRunner = fn(bool) -> futures_util::future::BoxFuture<'static, anyhow::Result<()>>;
+
+pub fn main(demo: DemoRunner) -> std::process::ExitCode {
     crate::cli_support::init_logging();
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -157,11 +161,11 @@ pub fn main() -> std::process::ExitCode {
                     handle.addr, handle.api_addr
                 );
                 crate::sdnotify::notify_logged("READY=1");
-                crate::agent::cli::wait_for_signal().await;
+                crate::cli_support::wait_for_signal().await;
                 handle.stop().await;
                 Ok(())
             }
-            Cmd::Demo { keep_running } => crate::demo::run(keep_running).await,
+            Cmd::Demo { keep_running } => demo(keep_running).await,
             Cmd::Ctl {
                 api,
                 token,

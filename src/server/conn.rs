@@ -10,22 +10,15 @@ use tokio::sync::mpsc;
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 
+use super::conn_state::ConnState;
+use super::handlers;
 use super::registry::{Online, ServerEvent};
-use super::{handlers, Server};
+use super::service::Server;
 use crate::protocol::messages::{LoginReq, LoginResp};
 use crate::protocol::{
     normalize_mac, token_for, BatchNo, ClientType, Envelope, ErrorCode, Frame, FrameCodec,
     ServiceCode,
 };
-
-/// What this connection knows about its peer.
-pub struct ConnState {
-    pub id: u64,
-    pub peer: SocketAddr,
-    pub local: Option<SocketAddr>,
-    pub token: String,
-    pub mac: Option<String>,
-}
 
 /// Accepts one terminal connection: TLS first when the server has it on.
 pub async fn accept(server: Arc<Server>, stream: TcpStream, peer: SocketAddr, id: u64) {
@@ -36,7 +29,7 @@ pub async fn accept(server: Arc<Server>, stream: TcpStream, peer: SocketAddr, id
     };
     // A bounded handshake: a peer that opens the port and says nothing
     // (or speaks plain frames to a TLS port) is dropped, not kept.
-    match tokio::time::timeout(crate::agent::session::TLS_HANDSHAKE, tls.accept(stream)).await {
+    match tokio::time::timeout(crate::tls::TLS_HANDSHAKE, tls.accept(stream)).await {
         Ok(Ok(s)) => run(server, s, peer, local, id).await,
         Ok(Err(e)) => log::warn!("{peer}: TLS handshake failed: {e}"),
         Err(_) => log::warn!("{peer}: TLS handshake timed out"),

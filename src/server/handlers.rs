@@ -5,8 +5,10 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
 
-use super::conn::ConnState;
-use super::{md5_hex, order, Server};
+use super::conn_state::ConnState;
+use super::order;
+use super::service::Server;
+use crate::protocol::md5_hex;
 use crate::protocol::messages::*;
 use crate::protocol::{normalize_mac, DataType, Envelope, ErrorCode, Frame, ServiceCode};
 
@@ -273,7 +275,7 @@ async fn answer(
         }
         S::BtTracker => {
             let _: MacReq = body(frame, mac)?;
-            let url = super::announce_url(&server.cfg, server.tracker_addr, st.local);
+            let url = super::service::announce_url(&server.cfg, server.tracker_addr, st.local);
             ok(BtTrackerResp { tracker: vec![url] })
         }
         S::PToVStart => {
@@ -331,7 +333,7 @@ async fn answer(
                     let (process, rate) = match (&up.state[..], stats) {
                         ("finished", _) => (100, 0),
                         (_, Some(s)) => (
-                            crate::agent::transfers::tasks::percent(s.have_bytes, s.total_bytes),
+                            crate::bt::engine::percent(s.have_bytes, s.total_bytes),
                             i64::try_from(s.down_bps).unwrap_or(i64::MAX),
                         ),
                         _ => (0, 0),

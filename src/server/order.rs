@@ -5,8 +5,8 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use super::service::{PushError, Server};
 use super::store::OrderSession;
-use super::{PushError, Server};
 use crate::protocol::messages::OrderConfirmReq;
 use crate::protocol::{BatchNo, Envelope, ErrorCode, ServiceCode};
 

@@ -20,6 +20,7 @@ use voi::server::registry::ServerEvent;
 use voi::server::{Server, ServerConfig, ServerHandle};
 
 mod needs;
+#[allow(unused_imports)]
 pub use needs::*;
 
 pub fn init_log() {

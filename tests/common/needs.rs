@@ -24,7 +24,7 @@ pub const TC: Need = Need::Program("tc", "iproute2");
 
 fn unmet(need: Need) -> Option<String> {
     match need {
-        Need::Root => (!nix::unistd::geteuid().is_root()).then(|| "root".to_string()),
+        Need::Root => (!is_root()).then(|| "root".to_string()),
         Need::Program(prog, pkg) => {
             let found = Command::new("sh")
                 .args(["-c", &format!("command -v {prog}")])
@@ -36,6 +36,12 @@ fn unmet(need: Need) -> Option<String> {
             (!found).then(|| format!("{prog} (apt-get install {pkg})"))
         }
     }
+}
+
+fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    // /proc/self belongs to the process's effective user.
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
 }
 
 /// True when everything `needs` lists is here. Otherwise prints one line and

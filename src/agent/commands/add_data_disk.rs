@@ -1,7 +1,7 @@
 //! 1010 add_data_disk: a local data disk of `size` GB with its enable and
 //! restore flags. A second call updates the flags and may grow the disk.
 
-use super::{parse_json, Applied, CmdResult, CommandError, Ctx};
+use super::context::{parse_json, Applied, CmdResult, CommandError, Ctx};
 use crate::disk::DiskError;
 use crate::protocol::messages::AddDataDiskCmd;
 use crate::protocol::Frame;

@@ -1,7 +1,7 @@
 //! 1021 bt_task_complete `{torrent_id}`: the server holds an uploaded layer,
 //! so the terminal stops seeding it and reports 9015 task_result.
 
-use super::{parse_json, Applied, CmdResult, CommandError, Ctx};
+use super::context::{parse_json, Applied, CmdResult, CommandError, Ctx};
 use crate::agent::transfers::tasks::Report;
 use crate::protocol::messages::BtTaskCompleteCmd;
 use crate::protocol::{ErrorCode, Frame};

@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use super::{parse_json, Applied, CmdResult, CommandError, Ctx};
+use super::context::{parse_json, Applied, CmdResult, CommandError, Ctx};
 use crate::protocol::messages::CancelDownloadDesktopCmd;
 use crate::protocol::Frame;
 

@@ -2,7 +2,7 @@
 //! downloads in progress stop as for 1009. (The original stopped every
 //! torrent, seeding ones too; finished layers keep serving the room here.)
 
-use super::{parse_json, CmdResult, CommandError, Ctx};
+use super::context::{parse_json, CmdResult, CommandError, Ctx};
 use crate::protocol::messages::BatchCmd;
 use crate::protocol::Frame;
 

@@ -2,7 +2,7 @@
 //! forget what the server assigned (number, name, config version) so the
 //! next login registers afresh, and reconnect as the original terminal did.
 
-use super::{parse_json, After, Applied, CmdResult, CommandError, Ctx};
+use super::context::{parse_json, After, Applied, CmdResult, CommandError, Ctx};
 use crate::protocol::messages::BatchCmd;
 use crate::protocol::Frame;
 

@@ -4,7 +4,7 @@
 
 use serde_json::json;
 
-use super::{parse_json, Applied, CmdResult, CommandError, Ctx};
+use super::context::{parse_json, Applied, CmdResult, CommandError, Ctx};
 use crate::disk::decision::Download;
 use crate::disk::name::LayerName;
 use crate::protocol::messages::DownloadDesktopCmd;

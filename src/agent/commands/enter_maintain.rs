@@ -1,7 +1,7 @@
 //! 1019 enter_maintain: the newer name of enter_maintenance_mode.
 
+use super::context::{parse_json, CmdResult, CommandError, Ctx};
 use super::enter_maintenance_mode::next_boot_then_reboot;
-use super::{parse_json, CmdResult, CommandError, Ctx};
 use crate::agent::platform::BootTarget;
 use crate::protocol::messages::BatchCmd;
 use crate::protocol::Frame;

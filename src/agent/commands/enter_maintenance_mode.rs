@@ -1,7 +1,7 @@
 //! 1006 enter_maintenance_mode: next boot goes to the maintenance entry of
 //! `boot/`; reply, then reboot.
 
-use super::{parse_json, After, Applied, CmdResult, CommandError, Ctx};
+use super::context::{parse_json, After, Applied, CmdResult, CommandError, Ctx};
 use crate::agent::platform::BootTarget;
 use crate::protocol::messages::BatchCmd;
 use crate::protocol::Frame;

@@ -10,6 +10,7 @@ mod bt_task_complete;
 mod cancel_download_desktop;
 mod cancel_send_desktop;
 mod clear_all_desktop;
+mod context;
 mod delete;
 mod download_desktop;
 mod enter_maintain;
@@ -29,121 +30,21 @@ mod update_name;
 mod upload_disk;
 mod watermark_switch;
 
-use serde::de::DeserializeOwned;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::sync::mpsc;
 
-use crate::agent::session::{Link, SessionEnd};
+use crate::agent::session::connection::Link;
+use crate::agent::session::end::SessionEnd;
+use crate::agent::session::CommandHandler;
 use crate::agent::state::CommandRecord;
-use crate::agent::Agent;
+use crate::agent::terminal::Agent;
 use crate::protocol::messages::CommandReplyData;
 use crate::protocol::{BatchNo, DataType, Envelope, ErrorCode, Frame, ServiceCode};
 
-/// Delay between a power or boot command's reply and the act, so the reply
-/// reaches the server before the network goes down.
-pub const POWER_DELAY: Duration = Duration::from_millis(1500);
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CommandError {
-    pub code: ErrorCode,
-    pub msg: String,
-}
-
-impl CommandError {
-    pub fn new(code: ErrorCode, msg: impl Into<String>) -> Self {
-        CommandError {
-            code,
-            msg: msg.into(),
-        }
-    }
-
-    pub fn message(msg: impl Into<String>) -> Self {
-        Self::new(ErrorCode::MessageError, msg)
-    }
-
-    pub fn system(msg: impl Into<String>) -> Self {
-        Self::new(ErrorCode::SystemError, msg)
-    }
-}
-
-/// What happens once the reply has been written.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum After {
-    Nothing,
-    PowerOff,
-    Reboot,
-    /// End this session and log in again (new server, new address).
-    Reconnect(String),
-    /// Ask for 9007 again so the desktop decision runs on fresh data.
-    RefreshDesktops,
-    /// Apply a validated static network, then log in again from it.
-    ChangeNetwork {
-        net: crate::agent::platform::NetworkConfig,
-        conf_version: i64,
-        mask: String,
-    },
-    /// Log in to another server.
-    MoveServer(String),
-}
-
-#[derive(Debug, Default)]
-pub struct Applied {
-    pub extra: BTreeMap<String, serde_json::Value>,
-    pub after: Option<After>,
-    /// Replaces the request's batch_no in the reply (1015 answers with its
-    /// task uuid).
-    pub batch_no: Option<BatchNo>,
-}
-
-impl Applied {
-    pub fn done() -> Self {
-        Applied::default()
-    }
-
-    pub fn then(after: After) -> Self {
-        Applied {
-            extra: BTreeMap::new(),
-            after: Some(after),
-            batch_no: None,
-        }
-    }
-}
-
-pub type CmdResult = Result<Applied, CommandError>;
-
-/// What a command's `apply` may use.
-pub struct Ctx<'a> {
-    pub agent: &'a Arc<Agent>,
-    pub link: &'a Link,
-}
-
-/// Reads a command body as JSON, with the protocol's error for bad input.
-pub fn parse_json<T: DeserializeOwned>(frame: &Frame) -> Result<T, CommandError> {
-    if frame.data_type != DataType::Json as u8 {
-        return Err(CommandError::message(format!(
-            "expected a JSON body (data_type 1), got data_type {}",
-            frame.data_type
-        )));
-    }
-    frame
-        .json()
-        .map_err(|e| CommandError::message(format!("bad {} body: {e}", frame.service_code)))
-}
-
-/// A URL the agent will fetch from: http or https only, so a command cannot
-/// make it read local files or talk to other schemes.
-pub fn check_download_url(url: &str) -> Result<(), CommandError> {
-    let parsed = reqwest::Url::parse(url)
-        .map_err(|e| CommandError::message(format!("download_url {url:?}: {e}")))?;
-    if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(CommandError::message(format!(
-            "download_url {url:?} must be http or https"
-        )));
-    }
-    Ok(())
-}
+pub use context::{
+    check_download_url, parse_json, After, Applied, CmdResult, CommandError, Ctx, POWER_DELAY,
+};
 
 /// The batch number, however much of the body is otherwise usable, so even
 /// a refusal is matched to its request by the server.
@@ -442,8 +343,30 @@ fn reply_frame(link: &Link, req: &Frame, env: Envelope<CommandReplyData>) -> Fra
     })
 }
 
+/// The agent's command handler: what the session hands every 1xxx frame to.
+pub struct Dispatcher {
+    agent: Arc<Agent>,
+}
+
+impl Dispatcher {
+    pub fn new(agent: Arc<Agent>) -> Arc<Dispatcher> {
+        Arc::new(Dispatcher { agent })
+    }
+}
+
+impl CommandHandler for Dispatcher {
+    fn serve(
+        &self,
+        link: Link,
+        frames: mpsc::Receiver<Frame>,
+        end: mpsc::Sender<SessionEnd>,
+    ) -> futures_util::future::BoxFuture<'static, ()> {
+        Box::pin(worker(self.agent.clone(), link, frames, end))
+    }
+}
+
 /// Applies commands in order for one session.
-pub async fn worker(
+async fn worker(
     agent: Arc<Agent>,
     link: Link,
     mut rx: mpsc::Receiver<Frame>,

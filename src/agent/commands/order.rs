@@ -2,7 +2,7 @@
 //! it and confirms with 9009 (`voi-agent ctl order confirm N`).
 //! `terminal_id = -1` ends the numbering session.
 
-use super::{parse_json, Applied, CmdResult, CommandError, Ctx};
+use super::context::{parse_json, Applied, CmdResult, CommandError, Ctx};
 use crate::agent::state::PendingOrder;
 use crate::protocol::messages::OrderCmd;
 use crate::protocol::{ErrorCode, Frame};

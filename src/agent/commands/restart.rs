@@ -1,6 +1,6 @@
 //! 1002 restart: reply, then reboot after `POWER_DELAY`.
 
-use super::{parse_json, After, Applied, CmdResult, CommandError, Ctx};
+use super::context::{parse_json, After, Applied, CmdResult, CommandError, Ctx};
 use crate::protocol::messages::BatchCmd;
 use crate::protocol::Frame;
 

@@ -5,7 +5,7 @@
 
 use serde_json::json;
 
-use super::{parse_json, Applied, CmdResult, CommandError, Ctx};
+use super::context::{parse_json, Applied, CmdResult, CommandError, Ctx};
 use crate::agent::transfers::server_link::UrlDownload;
 use crate::agent::transfers::tasks::{Kind, Report, TaskRecord};
 use crate::disk::name::LayerName;
@@ -29,7 +29,7 @@ impl SendDesktop {
             let Some(url) = d.download_url.clone().filter(|u| !u.is_empty()) else {
                 continue;
             };
-            super::check_download_url(&url)
+            super::context::check_download_url(&url)
                 .map_err(|e| CommandError::message(format!("{layer}: {}", e.msg)))?;
             downloads.push(UrlDownload {
                 layer,

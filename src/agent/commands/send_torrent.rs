@@ -5,7 +5,7 @@
 
 use serde_json::json;
 
-use super::{Applied, CmdResult, CommandError, Ctx};
+use super::context::{Applied, CmdResult, CommandError, Ctx};
 use crate::agent::transfers::tasks::{DownloadRequest, TransferError};
 use crate::disk::name::LayerName;
 use crate::disk::DiskError;

@@ -1,7 +1,7 @@
 //! Commands this agent does not carry out (yet). They are answered with a
 //! clear error so the server never believes they succeeded.
 
-use super::{CmdResult, CommandError, Ctx};
+use super::context::{CmdResult, CommandError, Ctx};
 use crate::protocol::{ErrorCode, Frame, ServiceCode};
 
 pub struct Unsupported {

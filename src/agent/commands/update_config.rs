@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 
-use super::{parse_json, After, Applied, CmdResult, CommandError, Ctx};
+use super::context::{parse_json, After, Applied, CmdResult, CommandError, Ctx};
 use crate::protocol::messages::UpdateConfigCmd;
 use crate::protocol::{ErrorCode, Frame};
 

@@ -3,9 +3,9 @@
 
 use std::sync::Arc;
 
-use super::{parse_json, After, Applied, CmdResult, CommandError, Ctx};
-use crate::agent::session::Link;
-use crate::agent::Agent;
+use super::context::{parse_json, After, Applied, CmdResult, CommandError, Ctx};
+use crate::agent::session::connection::Link;
+use crate::agent::terminal::Agent;
 use crate::protocol::messages::{BatchCmd, DesktopGroupListReq, DesktopGroupListResp};
 use crate::protocol::{Frame, ServiceCode};
 

@@ -4,7 +4,7 @@
 //! whatever no longer matches the server. (The original terminal parsed the
 //! list and did nothing.)
 
-use super::{parse_json, After, Applied, CmdResult, CommandError, Ctx};
+use super::context::{parse_json, After, Applied, CmdResult, CommandError, Ctx};
 use crate::disk::name::parse_uuid;
 use crate::protocol::messages::UpdateDifferenceDiskCmd;
 use crate::protocol::Frame;
@@ -17,7 +17,7 @@ impl UpdateDifferenceDisk {
         for d in &cmd.disk_info_list {
             parse_uuid(&d.uuid).map_err(|e| CommandError::message(e.to_string()))?;
             if !d.download_url.is_empty() {
-                super::check_download_url(&d.download_url)?;
+                super::context::check_download_url(&d.download_url)?;
             }
             if d.version < 0 {
                 return Err(CommandError::message(format!(

@@ -9,7 +9,7 @@
 
 use std::net::Ipv4Addr;
 
-use super::{parse_json, After, Applied, CmdResult, CommandError, Ctx};
+use super::context::{parse_json, After, Applied, CmdResult, CommandError, Ctx};
 use crate::agent::platform::NetworkConfig;
 use crate::ipv4::{is_host_address, prefix_len, same_subnet};
 use crate::protocol::messages::UpdateIpCmd;

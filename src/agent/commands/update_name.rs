@@ -1,7 +1,7 @@
 //! 1004 update_name: the terminal's name (at most 13 bytes, per the API
 //! document) and the configuration version that goes with it.
 
-use super::{parse_json, Applied, CmdResult, CommandError, Ctx};
+use super::context::{parse_json, Applied, CmdResult, CommandError, Ctx};
 use crate::protocol::messages::UpdateNameCmd;
 use crate::protocol::{ErrorCode, Frame};
 

@@ -6,7 +6,7 @@
 use serde_json::json;
 use std::sync::Arc;
 
-use super::{parse_json, Applied, CmdResult, CommandError, Ctx};
+use super::context::{parse_json, Applied, CmdResult, CommandError, Ctx};
 use crate::agent::transfers::tasks::{Kind, Report, TaskRecord};
 use crate::disk::name::LayerName;
 use crate::protocol::messages::UploadDesktopCmd;
@@ -54,8 +54,8 @@ impl UploadDisk {
 }
 
 async fn upload_all(
-    agent: Arc<crate::agent::Agent>,
-    link: crate::agent::session::Link,
+    agent: Arc<crate::agent::terminal::Agent>,
+    link: crate::agent::session::connection::Link,
     group_uuid: String,
     layers: Vec<LayerName>,
 ) {

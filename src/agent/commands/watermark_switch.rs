@@ -1,7 +1,7 @@
 //! 1022 watermark_switch: whether the desktop shows the terminal-info
 //! watermark. Persisted; the desktop side reads it through `ctl status`.
 
-use super::{parse_json, Applied, CmdResult, CommandError, Ctx};
+use super::context::{parse_json, Applied, CmdResult, CommandError, Ctx};
 use crate::protocol::messages::WatermarkSwitchCmd;
 use crate::protocol::Frame;
 

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use super::{BootTarget, NetworkConfig, Platform, PlatformError, PlatformResult};
+use super::effects::{BootTarget, NetworkConfig, Platform, PlatformError, PlatformResult};
 use crate::agent::config::PlatformConfig;
 use crate::fsutil;
 

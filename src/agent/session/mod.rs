@@ -3,50 +3,49 @@
 
 pub mod backoff;
 pub mod connection;
+pub mod end;
 mod startup;
 
 pub use connection::{Link, LinkEnd, RequestError};
+pub use end::SessionEnd;
 
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-use crate::agent::commands;
-use crate::agent::Agent;
+use crate::agent::terminal::Agent;
 use crate::protocol::messages::MacReq;
-use crate::protocol::{ClientType, ServiceCode};
+use crate::protocol::{ClientType, Frame, ServiceCode};
+use crate::tls::TLS_HANDSHAKE;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SessionEnd {
-    Link(LinkEnd),
-    LoginRejected {
-        code: i64,
-        msg: String,
-    },
-    Startup(String),
-    MissedHeartbeats(u32),
-    /// A command asked for a new session (server moved, address changed).
-    Reconnect(String),
-    Shutdown,
-}
-
-impl SessionEnd {
-    /// Whether the next connect may go out at once (no backoff).
-    pub fn is_planned(&self) -> bool {
-        matches!(self, SessionEnd::Reconnect(_))
-    }
+/// What the session does with the server's commands (1xxx frames): it hands
+/// them over in arrival order and never looks inside. The agent's
+/// `commands::Dispatcher` is the one implementation.
+pub trait CommandHandler: Send + Sync + 'static {
+    /// Applies `frames` until the channel closes (the connection ended). A
+    /// command that needs a new session says so on `end`.
+    fn serve(
+        &self,
+        link: Link,
+        frames: mpsc::Receiver<Frame>,
+        end: mpsc::Sender<SessionEnd>,
+    ) -> futures_util::future::BoxFuture<'static, ()>;
 }
 
 /// Runs one session on a connected stream until it ends.
-pub async fn run(agent: Arc<Agent>, stream: TcpStream) -> SessionEnd {
+pub async fn run(
+    agent: Arc<Agent>,
+    stream: TcpStream,
+    commands: Arc<dyn CommandHandler>,
+) -> SessionEnd {
     let _ = stream.set_nodelay(true);
     let local_ip = stream
         .local_addr()
         .map(|a| a.ip().to_string())
         .unwrap_or_default();
     if !agent.cfg.tls.enabled {
-        return run_on(agent, stream, &local_ip).await;
+        return run_on(agent, stream, &local_ip, commands).await;
     }
     // Built per connection: the server address may have moved (1005).
     let connector = match crate::tls::Connector::new(&agent.cfg.tls, &agent.server_ip()) {
@@ -54,7 +53,7 @@ pub async fn run(agent: Arc<Agent>, stream: TcpStream) -> SessionEnd {
         Err(e) => return SessionEnd::Link(LinkEnd::Protocol(format!("TLS: {e}"))),
     };
     match tokio::time::timeout(TLS_HANDSHAKE, connector.connect(stream)).await {
-        Ok(Ok(tls)) => run_on(agent, tls, &local_ip).await,
+        Ok(Ok(tls)) => run_on(agent, tls, &local_ip, commands).await,
         Ok(Err(e)) => SessionEnd::Link(LinkEnd::Protocol(format!("TLS handshake: {e}"))),
         Err(_) => SessionEnd::Link(LinkEnd::Protocol(format!(
             "TLS handshake: no answer within {TLS_HANDSHAKE:?}"
@@ -62,10 +61,12 @@ pub async fn run(agent: Arc<Agent>, stream: TcpStream) -> SessionEnd {
     }
 }
 
-/// Longest a TLS handshake may take, on either side.
-pub const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
-
-async fn run_on(agent: Arc<Agent>, stream: impl crate::tls::Stream, local_ip: &str) -> SessionEnd {
+async fn run_on(
+    agent: Arc<Agent>,
+    stream: impl crate::tls::Stream,
+    local_ip: &str,
+    commands: Arc<dyn CommandHandler>,
+) -> SessionEnd {
     let client_type = ClientType::from_u8(agent.cfg.client_type).unwrap_or(ClientType::Linux);
     let spawned = Link::spawn(
         stream,
@@ -96,12 +97,7 @@ async fn run_on(agent: Arc<Agent>, stream: impl crate::tls::Stream, local_ip: &s
 
     // Commands run one at a time, in their own task, so a slow command never
     // delays a heartbeat.
-    let worker = tokio::spawn(commands::worker(
-        agent.clone(),
-        link.clone(),
-        spawned.commands,
-        end_tx.clone(),
-    ));
+    let worker = tokio::spawn(commands.serve(link.clone(), spawned.commands, end_tx.clone()));
 
     let hb_every = Duration::from_secs(agent.cfg.heartbeat_secs);
     let mut hb = tokio::time::interval(hb_every);

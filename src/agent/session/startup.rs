@@ -3,16 +3,17 @@
 use bytes::Bytes;
 use std::sync::Arc;
 
-use super::{Link, SessionEnd};
+use super::connection::{Link, RequestError};
+use super::end::SessionEnd;
 use crate::agent::state::PendingOrder;
-use crate::agent::Agent;
+use crate::agent::terminal::Agent;
 use crate::protocol::messages::{
     BtTrackerResp, ConfigVersionReq, ConfigVersionResp, DesktopGroupListReq, DesktopGroupListResp,
     LoginReq, LoginResp, MacReq, OrderQueryResp, TerminalConfig,
 };
 use crate::protocol::ServiceCode;
 
-fn transport(e: super::RequestError) -> SessionEnd {
+fn transport(e: RequestError) -> SessionEnd {
     SessionEnd::Startup(e.to_string())
 }
 

@@ -9,11 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-use crate::agent::session::Link;
+use crate::agent::session::connection::Link;
+use crate::agent::terminal::Agent;
 use crate::agent::transfers::tasks::{
     DownloadRequest, Report, TaskRecord, TransferError, Transfers,
 };
-use crate::agent::Agent;
 use crate::bt::engine::{Engine, EngineConfig};
 use crate::bt::meta::MAX_TORRENT_BYTES;
 use crate::disk::name::LayerName;

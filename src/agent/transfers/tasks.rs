@@ -863,9 +863,4 @@ enum Finish {
     Failed(String),
 }
 
-pub fn percent(have: u64, total: u64) -> i64 {
-    if total == 0 {
-        return 0;
-    }
-    ((have as u128 * 100) / total as u128) as i64
-}
+pub use crate::bt::engine::percent;

@@ -1,3 +1,4 @@
+#![allow(unused_parens)] // voi-agent patch: modular-bitfield expansions warn on current rustc
 //! A library for working with qcow (version 1, 2, and 3) files.
 //!
 //! ## Example

@@ -1,0 +1,51 @@
+//! The one trait for effects that could take the machine down or cut it
+//! off, and the values those effects take.
+
+use serde::{Deserialize, Serialize};
+use std::net::Ipv4Addr;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BootTarget {
+    /// One-shot network boot (1014 pxe_start).
+    Pxe,
+    /// One-shot boot into the maintenance entry of `boot/` (1006, 1019).
+    Maintenance,
+}
+
+/// Static IPv4 settings of one interface.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkConfig {
+    pub interface: String,
+    pub address: Ipv4Addr,
+    pub prefix_len: u8,
+    pub gateway: Option<Ipv4Addr>,
+    pub dns: Vec<Ipv4Addr>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlatformError {
+    #[error("{what} failed: {detail}")]
+    Failed { what: &'static str, detail: String },
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+impl PlatformError {
+    pub fn failed(what: &'static str, detail: impl Into<String>) -> Self {
+        PlatformError::Failed {
+            what,
+            detail: detail.into(),
+        }
+    }
+}
+
+pub type PlatformResult = Result<(), PlatformError>;
+
+pub trait Platform: Send + Sync {
+    fn power_off(&self) -> PlatformResult;
+    fn reboot(&self) -> PlatformResult;
+    fn set_next_boot(&self, target: BootTarget) -> PlatformResult;
+    fn set_hostname(&self, name: &str) -> PlatformResult;
+    fn apply_network(&self, net: &NetworkConfig) -> PlatformResult;
+}

@@ -1,0 +1,119 @@
+//! The server's configuration (`server.toml`); every key has a default.
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::protocol::md5_hex;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Terminal protocol listener.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Operator API listener; keep it on loopback.
+    #[serde(default = "default_api_listen")]
+    pub api_listen: String,
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Bearer token of the operator API; default: generated once and kept in
+    /// `<data_dir>/api-token`.
+    #[serde(default)]
+    pub api_token: Option<String>,
+    /// The terminals' heartbeat interval; a terminal is offline after three
+    /// intervals without one.
+    #[serde(default = "default_hb")]
+    pub heartbeat_secs: u64,
+    /// A socket silent this long is closed.
+    #[serde(default = "default_idle")]
+    pub idle_close_secs: u64,
+    /// The address terminals should use for this server (9005
+    /// `setup_info.program.server_ip`); unset, none is advertised.
+    #[serde(default)]
+    pub advertise_ip: Option<String>,
+    /// The BitTorrent tracker's listener (the original's port is 50021).
+    #[serde(default = "default_tracker_listen")]
+    pub tracker_listen: String,
+    /// Tracker announce URL handed out by 9019; default: this server's
+    /// address as the terminal sees it, with the tracker's port.
+    #[serde(default)]
+    pub tracker_url: Option<String>,
+    #[serde(default = "default_admin_user")]
+    pub admin_user: String,
+    /// md5 hex of the admin password (9008 / 9016 compare md5 of what the
+    /// terminal sends). Default: md5("admin").
+    #[serde(default = "default_admin_md5")]
+    pub admin_password_md5: String,
+    /// Largest frame body accepted from a terminal.
+    #[serde(default = "default_max_body")]
+    pub max_body: usize,
+    /// BitTorrent peer port of the seeder (terminals use 6881); 0 picks a
+    /// free one.
+    #[serde(default = "default_bt_port")]
+    pub bt_listen_port: u16,
+    /// Seeder upload cap in bytes per second; 0 is unlimited.
+    #[serde(default)]
+    pub bt_upload_limit: u32,
+    /// TLS on the terminal port: certificate chain and key, PEM. Both or
+    /// neither; off by default (the vendor's terminals speak plain TCP).
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+}
+
+fn default_bt_port() -> u16 {
+    6880
+}
+
+fn default_listen() -> String {
+    format!("0.0.0.0:{}", crate::protocol::DEFAULT_PORT)
+}
+fn default_api_listen() -> String {
+    "127.0.0.1:50080".into()
+}
+fn default_tracker_listen() -> String {
+    "0.0.0.0:50021".into()
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("/var/lib/voi-server")
+}
+fn default_hb() -> u64 {
+    10
+}
+fn default_idle() -> u64 {
+    120
+}
+fn default_admin_user() -> String {
+    "admin".into()
+}
+fn default_admin_md5() -> String {
+    md5_hex(b"admin")
+}
+fn default_max_body() -> usize {
+    crate::protocol::codec::DEFAULT_MAX_BODY
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        toml::from_str("").unwrap_or_else(|_| unreachable!("all fields have defaults"))
+    }
+}
+
+impl ServerConfig {
+    pub fn load(path: &std::path::Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+        let cfg: ServerConfig =
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        if cfg.heartbeat_secs == 0 || cfg.idle_close_secs == 0 {
+            anyhow::bail!("heartbeat_secs and idle_close_secs must be at least 1");
+        }
+        Ok(cfg)
+    }
+
+    pub fn offline_after(&self) -> Duration {
+        Duration::from_secs(self.heartbeat_secs * 3)
+    }
+}

@@ -1,0 +1,391 @@
+//! The running server's shared state, and what the connections and the
+//! operator API ask of it: push a command and wait for its reply, send a
+//! desktop, name a torrent's URL.
+
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+use super::config::ServerConfig;
+use super::registry::{Registry, ServerEvent};
+use super::store::{self, Store};
+use super::{images, tracker};
+use crate::protocol::{
+    BatchNo, ClientType, DataType, Direction, Envelope, ErrorCode, Frame, ServiceCode,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    #[error("terminal {0} is not connected")]
+    NotConnected(String),
+    #[error("no reply from {0} within {1:?}")]
+    Timeout(String, Duration),
+    #[error("{0}")]
+    Bad(String),
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+}
+
+impl PushError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            PushError::NotConnected(_) => ErrorCode::TerminalNotConnectError,
+            PushError::Timeout(..) => ErrorCode::OtherError,
+            PushError::Bad(_) => ErrorCode::MessageError,
+            PushError::Store(_) => ErrorCode::SystemError,
+        }
+    }
+}
+
+/// Shared server state.
+pub struct Server {
+    pub cfg: ServerConfig,
+    pub store: Store,
+    pub registry: Registry,
+    pub api_token: String,
+    pub tracker: Arc<tracker::Tracker>,
+    /// Where the tracker listens (its port goes into 9019 answers).
+    pub tracker_addr: SocketAddr,
+    /// Layer images: seeded, served as torrents, received from uploads.
+    pub images: Arc<images::Images>,
+    pub shutdown: CancellationToken,
+    /// Set when the terminal port speaks TLS.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    pub(crate) seq: AtomicU32,
+    pub(crate) conn_ids: AtomicU64,
+}
+
+impl Server {
+    /// The URL a terminal fetches a layer's torrent from (tracker port).
+    pub fn torrent_url(&self, layer: &str, local: Option<SocketAddr>) -> String {
+        let host = self
+            .cfg
+            .advertise_ip
+            .clone()
+            .or_else(|| local.map(|a| a.ip().to_string()))
+            .unwrap_or_else(|| "127.0.0.1".into());
+        format!(
+            "http://{host}:{}/torrents/{layer}.torrent",
+            self.tracker_addr.port()
+        )
+    }
+
+    /// Sends 1008 and then one 1015 per layer of the group the library
+    /// holds, each waited for. Returns the layers sent.
+    pub async fn download_desktop(
+        &self,
+        mac: &str,
+        group_uuid: &str,
+        timeout: Duration,
+    ) -> Result<Vec<Value>, PushError> {
+        use crate::protocol::torrent_struct::SendTorrent;
+        let groups = self.store.groups()?;
+        let g = groups
+            .iter()
+            .find(|g| g.desktop_group_uuid == group_uuid)
+            .ok_or_else(|| PushError::Bad(format!("no desktop group {group_uuid}")))?;
+        let mut layers = Vec::new();
+        let mut missing = Vec::new();
+        for d in &g.disks {
+            let name = format!("{}_{}_{}", d.prefix, d.dif_level, d.uuid);
+            match self.images.get(&name) {
+                Some(img) => layers.push((d.clone(), img)),
+                None => missing.push(name),
+            }
+        }
+        if !missing.is_empty() {
+            return Err(PushError::Bad(format!(
+                "the image library lacks {}",
+                missing.join(", ")
+            )));
+        }
+        let desktop = serde_json::json!({
+            "name": g.desktop_group_name,
+            "desc": g.desktop_group_desc,
+            "diff_mode": g.diff_mode,
+            "uuid": g.desktop_group_uuid,
+            "sys_type": g.os_sys_type,
+            "disks": g.disks.iter().map(|d| serde_json::json!({
+                "uuid": d.uuid, "type": d.disk_type, "dif_level": d.dif_level,
+                "prefix": d.prefix, "operate_id": d.operate_id,
+                "real_size": d.real_size, "reserve_space": d.reserve_size,
+            })).collect::<Vec<_>>(),
+        });
+        let (_, env) = self
+            .push(
+                mac,
+                ServiceCode::DownloadDesktop,
+                serde_json::json!({ "desktop": desktop }),
+                timeout,
+            )
+            .await?;
+        if !env.is_ok() {
+            return Err(PushError::Bad(format!(
+                "download_desktop refused: {} {}",
+                env.code, env.msg
+            )));
+        }
+        let mut sent = Vec::new();
+        for (d, img) in layers {
+            let task_uuid = uuid::Uuid::new_v4().hyphenated().to_string();
+            let body = SendTorrent {
+                uuid: d.uuid.clone(),
+                disk_type: d.disk_type.clamp(0, 2) as i8,
+                sys_type: g.os_sys_type.clamp(0, i64::from(i8::MAX)) as i8,
+                dif_level: d.dif_level.clamp(0, 5) as i32,
+                real_size: d.real_size.0,
+                space_size: d.reserve_size.0,
+                file_size: img.length.div_ceil(512),
+                task_uuid: task_uuid.clone(),
+                group_uuid: g.desktop_group_uuid.clone(),
+                operate_id: u32::try_from(d.operate_id).unwrap_or(0),
+                torrent: img.torrent.clone(),
+            };
+            let env = self
+                .push_binary(
+                    mac,
+                    ServiceCode::SendTorrent,
+                    body.encode(),
+                    BatchNo::Text(task_uuid.clone()),
+                    timeout,
+                )
+                .await?;
+            sent.push(serde_json::json!({
+                "layer": img.layer.to_string(), "task_uuid": task_uuid,
+                "code": env.code, "msg": env.msg,
+            }));
+        }
+        Ok(sent)
+    }
+
+    /// Pushes a binary command (1015) and waits for the reply carrying
+    /// `batch`.
+    pub async fn push_binary(
+        &self,
+        mac: &str,
+        code: ServiceCode,
+        payload: bytes::Bytes,
+        batch: BatchNo,
+        timeout: Duration,
+    ) -> Result<Envelope<Value>, PushError> {
+        let mac = crate::protocol::normalize_mac(mac)
+            .ok_or_else(|| PushError::Bad(format!("{mac:?} is not a MAC")))?;
+        let rx = self.registry.expect_reply(code as u32, &mac, &batch);
+        if let Err(e) = self
+            .send_frame(&mac, code, DataType::Binary, payload, &batch)
+            .await
+        {
+            self.registry.forget_reply(code as u32, &mac, &batch);
+            return Err(e);
+        }
+        self.await_reply(rx, code, mac, &batch, timeout).await
+    }
+
+    pub fn next_seq(&self) -> u32 {
+        self.seq.fetch_add(1, Ordering::Relaxed).wrapping_add(1)
+    }
+
+    /// Sends a command to one terminal without waiting for its reply.
+    /// `params` must be a JSON object; `batch_no` is added if absent.
+    pub async fn send_command(
+        &self,
+        mac: &str,
+        code: ServiceCode,
+        mut params: Value,
+    ) -> Result<BatchNo, PushError> {
+        if !code.is_command() {
+            return Err(PushError::Bad(format!(
+                "{} is not a server command",
+                code.name()
+            )));
+        }
+        let Value::Object(map) = &mut params else {
+            return Err(PushError::Bad("params must be a JSON object".into()));
+        };
+        let batch = match map.get("batch_no").cloned() {
+            Some(v) => serde_json::from_value::<BatchNo>(v)
+                .map_err(|e| PushError::Bad(format!("batch_no: {e}")))?,
+            None => {
+                let b = BatchNo::Int(self.store.next_batch_no()?);
+                map.insert(
+                    "batch_no".into(),
+                    serde_json::to_value(&b).unwrap_or(Value::Null),
+                );
+                b
+            }
+        };
+        let payload = serde_json::to_vec(&params).map_err(|e| PushError::Bad(e.to_string()))?;
+        self.send_frame(mac, code, DataType::Json, payload.into(), &batch)
+            .await?;
+        Ok(batch)
+    }
+
+    /// Pushes a command and waits for the terminal's reply.
+    pub async fn push(
+        &self,
+        mac: &str,
+        code: ServiceCode,
+        params: Value,
+        timeout: Duration,
+    ) -> Result<(BatchNo, Envelope<Value>), PushError> {
+        let mac = crate::protocol::normalize_mac(mac)
+            .ok_or_else(|| PushError::Bad(format!("{mac:?} is not a MAC")))?;
+        let mut params = params;
+        self.before_push(&mac, code, &mut params)?;
+        // Register before sending so a fast reply is not missed; batch_no is
+        // allocated here for that reason.
+        let batch = match params.get("batch_no") {
+            Some(v) => serde_json::from_value::<BatchNo>(v.clone())
+                .map_err(|e| PushError::Bad(format!("batch_no: {e}")))?,
+            None => BatchNo::Int(self.store.next_batch_no()?),
+        };
+        if let Value::Object(m) = &mut params {
+            m.insert(
+                "batch_no".into(),
+                serde_json::to_value(&batch).unwrap_or(Value::Null),
+            );
+        }
+        let rx = self.registry.expect_reply(code as u32, &mac, &batch);
+        if let Err(e) = self.send_command(&mac, code, params).await {
+            self.registry.forget_reply(code as u32, &mac, &batch);
+            return Err(e);
+        }
+        let env = self.await_reply(rx, code, mac, &batch, timeout).await?;
+        Ok((batch, env))
+    }
+
+    /// Writes one command frame to a connected terminal.
+    async fn send_frame(
+        &self,
+        mac: &str,
+        code: ServiceCode,
+        data_type: DataType,
+        payload: bytes::Bytes,
+        batch: &BatchNo,
+    ) -> Result<(), PushError> {
+        let (tx, token) = self
+            .registry
+            .sender(mac)
+            .ok_or_else(|| PushError::NotConnected(mac.to_string()))?;
+        let frame = Frame {
+            service_code: code as u32,
+            sequence_code: self.next_seq(),
+            data_type: data_type as u8,
+            client_type: ClientType::Server as u8,
+            req_or_res: Direction::Request as u8,
+            token: token.into_bytes().into(),
+            payload,
+        };
+        tx.send(frame)
+            .await
+            .map_err(|_| PushError::NotConnected(mac.to_string()))?;
+        self.registry.emit(ServerEvent::CommandSent {
+            mac: mac.to_string(),
+            command: code.name().into(),
+            batch_no: batch.clone(),
+        });
+        Ok(())
+    }
+
+    /// The reply registered with `expect_reply`, or a timeout (which
+    /// forgets the registration).
+    async fn await_reply(
+        &self,
+        rx: tokio::sync::oneshot::Receiver<Envelope<Value>>,
+        code: ServiceCode,
+        mac: String,
+        batch: &BatchNo,
+        timeout: Duration,
+    ) -> Result<Envelope<Value>, PushError> {
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(env)) => Ok(env),
+            _ => {
+                self.registry.forget_reply(code as u32, &mac, batch);
+                Err(PushError::Timeout(mac, timeout))
+            }
+        }
+    }
+
+    /// Server-side bookkeeping for commands that change what the terminal
+    /// should pull with 9005: bump conf_version and record the new values.
+    fn before_push(
+        &self,
+        mac: &str,
+        code: ServiceCode,
+        params: &mut Value,
+    ) -> Result<(), PushError> {
+        let Value::Object(map) = params else {
+            return Err(PushError::Bad("params must be a JSON object".into()));
+        };
+        let str_of = |k: &str| map.get(k).and_then(|v| v.as_str()).map(str::to_string);
+        match code {
+            ServiceCode::UpdateName | ServiceCode::UpdateIp | ServiceCode::UpdateConfig => {
+                let name = str_of("name");
+                let net = (
+                    str_of("ip"),
+                    str_of("mask"),
+                    str_of("gateway"),
+                    str_of("dns1"),
+                    str_of("dns2"),
+                );
+                let mode = map.get("mode").cloned();
+                let program = map.get("program").cloned();
+                let rec = self.store.update_terminal(mac, |r| {
+                    r.config.conf_version += 1;
+                    if code == ServiceCode::UpdateName {
+                        if let Some(n) = name {
+                            r.config.name = n;
+                        }
+                    }
+                    if code == ServiceCode::UpdateIp {
+                        if let Some(ip) = net.0 {
+                            r.config.ip = ip;
+                            r.config.is_dhcp = 0;
+                        }
+                        r.config.mask = net.1.unwrap_or_default();
+                        r.config.gateway = net.2.unwrap_or_default();
+                        r.config.dns1 = net.3.unwrap_or_default();
+                        r.config.dns2 = net.4.unwrap_or_default();
+                    }
+                    if code == ServiceCode::UpdateConfig {
+                        if let Some(m) = mode.and_then(|m| serde_json::from_value(m).ok()) {
+                            r.config.setup_info.mode = m;
+                        }
+                        if let Some(p) = program.and_then(|p| serde_json::from_value(p).ok()) {
+                            r.config.setup_info.program = p;
+                        }
+                    }
+                })?;
+                map.entry("conf_version")
+                    .or_insert(Value::from(rec.config.conf_version));
+            }
+            ServiceCode::Delete => {
+                self.store.delete_terminal(mac)?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// The announce URL for torrents and 9019: configured, else this server's
+/// address (advertised, or as the terminal reached it) with the tracker
+/// port.
+pub fn announce_url(cfg: &ServerConfig, tracker: SocketAddr, local: Option<SocketAddr>) -> String {
+    cfg.tracker_url.clone().unwrap_or_else(|| {
+        let ip = cfg
+            .advertise_ip
+            .clone()
+            .or_else(|| local.map(|a| a.ip().to_string()))
+            .unwrap_or_else(|| "127.0.0.1".into());
+        format!("http://{ip}:{}/announce", tracker.port())
+    })
+}
+
+/// Fills a response envelope's msg from its code.
+pub fn env_error(code: ErrorCode, detail: impl Into<String>) -> Envelope<Value> {
+    Envelope::error(code, detail)
+}

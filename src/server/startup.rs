@@ -1,0 +1,204 @@
+//! Starting the server: the store, the listeners (terminal port, operator
+//! API, tracker), the image library, and the loops that keep them going.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::config::ServerConfig;
+use super::registry::Registry;
+use super::service::{announce_url, Server};
+use super::store::Store;
+use super::{api, conn, images, tracker};
+use crate::protocol::ServiceCode;
+
+pub struct ServerHandle {
+    pub server: Arc<Server>,
+    pub addr: SocketAddr,
+    pub api_addr: SocketAddr,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl ServerHandle {
+    /// Stops listening and closes every connection.
+    pub async fn stop(self) {
+        self.server.shutdown.cancel();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+impl Server {
+    /// Binds both listeners and starts serving.
+    pub async fn start(cfg: ServerConfig) -> anyhow::Result<ServerHandle> {
+        std::fs::create_dir_all(&cfg.data_dir)
+            .map_err(|e| anyhow::anyhow!("data dir {}: {e}", cfg.data_dir.display()))?;
+        let store = Store::open(&cfg.data_dir.join("voi-server.redb"))?;
+        let api_token = match &cfg.api_token {
+            Some(t) => t.clone(),
+            None => load_or_create_token(&cfg.data_dir.join("api-token"))?,
+        };
+        let listener = TcpListener::bind(&cfg.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("listen {}: {e}", cfg.listen))?;
+        let api_listener = TcpListener::bind(&cfg.api_listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("api listen {}: {e}", cfg.api_listen))?;
+        let tracker_listener = TcpListener::bind(&cfg.tracker_listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("tracker listen {}: {e}", cfg.tracker_listen))?;
+        let addr = listener.local_addr()?;
+        let api_addr = api_listener.local_addr()?;
+        let tracker_addr = tracker_listener.local_addr()?;
+        let announce = announce_url(&cfg, tracker_addr, None);
+        let images = images::Images::open(
+            &cfg.data_dir,
+            crate::bt::engine::EngineConfig {
+                state_dir: cfg.data_dir.join("bt"),
+                listen_port: cfg.bt_listen_port,
+                upload_limit: (cfg.bt_upload_limit > 0).then_some(cfg.bt_upload_limit),
+                download_limit: None,
+            },
+            announce,
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("image library: {e:#}"))?;
+        let tls = match (&cfg.tls_cert, &cfg.tls_key) {
+            (Some(cert), Some(key)) => {
+                let (acceptor, fp) = crate::tls::acceptor(cert, key)?;
+                log::info!("terminal port speaks TLS; certificate sha256 (pin_sha256) {fp}");
+                Some(acceptor)
+            }
+            (None, None) => None,
+            _ => anyhow::bail!("tls_cert and tls_key go together"),
+        };
+        let server = Arc::new(Server {
+            cfg,
+            tls,
+            store,
+            registry: Registry::default(),
+            api_token,
+            tracker: Arc::new(tracker::Tracker::new(Duration::from_secs(30))),
+            tracker_addr,
+            images,
+            shutdown: CancellationToken::new(),
+            seq: AtomicU32::new(0),
+            conn_ids: AtomicU64::new(0),
+        });
+        log::info!("terminal protocol on {addr}, operator API on http://{api_addr}, tracker on {tracker_addr}");
+
+        let mut tasks = Vec::new();
+        let s = server.clone();
+        tasks.push(tokio::spawn(async move { s.accept_loop(listener).await }));
+        let s = server.clone();
+        tasks.push(tokio::spawn(
+            async move { api::serve(s, api_listener).await },
+        ));
+        let (t, stop) = (server.tracker.clone(), server.shutdown.clone());
+        let torrents = images::router(server.images.clone());
+        tasks.push(tokio::spawn(async move {
+            tracker::serve(t, tracker_listener, stop, torrents).await
+        }));
+        let s = server.clone();
+        tasks.push(tokio::spawn(async move { s.images_loop().await }));
+        let s = server.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            let close_after = Duration::from_secs(s.cfg.idle_close_secs);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => s.registry.sweep(s.cfg.offline_after(), close_after),
+                    _ = s.shutdown.cancelled() => break,
+                }
+            }
+        }));
+        Ok(ServerHandle {
+            server,
+            addr,
+            api_addr,
+            tasks,
+        })
+    }
+
+    async fn accept_loop(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = self.shutdown.cancelled() => break,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    let id = self.conn_ids.fetch_add(1, Ordering::Relaxed);
+                    let s = self.clone();
+                    tokio::spawn(async move { conn::accept(s, stream, peer, id).await });
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    log::error!("accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    /// Settles uploads (then tells their terminals with 1021) every second
+    /// and rescans the image directory now and then.
+    async fn images_loop(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut last_scan = std::time::Instant::now();
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = self.shutdown.cancelled() => break,
+            }
+            for up in self.images.settle_uploads().await {
+                let params = serde_json::json!({ "torrent_id": up.torrent_id });
+                match self
+                    .push(
+                        &up.mac,
+                        ServiceCode::BtTaskComplete,
+                        params,
+                        Duration::from_secs(10),
+                    )
+                    .await
+                {
+                    Ok((_, env)) => {
+                        log::info!("bt_task_complete to {}: {} {}", up.mac, env.code, env.msg);
+                        self.images.mark_notified(&up.torrent_id);
+                    }
+                    Err(e) => log::debug!("bt_task_complete to {}: {e}", up.mac),
+                }
+            }
+            if last_scan.elapsed() >= images::RESCAN {
+                last_scan = std::time::Instant::now();
+                if let Err(e) = self.images.scan().await {
+                    log::error!("image scan: {e:#}");
+                }
+            }
+        }
+        self.images.stop().await;
+    }
+}
+
+fn load_or_create_token(path: &std::path::Path) -> anyhow::Result<String> {
+    if let Ok(t) = std::fs::read_to_string(path) {
+        let t = t.trim().to_string();
+        if !t.is_empty() {
+            return Ok(t);
+        }
+    }
+    let mut bytes = [0u8; 24];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        .map_err(|e| anyhow::anyhow!("cannot read /dev/urandom: {e}"))?;
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    crate::fsutil::atomic_write(path, token.as_bytes())?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(token)
+}

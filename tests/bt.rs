@@ -126,7 +126,7 @@ async fn download_desktop_pushes_torrents_and_layers_join_their_chain() {
             report(&h, mac, &format!("task_result:{l}")).is_some_and(|r| r["result"] == 1)
         })
         .await;
-        let st = report(&h, mac, &format!("bt_task:{l}.torrent")).expect("bt_task_state");
+        let st = report(&h, mac, &format!("bt_task:{l}")).expect("bt_task_state");
         assert_eq!(st["state"], "finished");
         assert_eq!(st["progress"], 100);
         assert_eq!(
@@ -546,7 +546,7 @@ async fn a_download_killed_with_sigkill_resumes_without_refetching() {
     )
     .expect("cfg");
     let progress = |h: &ServerHandle| {
-        report(h, mac, &format!("bt_task:{}.torrent", layer(0)))
+        report(h, mac, &format!("bt_task:{}", layer(0)))
             .and_then(|r| r["progress"].as_i64())
             .unwrap_or(0)
     };

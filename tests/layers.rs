@@ -59,8 +59,7 @@ fn deepest_file(path: &[String]) -> Option<PathBuf> {
 
 fn strip_comments_and_tests(text: &str) -> String {
     let mut out = String::new();
-    let mut lines = text.lines().peekable();
-    while let Some(line) = lines.next() {
+    for line in text.lines() {
         let t = line.trim_start();
         if t.starts_with("#[cfg(test)]") {
             break;
@@ -200,7 +199,6 @@ fn graph() -> Graph {
             continue;
         }
         let module = module_of(&rel);
-        let is_dir_module = rel.ends_with("mod.rs") || rel == Path::new("lib.rs");
         let text = std::fs::read_to_string(&f).expect("read");
         let text = strip_comments_and_tests(&text);
         let children: BTreeSet<String> = text
@@ -246,7 +244,6 @@ fn graph() -> Graph {
                 }
             }
         }
-        let _ = is_dir_module;
         edges.insert(rel, to);
     }
     Graph { edges }

@@ -122,9 +122,11 @@ async fn agent_logs_in_runs_startup_and_heartbeats() {
     let mac = "AA:BB:CC:DD:EE:05";
     let (agent, task) = start_agent(agent_config(&dir.path().join("a"), h.addr.port(), mac));
     wait_event(&mut events, 10, is_login(mac)).await;
+    // A terminal the server never configured: 9004 answers -1 and the
+    // agent uploads its own configuration (9006), as the vendor intends.
     for service in [
         "get_config_version_id",
-        "get_config_info",
+        "update_config_info",
         "get_desktop_group_list",
         "bt_tracker",
     ] {
@@ -141,7 +143,17 @@ async fn agent_logs_in_runs_startup_and_heartbeats() {
     let state: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.path().join("a/state.json")).expect("state"))
             .expect("json");
-    assert_eq!(state["terminal"]["conf_version"], 0);
+    // The server took the uploaded configuration as version 0; the agent
+    // learns it with 9005 at its next login.
+    let rec = h
+        .server
+        .store
+        .terminal(mac)
+        .expect("store")
+        .expect("record");
+    assert_eq!(rec.config.conf_version, 0);
+    assert!(!rec.config.name.is_empty(), "the agent's name was uploaded");
+    assert_eq!(state["terminal"]["conf_version"], -1);
     assert!(state["trackers"][0]
         .as_str()
         .expect("tracker")

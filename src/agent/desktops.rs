@@ -280,7 +280,8 @@ impl Desktops {
                     )));
                 }
                 if size > header.virtual_size {
-                    self.store.ensure_space(size - header.virtual_size)?;
+                    // Thin: growing the virtual size takes no space now.
+                    self.store.ensure_space(0)?;
                     crate::disk::qemu_img::resize(&self.store.path(&layer), size)?;
                 }
                 n
@@ -288,7 +289,7 @@ impl Desktops {
             None => {
                 let layer =
                     LayerName::new("voi", 0, &uuid::Uuid::new_v4().hyphenated().to_string())?;
-                self.store.create_image(&layer, size)?;
+                self.store.create_thin_image(&layer, size)?;
                 layer.to_string()
             }
         };
@@ -305,6 +306,24 @@ impl Desktops {
         );
         self.save_catalog(&cat)?;
         Ok(name)
+    }
+
+    /// Bytes the local data disks may still grow by: their virtual size
+    /// less what their files hold now. Space promised but not taken.
+    pub fn data_disk_growth(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        self.catalog()
+            .layers
+            .iter()
+            .filter(|(_, m)| m.local_only && m.disk_type == 1)
+            .filter_map(|(n, _)| LayerName::parse(n).ok())
+            .map(|l| self.store.path(&l))
+            .filter_map(|p| {
+                let virtual_size = crate::disk::qcow2::read_header(&p).ok()?.virtual_size;
+                let held = std::fs::metadata(&p).ok()?.blocks() * 512;
+                Some(virtual_size.saturating_sub(held))
+            })
+            .sum()
     }
 
     pub fn inventory(&self) -> Result<Inventory, DiskError> {

@@ -139,11 +139,16 @@ impl Agent {
     }
 
     /// Free space of the data dir in GB, as 9004 and 9006 report it.
+    /// Free space for the server's layers (9004): what the file system has,
+    /// less what the thin data disks may still grow into.
     pub fn disk_residue_gb(&self) -> f64 {
         match nix::sys::statvfs::statvfs(&self.cfg.data_dir) {
             Ok(s) => {
-                let bytes = s.blocks_available() as f64 * s.fragment_size() as f64;
-                (bytes / 1e9 * 100.0).round() / 100.0
+                // u64 here, narrower on 32-bit ARM.
+                #[allow(clippy::unnecessary_cast)]
+                let free = s.blocks_available() as u64 * s.fragment_size() as u64;
+                let bytes = free.saturating_sub(self.desktops.data_disk_growth());
+                (bytes as f64 / 1e9 * 100.0).round() / 100.0
             }
             Err(_) => 0.0,
         }

@@ -105,8 +105,12 @@ impl LayerManifest {
 #[derive(Debug)]
 pub enum Fetched {
     Found(LayerManifest),
-    /// The server answered and has none (404).
+    /// The server answered and has none (404, or any 4xx from a tracker
+    /// that has no manifests, as the vendor's has not).
     NotPublished,
+    /// Nobody to ask: no HTTP tracker is known, or nothing listens where
+    /// one should (connection refused). A vendor server publishes nothing.
+    NoPublisher(String),
     /// No answer worth trusting (unreachable, 5xx, bad JSON); ask later.
     Unavailable(String),
 }
@@ -133,9 +137,12 @@ pub async fn fetch(trackers: &[String], layer: &str) -> Fetched {
     };
     let mut last = "no http tracker is known".to_string();
     let mut not_found = false;
+    let mut asked = 0;
+    let mut refused = 0;
     for url in trackers.iter().filter_map(|t| url_for(t, layer)) {
+        asked += 1;
         match client.get(&url).send().await {
-            Ok(r) if r.status() == reqwest::StatusCode::NOT_FOUND => not_found = true,
+            Ok(r) if r.status().is_client_error() => not_found = true,
             Ok(r) if r.status().is_success() => {
                 // A manifest is a few hundred bytes; refuse anything large.
                 match r.bytes().await {
@@ -150,11 +157,18 @@ pub async fn fetch(trackers: &[String], layer: &str) -> Fetched {
                 }
             }
             Ok(r) => last = format!("{url}: HTTP {}", r.status()),
-            Err(e) => last = format!("{url}: {e}"),
+            Err(e) => {
+                if e.is_connect() && !e.is_timeout() {
+                    refused += 1;
+                }
+                last = format!("{url}: {e}");
+            }
         }
     }
     if not_found {
         Fetched::NotPublished
+    } else if asked == refused {
+        Fetched::NoPublisher(last)
     } else {
         Fetched::Unavailable(last)
     }

@@ -237,11 +237,18 @@ impl DiskStore {
     /// A new empty image (a base for a data disk). Built under a temporary
     /// name and renamed into place.
     pub fn create_image(&self, name: &LayerName, size: u64) -> Result<(), DiskError> {
+        self.ensure_space(size)?;
+        self.create_thin_image(name, size)
+    }
+
+    /// A qcow2 image of virtual size `size` that grows as it is written (a
+    /// data disk): only the margin must be free now.
+    pub fn create_thin_image(&self, name: &LayerName, size: u64) -> Result<(), DiskError> {
         let fin = self.path(name);
         if fin.exists() {
             return Err(DiskError::Exists(name.to_string()));
         }
-        self.ensure_space(size)?;
+        self.ensure_space(0)?;
         let tmp = self.tmp_path(name);
         remove_if_present(&tmp)?;
         qemu_img::create(&tmp, size)?;

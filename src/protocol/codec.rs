@@ -24,8 +24,6 @@ pub enum FrameError {
     BadDirection(u8),
     #[error("bad header: data_type {0}, expected 0..=2")]
     BadDataType(u8),
-    #[error("bad header: encoding {0}; compression is not supported")]
-    BadEncoding(u8),
     #[error("frame body of {size} bytes exceeds the limit of {limit}")]
     TooLarge { size: u64, limit: usize },
     #[error("connection closed in the middle of a frame ({0} bytes buffered)")]
@@ -59,9 +57,8 @@ impl FrameCodec {
         if h.data_type > 2 {
             return Err(FrameError::BadDataType(h.data_type));
         }
-        if h.encoding != 0 {
-            return Err(FrameError::BadEncoding(h.encoding));
-        }
+        // `encoding` is not checked: the vendor's server and test terminal
+        // send 1 on plain JSON and the vendor ignores the field (notes §11).
         if h.body_len() > self.max_body as u64 {
             return Err(FrameError::TooLarge {
                 size: h.body_len(),
@@ -179,6 +176,28 @@ mod tests {
             }
         }
         assert_eq!(out, Some(f));
+    }
+
+    /// The vendor D test terminal's login: the header `encoding` is 1 on a
+    /// plain JSON body (bytes as in the v2.28 transcript, offset 17 set).
+    #[test]
+    fn encoding_one_on_plain_json_is_read_like_zero() {
+        let mut hdr: Vec<u8> = [
+            0x01, 0x00, 0x00, 0x00, 0x29, 0x23, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x33, 0x00,
+            0x00, 0x00, 0x01, 0x00, 0x05, 0x01, 0x00, 0x00, 0x00, 0x00,
+        ]
+        .to_vec();
+        hdr[17] = 1;
+        let body = b"{\n\t\"mac\":\t\"52:54:00:C0:FF:EE\",\n\t\"ip\":\t\"127.0.0.1\"\n}";
+        assert_eq!(body.len(), 0x33);
+        let mut buf = BytesMut::from(&hdr[..]);
+        buf.extend_from_slice(body);
+        let f = FrameCodec::default()
+            .decode(&mut buf)
+            .expect("encoding 1 accepted")
+            .expect("whole frame");
+        assert_eq!(f.service(), Some(ServiceCode::TerminalLogin));
+        assert_eq!(&f.payload[..], &body[..]);
     }
 
     #[test]

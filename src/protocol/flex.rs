@@ -110,6 +110,12 @@ pub struct Sectors(pub u64);
 impl Sectors {
     pub const SIZE: u64 = 512;
 
+    /// The sectors a file of `bytes` takes, rounded up: a terminal sizes
+    /// its allocation from it, so it must never be short.
+    pub fn of_length(bytes: u64) -> Sectors {
+        Sectors(bytes.div_ceil(Self::SIZE))
+    }
+
     pub fn from_bytes_floor(bytes: u64) -> Sectors {
         Sectors(bytes / Self::SIZE)
     }

@@ -35,6 +35,9 @@ pub struct LoginReq {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LoginResp {
     pub token: String,
+    /// The vendor server answers its time beside the token (notes §11).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub datetime: String,
 }
 
 /// 9004 get_config_version_id.
@@ -221,6 +224,13 @@ pub struct DesktopGroup {
     pub diff_mode: i64,
     #[serde(default)]
     pub disks: Vec<DiskInfo>,
+    /// The template the group's disks come from; 9012 answers it as `uuid`.
+    #[serde(default)]
+    pub template_uuid: String,
+    /// 1: the desktop takes the terminal's own address (the vendor server
+    /// then fills the desktop_* address fields from the terminal's record).
+    #[serde(default, deserialize_with = "flex::int")]
+    pub desktop_enable_bottom_ip: i64,
 }
 
 /// 9008 verify_admin_user. The document says `user_name`, the upper client
@@ -334,15 +344,20 @@ pub struct TorrentUploadResp {
     pub torrent_id: String,
 }
 
-/// 9015 task_result. The upper-client document sends `name` instead of `disk`.
+/// 9015 task_result. The upper-client document sends `name` instead of
+/// `disk`, or `{torrent_id, msg, result}` for an upload.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskResultReq {
     #[serde(default)]
     pub mac: String,
     #[serde(default)]
     pub ip: String,
-    #[serde(alias = "name")]
+    #[serde(default, alias = "name")]
     pub disk: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub torrent_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub msg: Option<String>,
     /// 0 not started, 1 ok, 2 failed.
     #[serde(default, deserialize_with = "flex::int")]
     pub result: i64,
@@ -481,10 +496,15 @@ pub struct DesktopLoginReq {
 /// 9025 bt_task_state. Rates and sizes are strings on the wire.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BtTaskStateReq {
+    /// `voi_<level>_<uuid>.torrent`; empty on the vendor terminal's HTTP
+    /// download path.
+    #[serde(default)]
     pub torrent_name: String,
     pub mac: String,
     #[serde(deserialize_with = "flex::int")]
     pub progress: i64,
+    /// The vendor server reads it with a default.
+    #[serde(default)]
     pub state: String,
     #[serde(default, with = "string_u64")]
     pub download_rate: u64,

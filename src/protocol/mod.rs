@@ -19,6 +19,8 @@ pub use header::{ClientType, DataType, Direction, Header, HEADER_LEN};
 
 /// The terminal control port (notes §1.1).
 pub const DEFAULT_PORT: u16 = 50007;
+/// The management server's BitTorrent tracker port (the original's too).
+pub const DEFAULT_TRACKER_PORT: u16 = 50021;
 
 /// MAC in the form the protocol uses everywhere: upper-case, colon-separated.
 pub fn normalize_mac(mac: &str) -> Option<String> {

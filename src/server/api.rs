@@ -5,7 +5,8 @@
 //! |---|---|---|
 //! | GET | /api/v1/terminals | all known terminals with online state |
 //! | GET | /api/v1/terminals/:mac | one terminal, with its reports |
-//! | POST | /api/v1/terminals/:mac/commands | `{command, params, timeout_secs}`: push and wait for the reply |
+//! | POST | /api/v1/terminals/:mac/commands | `{command, params, timeout_secs}`: push and wait for the reply (or say at once that this terminal's software never answers it) |
+//! | PUT | /api/v1/terminals/:mac/delivery | `{delivery: "1015" \| "1017" \| "auto"}`: how desktops reach it |
 //! | GET | /api/v1/desktop_groups | |
 //! | PUT | /api/v1/desktop_groups | body: a desktop group as in 9007 |
 //! | DELETE | /api/v1/desktop_groups/:uuid | |
@@ -14,7 +15,7 @@
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -76,6 +77,7 @@ fn push_fail(e: PushError) -> Response {
         PushError::Timeout(..) => StatusCode::GATEWAY_TIMEOUT,
         PushError::Bad(_) => StatusCode::BAD_REQUEST,
         PushError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        PushError::NoReply(..) => StatusCode::OK,
     };
     fail(status, e.code(), e.to_string())
 }
@@ -110,6 +112,7 @@ pub async fn serve(server: Arc<Server>, listener: TcpListener) {
         .route("/api/v1/terminals", get(terminals))
         .route("/api/v1/terminals/:mac", get(terminal))
         .route("/api/v1/terminals/:mac/commands", post(push))
+        .route("/api/v1/terminals/:mac/delivery", put(set_delivery))
         .route(
             "/api/v1/terminals/:mac/download_desktop",
             post(download_desktop),
@@ -142,6 +145,8 @@ fn terminal_view(server: &Server, rec: &super::store::TerminalRecord, with_repor
     v["connected"] = json!(connected);
     v["online"] = json!(online);
     v["last_login"] = json!(rec.last_login);
+    let generation = super::generation::Generation::of(rec);
+    v["delivery"] = json!(generation.delivery);
     if with_reports {
         v["reports"] = json!(rec.reports);
     }
@@ -218,7 +223,78 @@ async fn push(
     let timeout = Duration::from_secs(req.timeout_secs.unwrap_or(30).clamp(1, 3600));
     match server.push(&mac, code, req.params, timeout).await {
         Ok((batch, env)) => ok(json!({ "command": code.name(), "batch_no": batch, "reply": env })),
+        // Sent; this terminal's generation does not answer it. Said at
+        // once, so the operator does not wait for a timeout.
+        Err(PushError::NoReply(batch, why)) => (
+            StatusCode::OK,
+            Json(json!({
+                "code": 0,
+                "msg": why,
+                "data": { "command": code.name(), "batch_no": batch, "reply": null, "no_reply": why },
+            })),
+        )
+            .into_response(),
         Err(e) => push_fail(e),
+    }
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct DeliveryRequest {
+    delivery: String,
+}
+
+/// Pins a terminal's desktop delivery style, or returns it to its version's.
+async fn set_delivery(
+    State(server): S,
+    headers: HeaderMap,
+    Path(mac): Path<String>,
+    body: Option<Json<DeliveryRequest>>,
+) -> Response {
+    guard!(server, headers);
+    let Some(mac) = normalize_mac(&mac) else {
+        return fail(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::TerminalMacError,
+            "not a MAC",
+        );
+    };
+    let choice = match body.as_ref().map(|b| b.delivery.as_str()) {
+        Some("auto") => None,
+        Some(s) => match super::generation::Delivery::parse(s) {
+            Some(d) => Some(d),
+            None => {
+                return fail(
+                    StatusCode::BAD_REQUEST,
+                    ErrorCode::MessageError,
+                    "delivery must be 1015, 1017 or auto",
+                )
+            }
+        },
+        None => {
+            return fail(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::MessageError,
+                "body must be {delivery}",
+            )
+        }
+    };
+    match server.store.terminal(&mac) {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            return fail(
+                StatusCode::NOT_FOUND,
+                ErrorCode::TerminalRecordNotExist,
+                mac,
+            )
+        }
+        Err(e) => return store_fail(e),
+    }
+    match server.store.update_terminal(&mac, |r| r.delivery = choice) {
+        Ok(r) => {
+            let g = super::generation::Generation::of(&r);
+            ok(json!({ "mac": mac, "delivery": g.delivery, "pinned": r.delivery.is_some() }))
+        }
+        Err(e) => store_fail(e),
     }
 }
 

@@ -96,7 +96,11 @@ enum CtlCmd {
     Images,
     /// Rescan the image directory now (it is rescanned every 30 s).
     ImagesRescan,
-    /// Send a desktop group's layers to a terminal (1008, then 1015 each).
+    /// How desktops reach a terminal: 1015 (1008 then a 1015 per layer),
+    /// 1017 (send_desktop with URLs), or auto (from its software version).
+    Delivery { mac: String, style: String },
+    /// Send a desktop group's layers to a terminal, in the style its
+    /// generation understands (1008 + 1015 each, or 1017).
     DownloadDesktop {
         mac: String,
         group_uuid: String,
@@ -232,6 +236,13 @@ async fn ctl(
         }
         CtlCmd::OrderCancel => c.delete("/api/v1/order").await?,
         CtlCmd::Images => c.get("/api/v1/images").await?,
+        CtlCmd::Delivery { mac, style } => {
+            c.put(
+                &format!("/api/v1/terminals/{mac}/delivery"),
+                &serde_json::json!({ "delivery": style }),
+            )
+            .await?
+        }
         CtlCmd::ImagesRescan => c.post("/api/v1/images", &serde_json::json!({})).await?,
         CtlCmd::DownloadDesktop {
             mac,

@@ -74,7 +74,7 @@ fn default_api_listen() -> String {
     "127.0.0.1:50080".into()
 }
 fn default_tracker_listen() -> String {
-    "0.0.0.0:50021".into()
+    format!("0.0.0.0:{}", crate::protocol::DEFAULT_TRACKER_PORT)
 }
 fn default_data_dir() -> PathBuf {
     PathBuf::from("/var/lib/voi-server")

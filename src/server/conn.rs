@@ -160,13 +160,15 @@ async fn on_frame(
         return login(server, st, tx, close, &frame).await;
     }
     if frame.token.is_empty() || frame.token_str() != st.token {
-        answer(
-            tx,
-            &frame,
-            "",
-            &Envelope::error(ErrorCode::TerminalTokenError, ""),
-        )
-        .await;
+        // The vendor server echoes the token it got, so the terminal can
+        // tell which of its requests was refused.
+        let env: Envelope<Value> = Envelope::error(ErrorCode::TerminalTokenError, "");
+        match Frame::response_json(&frame, ClientType::Server, &frame.token, &env) {
+            Ok(f) => {
+                let _ = tx.send(f).await;
+            }
+            Err(e) => log::error!("cannot encode answer: {e}"),
+        }
         return Flow::Continue;
     }
     let Some(mac) = st.mac.clone() else {
@@ -213,7 +215,15 @@ async fn on_frame(
     }
     answer(tx, &frame, &st.token, &env).await;
     if code == ServiceCode::TerminalLogout && env.is_ok() {
-        return Flow::Close("logout".into());
+        // Logged out, but the socket stays: the vendor server keeps it and
+        // answers the heartbeats that still come on it. The terminal is
+        // offline to the operator until it logs in again.
+        if server.registry.unbind(&mac, st.id) {
+            server.registry.emit(ServerEvent::Disconnected {
+                mac,
+                reason: "logout".into(),
+            });
+        }
     }
     Flow::Continue
 }
@@ -283,6 +293,7 @@ async fn login(
             tx: tx.clone(),
             token: st.token.clone(),
             ip: ip.clone(),
+            local: st.local,
             client_type: frame.client_type,
             since: instant,
             last_heartbeat: instant,
@@ -295,6 +306,7 @@ async fn login(
     let env = Envelope::ok(
         serde_json::to_value(LoginResp {
             token: st.token.clone(),
+            datetime: chrono::Local::now().format("%Y-%m-%d %H:%M:%S").to_string(),
         })
         .unwrap_or(Value::Null),
     );

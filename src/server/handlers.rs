@@ -57,6 +57,20 @@ fn layer_named(name: &str) -> Result<(), Answer> {
         .map_err(|e| err(ErrorCode::MessageError, format!("{name:?}: {e}")))
 }
 
+/// A task id (uuid) as a report key: nothing that could grow a record
+/// without bound or name a path.
+fn uuid_like(id: &str) -> Result<(), Answer> {
+    if (1..=64).contains(&id.len())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        Ok(())
+    } else {
+        Err(err(ErrorCode::MessageError, format!("torrent_id {id:?}")))
+    }
+}
+
 /// Stores the latest report of one kind on the terminal's record.
 fn keep_report(server: &Server, mac: &str, kind: String, value: Value) -> Answer {
     match server.store.update_terminal(mac, |r| {
@@ -146,16 +160,28 @@ async fn answer(
             let Some(rec) = rec else {
                 return Err(err(ErrorCode::TerminalRecordNotExist, ""));
             };
-            let mut cfg = rec.config;
-            // Only an address the operator configured: the one this socket
-            // shows may be a NAT's or a loopback (a terminal behind QEMU's
-            // user network reaches us as 127.0.0.1), and a terminal told to
-            // move there would cut itself off.
-            if cfg.setup_info.program.server_ip.is_empty() {
-                cfg.setup_info.program.server_ip =
-                    server.cfg.advertise_ip.clone().unwrap_or_default();
+            let cfg = rec.config;
+            let server_ip = if cfg.setup_info.program.server_ip.is_empty() {
+                our_address(server, st, &cfg.ip)
+            } else {
+                Some(cfg.setup_info.program.server_ip.clone())
+            };
+            let mut v = serde_json::to_value(&cfg).unwrap_or(Value::Null);
+            // The v2.28 terminal copies `program.server_ip` into its config
+            // whenever the key is there and reconnects to it: an empty one
+            // strands it for good. No address worth giving: no key, but the
+            // `program` object stays (without it the terminal sees an error).
+            if let Some(program) = v
+                .get_mut("setup_info")
+                .and_then(|s| s.get_mut("program"))
+                .and_then(|p| p.as_object_mut())
+            {
+                match server_ip {
+                    Some(ip) => program.insert("server_ip".into(), Value::from(ip)),
+                    None => program.remove("server_ip"),
+                };
             }
-            ok(cfg)
+            Envelope::ok(v)
         }
         S::UpdateConfigInfo => {
             let c: TerminalConfig = body(frame, mac)?;
@@ -163,8 +189,19 @@ async fn answer(
             server
                 .store
                 .update_terminal(mac, |r| {
-                    // The session's MAC, and never a version going backwards.
-                    let conf_version = r.config.conf_version.max(c.conf_version);
+                    if c.conf_version < r.config.conf_version {
+                        // The operator changed it since the terminal last
+                        // looked: keep the server's settings, take only what
+                        // the terminal knows better.
+                        r.config.ip = c.ip;
+                        r.config.platform = c.platform;
+                        r.config.soft_version = c.soft_version;
+                        r.config.disk_residue = c.disk_residue;
+                        return;
+                    }
+                    // The session's MAC, and never a version going
+                    // backwards; from here on the terminal is configured.
+                    let conf_version = r.config.conf_version.max(c.conf_version).max(0);
                     r.config = TerminalConfig {
                         mac: r.config.mac.clone(),
                         conf_version,
@@ -176,7 +213,24 @@ async fn answer(
         }
         S::GetDesktopGroupList => {
             let _: DesktopGroupListReq = body(frame, mac)?;
-            let groups = server.store.groups().map_err(store_err)?;
+            let mut groups = server.store.groups().map_err(store_err)?;
+            // A desktop that takes the terminal's own address gets it in
+            // the desktop_* fields, as the vendor server fills them.
+            if groups.iter().any(|g| g.desktop_enable_bottom_ip == 1) {
+                if let Some(t) = server.store.terminal(mac).map_err(store_err)? {
+                    for g in groups
+                        .iter_mut()
+                        .filter(|g| g.desktop_enable_bottom_ip == 1)
+                    {
+                        g.desktop_is_dhcp = t.config.is_dhcp;
+                        g.desktop_ip = t.config.ip.clone();
+                        g.desktop_mask = t.config.mask.clone();
+                        g.desktop_gateway = t.config.gateway.clone();
+                        g.desktop_dns1 = t.config.dns1.clone();
+                        g.desktop_dns2 = t.config.dns2.clone();
+                    }
+                }
+            }
             ok(DesktopGroupListResp {
                 desktop_group_list: groups,
             })
@@ -235,14 +289,26 @@ async fn answer(
         }
         S::TaskResult => {
             let r: TaskResultReq = body(frame, mac)?;
-            layer_named(r.disk.strip_suffix(".torrent").unwrap_or(&r.disk))?;
             if !(0..=2).contains(&r.result) {
                 return Err(err(
                     ErrorCode::MessageError,
                     format!("result {} is not 0, 1 or 2", r.result),
                 ));
             }
-            keep_report(server, mac, format!("task_result:{}", r.disk), json!(r))
+            // `{disk}` from terminals, `{torrent_id, msg, result}` from the
+            // upper client (an upload's task); each kept under its own key.
+            let key = match (&r.disk[..], &r.torrent_id) {
+                ("", Some(id)) => {
+                    uuid_like(id)?;
+                    format!("task_result:{id}")
+                }
+                (disk, _) => {
+                    let layer = disk.strip_suffix(".torrent").unwrap_or(disk);
+                    layer_named(layer)?;
+                    format!("task_result:{layer}")
+                }
+            };
+            keep_report(server, mac, key, json!(r))
         }
         S::InitDesktop => {
             let _: MacReq = body(frame, mac)?;
@@ -295,7 +361,9 @@ async fn answer(
         }
         S::DiffDiskDownload => {
             let r: DiffDiskReq = body(frame, mac)?;
-            diff_disk_download(server, &r, st.local)?
+            let answer = diff_disk_download(server, &r, st.local)?;
+            push_torrent_after_answer(server, mac, &r);
+            answer
         }
         S::DesktopLogin => {
             let r: DesktopLoginReq = body(frame, mac)?;
@@ -308,14 +376,25 @@ async fn answer(
         }
         S::BtTaskState => {
             let r: BtTaskStateReq = body(frame, mac)?;
-            layer_named(r.torrent_name.strip_suffix(".torrent").unwrap_or(""))?;
             if !(0..=100).contains(&r.progress) {
                 return Err(err(
                     ErrorCode::MessageError,
                     format!("progress {} is not a percentage", r.progress),
                 ));
             }
-            keep_report(server, mac, format!("bt_task:{}", r.torrent_name), json!(r))
+            // The v2.28 terminal sends an empty torrent_name on its HTTP
+            // download path: one report of its own, not a layer's.
+            let key = if r.torrent_name.is_empty() {
+                "http_download".to_string()
+            } else {
+                let layer = r
+                    .torrent_name
+                    .strip_suffix(".torrent")
+                    .unwrap_or(&r.torrent_name);
+                layer_named(layer)?;
+                format!("bt_task:{layer}")
+            };
+            keep_report(server, mac, key, json!(r))
         }
         S::PutDesktopGroupList => {
             let r: PutDesktopGroupListReq = body(frame, mac)?;
@@ -362,6 +441,26 @@ async fn answer(
             format!("{} is not a terminal request", other.name()),
         ),
     })
+}
+
+/// The address a terminal should keep for this server: the configured
+/// `advertise_ip`, else the address it reached us at, unless that is a
+/// loopback one while the terminal is elsewhere (NAT, QEMU user networking:
+/// the peer, or the address the terminal reported at login, is not a
+/// loopback), which would point the terminal at itself.
+fn our_address(server: &Server, st: &ConnState, reported_ip: &str) -> Option<String> {
+    if let Some(ip) = server.cfg.advertise_ip.clone().filter(|s| !s.is_empty()) {
+        return Some(ip);
+    }
+    let local = st.local?.ip();
+    let elsewhere = !st.peer.ip().is_loopback()
+        || reported_ip
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| !ip.is_loopback());
+    if local.is_unspecified() || (local.is_loopback() && elsewhere) {
+        return None;
+    }
+    Some(local.to_string())
 }
 
 fn unreachable_login() -> Answer {
@@ -415,7 +514,12 @@ fn desktop_of_disk(server: &Server, boot_disk: &str) -> Result<Answer, Answer> {
         .ok_or_else(|| err(ErrorCode::TerminalDesktopNotExist, boot_disk.to_string()))?;
     Ok(ok(GetDesktopInfoResp {
         name: g.template_name.clone(),
-        uuid: g.desktop_group_uuid.clone(),
+        // The vendor server answers the template's uuid here.
+        uuid: if g.template_uuid.is_empty() {
+            g.desktop_group_uuid.clone()
+        } else {
+            g.template_uuid.clone()
+        },
         desktop_group_name: g.desktop_group_name.clone(),
         last_update_time: g.template_updated_time.clone(),
     }))
@@ -442,6 +546,7 @@ fn diff_disk_download(
     // The server keeps levels 0..=2; a request for local level 3 is served
     // with its newest level 2 (notes §4.5).
     let level = r.diff_level.min(2);
+    let name = |d: &DiskInfo| format!("{}_{}_{}", d.prefix, d.dif_level, d.uuid);
     let d = g
         .disks
         .iter()
@@ -452,25 +557,83 @@ fn diff_disk_download(
                 format!("{} level {level}", r.diff_disk_uuid),
             )
         })?;
+    let name = name(d);
+    let image = server.images.get(&name);
     Ok(ok(DiffDiskDownloadResp {
         desktop_group_uuid: g.desktop_group_uuid.clone(),
         diff_disk_uuid: d.uuid.clone(),
         diff_level: r.diff_level,
         diff_disk_type: d.disk_type,
-        // The library's torrent when it holds the layer, else whatever URL
-        // the operator configured.
-        download_url: {
-            let name = format!("{}_{}_{}", d.prefix, d.dif_level, d.uuid);
-            match server.images.get(&name) {
-                Some(_) => server.torrent_url(&name, local),
-                None => d.download_url.clone().unwrap_or_default(),
-            }
+        // The library's torrent and length when it holds the layer, else
+        // whatever the operator configured.
+        download_url: match &image {
+            Some(_) => server.torrent_url(&name, local),
+            None => d.download_url.clone().unwrap_or_default(),
         },
         real_size: d.real_size,
         reserve_size: d.reserve_size,
-        file_size: d.file_size.unwrap_or_default(),
+        file_size: match &image {
+            Some(img) => crate::protocol::Sectors::of_length(img.length),
+            None => d.file_size.unwrap_or_default(),
+        },
         operate_id: d.operate_id,
     }))
+}
+
+/// After its bare answer to 9023 the vendor server pushes the layer as a
+/// 1015 (`terminal_ctl.py`); terminals of that generation wait for it.
+/// Terminals that read `download_url` (R >= 2.25) get nothing more. Our own
+/// agent takes either and fetches the layer once.
+fn push_torrent_after_answer(server: &Arc<Server>, mac: &str, r: &DiffDiskReq) {
+    use super::generation::{Delivery, Generation};
+    let Ok(Some(rec)) = server.store.terminal(mac) else {
+        return;
+    };
+    if Generation::of(&rec).delivery != Delivery::TorrentPush {
+        return;
+    }
+    let Ok(groups) = server.store.groups() else {
+        return;
+    };
+    let Some(g) = groups
+        .into_iter()
+        .find(|g| g.desktop_group_uuid == r.desktop_group_uuid)
+    else {
+        return;
+    };
+    let level = r.diff_level.min(2);
+    let Some(d) = g
+        .disks
+        .iter()
+        .find(|d| d.uuid == r.diff_disk_uuid && d.dif_level == level)
+        .cloned()
+    else {
+        return;
+    };
+    let name = format!("{}_{}_{}", d.prefix, d.dif_level, d.uuid);
+    let Some(img) = server.images.get(&name) else {
+        return;
+    };
+    let (server, mac) = (server.clone(), mac.to_string());
+    tokio::spawn(async move {
+        // The answer goes first, as from the vendor server.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let task_uuid = uuid::Uuid::new_v4().hyphenated().to_string();
+        let body = Server::send_torrent_body(&g, &d, &img, &task_uuid);
+        match server
+            .push_binary(
+                &mac,
+                ServiceCode::SendTorrent,
+                body.encode(),
+                crate::protocol::BatchNo::Text(task_uuid),
+                std::time::Duration::from_secs(30),
+            )
+            .await
+        {
+            Ok(env) => log::info!("send_torrent {name} to {mac}: {} {}", env.code, env.msg),
+            Err(e) => log::info!("send_torrent {name} to {mac}: {e}"),
+        }
+    });
 }
 
 /// 9999: raw log bytes, kept as `<data_dir>/logs/<mac>_<ip>_<ts>.log`.

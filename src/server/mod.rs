@@ -8,6 +8,7 @@ pub mod client;
 mod config;
 mod conn;
 mod conn_state;
+pub mod generation;
 mod handlers;
 pub mod images;
 pub mod order;

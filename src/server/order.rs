@@ -5,6 +5,7 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use super::generation::Generation;
 use super::service::{PushError, Server};
 use super::store::OrderSession;
 use crate::protocol::messages::OrderConfirmReq;
@@ -32,8 +33,37 @@ pub async fn start(
     };
     macs.sort();
     macs.dedup();
+    // R >= 2.25 has no numbering (it never answers 1011 nor confirms): a
+    // session waiting for it would never close.
+    let mut skipped = Vec::new();
+    macs.retain(|m| {
+        let numbered = server
+            .store
+            .terminal(m)
+            .ok()
+            .flatten()
+            .map(|r| Generation::of(&r))
+            .is_none_or(|g| g.answers(ServiceCode::Order));
+        if !numbered {
+            skipped.push(m.clone());
+        }
+        numbered
+    });
+    if !skipped.is_empty() {
+        log::info!(
+            "numbering leaves out {}: their software does not answer order",
+            skipped.join(", ")
+        );
+    }
     if macs.is_empty() {
-        return Err(PushError::Bad("no terminal to number".into()));
+        return Err(PushError::Bad(if skipped.is_empty() {
+            "no terminal to number".into()
+        } else {
+            format!(
+                "no terminal to number: the software of {} does not answer order",
+                skipped.join(", ")
+            )
+        }));
     }
     let session = OrderSession {
         batch_no: BatchNo::Int(server.store.next_batch_no()?),
@@ -113,15 +143,15 @@ pub async fn confirm(server: &Arc<Server>, mac: &str, req: &OrderConfirmReq) -> 
     }) {
         return Envelope::error(ErrorCode::SystemError, e.to_string());
     }
+    // The next number goes only to those still without one, as the vendor
+    // server does; a terminal that confirmed left its numbering screen, and
+    // once everyone has a number nothing more is sent.
     let rest = session.unconfirmed();
-    let server = server.clone();
-    tokio::spawn(async move {
-        if rest.is_empty() {
-            // Everyone has a number: leave the numbering screen.
-            propose(&server, &session, &session.macs, -1).await;
-        } else {
+    if !rest.is_empty() {
+        let server = server.clone();
+        tokio::spawn(async move {
             propose(&server, &session, &rest, session.current_id).await;
-        }
-    });
+        });
+    }
     Envelope::success()
 }

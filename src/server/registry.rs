@@ -52,6 +52,8 @@ pub struct Online {
     pub tx: mpsc::Sender<Frame>,
     pub token: String,
     pub ip: String,
+    /// Our address on this terminal's connection (for URLs it can reach).
+    pub local: Option<std::net::SocketAddr>,
     pub client_type: u8,
     pub since: Instant,
     pub last_heartbeat: Instant,

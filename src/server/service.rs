@@ -10,11 +10,14 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::config::ServerConfig;
+use super::generation::{Delivery, Generation};
+use super::images::Image;
 use super::registry::{Registry, ServerEvent};
 use super::store::{self, Store};
 use super::{images, tracker};
+use crate::protocol::messages::{DesktopGroup, DiskInfo};
 use crate::protocol::{
-    BatchNo, ClientType, DataType, Direction, Envelope, ErrorCode, Frame, ServiceCode,
+    BatchNo, ClientType, DataType, Direction, Envelope, ErrorCode, Frame, Sectors, ServiceCode,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +30,9 @@ pub enum PushError {
     Bad(String),
     #[error(transparent)]
     Store(#[from] store::StoreError),
+    /// Sent, but this terminal's generation never answers it.
+    #[error("{1}")]
+    NoReply(BatchNo, String),
 }
 
 impl PushError {
@@ -36,6 +42,7 @@ impl PushError {
             PushError::Timeout(..) => ErrorCode::OtherError,
             PushError::Bad(_) => ErrorCode::MessageError,
             PushError::Store(_) => ErrorCode::SystemError,
+            PushError::NoReply(..) => ErrorCode::Success,
         }
     }
 }
@@ -73,18 +80,19 @@ impl Server {
         )
     }
 
-    /// Sends 1008 and then one 1015 per layer of the group the library
-    /// holds, each waited for. Returns the layers sent.
-    pub async fn download_desktop(
+    /// Our address on a terminal's connection, when it is online.
+    pub fn local_addr_for(&self, mac: &str) -> Option<SocketAddr> {
+        self.registry.with(mac, |o| o.local).flatten()
+    }
+
+    /// The desktop group's layers from the library, or which are missing.
+    fn group_layers(
         &self,
-        mac: &str,
         group_uuid: &str,
-        timeout: Duration,
-    ) -> Result<Vec<Value>, PushError> {
-        use crate::protocol::torrent_struct::SendTorrent;
+    ) -> Result<(DesktopGroup, Vec<(DiskInfo, Image)>), PushError> {
         let groups = self.store.groups()?;
         let g = groups
-            .iter()
+            .into_iter()
             .find(|g| g.desktop_group_uuid == group_uuid)
             .ok_or_else(|| PushError::Bad(format!("no desktop group {group_uuid}")))?;
         let mut layers = Vec::new();
@@ -102,6 +110,114 @@ impl Server {
                 missing.join(", ")
             )));
         }
+        Ok((g, layers))
+    }
+
+    /// The 1015 struct for one library layer.
+    pub fn send_torrent_body(
+        g: &DesktopGroup,
+        d: &DiskInfo,
+        img: &Image,
+        task_uuid: &str,
+    ) -> crate::protocol::torrent_struct::SendTorrent {
+        crate::protocol::torrent_struct::SendTorrent {
+            uuid: d.uuid.clone(),
+            disk_type: d.disk_type.clamp(0, 2) as i8,
+            sys_type: g.os_sys_type.clamp(0, i64::from(i8::MAX)) as i8,
+            dif_level: d.dif_level.clamp(0, 5) as i32,
+            real_size: d.real_size.0,
+            space_size: d.reserve_size.0,
+            file_size: Sectors::of_length(img.length).0,
+            task_uuid: task_uuid.to_string(),
+            group_uuid: g.desktop_group_uuid.clone(),
+            operate_id: u32::try_from(d.operate_id).unwrap_or(0),
+            torrent: img.torrent.clone(),
+        }
+    }
+
+    /// Sends a desktop group the library holds, in the style the
+    /// terminal's generation understands (`generation.rs`): 1017 with a
+    /// download URL per disk, or 1008 and one 1015 per layer. Never waits
+    /// for a reply that generation does not send. Returns one entry per
+    /// layer with the reply it got.
+    pub async fn download_desktop(
+        &self,
+        mac: &str,
+        group_uuid: &str,
+        timeout: Duration,
+    ) -> Result<Vec<Value>, PushError> {
+        let mac = crate::protocol::normalize_mac(mac)
+            .ok_or_else(|| PushError::Bad(format!("{mac:?} is not a MAC")))?;
+        let (g, layers) = self.group_layers(group_uuid)?;
+        let generation = self
+            .store
+            .terminal(&mac)?
+            .map(|r| Generation::of(&r))
+            .ok_or_else(|| PushError::NotConnected(mac.clone()))?;
+        match generation.delivery {
+            Delivery::SendDesktop => self.send_desktop(&mac, &g, &layers, timeout).await,
+            Delivery::TorrentPush => self.push_torrents(&mac, &g, &layers, timeout).await,
+        }
+    }
+
+    /// 1017 send_desktop, as R >= 2.25 reads it: sizes as strings, a
+    /// download_url per disk.
+    async fn send_desktop(
+        &self,
+        mac: &str,
+        g: &DesktopGroup,
+        layers: &[(DiskInfo, Image)],
+        timeout: Duration,
+    ) -> Result<Vec<Value>, PushError> {
+        let local = self.local_addr_for(mac);
+        let disks: Vec<Value> = layers
+            .iter()
+            .map(|(d, img)| {
+                let name = img.layer.to_string();
+                serde_json::json!({
+                    "uuid": d.uuid, "type": d.disk_type, "dif_level": d.dif_level,
+                    "prefix": d.prefix, "operate_id": d.operate_id, "max_dif": d.max_dif,
+                    "real_size": d.real_size, "reserve_size": d.reserve_size,
+                    "file_size": Sectors::of_length(img.length),
+                    "download_url": self.torrent_url(&name, local),
+                })
+            })
+            .collect();
+        let desktop = serde_json::json!({
+            "desktop_group_name": g.desktop_group_name,
+            "desktop_group_uuid": g.desktop_group_uuid,
+            "diff_mode": g.diff_mode,
+            "disks": disks,
+        });
+        let (batch, env) = self
+            .push(
+                mac,
+                ServiceCode::SendDesktop,
+                serde_json::json!({ "desktop": desktop }),
+                timeout,
+            )
+            .await?;
+        Ok(layers
+            .iter()
+            .map(|(_, img)| {
+                serde_json::json!({
+                    "layer": img.layer.to_string(), "command": "send_desktop",
+                    "batch_no": batch, "code": env.code, "msg": env.msg,
+                })
+            })
+            .collect())
+    }
+
+    /// 1008 download_desktop, then one binary 1015 per layer, each reply
+    /// waited for. The 1008 reply is not waited for before the 1015s: a
+    /// terminal that does not answer it must still get its layers.
+    async fn push_torrents(
+        &self,
+        mac: &str,
+        g: &DesktopGroup,
+        layers: &[(DiskInfo, Image)],
+        timeout: Duration,
+    ) -> Result<Vec<Value>, PushError> {
         let desktop = serde_json::json!({
             "name": g.desktop_group_name,
             "desc": g.desktop_group_desc,
@@ -114,36 +230,20 @@ impl Server {
                 "real_size": d.real_size, "reserve_space": d.reserve_size,
             })).collect::<Vec<_>>(),
         });
-        let (_, env) = self
-            .push(
-                mac,
-                ServiceCode::DownloadDesktop,
-                serde_json::json!({ "desktop": desktop }),
-                timeout,
-            )
-            .await?;
-        if !env.is_ok() {
-            return Err(PushError::Bad(format!(
-                "download_desktop refused: {} {}",
-                env.code, env.msg
-            )));
-        }
+        let batch = BatchNo::Int(self.store.next_batch_no()?);
+        let announced =
+            self.registry
+                .expect_reply(ServiceCode::DownloadDesktop as u32, mac, &batch);
+        self.send_command(
+            mac,
+            ServiceCode::DownloadDesktop,
+            serde_json::json!({ "batch_no": batch, "desktop": desktop }),
+        )
+        .await?;
         let mut sent = Vec::new();
         for (d, img) in layers {
             let task_uuid = uuid::Uuid::new_v4().hyphenated().to_string();
-            let body = SendTorrent {
-                uuid: d.uuid.clone(),
-                disk_type: d.disk_type.clamp(0, 2) as i8,
-                sys_type: g.os_sys_type.clamp(0, i64::from(i8::MAX)) as i8,
-                dif_level: d.dif_level.clamp(0, 5) as i32,
-                real_size: d.real_size.0,
-                space_size: d.reserve_size.0,
-                file_size: img.length.div_ceil(512),
-                task_uuid: task_uuid.clone(),
-                group_uuid: g.desktop_group_uuid.clone(),
-                operate_id: u32::try_from(d.operate_id).unwrap_or(0),
-                torrent: img.torrent.clone(),
-            };
+            let body = Self::send_torrent_body(g, d, img, &task_uuid);
             let env = self
                 .push_binary(
                     mac,
@@ -155,8 +255,20 @@ impl Server {
                 .await?;
             sent.push(serde_json::json!({
                 "layer": img.layer.to_string(), "task_uuid": task_uuid,
-                "code": env.code, "msg": env.msg,
+                "command": "send_torrent", "code": env.code, "msg": env.msg,
             }));
+        }
+        // Whatever 1008 got by now (our agent answers it at once).
+        match tokio::time::timeout(Duration::from_secs(2), announced).await {
+            Ok(Ok(env)) if !env.is_ok() => {
+                log::warn!("download_desktop to {mac}: {} {}", env.code, env.msg)
+            }
+            Ok(Ok(_)) => {}
+            _ => {
+                self.registry
+                    .forget_reply(ServiceCode::DownloadDesktop as u32, mac, &batch);
+                log::info!("download_desktop to {mac}: no reply (the 1015s went anyway)");
+            }
         }
         Ok(sent)
     }
@@ -247,6 +359,13 @@ impl Server {
                 "batch_no".into(),
                 serde_json::to_value(&batch).unwrap_or(Value::Null),
             );
+        }
+        let generation = self.store.terminal(&mac)?.map(|r| Generation::of(&r));
+        if let Some(g) = generation.filter(|g| !g.answers(code)) {
+            // Sent all the same (v2.28 carries out 1030 without a word),
+            // but nobody waits 30 s for a reply that never comes.
+            self.send_command(&mac, code, params).await?;
+            return Err(PushError::NoReply(batch, g.no_reply(code)));
         }
         let rx = self.registry.expect_reply(code as u32, &mac, &batch);
         if let Err(e) = self.send_command(&mac, code, params).await {

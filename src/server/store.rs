@@ -40,6 +40,10 @@ pub struct TerminalRecord {
     /// desktop info, BT progress per torrent, ...).
     #[serde(default)]
     pub reports: BTreeMap<String, serde_json::Value>,
+    /// An operator's choice of desktop delivery for this terminal; `None`
+    /// follows its software version (see `generation.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<super::generation::Delivery>,
 }
 
 impl TerminalRecord {
@@ -48,7 +52,9 @@ impl TerminalRecord {
             config: TerminalConfig {
                 mac: mac.into(),
                 terminal_id: -1,
-                conf_version: 0,
+                // Never configured: 9004 answers -1, as the vendor server
+                // does; the first 9006 or operator change makes it 0.
+                conf_version: -1,
                 is_dhcp: 1,
                 ..Default::default()
             },
@@ -56,6 +62,7 @@ impl TerminalRecord {
             first_seen: chrono::Local::now().to_rfc3339(),
             last_login: String::new(),
             reports: BTreeMap::new(),
+            delivery: None,
         }
     }
 }

@@ -1,5 +1,10 @@
 //! 1010 add_data_disk: a local data disk of `size` GB with its enable and
 //! restore flags. A second call updates the flags and may grow the disk.
+//!
+//! The disk is thin (qcow2 grows as it is written): the vendor's web UI
+//! always asks for 100 GB, so only the store's margin must be free now. A
+//! disk larger than the free space is an overcommit; it is reported in the
+//! state notices and taken off the disk residue (9004).
 
 use super::context::{parse_json, Applied, CmdResult, CommandError, Ctx};
 use crate::disk::DiskError;
@@ -53,6 +58,24 @@ impl AddDataDisk {
         match r {
             Ok(name) => {
                 log::info!("data disk {name}: {} GB", self.size_gb);
+                let agent = ctx.agent.clone();
+                let (growth, free) = tokio::task::spawn_blocking(move || {
+                    (
+                        agent.desktops.data_disk_growth(),
+                        agent.desktops.store.free_bytes(),
+                    )
+                })
+                .await
+                .unwrap_or((0, u64::MAX));
+                if growth > free {
+                    let text = format!(
+                        "data disk {name} is overcommitted: it may grow by {} GB, {} GB are free",
+                        growth >> 30,
+                        free >> 30
+                    );
+                    log::warn!("{text}");
+                    ctx.agent.persist(|s| s.notice(text));
+                }
                 let mut a = Applied::done();
                 a.extra.insert("disk".into(), serde_json::json!(name));
                 Ok(a)

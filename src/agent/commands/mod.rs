@@ -180,8 +180,8 @@ pub async fn handle(agent: &Arc<Agent>, link: &Link, frame: &Frame) -> (Frame, A
             Envelope::<CommandReplyData>::error(ErrorCode::MessageError, "unknown service code");
         return (reply_frame(link, frame, env), After::Nothing);
     };
-    let batch_no = if frame.data_type == DataType::Binary as u8 {
-        // Binary bodies (1015) carry their batch as the struct's task uuid.
+    let batch_no = if code == ServiceCode::SendTorrent && send_torrent::carries_struct(frame) {
+        // The 1015 struct carries its batch as the task uuid.
         send_torrent::SendTorrent::batch_no(frame).unwrap_or_default()
     } else {
         batch_of(frame)

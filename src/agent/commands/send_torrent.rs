@@ -28,13 +28,20 @@ pub fn transfer_error(e: TransferError) -> CommandError {
     }
 }
 
+/// Whether a 1015 body is the binary struct. The vendor's server sends it
+/// with `data_type = 1` (its socket wrapper drops the argument, notes §11),
+/// so the header is not trusted: a body that is not JSON is the struct.
+pub fn carries_struct(frame: &Frame) -> bool {
+    frame.data_type == DataType::Binary as u8
+        || serde_json::from_slice::<serde::de::IgnoredAny>(&frame.payload).is_err()
+}
+
 impl SendTorrent {
     pub fn parse(frame: &Frame) -> Result<Self, CommandError> {
-        if frame.data_type != DataType::Binary as u8 {
-            return Err(CommandError::message(format!(
-                "send_torrent carries a binary struct (data_type 0), got data_type {}",
-                frame.data_type
-            )));
+        if !carries_struct(frame) {
+            return Err(CommandError::message(
+                "send_torrent carries the binary torrent struct, not JSON",
+            ));
         }
         let body = Struct::parse(&frame.payload)
             .map_err(|e| CommandError::message(format!("send_torrent: {e}")))?;

@@ -93,10 +93,15 @@ pub async fn sequence(agent: &Arc<Agent>, link: &Link) -> Result<(), SessionEnd>
             }
             other => log::warn!("get_config_info: code {} {} ({other:?})", env.code, env.msg),
         }
-    } else if local_version > server_version && local_version >= 0 {
-        // We hold a newer configuration than the server (its store was
-        // reset): push ours with 9006.
+    } else if server_version == -1 || local_version > server_version {
+        // The server never configured us (-1, as the vendor server answers
+        // for a new terminal), or we hold a newer configuration than it
+        // (its store was reset): push ours with 9006.
         let mut mine = agent.state.read(|s| s.terminal.clone());
+        if agent.state.read(|s| s.network.is_none()) && mine.mask.is_empty() {
+            // No static address was ever set here: the interface is DHCP's.
+            mine.is_dhcp = 1;
+        }
         mine.mac = mac.clone();
         mine.platform = crate::agent::terminal::platform_name().into();
         mine.soft_version = agent.cfg.soft_version.clone();
@@ -143,7 +148,12 @@ pub async fn sequence(agent: &Arc<Agent>, link: &Link) -> Result<(), SessionEnd>
 
     agent.report_desktops(link).await;
 
-    // 9019: BitTorrent trackers.
+    // 9019: BitTorrent trackers. A vendor server may fail it (no
+    // controller image IP); torrents then name their own tracker, and the
+    // server's address is one more place to ask for manifests.
+    if let Some(transfers) = agent.transfers.get() {
+        transfers.set_server_host(&agent.server_ip());
+    }
     let (_, env) = link
         .request(ServiceCode::BtTracker, &MacReq { mac: mac.clone() })
         .await

@@ -59,6 +59,7 @@ pub async fn start(agent: Arc<Agent>) {
         }
     };
     transfers.set_trackers(agent.state.read(|s| s.trackers.clone()));
+    transfers.set_server_host(&agent.server_ip());
     log::info!(
         "BitTorrent engine listening on port {:?}",
         transfers.listen_port()
@@ -193,6 +194,8 @@ async fn send_report(agent: &Arc<Agent>, link: &Link, report: &Report) -> bool {
                 ip: agent.report_ip(link.local_ip()),
                 disk: record.layer.clone(),
                 result: if *ok { 1 } else { 2 },
+                torrent_id: None,
+                msg: None,
             };
             match link.request(ServiceCode::TaskResult, &result).await {
                 Ok(_) => {

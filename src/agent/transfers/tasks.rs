@@ -143,6 +143,9 @@ fn io(what: &Path) -> impl FnOnce(std::io::Error) -> TransferError {
     move |e| TransferError::Io(w, e)
 }
 
+/// How long a finished download waits before asking for its manifest again.
+const MANIFEST_RETRY: Duration = Duration::from_secs(10);
+
 struct Live {
     record: TaskRecord,
     torrent: Bytes,
@@ -159,6 +162,9 @@ pub struct Transfers {
     root: PathBuf,
     tasks: Mutex<BTreeMap<String, Live>>,
     trackers: Mutex<Vec<String>>,
+    /// The management server's address: its tracker port is one more place
+    /// a manifest may be published when 9019 named no tracker.
+    server_host: Mutex<Option<String>>,
     reports: mpsc::UnboundedSender<Report>,
     progress_every: Duration,
     manifests: ManifestPolicy,
@@ -185,6 +191,7 @@ impl Transfers {
             root,
             tasks: Mutex::new(BTreeMap::new()),
             trackers: Mutex::new(Vec::new()),
+            server_host: Mutex::new(None),
             reports: tx,
             progress_every,
             manifests,
@@ -205,6 +212,35 @@ impl Transfers {
 
     pub fn set_trackers(&self, trackers: Vec<String>) {
         *self.trackers.lock().unwrap_or_else(|p| p.into_inner()) = trackers;
+    }
+
+    pub fn set_server_host(&self, host: &str) {
+        *self.server_host.lock().unwrap_or_else(|p| p.into_inner()) = Some(host.to_string());
+    }
+
+    /// Where a layer's manifest may be published: the trackers from 9019,
+    /// the torrent's own announce URLs (a vendor server may not answer
+    /// 9019), and the server's tracker port.
+    fn manifest_sources(&self, torrent: &[u8]) -> Vec<String> {
+        let mut all = self.trackers();
+        if let Ok(meta) = TorrentMeta::parse(torrent) {
+            all.extend(meta.announce);
+        }
+        let host = self
+            .server_host
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(h) = host {
+            let h = if h.contains(':') { format!("[{h}]") } else { h };
+            all.push(format!(
+                "http://{h}:{}/announce",
+                crate::protocol::DEFAULT_TRACKER_PORT
+            ));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        all.retain(|u| seen.insert(u.clone()));
+        all
     }
 
     fn trackers(&self) -> Vec<String> {
@@ -677,7 +713,7 @@ impl Transfers {
         let layer = rec.layer.clone();
         let torrent = self.tasks().get(&layer).map(|l| l.torrent.clone());
         let Some(torrent) = torrent else { return };
-        let outcome = match self.manifest_for(&layer).await {
+        let outcome = match self.manifest_for(&layer, &torrent).await {
             Err(finish) => Err(finish),
             Ok(manifest) => {
                 let me = self.clone();
@@ -714,11 +750,13 @@ impl Transfers {
                 }
             }
             Err(Finish::Wait(why)) => {
-                log::info!("{layer}: complete, waiting: {why}");
+                log::info!("{layer}: complete, waiting {MANIFEST_RETRY:?}: {why}");
+                // Still "finishing" while it waits, so the supervisor does
+                // not start another attempt at every tick.
+                tokio::time::sleep(MANIFEST_RETRY).await;
                 if let Some(l) = self.tasks().get_mut(&layer) {
                     l.finishing = false;
                 }
-                tokio::time::sleep(Duration::from_secs(1)).await;
             }
             Err(Finish::BadData(why)) => {
                 // Pieces the engine believed it had are wrong (a stale
@@ -755,19 +793,30 @@ impl Transfers {
 
     /// The server's manifest of a layer, as the policy wants it: `None`
     /// when there is nothing to check against.
-    async fn manifest_for(&self, layer: &str) -> Result<Option<LayerManifest>, Finish> {
+    async fn manifest_for(
+        &self,
+        layer: &str,
+        torrent: &[u8],
+    ) -> Result<Option<LayerManifest>, Finish> {
         if self.manifests == ManifestPolicy::Off {
             return Ok(None);
         }
-        match manifest::fetch(&self.trackers(), layer).await {
+        match manifest::fetch(&self.manifest_sources(torrent), layer).await {
             Fetched::Found(m) => Ok(Some(m)),
             Fetched::NotPublished if self.manifests == ManifestPolicy::IfPublished => {
                 log::warn!("{layer}: the server publishes no manifest; trusting the torrent");
                 Ok(None)
             }
+            Fetched::NoPublisher(why) if self.manifests == ManifestPolicy::IfPublished => {
+                log::warn!("{layer}: no manifest publisher ({why}); trusting the torrent");
+                Ok(None)
+            }
             Fetched::NotPublished => Err(Finish::Failed(
                 "the server publishes no manifest for it and manifests are required".into(),
             )),
+            Fetched::NoPublisher(why) => Err(Finish::Wait(format!(
+                "manifests are required and none can be asked for: {why}"
+            ))),
             // Never adopt unchecked because the server is briefly away.
             Fetched::Unavailable(why) => Err(Finish::Wait(format!("manifest unavailable: {why}"))),
         }

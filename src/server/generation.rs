@@ -1,0 +1,143 @@
+//! The two terminal generations the vendor shipped, told apart by what a
+//! terminal reports (9004 `soft_version`), and what follows from that:
+//!
+//! * dianshang-era terminals and R ≤ 2.24 (and our own agent, which reports
+//!   its crate version): a desktop is 1008 then one binary 1015 per layer;
+//! * R ≥ 2.25 (v2.28 sends `soft_version: "2.28"`): a desktop is 1017
+//!   `send_desktop` with a `download_url` per disk; it never answers 1005,
+//!   1006, 1008, 1009, 1011, 1015 or 1022, and carries out 1030 without a
+//!   reply (notes §11).
+//!
+//! An operator may pin a terminal's delivery style (`delivery` on its
+//! record) when the version says nothing useful.
+
+use serde::{Deserialize, Serialize};
+
+use super::store::TerminalRecord;
+use crate::protocol::ServiceCode;
+
+/// How a desktop reaches a terminal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Delivery {
+    /// 1008 download_desktop, then a binary 1015 per layer.
+    #[serde(rename = "1015")]
+    TorrentPush,
+    /// 1017 send_desktop with a download URL per disk.
+    #[serde(rename = "1017")]
+    SendDesktop,
+}
+
+impl Delivery {
+    pub fn parse(text: &str) -> Option<Delivery> {
+        match text {
+            "1015" | "torrent_push" | "send_torrent" => Some(Delivery::TorrentPush),
+            "1017" | "send_desktop" => Some(Delivery::SendDesktop),
+            _ => None,
+        }
+    }
+}
+
+/// `"2.28"` → (2, 28); anything else is no version.
+fn major_minor(v: &str) -> Option<(u32, u32)> {
+    let mut it = v.trim().split('.');
+    let major = it.next()?.parse().ok()?;
+    let minor = it.next().unwrap_or("0").parse().ok()?;
+    Some((major, minor))
+}
+
+/// What the server knows of a terminal's software.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Generation {
+    pub soft_version: String,
+    /// R ≥ 2.25: the HTTP/download_url generation.
+    pub url_generation: bool,
+    pub delivery: Delivery,
+}
+
+impl Generation {
+    pub fn of(rec: &TerminalRecord) -> Generation {
+        let url_generation =
+            major_minor(&rec.config.soft_version).is_some_and(|v| v >= (2, 25) && v.0 == 2);
+        let auto = if url_generation {
+            Delivery::SendDesktop
+        } else {
+            Delivery::TorrentPush
+        };
+        Generation {
+            soft_version: rec.config.soft_version.clone(),
+            url_generation,
+            delivery: rec.delivery.unwrap_or(auto),
+        }
+    }
+
+    /// Whether a command gets a reply from this terminal's software.
+    pub fn answers(&self, code: ServiceCode) -> bool {
+        use ServiceCode as S;
+        !(self.url_generation
+            && matches!(
+                code,
+                S::UpdateConfig
+                    | S::EnterMaintenanceMode
+                    | S::DownloadDesktop
+                    | S::CancelDownloadDesktop
+                    | S::Order
+                    | S::SendTorrent
+                    | S::WatermarkSwitch
+                    | S::TerminalUpgrade
+            ))
+    }
+
+    /// Why a command gets no reply, for the operator.
+    pub fn no_reply(&self, code: ServiceCode) -> String {
+        format!(
+            "no reply: this terminal's software ({}) does not answer {}",
+            if self.soft_version.is_empty() {
+                "unknown version"
+            } else {
+                &self.soft_version
+            },
+            code.name()
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(v: &str) -> TerminalRecord {
+        let mut r = TerminalRecord::new("52:54:00:C0:FF:EE");
+        r.config.soft_version = v.into();
+        r
+    }
+
+    #[test]
+    fn v2_28_is_the_url_generation_and_skips_what_it_never_answers() {
+        let g = Generation::of(&rec("2.28"));
+        assert_eq!(g.delivery, Delivery::SendDesktop);
+        for c in [1005, 1006, 1008, 1009, 1011, 1015, 1022, 1030] {
+            let code = ServiceCode::from_u32(c).expect("code");
+            assert!(!g.answers(code), "{c}");
+        }
+        for c in [1001, 1002, 1004, 1012, 1017, 1024, 1031, 1032] {
+            let code = ServiceCode::from_u32(c).expect("code");
+            assert!(g.answers(code), "{c}");
+        }
+        assert_eq!(
+            g.no_reply(ServiceCode::Order),
+            "no reply: this terminal's software (2.28) does not answer order"
+        );
+    }
+
+    #[test]
+    fn older_and_unknown_versions_get_torrent_pushes_unless_pinned() {
+        for v in ["2.24", "2.3", "0.1", "", "x"] {
+            let g = Generation::of(&rec(v));
+            assert_eq!(g.delivery, Delivery::TorrentPush, "{v}");
+            assert!(g.answers(ServiceCode::DownloadDesktop), "{v}");
+        }
+        let mut r = rec("0.1");
+        r.delivery = Some(Delivery::SendDesktop);
+        assert_eq!(Generation::of(&r).delivery, Delivery::SendDesktop);
+    }
+}

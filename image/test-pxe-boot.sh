@@ -33,6 +33,35 @@ target/release/voi-server run --listen "127.0.0.1:$PORT" --api-listen "127.0.0.1
 SP=$!
 ctl() { target/release/voi-server ctl --api "http://127.0.0.1:$API" --data-dir "$W/server" "$@"; }
 
+# NAT: the guest reaches us through QEMU's user network, so its socket comes
+# from 127.0.0.1 while it reports 10.0.2.15. Give its MAC (QEMU's default) a
+# configuration first, so the guest asks 9005 at login: it must not be told
+# to move to 127.0.0.1, which would strand it (the checks below see it stay
+# online).
+GUEST_MAC=52:54:00:12:34:56
+cat >"$W/seed.toml" <<TOML
+server_ip = "127.0.0.1"
+server_port = $PORT
+mac = "$GUEST_MAC"
+data_dir = "$W/seed"
+[bt]
+listen_port = 0
+[platform]
+power = "recording"
+boot = "recording"
+hostname = "recording"
+network = "recording"
+TOML
+for _ in $(seq 100); do [ -s "$W/server/api-token" ] && break; sleep 0.2; done
+target/release/voi-agent --config "$W/seed.toml" run >"$W/seed.log" 2>&1 &
+SEED=$!
+for _ in $(seq 100); do
+  ctl terminal "$GUEST_MAC" 2>/dev/null | tr -d ' \n' | grep -q '"conf_version":0' && break
+  sleep 0.2
+done
+kill "$SEED"; wait "$SEED" 2>/dev/null || true
+ctl terminal "$GUEST_MAC" | tr -d ' \n' | grep -q '"conf_version":0' || { echo "could not give $GUEST_MAC a configuration"; cat "$W/seed.log"; exit 1; }
+
 START=$(date +%s)
 qemu-system-x86_64 -m 768 -smp 1 -display none -no-reboot \
   -netdev "user,id=n0,tftp=$W/tftp,bootfile=boot.ipxe" -device e1000,netdev=n0 \

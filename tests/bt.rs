@@ -219,6 +219,29 @@ async fn layers_the_decision_wants_are_fetched_by_url_at_login() {
         &disk_path(&agent, &layer(0)),
         &lib.join(layer(0))
     ));
+    // The agent reports an older version, so after answering 9023 the
+    // server also pushed the layer as a 1015 (as the vendor server does).
+    // Getting both styles, the agent answered it and fetched once.
+    wait_for("the 1015 after 9023 answered", 20, || {
+        agent.state.read(|s| {
+            s.commands
+                .iter()
+                .any(|c| c.service_code == 1015 && c.code == 0 && !c.pending)
+        })
+    })
+    .await;
+    let size = std::fs::metadata(lib.join(layer(0))).expect("layer").len();
+    let sent: u64 = h
+        .server
+        .images
+        .status()
+        .iter()
+        .map(|s| s.uploaded_bytes)
+        .sum();
+    assert!(
+        sent < size + size / 5,
+        "server sent {sent} bytes of a {size}-byte layer"
+    );
     wait_for("9026 lists the system disk", 20, || {
         report(&h, mac, "desktop_groups").is_some_and(|v| v.as_str() == Some(U))
     })

@@ -1,0 +1,563 @@
+//! Wire compatibility with the vendor's two terminal generations and its
+//! server, from the frames they really send: the v2.28 C terminal's bodies
+//! as `../shared/vendor-captures/rescue-v2.28-vs-voi-server.log` recorded
+//! them (cJSON with tabs), and the dianshang server's habits that running it
+//! showed (notes §11): `encoding = 1` on plain JSON, 1015 sent with
+//! `data_type = 1`, a 9019 that fails, a bare Success to 9023.
+//!
+//! Our binaries are real (voi-server, voi-agent, their BitTorrent engines);
+//! the vendor peers are played by raw frames.
+
+mod common;
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use std::path::Path;
+use std::time::{Duration, Instant};
+use voi::protocol::{Envelope, Frame, ServiceCode};
+
+const U: &str = "91f9d1ba-cb4a-41ba-971a-618f9e306571";
+const G: &str = "f15a1759-789e-4e17-a3e1-e723121e9314";
+const MAC: &str = "52:54:00:C0:FF:EE";
+
+fn layer(level: u8) -> String {
+    format!("voi_{level}_{U}")
+}
+
+/// A request as the v2.28 terminal frames it: data_type 1, encoding 0,
+/// client_type 5 (or 2 installed), sequence 0, the body bytes as given.
+fn v228(code: u32, token: &[u8], body: &str) -> Frame {
+    Frame {
+        service_code: code,
+        sequence_code: 0,
+        data_type: 1,
+        client_type: 5,
+        req_or_res: 1,
+        token: bytes::Bytes::copy_from_slice(token),
+        payload: bytes::Bytes::copy_from_slice(body.as_bytes()),
+    }
+}
+
+/// The transcript's bodies, with its literal tabs and newlines.
+fn login_body(ip: &str) -> String {
+    format!("{{\n\t\"mac\":\t\"{MAC}\",\n\t\"ip\":\t\"{ip}\"\n}}")
+}
+fn mac_body() -> String {
+    format!("{{\n\t\"mac\":\t\"{MAC}\"\n}}")
+}
+const CONFIG_VERSION_BODY: &str = "{\n\t\"mac\":\t\"52:54:00:C0:FF:EE\",\n\t\"platform\":\t\"x86\",\n\t\"soft_version\":\t\"2.28\",\n\t\"disk_residue\":\t1000000\n}";
+
+/// A raw terminal connection speaking the transcript's frames.
+struct VendorTerminal {
+    c: RawClient,
+}
+
+impl VendorTerminal {
+    async fn connect(addr: std::net::SocketAddr) -> Self {
+        VendorTerminal {
+            c: RawClient::connect(addr).await,
+        }
+    }
+
+    async fn send(&mut self, f: Frame) {
+        self.c.io.send(f).await.expect("send");
+    }
+
+    /// The answer to `code`, skipping commands the server pushes meanwhile
+    /// (returned in `pushed`).
+    async fn answer(&mut self, code: u32, pushed: &mut Vec<Frame>) -> (Frame, Envelope<Value>) {
+        loop {
+            let f = self.c.recv().await.expect("an answer");
+            if f.is_response() && f.service_code == code {
+                let env = f.json().expect("envelope");
+                return (f, env);
+            }
+            pushed.push(f);
+        }
+    }
+
+    async fn request(&mut self, code: u32, body: &str) -> (Frame, Envelope<Value>) {
+        let token = self.c.token.clone();
+        self.send(v228(code, &token, body)).await;
+        let mut pushed = Vec::new();
+        self.answer(code, &mut pushed).await
+    }
+
+    /// 9001, 9004 as the v2.28 terminal sends them.
+    async fn log_in(&mut self, ip: &str) -> Envelope<Value> {
+        let (f, env) = self.request(9001, &login_body(ip)).await;
+        self.c.token = f.token.clone();
+        env
+    }
+
+    /// A reply to a pushed command, as v2.28 writes it: sequence 0 and
+    /// `{code, msg, data{mac, batch_no}}` pretty-printed with tabs.
+    async fn reply(&mut self, cmd: &Frame, batch_no: &Value) {
+        let body = format!(
+            "{{\n\t\"code\":\t0,\n\t\"msg\":\t\"Success\",\n\t\"data\":\t{{\n\t\t\"mac\":\t\"{MAC}\",\n\t\t\"batch_no\":\t{batch_no}\n\t}}\n}}"
+        );
+        let f = Frame {
+            service_code: cmd.service_code,
+            sequence_code: 0,
+            data_type: 1,
+            client_type: 2,
+            req_or_res: 2,
+            token: self.c.token.clone(),
+            payload: body.into_bytes().into(),
+        };
+        self.send(f).await;
+    }
+}
+
+fn sectors_of(path: &Path) -> String {
+    std::fs::metadata(path)
+        .expect("layer")
+        .len()
+        .div_ceil(512)
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_v2_28_terminal_session_as_recorded() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let h = start_server(&dir.path().join("s")).await;
+    let mut t = VendorTerminal::connect(h.addr).await;
+
+    // 9001: token in the header and in data, with the server's time beside it.
+    let env = t.log_in("127.0.0.1").await;
+    assert_eq!(env.code, 0, "{}", env.msg);
+    let data = env.data.expect("data");
+    assert_eq!(
+        data["token"].as_str().map(str::as_bytes),
+        Some(&t.c.token[..])
+    );
+    assert!(
+        data["datetime"].as_str().is_some_and(|d| d.len() == 19),
+        "{data}"
+    );
+
+    // 9004 from a terminal never configured: -1, as the vendor server says.
+    let (_, env) = t.request(9004, CONFIG_VERSION_BODY).await;
+    assert_eq!(env.data.expect("data")["conf_version"], -1);
+
+    // 9005: never an empty server_ip; here (no NAT, no advertise_ip) the
+    // address it reached us at, inside the program object.
+    let (_, env) = t.request(9005, &mac_body()).await;
+    let data = env.data.expect("data");
+    assert_eq!(data["setup_info"]["program"]["server_ip"], "127.0.0.1");
+    assert_eq!(data["soft_version"], "2.28");
+
+    // The D test terminal's `encoding = 1` on plain JSON: read, answered.
+    let hb = v228(9000, &t.c.token.clone(), &mac_body());
+    t.c.send_raw(&with_encoding_1(&hb)).await;
+    let (_, env) = t.answer(9000, &mut Vec::new()).await;
+    assert_eq!(env.code, 0, "heartbeat with encoding 1: {}", env.msg);
+
+    // A wrong token: 60000, and the token it got echoed in the header.
+    t.send(v228(9000, b"0123456789abcdef0123456789abcdef", &mac_body()))
+        .await;
+    let (f, env) = t.answer(9000, &mut Vec::new()).await;
+    assert_eq!(env.code, 60000);
+    assert_eq!(&f.token[..], b"0123456789abcdef0123456789abcdef");
+
+    // Reports as v2.28 and the upper client send them: none refused.
+    let layer0 = layer(0);
+    for body in [
+        // The transcript's finished report, torrent_name with .torrent.
+        format!("{{\n\t\"torrent_name\":\t\"{layer0}.torrent\",\n\t\"mac\":\t\"{MAC}\",\n\t\"progress\":\t100,\n\t\"state\":\t\"finished\",\n\t\"download_rate\":\t\"0\",\n\t\"upload_rate\":\t\"0\",\n\t\"total_size\":\t\"0\",\n\t\"file_size\":\t\"0\"\n}}"),
+        // The HTTP path: an empty torrent_name.
+        format!("{{\n\t\"torrent_name\":\t\"\",\n\t\"mac\":\t\"{MAC}\",\n\t\"progress\":\t100,\n\t\"state\":\t\"finished\",\n\t\"download_rate\":\t\"0\",\n\t\"upload_rate\":\t\"0\",\n\t\"total_size\":\t\"0\",\n\t\"file_size\":\t\"197120\"\n}}"),
+        // No state at all.
+        format!("{{\"torrent_name\":\"{layer0}.torrent\",\"mac\":\"{MAC}\",\"progress\":40}}"),
+    ] {
+        let (_, env) = t.request(9025, &body).await;
+        assert_eq!(env.code, 0, "{body}: {}", env.msg);
+    }
+    let (_, env) = t
+        .request(
+            9015,
+            r#"{"torrent_id":"0d5c8e5e-4c1e-4f0a-9b61-2a1f5b1f1c11","msg":"ok","result":1}"#,
+        )
+        .await;
+    assert_eq!(env.code, 0, "{}", env.msg);
+    // Progress is kept under the layer name, where `ctl images` shows it.
+    let images = api(&h).get("/api/v1/images").await.expect("api");
+    let progress = &images.data.expect("data")["progress"][MAC];
+    assert_eq!(progress[&layer0]["progress"], 40, "{progress}");
+
+    // A command v2.28 never answers: sent, and said so at once.
+    let started = Instant::now();
+    let r = api(&h)
+        .push(MAC, "watermark_switch", json!({"switch": 1}), 30)
+        .await
+        .expect("api");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(r.code, 0);
+    assert_eq!(
+        r.msg,
+        "no reply: this terminal's software (2.28) does not answer watermark_switch"
+    );
+    let pushed = t.c.recv().await.expect("1022 still went out");
+    assert_eq!(pushed.service_code, 1022);
+    // Numbering cannot include it: a session waiting for it never closes.
+    let o = api(&h)
+        .post("/api/v1/order", &json!({"start_id": 1, "macs": [MAC]}))
+        .await
+        .expect("api");
+    assert_ne!(o.code, 0);
+    assert!(o.msg.contains("does not answer order"), "{}", o.msg);
+
+    // 9002: logged out and offline, but the socket stays and a heartbeat
+    // on it is answered.
+    let (_, env) = t.request(9002, &login_body("127.0.0.1")).await;
+    assert_eq!(env.code, 0);
+    let (_, env) = t.request(9000, &mac_body()).await;
+    assert_eq!(env.code, 0, "heartbeat after logout: {}", env.msg);
+    let view = api(&h)
+        .get(&format!("/api/v1/terminals/{MAC}"))
+        .await
+        .expect("api");
+    assert_eq!(view.data.expect("data")["online"], false);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_terminal_behind_nat_is_never_sent_an_address_that_strands_it() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let h = start_server(&dir.path().join("s")).await;
+    // Loopback socket, but the terminal says it is 10.0.2.15: QEMU's user
+    // network (the PXE test) looks exactly like this.
+    let mut t = VendorTerminal::connect(h.addr).await;
+    assert_eq!(t.log_in("10.0.2.15").await.code, 0);
+    let (_, env) = t.request(9005, &mac_body()).await;
+    assert_eq!(env.code, 0);
+    let data = env.data.expect("data");
+    let program = data["setup_info"]["program"]
+        .as_object()
+        .expect("the program object stays");
+    assert!(!program.contains_key("server_ip"), "{data}");
+    h.stop().await;
+
+    // With advertise_ip configured, that is what every terminal gets.
+    let mut cfg = server_config(&dir.path().join("s2"), "127.0.0.1:0");
+    cfg.advertise_ip = Some("192.0.2.7".into());
+    let h = voi::server::Server::start(cfg).await.expect("server");
+    let mut t = VendorTerminal::connect(h.addr).await;
+    assert_eq!(t.log_in("10.0.2.15").await.code, 0);
+    let (_, env) = t.request(9005, &mac_body()).await;
+    assert_eq!(
+        env.data.expect("data")["setup_info"]["program"]["server_ip"],
+        "192.0.2.7"
+    );
+    h.stop().await;
+}
+
+/// 9023 as v2.28 sends them at first boot: levels 0-2 of each disk type,
+/// with `diff_disk_uuid: ""` for the types the group lacks.
+fn diff_disk_requests() -> Vec<String> {
+    let mut out = Vec::new();
+    for (ty, uuid, levels) in [(0, U, 0..=2), (1, "", 0..=2), (2, "", 0..=0)] {
+        for l in levels {
+            out.push(format!(
+                "{{\n\t\"mac\":\t\"{MAC}\",\n\t\"desktop_group_uuid\":\t\"{G}\",\n\t\"diff_disk_uuid\":\t\"{uuid}\",\n\t\"diff_level\":\t{l},\n\t\"diff_disk_type\":\t{ty}\n}}"
+            ));
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_v2_28_terminal_gets_its_desktop_by_1017_and_url() {
+    if !has(
+        "a_v2_28_terminal_gets_its_desktop_by_1017_and_url",
+        &[ARIA2C],
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    let h = start_server(&dir.path().join("s")).await;
+    let lib = h.server.images.dir().to_path_buf();
+    make_base(&lib.join(layer(0)), 8);
+    h.server.images.scan().await.expect("scan");
+    h.server
+        .store
+        .put_group(&layer_group("g1", G, U, &[0]))
+        .expect("group");
+    let mut t = VendorTerminal::connect(h.addr).await;
+    assert_eq!(t.log_in("127.0.0.1").await.code, 0);
+    t.request(9004, CONFIG_VERSION_BODY).await;
+
+    // 9023 x7: the layer the library holds comes with its URL and its real
+    // size in sectors; the others are 60024; no 1015 follows for v2.28.
+    let mut pushed = Vec::new();
+    let token = t.c.token.clone();
+    for body in diff_disk_requests() {
+        t.send(v228(9023, &token, &body)).await;
+    }
+    let mut answers = Vec::new();
+    for _ in 0..7 {
+        answers.push(t.answer(9023, &mut pushed).await.1);
+    }
+    let found: Vec<&Envelope<Value>> = answers.iter().filter(|e| e.code == 0).collect();
+    assert_eq!(found.len(), 1, "{answers:?}");
+    let d = found[0].data.as_ref().expect("data");
+    assert_eq!(d["file_size"], sectors_of(&lib.join(layer(0))));
+    assert!(d["download_url"]
+        .as_str()
+        .is_some_and(|u| u.ends_with(&format!("/torrents/{}.torrent", layer(0)))));
+    assert!(answers
+        .iter()
+        .filter(|e| e.code != 0)
+        .all(|e| e.code == 60024));
+
+    // The operator sends the desktop: v2.28 gets 1017, never 1008/1015.
+    let api_client = api(&h);
+    let send = tokio::spawn(async move {
+        api_client
+            .post(
+                &format!("/api/v1/terminals/{MAC}/download_desktop"),
+                &json!({"group_uuid": G, "timeout_secs": 20}),
+            )
+            .await
+    });
+    let cmd = loop {
+        let f = t.c.recv().await.expect("a command");
+        if !f.is_response() {
+            break f;
+        }
+    };
+    assert_eq!(cmd.service_code, 1017, "v2.28 acts on send_desktop only");
+    let body: Value = cmd.json().expect("json");
+    let disk = &body["desktop"]["disks"][0];
+    assert_eq!(disk["file_size"], sectors_of(&lib.join(layer(0))));
+    assert!(disk["real_size"].is_string(), "sizes travel as strings");
+    let url = disk["download_url"].as_str().expect("url").to_string();
+    t.reply(&cmd, &body["batch_no"]).await;
+    let sent = send.await.expect("join").expect("api");
+    assert_eq!(sent.code, 0, "{}", sent.msg);
+    assert!(pushed
+        .iter()
+        .all(|f| f.service_code != 1008 && f.service_code != 1015));
+
+    // The terminal fetches the torrent by URL and the layer over
+    // BitTorrent with a client nobody here wrote.
+    let torrent = voi::agent::transfers::fetch_torrent(&url)
+        .await
+        .expect("torrent");
+    let tpath = dir.path().join("t.torrent");
+    std::fs::write(&tpath, &torrent).expect("write");
+    let get = dir.path().join("get");
+    let status = aria2c(&[
+        &format!("--dir={}", get.display()),
+        "--seed-time=0",
+        &format!("--listen-port={}", free_port()),
+        tpath.to_str().expect("utf8"),
+    ])
+    .status()
+    .expect("aria2c");
+    assert!(status.success());
+    assert_eq!(
+        std::fs::read(get.join(layer(0))).expect("fetched"),
+        std::fs::read(lib.join(layer(0))).expect("library"),
+        "byte-identical"
+    );
+    // Its report, as recorded, reaches the operator under the layer name.
+    let report = format!("{{\n\t\"torrent_name\":\t\"{}.torrent\",\n\t\"mac\":\t\"{MAC}\",\n\t\"progress\":\t100,\n\t\"state\":\t\"finished\",\n\t\"download_rate\":\t\"0\",\n\t\"upload_rate\":\t\"0\",\n\t\"total_size\":\t\"0\",\n\t\"file_size\":\t\"0\"\n}}", layer(0));
+    assert_eq!(t.request(9025, &report).await.1.code, 0);
+    let images = api(&h).get("/api/v1/images").await.expect("api");
+    assert_eq!(
+        images.data.expect("data")["progress"][MAC][layer(0)]["progress"],
+        100
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_older_terminal_gets_a_1015_after_its_9023() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let h = start_server(&dir.path().join("s")).await;
+    let lib = h.server.images.dir().to_path_buf();
+    make_base(&lib.join(layer(0)), 4);
+    h.server.images.scan().await.expect("scan");
+    h.server
+        .store
+        .put_group(&layer_group("g1", G, U, &[0]))
+        .expect("group");
+    let mut t = VendorTerminal::connect(h.addr).await;
+    assert_eq!(t.log_in("127.0.0.1").await.code, 0);
+    let older = CONFIG_VERSION_BODY.replace("2.28", "2.20");
+    t.request(9004, &older).await;
+    let (_, env) = t.request(9023, &diff_disk_requests()[0]).await;
+    assert_eq!(env.code, 0);
+    // Then, as the vendor server does, the layer as a binary 1015.
+    let f = t.c.recv().await.expect("a 1015 follows");
+    assert_eq!(f.service_code, 1015);
+    assert_eq!(f.data_type, 0);
+    let s = voi::protocol::torrent_struct::SendTorrent::parse(&f.payload).expect("struct");
+    assert_eq!(s.uuid, U);
+    assert_eq!(s.file_size.to_string(), sectors_of(&lib.join(layer(0))));
+    let img = h.server.images.get(&layer(0)).expect("image");
+    assert_eq!(&s.torrent[..], &img.torrent[..]);
+    h.stop().await;
+}
+
+/// The header byte the vendor server sets on everything it sends.
+fn with_encoding_1(f: &Frame) -> Vec<u8> {
+    let mut b = f.to_bytes().to_vec();
+    b[17] = 1;
+    b
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_agent_takes_a_desktop_from_a_vendor_style_server() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().expect("tmp");
+    // The layer's seeder and tracker: a voi-server library. The "vendor"
+    // server the agent talks to is played by hand and knows no manifests
+    // and no trackers (its 9019 fails).
+    let seeder = start_server(&dir.path().join("seeder")).await;
+    let lib = seeder.server.images.dir().to_path_buf();
+    make_base(&lib.join(layer(0)), 8);
+    seeder.server.images.scan().await.expect("scan");
+    let img = seeder.server.images.get(&layer(0)).expect("image");
+    let group = layer_group("g1", G, U, &[0]);
+
+    let vendor = FakeServer::new().await;
+    let mac = "AA:00:00:00:13:01";
+    let (agent, task) = start_agent(agent_config(&dir.path().join("a"), vendor.port(), mac));
+    let mut conn = vendor.accept().await;
+    let task_uuid = "6a1f0d38-7c1e-4bb4-9d0e-3e2f1a5c0b77";
+    let mut sent_commands = false;
+    let (mut saw_1004, mut saw_1015, mut progress, mut result) = (false, None, 0, None);
+    let start = Instant::now();
+    while result.is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "no 9015 within 90 s (1004 {saw_1004}, 1015 {saw_1015:?}, 9025 x{progress})"
+        );
+        let f = tokio::time::timeout(Duration::from_secs(30), conn.next())
+            .await
+            .expect("traffic")
+            .expect("open")
+            .expect("frame");
+        if f.is_response() {
+            let env: Envelope<Value> = f.json().expect("reply");
+            match f.service_code {
+                1004 => {
+                    assert_eq!(env.code, 0, "1004 with encoding 1: {}", env.msg);
+                    saw_1004 = true;
+                }
+                1015 => saw_1015 = Some(env),
+                _ => {}
+            }
+            continue;
+        }
+        let answer = match f.service_code {
+            // The vendor server without a controller image IP.
+            9019 => json!({"code": 50004, "msg": "ParamError"}),
+            9007 => json!({"code": 0, "msg": "Success", "data": {"desktop_group_list": [group]}}),
+            // A bare Success, then the layer as a 1015 (below).
+            9023 => json!({"code": 0, "msg": "Success"}),
+            9004 => json!({"code": 0, "msg": "Success", "data": {"conf_version": -1}}),
+            9010 => {
+                json!({"code": 0, "msg": "Success", "data": {"batch_no": 0, "terminal_id": -1}})
+            }
+            9025 => {
+                progress += 1;
+                json!({"code": 0, "msg": "Success"})
+            }
+            9015 => {
+                result = Some(f.json::<Value>().expect("9015"));
+                json!({"code": 0, "msg": "Success"})
+            }
+            _ => json!({"code": 0, "msg": "Success"}),
+        };
+        let a = FakeServer::answer(&f, answer);
+        conn.get_mut()
+            .write_all(&with_encoding_1(&a))
+            .await
+            .expect("answer");
+        if f.service_code == 9023 && !sent_commands {
+            sent_commands = true;
+            // encoding 1 on a plain JSON command.
+            let rename = command(1004, br#"{"batch_no":41,"name":"PC-41","conf_version":1}"#);
+            conn.get_mut()
+                .write_all(&with_encoding_1(&rename))
+                .await
+                .expect("1004");
+            // The 1015 struct with data_type 1, as the vendor's socket
+            // wrapper sends it.
+            let d = &group.disks[0];
+            let body = voi::server::Server::send_torrent_body(&group, d, &img, task_uuid);
+            let mut push = command(1015, &body.encode());
+            push.data_type = 1;
+            conn.get_mut()
+                .write_all(&with_encoding_1(&push))
+                .await
+                .expect("1015");
+        }
+    }
+    assert!(saw_1004, "the 1004 with encoding 1 was answered");
+    let reply = saw_1015.expect("the 1015 was answered");
+    assert_eq!(reply.code, 0, "{}", reply.msg);
+    assert_eq!(
+        reply.data.as_ref().expect("data")["batch_no"],
+        task_uuid,
+        "answered with the task uuid"
+    );
+    assert!(progress >= 1, "9025 reached the server");
+    assert_eq!(result.expect("9015")["result"], 1);
+    let got = agent.cfg.disk_dir().join(layer(0));
+    assert_eq!(
+        std::fs::read(&got).expect("layer"),
+        std::fs::read(lib.join(layer(0))).expect("library")
+    );
+    voi::disk::qemu_img::check(&got).expect("qemu-img check");
+    agent.shutdown.cancel();
+    let _ = task.await;
+    seeder.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_100_gb_data_disk_is_thin_and_its_overcommit_is_reported() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let h = start_server(&dir.path().join("s")).await;
+    let mac = "AA:00:00:00:13:02";
+    let mut ev = h.server.registry.events.subscribe();
+    let (agent, task) = start_agent(agent_config(&dir.path().join("a"), h.addr.port(), mac));
+    wait_event(&mut ev, 20, is_heartbeat(mac)).await;
+    // The vendor UI asks for 100 GB; ask for more than any test disk has,
+    // so the overcommit shows wherever this runs.
+    let (_, env) = h
+        .server
+        .push(
+            mac,
+            ServiceCode::AddDataDisk,
+            json!({"size": 16000, "enable": 1, "restore": 0}),
+            Duration::from_secs(20),
+        )
+        .await
+        .expect("reply");
+    assert_eq!(env.code, 0, "{}", env.msg);
+    let name = env.data.expect("data")["disk"]
+        .as_str()
+        .expect("disk")
+        .to_string();
+    let path = agent.cfg.disk_dir().join(&name);
+    voi::disk::qemu_img::check(&path).expect("qemu-img check");
+    let header = voi::disk::qcow2::read_header(&path).expect("header");
+    assert_eq!(header.virtual_size, 16000 << 30);
+    assert!(std::fs::metadata(&path).expect("file").len() < 16 << 20);
+    assert!(agent
+        .state
+        .read(|s| s.notices.iter().any(|n| n.contains("overcommitted"))));
+    assert_eq!(
+        agent.disk_residue_gb(),
+        0.0,
+        "the promise is off the residue"
+    );
+    agent.shutdown.cancel();
+    let _ = task.await;
+    h.stop().await;
+}

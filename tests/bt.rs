@@ -914,3 +914,67 @@ async fn layers_wanted_before_the_engine_started_are_asked_for_again() {
     let _ = task.await;
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_a_manifest_key_only_a_layer_the_server_signed_becomes_bootable() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let h = start_server(&dir.path().join("s")).await;
+    let lib = h.server.images.dir().to_path_buf();
+    make_base(&lib.join(layer(0)), 6);
+    h.server.images.scan().await.expect("scan");
+    h.server.store.put_group(&group(&[0])).expect("group");
+
+    // The published manifest carries the server's signature.
+    let public = h.server.images.manifest_public_key();
+    let url = h
+        .server
+        .torrent_url(&layer(0), None)
+        .replace(".torrent", ".json")
+        .replace("/torrents/", "/manifest/");
+    let m: voi::bt::manifest::LayerManifest = reqwest::get(&url)
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("manifest");
+    let key = voi::bt::manifest::parse_public_key(&public).expect("key");
+    m.verify(&key).expect("signed by the server");
+
+    // Flashed with the server's key: the layer lands.
+    let mac = "AA:00:00:00:05:31";
+    let mut cfg = agent_config(&dir.path().join("a"), h.addr.port(), mac);
+    cfg.bt.manifest_key = Some(public.clone());
+    let (agent, task) = online(&h, cfg).await;
+    wait_for("the signed layer", 60, || seeding(&agent, &layer(0))).await;
+    assert!(same_bytes(
+        &disk_path(&agent, &layer(0)),
+        &lib.join(layer(0))
+    ));
+    agent.shutdown.cancel();
+    let _ = task.await;
+
+    // Flashed with another server's key: the same bytes are refused, the
+    // server hears 9015 result 2 and nothing joins the chain.
+    let other = ed25519_dalek::SigningKey::from_bytes(&[9; 32]);
+    let mac = "AA:00:00:00:05:32";
+    let mut cfg = agent_config(&dir.path().join("b"), h.addr.port(), mac);
+    cfg.bt.manifest_key = Some(voi::bt::manifest::to_hex(other.verifying_key().as_bytes()));
+    let (agent, task) = online(&h, cfg).await;
+    wait_for("the layer refused", 60, || {
+        report(&h, mac, &format!("task_result:{}", layer(0))).is_some_and(|r| r["result"] == 2)
+    })
+    .await;
+    assert!(!disk_path(&agent, &layer(0)).exists(), "never bootable");
+    assert!(agent
+        .state
+        .read(|s| s.notices.iter().any(|n| n.contains("signature"))));
+    agent.shutdown.cancel();
+    let _ = task.await;
+
+    // A key that is not a key stops the agent at start, not at the first
+    // download.
+    let mut cfg = agent_config(&dir.path().join("c"), h.addr.port(), "AA:00:00:00:05:33");
+    cfg.bt.manifest_key = Some("not-a-key".into());
+    assert!(voi::agent::Agent::new(cfg).is_err());
+    h.stop().await;
+}

@@ -168,6 +168,12 @@ pub struct BtConfig {
     /// "if_published" (default), "required" or "off".
     #[serde(default)]
     pub manifest: crate::bt::manifest::ManifestPolicy,
+    /// The server's manifest signing key (64 hex, `voi-server` logs it at
+    /// start), flashed in at provisioning. When set, a layer becomes
+    /// bootable only with a manifest this key signed and the layer matching
+    /// it, whatever `manifest` says and whatever the transport.
+    #[serde(default)]
+    pub manifest_key: Option<String>,
 }
 
 impl Default for BtConfig {
@@ -178,6 +184,7 @@ impl Default for BtConfig {
             upload_limit: 0,
             download_limit: 0,
             manifest: Default::default(),
+            manifest_key: None,
         }
     }
 }
@@ -281,7 +288,19 @@ impl AgentConfig {
         Ok(cfg)
     }
 
+    /// The manifest key, parsed (checked by `validate`).
+    pub fn manifest_key(&self) -> Option<ed25519_dalek::VerifyingKey> {
+        self.bt
+            .manifest_key
+            .as_deref()
+            .and_then(|k| crate::bt::manifest::parse_public_key(k).ok())
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(k) = &self.bt.manifest_key {
+            crate::bt::manifest::parse_public_key(k)
+                .map_err(|e| ConfigError::Invalid(format!("[bt] manifest_key: {e}")))?;
+        }
         if self.tls.enabled {
             // Read the CA and check the pin now, not at the first connect.
             crate::tls::Connector::new(&self.tls, &self.server_ip)

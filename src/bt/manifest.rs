@@ -21,6 +21,47 @@ pub struct LayerManifest {
     /// for a base.
     pub parent: Option<String>,
     pub info_hash: String,
+    /// ed25519 over `signed_bytes()`, lower-case hex; absent from servers
+    /// that do not sign (the vendor's has no manifests at all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+}
+
+/// What a signature covers: every field but the signature, in a fixed
+/// order, after a domain tag (a signature made for anything else never
+/// verifies as a manifest).
+#[derive(Serialize)]
+struct Signed<'a> {
+    layer: &'a str,
+    size: u64,
+    sha256: &'a str,
+    parent: &'a Option<String>,
+    info_hash: &'a str,
+}
+
+const SIGNATURE_DOMAIN: &[u8] = b"voi-layer-manifest-v1\n";
+
+pub fn to_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn from_hex(text: &str) -> Option<Vec<u8>> {
+    let t = text.trim();
+    if t.len() % 2 != 0 {
+        return None;
+    }
+    (0..t.len())
+        .step_by(2)
+        .map(|i| t.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok()))
+        .collect()
+}
+
+/// A public key as `agent.toml` carries it (64 hex characters).
+pub fn parse_public_key(text: &str) -> Result<ed25519_dalek::VerifyingKey, String> {
+    let bytes: [u8; 32] = from_hex(text)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| "a manifest key is 64 hex characters (32 bytes)".to_string())?;
+    ed25519_dalek::VerifyingKey::from_bytes(&bytes).map_err(|e| format!("manifest key: {e}"))
 }
 
 /// How strictly the agent wants manifests.
@@ -53,6 +94,40 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
 }
 
 impl LayerManifest {
+    fn signed_bytes(&self) -> Vec<u8> {
+        let body = Signed {
+            layer: &self.layer,
+            size: self.size,
+            sha256: &self.sha256,
+            parent: &self.parent,
+            info_hash: &self.info_hash,
+        };
+        let mut out = SIGNATURE_DOMAIN.to_vec();
+        out.extend(serde_json::to_vec(&body).unwrap_or_default());
+        out
+    }
+
+    pub fn sign(&mut self, key: &ed25519_dalek::SigningKey) {
+        use ed25519_dalek::Signer;
+        self.signature = Some(to_hex(&key.sign(&self.signed_bytes()).to_bytes()));
+    }
+
+    /// Whether the server holding `key` signed exactly this manifest.
+    pub fn verify(&self, key: &ed25519_dalek::VerifyingKey) -> Result<(), String> {
+        let sig = self
+            .signature
+            .as_deref()
+            .ok_or_else(|| "the manifest is not signed".to_string())?;
+        let bytes: [u8; 64] = from_hex(sig)
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| "the manifest's signature is not 64 hex bytes".to_string())?;
+        key.verify_strict(
+            &self.signed_bytes(),
+            &ed25519_dalek::Signature::from_bytes(&bytes),
+        )
+        .map_err(|_| "the manifest's signature does not verify with the configured key".into())
+    }
+
     /// Compares a finished download with the manifest. `parent` is what the
     /// file's own header names; `sha256` is the file's, when the caller
     /// already read it (else it is read here).
@@ -198,6 +273,7 @@ mod tests {
             sha256: sha256_file(&p).expect("sha"),
             parent: Some("voi_0_u".into()),
             info_hash: "ab".into(),
+            signature: None,
         };
         assert!(good
             .check("voi_1_u", "AB", Some("voi_0_u"), &p, None)
@@ -234,5 +310,65 @@ mod tests {
                 .expect_err("refused");
             assert!(e.contains("manifest"), "{e}");
         }
+    }
+
+    fn key(seed: u8) -> ed25519_dalek::SigningKey {
+        ed25519_dalek::SigningKey::from_bytes(&[seed; 32])
+    }
+
+    #[test]
+    fn a_signed_manifest_verifies_only_whole_and_with_its_key() {
+        let mut m = LayerManifest {
+            layer: "voi_1_u".into(),
+            size: 11,
+            sha256: "11".repeat(32),
+            parent: Some("voi_0_u".into()),
+            info_hash: "ab".into(),
+            signature: None,
+        };
+        let k = key(7);
+        assert!(m.verify(&k.verifying_key()).is_err(), "unsigned");
+        m.sign(&k);
+        assert!(m.verify(&k.verifying_key()).is_ok());
+        // Through JSON, as the agent gets it.
+        let back: LayerManifest =
+            serde_json::from_slice(&serde_json::to_vec(&m).expect("json")).expect("parse");
+        assert!(back.verify(&k.verifying_key()).is_ok());
+        assert!(m.verify(&key(8).verifying_key()).is_err(), "another key");
+        for forged in [
+            LayerManifest {
+                sha256: "22".repeat(32),
+                ..m.clone()
+            },
+            LayerManifest {
+                size: 12,
+                ..m.clone()
+            },
+            LayerManifest {
+                parent: None,
+                ..m.clone()
+            },
+            LayerManifest {
+                info_hash: "cd".into(),
+                ..m.clone()
+            },
+            LayerManifest {
+                layer: "voi_1_v".into(),
+                ..m.clone()
+            },
+            LayerManifest {
+                signature: Some("00".repeat(64)),
+                ..m.clone()
+            },
+            LayerManifest {
+                signature: Some("zz".into()),
+                ..m.clone()
+            },
+        ] {
+            assert!(forged.verify(&k.verifying_key()).is_err(), "{forged:?}");
+        }
+        let hex = to_hex(k.verifying_key().as_bytes());
+        assert_eq!(parse_public_key(&hex).expect("key"), k.verifying_key());
+        assert!(parse_public_key("abc").is_err());
     }
 }

@@ -145,7 +145,7 @@ fn terminal_view(server: &Server, rec: &super::store::TerminalRecord, with_repor
     v["connected"] = json!(connected);
     v["online"] = json!(online);
     v["last_login"] = json!(rec.last_login);
-    let generation = super::generation::Generation::of(rec);
+    let generation = rec.generation();
     v["delivery"] = json!(generation.delivery);
     if with_reports {
         v["reports"] = json!(rec.reports);
@@ -291,7 +291,7 @@ async fn set_delivery(
     }
     match server.store.update_terminal(&mac, |r| r.delivery = choice) {
         Ok(r) => {
-            let g = super::generation::Generation::of(&r);
+            let g = r.generation();
             ok(json!({ "mac": mac, "delivery": g.delivery, "pinned": r.delivery.is_some() }))
         }
         Err(e) => store_fail(e),

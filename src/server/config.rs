@@ -39,6 +39,10 @@ pub struct ServerConfig {
     /// address as the terminal sees it, with the tracker's port.
     #[serde(default)]
     pub tracker_url: Option<String>,
+    /// The ed25519 key that signs layer manifests (64 hex characters in a
+    /// file); default `<data_dir>/manifest-signing.key`, made at first start.
+    #[serde(default)]
+    pub manifest_signing_key: Option<PathBuf>,
     #[serde(default = "default_admin_user")]
     pub admin_user: String,
     /// md5 hex of the admin password (9008 / 9016 compare md5 of what the

@@ -13,7 +13,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::store::TerminalRecord;
 use crate::protocol::ServiceCode;
 
 /// How a desktop reaches a terminal.
@@ -55,18 +54,18 @@ pub struct Generation {
 }
 
 impl Generation {
-    pub fn of(rec: &TerminalRecord) -> Generation {
-        let url_generation =
-            major_minor(&rec.config.soft_version).is_some_and(|v| v >= (2, 25) && v.0 == 2);
+    /// From the version a terminal reported and the operator's pin, if any.
+    pub fn new(soft_version: &str, pinned: Option<Delivery>) -> Generation {
+        let url_generation = major_minor(soft_version).is_some_and(|v| v >= (2, 25) && v.0 == 2);
         let auto = if url_generation {
             Delivery::SendDesktop
         } else {
             Delivery::TorrentPush
         };
         Generation {
-            soft_version: rec.config.soft_version.clone(),
+            soft_version: soft_version.to_string(),
             url_generation,
-            delivery: rec.delivery.unwrap_or(auto),
+            delivery: pinned.unwrap_or(auto),
         }
     }
 
@@ -105,15 +104,9 @@ impl Generation {
 mod tests {
     use super::*;
 
-    fn rec(v: &str) -> TerminalRecord {
-        let mut r = TerminalRecord::new("52:54:00:C0:FF:EE");
-        r.config.soft_version = v.into();
-        r
-    }
-
     #[test]
     fn v2_28_is_the_url_generation_and_skips_what_it_never_answers() {
-        let g = Generation::of(&rec("2.28"));
+        let g = Generation::new("2.28", None);
         assert_eq!(g.delivery, Delivery::SendDesktop);
         for c in [1005, 1006, 1008, 1009, 1011, 1015, 1022, 1030] {
             let code = ServiceCode::from_u32(c).expect("code");
@@ -132,12 +125,13 @@ mod tests {
     #[test]
     fn older_and_unknown_versions_get_torrent_pushes_unless_pinned() {
         for v in ["2.24", "2.3", "0.1", "", "x"] {
-            let g = Generation::of(&rec(v));
+            let g = Generation::new(v, None);
             assert_eq!(g.delivery, Delivery::TorrentPush, "{v}");
             assert!(g.answers(ServiceCode::DownloadDesktop), "{v}");
         }
-        let mut r = rec("0.1");
-        r.delivery = Some(Delivery::SendDesktop);
-        assert_eq!(Generation::of(&r).delivery, Delivery::SendDesktop);
+        assert_eq!(
+            Generation::new("0.1", Some(Delivery::SendDesktop)).delivery,
+            Delivery::SendDesktop
+        );
     }
 }

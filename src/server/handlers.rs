@@ -585,11 +585,11 @@ fn diff_disk_download(
 /// Terminals that read `download_url` (R >= 2.25) get nothing more. Our own
 /// agent takes either and fetches the layer once.
 fn push_torrent_after_answer(server: &Arc<Server>, mac: &str, r: &DiffDiskReq) {
-    use super::generation::{Delivery, Generation};
+    use super::generation::Delivery;
     let Ok(Some(rec)) = server.store.terminal(mac) else {
         return;
     };
-    if Generation::of(&rec).delivery != Delivery::TorrentPush {
+    if rec.generation().delivery != Delivery::TorrentPush {
         return;
     }
     let Ok(groups) = server.store.groups() else {

@@ -56,6 +56,7 @@ impl Image {
             sha256: self.sha256.clone(),
             parent: self.parent.clone(),
             info_hash: self.info_hash.clone(),
+            signature: None,
         }
     }
 }
@@ -90,6 +91,8 @@ pub struct Images {
     uploads_dir: PathBuf,
     announce: String,
     engine: Engine,
+    /// Signs every manifest served (`bt::manifest`).
+    signer: ed25519_dalek::SigningKey,
     known: Mutex<BTreeMap<String, Image>>,
     uploads: Mutex<BTreeMap<String, Upload>>,
     /// Serialises scans (the periodic one and the API's).
@@ -106,6 +109,7 @@ impl Images {
         data_dir: &Path,
         engine_cfg: EngineConfig,
         announce: String,
+        signer: ed25519_dalek::SigningKey,
     ) -> anyhow::Result<Arc<Images>> {
         let dir = data_dir.join("images");
         let torrents = data_dir.join("torrents");
@@ -120,6 +124,7 @@ impl Images {
             uploads_dir,
             announce,
             engine,
+            signer,
             known: Mutex::new(BTreeMap::new()),
             uploads: Mutex::new(BTreeMap::new()),
             scan_lock: tokio::sync::Mutex::new(()),
@@ -131,6 +136,18 @@ impl Images {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The key agents verify manifests with (`[bt] manifest_key`), as hex.
+    pub fn manifest_public_key(&self) -> String {
+        crate::bt::manifest::to_hex(self.signer.verifying_key().as_bytes())
+    }
+
+    /// A layer's manifest, signed.
+    pub fn signed_manifest(&self, layer: &str) -> Option<LayerManifest> {
+        let mut m = self.get(layer)?.manifest();
+        m.sign(&self.signer);
+        Some(m)
     }
 
     fn known(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Image>> {
@@ -553,8 +570,8 @@ async fn manifest_file(
     let Some(layer) = file.strip_suffix(".json") else {
         return (StatusCode::NOT_FOUND, "not a manifest").into_response();
     };
-    match images.get(layer) {
-        Some(img) => axum::Json(img.manifest()).into_response(),
+    match images.signed_manifest(layer) {
+        Some(m) => axum::Json(m).into_response(),
         None => (StatusCode::NOT_FOUND, "no such layer").into_response(),
     }
 }

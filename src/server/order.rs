@@ -5,7 +5,6 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::generation::Generation;
 use super::service::{PushError, Server};
 use super::store::OrderSession;
 use crate::protocol::messages::OrderConfirmReq;
@@ -42,7 +41,7 @@ pub async fn start(
             .terminal(m)
             .ok()
             .flatten()
-            .map(|r| Generation::of(&r))
+            .map(|r| r.generation())
             .is_none_or(|g| g.answers(ServiceCode::Order));
         if !numbered {
             skipped.push(m.clone());

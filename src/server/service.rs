@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::config::ServerConfig;
-use super::generation::{Delivery, Generation};
+use super::generation::Delivery;
 use super::images::Image;
 use super::registry::{Registry, ServerEvent};
 use super::store::{self, Store};
@@ -152,7 +152,7 @@ impl Server {
         let generation = self
             .store
             .terminal(&mac)?
-            .map(|r| Generation::of(&r))
+            .map(|r| r.generation())
             .ok_or_else(|| PushError::NotConnected(mac.clone()))?;
         match generation.delivery {
             Delivery::SendDesktop => self.send_desktop(&mac, &g, &layers, timeout).await,
@@ -360,7 +360,7 @@ impl Server {
                 serde_json::to_value(&batch).unwrap_or(Value::Null),
             );
         }
-        let generation = self.store.terminal(&mac)?.map(|r| Generation::of(&r));
+        let generation = self.store.terminal(&mac)?.map(|r| r.generation());
         if let Some(g) = generation.filter(|g| !g.answers(code)) {
             // Sent all the same (v2.28 carries out 1030 without a word),
             // but nobody waits 30 s for a reply that never comes.

@@ -65,9 +65,14 @@ impl Server {
                 download_limit: None,
             },
             announce,
+            load_or_create_signing_key(&cfg)?,
         )
         .await
         .map_err(|e| anyhow::anyhow!("image library: {e:#}"))?;
+        log::info!(
+            "layer manifests are signed; agents verify with [bt] manifest_key = \"{}\"",
+            images.manifest_public_key()
+        );
         let tls = match (&cfg.tls_cert, &cfg.tls_key) {
             (Some(cert), Some(key)) => {
                 let (acceptor, fp) = crate::tls::acceptor(cert, key)?;
@@ -182,6 +187,43 @@ impl Server {
             }
         }
         self.images.stop().await;
+    }
+}
+
+/// The manifest signing key: the configured file, else
+/// `<data_dir>/manifest-signing.key`, made (0600) at first start.
+fn load_or_create_signing_key(cfg: &ServerConfig) -> anyhow::Result<ed25519_dalek::SigningKey> {
+    use crate::bt::manifest::{from_hex, to_hex};
+    let path = cfg
+        .manifest_signing_key
+        .clone()
+        .unwrap_or_else(|| cfg.data_dir.join("manifest-signing.key"));
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let bytes: [u8; 32] =
+                from_hex(&text)
+                    .and_then(|b| b.try_into().ok())
+                    .ok_or_else(|| {
+                        anyhow::anyhow!(
+                            "{}: not 64 hex characters (an ed25519 key)",
+                            path.display()
+                        )
+                    })?;
+            Ok(ed25519_dalek::SigningKey::from_bytes(&bytes))
+        }
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound && cfg.manifest_signing_key.is_none() =>
+        {
+            let mut bytes = [0u8; 32];
+            std::fs::File::open("/dev/urandom")
+                .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+                .map_err(|e| anyhow::anyhow!("cannot read /dev/urandom: {e}"))?;
+            crate::fsutil::atomic_write(&path, to_hex(&bytes).as_bytes())?;
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+            Ok(ed25519_dalek::SigningKey::from_bytes(&bytes))
+        }
+        Err(e) => anyhow::bail!("manifest signing key {}: {e}", path.display()),
     }
 }
 

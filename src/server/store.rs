@@ -47,6 +47,11 @@ pub struct TerminalRecord {
 }
 
 impl TerminalRecord {
+    /// Which generation of terminal software this is (`generation.rs`).
+    pub fn generation(&self) -> super::generation::Generation {
+        super::generation::Generation::new(&self.config.soft_version, self.delivery)
+    }
+
     pub fn new(mac: &str) -> Self {
         TerminalRecord {
             config: TerminalConfig {

@@ -41,6 +41,7 @@ pub async fn start(agent: Arc<Agent>) {
                 agent.desktops.clone(),
                 Duration::from_secs(agent.cfg.bt.progress_secs),
                 agent.cfg.bt.manifest,
+                agent.cfg.manifest_key(),
             )
             .await
             .map_err(|e| e.to_string()),

@@ -168,6 +168,8 @@ pub struct Transfers {
     reports: mpsc::UnboundedSender<Report>,
     progress_every: Duration,
     manifests: ManifestPolicy,
+    /// With a key, only a manifest it signed makes a layer bootable.
+    manifest_key: Option<ed25519_dalek::VerifyingKey>,
     /// One `download` at a time: a layer announced twice at once (by 9023
     /// and a 1015 push) must become one transfer, not a clash on its dir.
     starting: tokio::sync::Mutex<()>,
@@ -181,6 +183,7 @@ impl Transfers {
         desktops: Arc<Desktops>,
         progress_every: Duration,
         manifests: ManifestPolicy,
+        manifest_key: Option<ed25519_dalek::VerifyingKey>,
     ) -> Result<(Arc<Transfers>, mpsc::UnboundedReceiver<Report>), TransferError> {
         let root = desktops.store.dir().join(".bt");
         std::fs::create_dir_all(&root).map_err(io(&root))?;
@@ -195,6 +198,7 @@ impl Transfers {
             reports: tx,
             progress_every,
             manifests,
+            manifest_key,
             starting: tokio::sync::Mutex::new(()),
         });
         t.restore().await?;
@@ -798,6 +802,21 @@ impl Transfers {
         layer: &str,
         torrent: &[u8],
     ) -> Result<Option<LayerManifest>, Finish> {
+        if let Some(key) = &self.manifest_key {
+            return match manifest::fetch(&self.manifest_sources(torrent), layer).await {
+                Fetched::Found(m) => match m.verify(key) {
+                    Ok(()) => Ok(Some(m)),
+                    Err(e) => Err(Finish::Failed(e)),
+                },
+                Fetched::NotPublished => Err(Finish::Failed(
+                    "a manifest key is configured and the server publishes no manifest for it"
+                        .into(),
+                )),
+                Fetched::NoPublisher(why) | Fetched::Unavailable(why) => Err(Finish::Wait(
+                    format!("a signed manifest is required and none could be had: {why}"),
+                )),
+            };
+        }
         if self.manifests == ManifestPolicy::Off {
             return Ok(None);
         }

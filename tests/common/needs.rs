@@ -55,6 +55,9 @@ pub fn has(test: &str, needs: &[Need]) -> bool {
     if std::env::var_os("VOI_REQUIRE_ALL").is_some_and(|v| v != "0") {
         panic!("{line}; VOI_REQUIRE_ALL is set, so this is a failure");
     }
-    eprintln!("{line}");
+    // Straight to stderr, not eprintln!: the test harness captures the
+    // print macros of passing tests, and this line must be seen.
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "{line}");
     false
 }

@@ -754,7 +754,14 @@ impl Transfers {
                 }
             }
             Err(Finish::Wait(why)) => {
-                log::info!("{layer}: complete, waiting {MANIFEST_RETRY:?}: {why}");
+                log::info!("{layer}: complete, waiting: {why}");
+                if let Some(l) = self.tasks().get_mut(&layer) {
+                    l.finishing = false;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(Finish::WaitManifest(why)) => {
+                log::info!("{layer}: complete, asking again in {MANIFEST_RETRY:?}: {why}");
                 // Still "finishing" while it waits, so the supervisor does
                 // not start another attempt at every tick.
                 tokio::time::sleep(MANIFEST_RETRY).await;
@@ -812,7 +819,7 @@ impl Transfers {
                     "a manifest key is configured and the server publishes no manifest for it"
                         .into(),
                 )),
-                Fetched::NoPublisher(why) | Fetched::Unavailable(why) => Err(Finish::Wait(
+                Fetched::NoPublisher(why) | Fetched::Unavailable(why) => Err(Finish::WaitManifest(
                     format!("a signed manifest is required and none could be had: {why}"),
                 )),
             };
@@ -833,11 +840,13 @@ impl Transfers {
             Fetched::NotPublished => Err(Finish::Failed(
                 "the server publishes no manifest for it and manifests are required".into(),
             )),
-            Fetched::NoPublisher(why) => Err(Finish::Wait(format!(
+            Fetched::NoPublisher(why) => Err(Finish::WaitManifest(format!(
                 "manifests are required and none can be asked for: {why}"
             ))),
             // Never adopt unchecked because the server is briefly away.
-            Fetched::Unavailable(why) => Err(Finish::Wait(format!("manifest unavailable: {why}"))),
+            Fetched::Unavailable(why) => {
+                Err(Finish::WaitManifest(format!("manifest unavailable: {why}")))
+            }
         }
     }
 
@@ -923,8 +932,11 @@ impl Transfers {
 }
 
 enum Finish {
-    /// Try again on a later tick.
+    /// Try again on a later tick (its parent is still arriving, say).
     Wait(String),
+    /// The server's manifest could not be had: ask again in a while, not
+    /// at every tick.
+    WaitManifest(String),
     /// The data does not match the torrent.
     BadData(String),
     /// The layer cannot be used.

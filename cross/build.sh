@@ -14,11 +14,14 @@ case "$ARCH" in
 esac
 
 if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
-if ! dpkg -s "libstd-rust-web-dev:$DEB" >/dev/null 2>&1 || ! command -v "$GNU-gcc" >/dev/null || ! command -v qemu-$ARCH-static >/dev/null || ! command -v file >/dev/null; then
+# cmake is not needed for the host build any more (vendor/qcow); it stays
+# here for the cross build, where aws-lc-sys (under librqbit's sha1) may
+# choose its cmake builder for a foreign target.
+if ! dpkg -s "libstd-rust-web-dev:$DEB" >/dev/null 2>&1 || ! command -v "$GNU-gcc" >/dev/null || ! command -v qemu-$ARCH-static >/dev/null || ! command -v file >/dev/null || ! command -v cmake >/dev/null; then
   $SUDO dpkg --add-architecture "$DEB"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq \
-    rustc-web cargo-web "libstd-rust-web-dev:$DEB" "gcc-$GNU" "libc6-dev-$DEB-cross" qemu-user-static file
+    rustc-web cargo-web "libstd-rust-web-dev:$DEB" "gcc-$GNU" "libc6-dev-$DEB-cross" qemu-user-static cmake file
 fi
 
 # Debian's toolchain, not rustup's: it is the one with the $DEB std library.

@@ -179,7 +179,7 @@ async fn distribute_a_layer(
     let Some(disk) = group.disks.first() else {
         return Ok(());
     };
-    let layer = format!("{}_{}_{}", disk.prefix, disk.dif_level, disk.uuid);
+    let layer = disk.layer_name();
     let image = handle.server.images.dir().join(&layer);
     if let Err(e) = crate::disk::qemu_img::create(&image, 64 << 20) {
         println!("[demo] skipping the BitTorrent step: {e} (install qemu-utils)");

@@ -177,6 +177,13 @@ pub struct DiskInfo {
     pub download_url: Option<String>,
 }
 
+impl DiskInfo {
+    /// The layer file this disk entry names: `prefix_level_uuid`.
+    pub fn layer_name(&self) -> String {
+        format!("{}_{}_{}", self.prefix, self.dif_level, self.uuid)
+    }
+}
+
 fn voi_prefix() -> String {
     "voi".into()
 }

@@ -361,8 +361,8 @@ async fn answer(
         }
         S::DiffDiskDownload => {
             let r: DiffDiskReq = body(frame, mac)?;
-            let answer = diff_disk_download(server, &r, st.local)?;
-            push_torrent_after_answer(server, mac, &r);
+            let (answer, wanted) = diff_disk_download(server, &r, st.local)?;
+            push_torrent_after_answer(server, mac, wanted);
             answer
         }
         S::DesktopLogin => {
@@ -525,17 +525,25 @@ fn desktop_of_disk(server: &Server, boot_disk: &str) -> Result<Answer, Answer> {
     }))
 }
 
+/// The library layer a 9023 asks for: its group, its disk entry, and the
+/// image when the library holds it.
+struct WantedLayer {
+    group: DesktopGroup,
+    disk: DiskInfo,
+    image: Option<super::images::Image>,
+}
+
 fn diff_disk_download(
     server: &Server,
     r: &DiffDiskReq,
     local: Option<std::net::SocketAddr>,
-) -> Result<Answer, Answer> {
+) -> Result<(Answer, WantedLayer), Answer> {
     let groups = server
         .store
         .groups()
         .map_err(|e| err(ErrorCode::SystemError, e.to_string()))?;
     let g = groups
-        .iter()
+        .into_iter()
         .find(|g| g.desktop_group_uuid == r.desktop_group_uuid)
         .ok_or_else(|| {
             err(
@@ -546,20 +554,20 @@ fn diff_disk_download(
     // The server keeps levels 0..=2; a request for local level 3 is served
     // with its newest level 2 (notes §4.5).
     let level = r.diff_level.min(2);
-    let name = |d: &DiskInfo| format!("{}_{}_{}", d.prefix, d.dif_level, d.uuid);
     let d = g
         .disks
         .iter()
         .find(|d| d.uuid == r.diff_disk_uuid && d.dif_level == level)
+        .cloned()
         .ok_or_else(|| {
             err(
                 ErrorCode::TerminalDesktopNotExist,
                 format!("{} level {level}", r.diff_disk_uuid),
             )
         })?;
-    let name = name(d);
+    let name = d.layer_name();
     let image = server.images.get(&name);
-    Ok(ok(DiffDiskDownloadResp {
+    let answer = ok(DiffDiskDownloadResp {
         desktop_group_uuid: g.desktop_group_uuid.clone(),
         diff_disk_uuid: d.uuid.clone(),
         diff_level: r.diff_level,
@@ -577,60 +585,48 @@ fn diff_disk_download(
             None => d.file_size.unwrap_or_default(),
         },
         operate_id: d.operate_id,
-    }))
+    });
+    Ok((
+        answer,
+        WantedLayer {
+            group: g,
+            disk: d,
+            image,
+        },
+    ))
 }
 
 /// After its bare answer to 9023 the vendor server pushes the layer as a
 /// 1015 (`terminal_ctl.py`); terminals of that generation wait for it.
 /// Terminals that read `download_url` (R >= 2.25) get nothing more. Our own
 /// agent takes either and fetches the layer once.
-fn push_torrent_after_answer(server: &Arc<Server>, mac: &str, r: &DiffDiskReq) {
+fn push_torrent_after_answer(server: &Arc<Server>, mac: &str, wanted: WantedLayer) {
     use super::generation::Delivery;
+    let Some(img) = wanted.image else {
+        return;
+    };
     let Ok(Some(rec)) = server.store.terminal(mac) else {
         return;
     };
     if rec.generation().delivery != Delivery::TorrentPush {
         return;
     }
-    let Ok(groups) = server.store.groups() else {
-        return;
-    };
-    let Some(g) = groups
-        .into_iter()
-        .find(|g| g.desktop_group_uuid == r.desktop_group_uuid)
-    else {
-        return;
-    };
-    let level = r.diff_level.min(2);
-    let Some(d) = g
-        .disks
-        .iter()
-        .find(|d| d.uuid == r.diff_disk_uuid && d.dif_level == level)
-        .cloned()
-    else {
-        return;
-    };
-    let name = format!("{}_{}_{}", d.prefix, d.dif_level, d.uuid);
-    let Some(img) = server.images.get(&name) else {
-        return;
-    };
     let (server, mac) = (server.clone(), mac.to_string());
     tokio::spawn(async move {
         // The answer goes first, as from the vendor server.
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        let task_uuid = uuid::Uuid::new_v4().hyphenated().to_string();
-        let body = Server::send_torrent_body(&g, &d, &img, &task_uuid);
-        match server
-            .push_binary(
+        let name = img.layer.to_string();
+        let sent = server
+            .send_torrent(
                 &mac,
-                ServiceCode::SendTorrent,
-                body.encode(),
-                crate::protocol::BatchNo::Text(task_uuid),
+                &wanted.group,
+                &wanted.disk,
+                &img,
                 std::time::Duration::from_secs(30),
             )
-            .await
-        {
-            Ok(env) => log::info!("send_torrent {name} to {mac}: {} {}", env.code, env.msg),
+            .await;
+        match sent {
+            Ok((_, env)) => log::info!("send_torrent {name} to {mac}: {} {}", env.code, env.msg),
             Err(e) => log::info!("send_torrent {name} to {mac}: {e}"),
         }
     });

@@ -98,7 +98,7 @@ impl Server {
         let mut layers = Vec::new();
         let mut missing = Vec::new();
         for d in &g.disks {
-            let name = format!("{}_{}_{}", d.prefix, d.dif_level, d.uuid);
+            let name = d.layer_name();
             match self.images.get(&name) {
                 Some(img) => layers.push((d.clone(), img)),
                 None => missing.push(name),
@@ -133,6 +133,30 @@ impl Server {
             operate_id: u32::try_from(d.operate_id).unwrap_or(0),
             torrent: img.torrent.clone(),
         }
+    }
+
+    /// Pushes one library layer as a binary 1015 under a fresh task uuid
+    /// (its batch) and waits for the reply.
+    pub async fn send_torrent(
+        &self,
+        mac: &str,
+        g: &DesktopGroup,
+        d: &DiskInfo,
+        img: &Image,
+        timeout: Duration,
+    ) -> Result<(String, Envelope<Value>), PushError> {
+        let task_uuid = uuid::Uuid::new_v4().hyphenated().to_string();
+        let body = Self::send_torrent_body(g, d, img, &task_uuid);
+        let env = self
+            .push_binary(
+                mac,
+                ServiceCode::SendTorrent,
+                body.encode(),
+                BatchNo::Text(task_uuid.clone()),
+                timeout,
+            )
+            .await?;
+        Ok((task_uuid, env))
     }
 
     /// Sends a desktop group the library holds, in the style the
@@ -242,17 +266,7 @@ impl Server {
         .await?;
         let mut sent = Vec::new();
         for (d, img) in layers {
-            let task_uuid = uuid::Uuid::new_v4().hyphenated().to_string();
-            let body = Self::send_torrent_body(g, d, img, &task_uuid);
-            let env = self
-                .push_binary(
-                    mac,
-                    ServiceCode::SendTorrent,
-                    body.encode(),
-                    BatchNo::Text(task_uuid.clone()),
-                    timeout,
-                )
-                .await?;
+            let (task_uuid, env) = self.send_torrent(mac, g, d, img, timeout).await?;
             sent.push(serde_json::json!({
                 "layer": img.layer.to_string(), "task_uuid": task_uuid,
                 "command": "send_torrent", "code": env.code, "msg": env.msg,

@@ -193,7 +193,7 @@ impl Server {
 /// The manifest signing key: the configured file, else
 /// `<data_dir>/manifest-signing.key`, made (0600) at first start.
 fn load_or_create_signing_key(cfg: &ServerConfig) -> anyhow::Result<ed25519_dalek::SigningKey> {
-    use crate::bt::manifest::{from_hex, to_hex};
+    use crate::bt::manifest::from_hex;
     let path = cfg
         .manifest_signing_key
         .clone()
@@ -214,13 +214,7 @@ fn load_or_create_signing_key(cfg: &ServerConfig) -> anyhow::Result<ed25519_dale
         Err(e)
             if e.kind() == std::io::ErrorKind::NotFound && cfg.manifest_signing_key.is_none() =>
         {
-            let mut bytes = [0u8; 32];
-            std::fs::File::open("/dev/urandom")
-                .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
-                .map_err(|e| anyhow::anyhow!("cannot read /dev/urandom: {e}"))?;
-            crate::fsutil::atomic_write(&path, to_hex(&bytes).as_bytes())?;
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+            let bytes: [u8; 32] = new_secret_file(&path)?;
             Ok(ed25519_dalek::SigningKey::from_bytes(&bytes))
         }
         Err(e) => anyhow::bail!("manifest signing key {}: {e}", path.display()),
@@ -234,13 +228,19 @@ fn load_or_create_token(path: &std::path::Path) -> anyhow::Result<String> {
             return Ok(t);
         }
     }
-    let mut bytes = [0u8; 24];
+    let bytes: [u8; 24] = new_secret_file(path)?;
+    Ok(crate::bt::manifest::to_hex(&bytes))
+}
+
+/// N random bytes, written as hex to `path` (atomically, then 0600): the
+/// API token and the manifest signing key.
+fn new_secret_file<const N: usize>(path: &std::path::Path) -> anyhow::Result<[u8; N]> {
+    let mut bytes = [0u8; N];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
         .map_err(|e| anyhow::anyhow!("cannot read /dev/urandom: {e}"))?;
-    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    crate::fsutil::atomic_write(path, token.as_bytes())?;
+    crate::fsutil::atomic_write(path, crate::bt::manifest::to_hex(&bytes).as_bytes())?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(token)
+    Ok(bytes)
 }

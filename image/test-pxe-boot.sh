@@ -8,8 +8,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
 need=()
-# qemu-system-x86 (bookworm) conflicts with a newer qemu-utils: take both from one release.
-command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86 qemu-utils)
+if ! command -v qemu-system-x86_64 >/dev/null; then
+  # qemu-system-x86 depends on the qemu-utils of its own version, and a machine
+  # may carry a newer qemu-utils from backports that no source still lists
+  # (apt then answers "held broken packages"). Take qemu-utils at the version
+  # of the qemu-system-x86 we are about to install, downgrading if need be.
+  $SUDO apt-get update -qq
+  sysver=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/ {print $2}')
+  [ -n "$sysver" ] && [ "$sysver" != "(none)" ] || { echo "no qemu-system-x86 package is available"; exit 1; }
+  need+=(qemu-system-x86 "qemu-utils=$sysver")
+fi
 [ -e /usr/lib/ipxe/qemu/efi-e1000.rom ] || need+=(ipxe-qemu)
 { command -v busybox >/dev/null && file -L "$(command -v busybox)" | grep -q static; } || need+=(busybox-static)
 ls /boot/vmlinuz-* >/dev/null 2>&1 || need+=(linux-image-amd64)
@@ -17,7 +25,7 @@ command -v cpio >/dev/null || need+=(cpio)
 command -v file >/dev/null || need+=(file)
 if [ ${#need[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}"
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --allow-downgrades "${need[@]}"
 fi
 
 cargo build --release --locked --bins

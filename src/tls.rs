@@ -36,6 +36,8 @@ pub enum TlsError {
     BadName(String, String),
     #[error("{0}")]
     Rustls(String),
+    #[error("[tls] cert and key go together")]
+    HalfAClientCertificate,
 }
 
 /// `[tls]` in the agent's config.
@@ -53,6 +55,13 @@ pub struct AgentTlsConfig {
     /// The name the certificate must carry; default: the server address.
     #[serde(default)]
     pub server_name: Option<String>,
+    /// This terminal's client certificate (PEM) and its key, for a server
+    /// that requires them (mutual TLS). The certificate names this
+    /// terminal's MAC (see `certificate_mac`).
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    #[serde(default)]
+    pub key: Option<PathBuf>,
 }
 
 fn provider() -> Arc<CryptoProvider> {
@@ -185,7 +194,12 @@ impl Connector {
         let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| TlsError::Rustls(e.to_string()))?;
-        let config = match (&cfg.pin_sha256, ca) {
+        let client_cert = match (&cfg.cert, &cfg.key) {
+            (Some(c), Some(k)) => Some((read_certs(c)?, read_key(k)?)),
+            (None, None) => None,
+            _ => return Err(TlsError::HalfAClientCertificate),
+        };
+        let builder = match (&cfg.pin_sha256, ca) {
             (Some(pin), ca) => {
                 let pin = pin.trim().to_ascii_lowercase().replace(':', "");
                 if pin.len() != 64 || !pin.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -198,10 +212,15 @@ impl Connector {
                         ca,
                         provider,
                     }))
-                    .with_no_client_auth()
             }
-            (None, Some(ca)) => builder.with_webpki_verifier(ca).with_no_client_auth(),
+            (None, Some(ca)) => builder.with_webpki_verifier(ca),
             (None, None) => return Err(TlsError::NothingToTrust),
+        };
+        let config = match client_cert {
+            Some((certs, key)) => builder
+                .with_client_auth_cert(certs, key)
+                .map_err(|e| TlsError::Rustls(format!("client certificate: {e}")))?,
+            None => builder.with_no_client_auth(),
         };
         let host = cfg
             .server_name
@@ -223,17 +242,77 @@ impl Connector {
     }
 }
 
-/// The server's side, from its certificate chain and key (PEM).
-pub fn acceptor(cert: &Path, key: &Path) -> Result<(tokio_rustls::TlsAcceptor, String), TlsError> {
+fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| TlsError::File(path.into(), e.to_string()))
+}
+
+/// The server's side, from its certificate chain and key (PEM). With
+/// `client_ca`, every terminal must present a certificate that CA issued
+/// and that is in date (mutual TLS); the MAC it names is checked at login.
+pub fn acceptor(
+    cert: &Path,
+    key: &Path,
+    client_ca: Option<&Path>,
+) -> Result<(tokio_rustls::TlsAcceptor, String), TlsError> {
     let certs = read_certs(cert)?;
     let fp = fingerprint(&certs[0]);
-    let key =
-        PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::File(key.into(), e.to_string()))?;
-    let config = rustls::ServerConfig::builder_with_provider(provider())
+    let key = read_key(key)?;
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError::Rustls(e.to_string()))?
-        .with_no_client_auth()
+        .map_err(|e| TlsError::Rustls(e.to_string()))?;
+    let builder = match client_ca {
+        Some(path) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in read_certs(path)? {
+                roots
+                    .add(c)
+                    .map_err(|e| TlsError::File(path.into(), e.to_string()))?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider(),
+            )
+            .build()
+            .map_err(|e| TlsError::Rustls(e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let config = builder
         .with_single_cert(certs, key)
         .map_err(|e| TlsError::Rustls(e.to_string()))?;
     Ok((tokio_rustls::TlsAcceptor::from(Arc::new(config)), fp))
+}
+
+/// The terminal MAC a client certificate names: its subject's common name,
+/// or a DNS name among its subject alternative names, in any form
+/// `normalize_mac` reads (`AA:BB:CC:DD:EE:FF`, `aa-bb-cc-dd-ee-ff`). A
+/// certificate naming no MAC, or two different ones, names none.
+pub fn certificate_mac(cert: &CertificateDer<'_>) -> Result<String, String> {
+    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+    let (_, x509) = X509Certificate::from_der(cert.as_ref())
+        .map_err(|e| format!("unreadable certificate: {e}"))?;
+    let mut names: Vec<String> = x509
+        .subject()
+        .iter_common_name()
+        .filter_map(|cn| cn.as_str().ok())
+        .map(str::to_string)
+        .collect();
+    if let Ok(Some(san)) = x509.subject_alternative_name() {
+        for n in &san.value.general_names {
+            if let GeneralName::DNSName(d) = n {
+                names.push((*d).to_string());
+            }
+        }
+    }
+    let mut macs: Vec<String> = names
+        .iter()
+        .filter_map(|n| crate::protocol::normalize_mac(n))
+        .collect();
+    macs.dedup();
+    match macs.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Err(format!("it names no MAC (subject {})", x509.subject())),
+        _ => Err(format!("it names several MACs: {macs:?}")),
+    }
 }

@@ -18,6 +18,39 @@ struct Pki {
     key: std::path::PathBuf,
     /// Another CA's certificate, trusted by nobody.
     stranger: std::path::PathBuf,
+    ca_cert: rcgen::Certificate,
+    ca_key: rcgen::KeyPair,
+}
+
+impl Pki {
+    /// A terminal's client certificate naming `mac` (as its common name),
+    /// signed by the test CA; `expired` ones ended in 2021.
+    fn client(
+        &self,
+        dir: &Path,
+        mac: &str,
+        expired: bool,
+    ) -> (std::path::PathBuf, std::path::PathBuf) {
+        use rcgen::{CertificateParams, DnType, KeyPair};
+        let key = KeyPair::generate().expect("key");
+        let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
+        p.distinguished_name.push(DnType::CommonName, mac);
+        if expired {
+            p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        }
+        let cert = p
+            .signed_by(&key, &self.ca_cert, &self.ca_key)
+            .expect("client cert");
+        let stem = mac.replace(':', "");
+        let (c, k) = (
+            dir.join(format!("{stem}.pem")),
+            dir.join(format!("{stem}.key")),
+        );
+        std::fs::write(&c, cert.pem()).expect("cert");
+        std::fs::write(&k, key.serialize_pem()).expect("key");
+        (c, k)
+    }
 }
 
 fn make_pki(dir: &Path) -> Pki {
@@ -42,8 +75,10 @@ fn make_pki(dir: &Path) -> Pki {
         cert: dir.join("server.pem"),
         key: dir.join("server.key"),
         stranger: dir.join("other-ca.pem"),
+        ca_cert,
+        ca_key,
     };
-    std::fs::write(&pki.ca, ca_cert.pem()).expect("ca");
+    std::fs::write(&pki.ca, pki.ca_cert.pem()).expect("ca");
     std::fs::write(&pki.cert, srv.pem()).expect("cert");
     std::fs::write(&pki.key, srv_key.serialize_pem()).expect("key");
     std::fs::write(&pki.stranger, other.pem()).expect("other");
@@ -86,6 +121,7 @@ async fn agents_that_trust_the_server_log_in_over_tls_and_others_do_not() {
         ca: Some(pki.ca.clone()),
         pin_sha256: None,
         server_name: Some("voi-server.test".into()),
+        ..Default::default()
     };
     let mut events = h.server.registry.events.subscribe();
     let (a1, t1) = start_agent(agent_with("a1", "AA:00:00:00:71:01", by_ca.clone()));
@@ -110,6 +146,7 @@ async fn agents_that_trust_the_server_log_in_over_tls_and_others_do_not() {
         ca: None,
         pin_sha256: Some(pin.to_uppercase()),
         server_name: None,
+        ..Default::default()
     };
     let (a2, t2) = start_agent(agent_with("a2", "AA:00:00:00:71:02", by_pin));
     assert!(logs_in_within(&a2, 20).await, "pinned agent logs in");
@@ -123,12 +160,14 @@ async fn agents_that_trust_the_server_log_in_over_tls_and_others_do_not() {
             ca: None,
             pin_sha256: Some("ab".repeat(32)),
             server_name: None,
+            ..Default::default()
         },
         AgentTlsConfig {
             enabled: true,
             ca: Some(pki.stranger.clone()),
             pin_sha256: None,
             server_name: Some("voi-server.test".into()),
+            ..Default::default()
         },
         AgentTlsConfig {
             server_name: Some("elsewhere.test".into()),
@@ -176,6 +215,102 @@ async fn agents_that_trust_the_server_log_in_over_tls_and_others_do_not() {
     // The first agents are still fine.
     assert!(a1.live().session.starts_with("logged_in"));
     for (agent, task) in losers.into_iter().chain([(a1, t1), (a2, t2)]) {
+        agent.shutdown.cancel();
+        let _ = task.await;
+    }
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_lets_in_only_a_terminal_with_its_own_certificate() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let pki = make_pki(dir.path());
+    let mut cfg = server_config(&dir.path().join("s"), "127.0.0.1:0");
+    cfg.tls_cert = Some(pki.cert.clone());
+    cfg.tls_key = Some(pki.key.clone());
+    cfg.tls_client_ca = Some(pki.ca.clone());
+    init_log();
+    let h = Server::start(cfg).await.expect("server");
+    let port = h.addr.port();
+    let tls_with = |cert: Option<(std::path::PathBuf, std::path::PathBuf)>| AgentTlsConfig {
+        enabled: true,
+        ca: Some(pki.ca.clone()),
+        server_name: Some("voi-server.test".into()),
+        cert: cert.as_ref().map(|c| c.0.clone()),
+        key: cert.map(|c| c.1),
+        ..Default::default()
+    };
+    let agent_with = |name: &str, mac: &str, tls: AgentTlsConfig| {
+        let mut c = agent_config(&dir.path().join(name), port, mac);
+        c.tls = tls;
+        c
+    };
+    let good = "AA:00:00:00:74:01";
+    let (other_mac, thief_mac, old_mac, bare_mac) = (
+        "AA:00:00:00:74:02",
+        "AA:00:00:00:74:03",
+        "AA:00:00:00:74:04",
+        "AA:00:00:00:74:05",
+    );
+    let good_cert = pki.client(dir.path(), good, false);
+    let other_cert = pki.client(dir.path(), other_mac, false);
+    let old_cert = pki.client(dir.path(), old_mac, true);
+
+    // A terminal with its own, current certificate: the whole protocol
+    // runs as usual.
+    let mut events = h.server.registry.events.subscribe();
+    let (a, ta) = start_agent(agent_with("good", good, tls_with(Some(good_cert))));
+    wait_event(&mut events, 20, is_login(good)).await;
+    let (_, env) = h
+        .server
+        .push(
+            good,
+            ServiceCode::UpdateName,
+            json!({"batch_no": 1, "name": "mtls-1"}),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("update_name under mutual TLS");
+    assert_eq!(env.code, 0);
+
+    // Another terminal's certificate: TLS succeeds (the CA issued it), the
+    // login as a different MAC is refused with 60001 and closed.
+    let (thief, tt) = start_agent(agent_with("thief", thief_mac, tls_with(Some(other_cert))));
+    let refused = wait_event(&mut events, 20, |e| {
+        matches!(e, voi::server::registry::ServerEvent::Refused { mac, .. } if mac == thief_mac)
+    })
+    .await;
+    let voi::server::registry::ServerEvent::Refused { reason, .. } = refused else {
+        unreachable!()
+    };
+    assert!(reason.contains(other_mac), "{reason}");
+    // No certificate, and an expired one: no TLS session at all.
+    let (bare, tb) = start_agent(agent_with("bare", bare_mac, tls_with(None)));
+    let (old, to) = start_agent(agent_with("old", old_mac, tls_with(Some(old_cert))));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    for (agent, mac) in [(&thief, thief_mac), (&bare, bare_mac), (&old, old_mac)] {
+        let live = agent.live();
+        assert_eq!(live.logins, 0, "{mac} got in: {live:?}");
+        assert!(
+            h.server.store.terminal(mac).expect("store").is_none(),
+            "{mac} left a record"
+        );
+    }
+    assert!(
+        thief.live().last_end.unwrap_or_default().contains("60001"),
+        "the refusal reaches the terminal: {:?}",
+        thief.live().last_end
+    );
+    // Half a client certificate is a configuration error at start.
+    let mut half = agent_config(&dir.path().join("half"), port, "AA:00:00:00:74:06");
+    half.tls = AgentTlsConfig {
+        key: None,
+        ..tls_with(Some(pki.client(dir.path(), "AA:00:00:00:74:06", false)))
+    };
+    assert!(voi::agent::Agent::new(half).is_err());
+
+    assert!(a.live().session.starts_with("logged_in"));
+    for (agent, task) in [(a, ta), (thief, tt), (bare, tb), (old, to)] {
         agent.shutdown.cancel();
         let _ = task.await;
     }

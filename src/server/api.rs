@@ -7,6 +7,7 @@
 //! | GET | /api/v1/terminals/:mac | one terminal, with its reports |
 //! | POST | /api/v1/terminals/:mac/commands | `{command, params, timeout_secs}`: push and wait for the reply (or say at once that this terminal's software never answers it) |
 //! | PUT | /api/v1/terminals/:mac/delivery | `{delivery: "1015" \| "1017" \| "auto"}`: how desktops reach it |
+//! | PUT | /api/v1/terminals/:mac/admission | `{admission: "accepted" \| "pending" \| "rejected"}`: whether it may join (`admission.rs`) |
 //! | GET | /api/v1/desktop_groups | |
 //! | PUT | /api/v1/desktop_groups | body: a desktop group as in 9007 |
 //! | DELETE | /api/v1/desktop_groups/:uuid | |
@@ -78,6 +79,7 @@ fn push_fail(e: PushError) -> Response {
         PushError::Bad(_) => StatusCode::BAD_REQUEST,
         PushError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
         PushError::NoReply(..) => StatusCode::OK,
+        PushError::NotAdmitted(..) => StatusCode::FORBIDDEN,
     };
     fail(status, e.code(), e.to_string())
 }
@@ -106,6 +108,9 @@ macro_rules! guard {
     };
 }
 
+/// Largest operator request body.
+pub const MAX_BODY: usize = 256 * 1024;
+
 pub async fn serve(server: Arc<Server>, listener: TcpListener) {
     let shutdown = server.shutdown.clone();
     let app = Router::new()
@@ -113,6 +118,7 @@ pub async fn serve(server: Arc<Server>, listener: TcpListener) {
         .route("/api/v1/terminals/:mac", get(terminal))
         .route("/api/v1/terminals/:mac/commands", post(push))
         .route("/api/v1/terminals/:mac/delivery", put(set_delivery))
+        .route("/api/v1/terminals/:mac/admission", put(set_admission))
         .route(
             "/api/v1/terminals/:mac/download_desktop",
             post(download_desktop),
@@ -124,6 +130,9 @@ pub async fn serve(server: Arc<Server>, listener: TcpListener) {
             "/api/v1/order",
             get(order_show).post(order_start).delete(order_cancel),
         )
+        // Every operator body is a small JSON document; a bigger one is
+        // refused (413) before it is read into memory.
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(server);
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
@@ -147,6 +156,7 @@ fn terminal_view(server: &Server, rec: &super::store::TerminalRecord, with_repor
     v["last_login"] = json!(rec.last_login);
     let generation = rec.generation();
     v["delivery"] = json!(generation.delivery);
+    v["admission"] = json!(rec.admission);
     if with_reports {
         v["reports"] = json!(rec.reports);
     }
@@ -234,6 +244,36 @@ async fn push(
             })),
         )
             .into_response(),
+        Err(e) => push_fail(e),
+    }
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct AdmissionRequest {
+    admission: String,
+}
+
+/// Accepts, rejects or returns a terminal to pending; an unknown MAC gets
+/// a record (the way onto the allow-list).
+async fn set_admission(
+    State(server): S,
+    headers: HeaderMap,
+    Path(mac): Path<String>,
+    body: Option<Json<AdmissionRequest>>,
+) -> Response {
+    guard!(server, headers);
+    let Some(admission) = body
+        .as_ref()
+        .and_then(|b| super::admission::Admission::parse(&b.admission))
+    else {
+        return fail(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::MessageError,
+            "body must be {admission: accepted | pending | rejected}",
+        );
+    };
+    match server.set_admission(&mac, admission) {
+        Ok(r) => ok(json!({ "mac": r.config.mac, "admission": r.admission })),
         Err(e) => push_fail(e),
     }
 }

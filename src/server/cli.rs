@@ -99,6 +99,13 @@ enum CtlCmd {
     /// How desktops reach a terminal: 1015 (1008 then a 1015 per layer),
     /// 1017 (send_desktop with URLs), or auto (from its software version).
     Delivery { mac: String, style: String },
+    /// Let a terminal join (also puts a MAC on the allow-list before it
+    /// ever connects).
+    Accept { mac: String },
+    /// Refuse a terminal from now on (it is disconnected if online).
+    Reject { mac: String },
+    /// Put a terminal back to waiting for a decision.
+    Pend { mac: String },
     /// Send a desktop group's layers to a terminal, in the style its
     /// generation understands (1008 + 1015 each, or 1017).
     DownloadDesktop {
@@ -107,6 +114,18 @@ enum CtlCmd {
         #[arg(long, default_value_t = 30)]
         timeout: u64,
     },
+}
+
+async fn admission(
+    c: &ApiClient,
+    mac: &str,
+    state: &str,
+) -> anyhow::Result<crate::protocol::Envelope<Value>> {
+    c.put(
+        &format!("/api/v1/terminals/{mac}/admission"),
+        &serde_json::json!({ "admission": state }),
+    )
+    .await
 }
 
 /// Runs `voi-server demo`: a server and an agent in one process. The binary
@@ -243,6 +262,9 @@ async fn ctl(
             )
             .await?
         }
+        CtlCmd::Accept { mac } => admission(&c, &mac, "accepted").await?,
+        CtlCmd::Reject { mac } => admission(&c, &mac, "rejected").await?,
+        CtlCmd::Pend { mac } => admission(&c, &mac, "pending").await?,
         CtlCmd::ImagesRescan => c.post("/api/v1/images", &serde_json::json!({})).await?,
         CtlCmd::DownloadDesktop {
             mac,

@@ -65,6 +65,15 @@ pub struct ServerConfig {
     pub tls_cert: Option<PathBuf>,
     #[serde(default)]
     pub tls_key: Option<PathBuf>,
+    /// Mutual TLS: a CA (PEM) whose certificates terminals must present;
+    /// each certificate names its terminal's MAC (see `tls.rs`). Needs
+    /// `tls_cert`/`tls_key`.
+    #[serde(default)]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Who may join: "open" (default), "pending" or "allow-list"
+    /// (`admission.rs`).
+    #[serde(default)]
+    pub admission: super::admission::AdmissionPolicy,
 }
 
 fn default_bt_port() -> u16 {
@@ -113,6 +122,9 @@ impl ServerConfig {
             toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         if cfg.heartbeat_secs == 0 || cfg.idle_close_secs == 0 {
             anyhow::bail!("heartbeat_secs and idle_close_secs must be at least 1");
+        }
+        if cfg.tls_client_ca.is_some() && cfg.tls_cert.is_none() {
+            anyhow::bail!("tls_client_ca needs tls_cert and tls_key: client certificates are asked for inside TLS");
         }
         Ok(cfg)
     }

@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 
+use super::admission::{self, AtLogin};
 use super::conn_state::ConnState;
 use super::handlers;
 use super::registry::{Online, ServerEvent};
@@ -25,12 +26,26 @@ pub async fn accept(server: Arc<Server>, stream: TcpStream, peer: SocketAddr, id
     let _ = stream.set_nodelay(true);
     let local = stream.local_addr().ok();
     let Some(tls) = server.tls.clone() else {
-        return run(server, stream, peer, local, id).await;
+        return run(server, stream, peer, local, id, None).await;
     };
     // A bounded handshake: a peer that opens the port and says nothing
     // (or speaks plain frames to a TLS port) is dropped, not kept.
     match tokio::time::timeout(crate::tls::TLS_HANDSHAKE, tls.accept(stream)).await {
-        Ok(Ok(s)) => run(server, s, peer, local, id).await,
+        Ok(Ok(s)) => {
+            // Under mutual TLS the handshake already checked the chain and
+            // dates; the certificate must also name one MAC.
+            let cert_mac = match s.get_ref().1.peer_certificates() {
+                Some([cert, ..]) => match crate::tls::certificate_mac(cert) {
+                    Ok(mac) => Some(mac),
+                    Err(e) => {
+                        log::warn!("{peer}: client certificate refused: {e}");
+                        return;
+                    }
+                },
+                _ => None,
+            };
+            run(server, s, peer, local, id, cert_mac).await
+        }
         Ok(Err(e)) => log::warn!("{peer}: TLS handshake failed: {e}"),
         Err(_) => log::warn!("{peer}: TLS handshake timed out"),
     }
@@ -42,6 +57,7 @@ pub async fn run(
     peer: SocketAddr,
     local: Option<SocketAddr>,
     id: u64,
+    cert_mac: Option<String>,
 ) {
     let (rd, wr) = tokio::io::split(stream);
     let mut reader = FramedRead::new(rd, FrameCodec::new(server.cfg.max_body));
@@ -71,6 +87,8 @@ pub async fn run(
         local,
         token: token_for(&peer),
         mac: None,
+        cert_mac,
+        standing: Default::default(),
     };
     let idle = Duration::from_secs(server.cfg.idle_close_secs);
     let reason = loop {
@@ -191,7 +209,11 @@ async fn on_frame(
         answer(tx, &frame, &st.token, &env).await;
         return Flow::Continue;
     };
-    let env = handlers::handle(server, st, &mac, code, &frame).await;
+    let env = if admission::may_request(st.standing, code) {
+        handlers::handle(server, st, &mac, code, &frame).await
+    } else {
+        Envelope::error(ErrorCode::TerminalLoginFail, admission::PENDING)
+    };
     if code == ServiceCode::Heartbeat {
         let back_online = server
             .registry
@@ -263,6 +285,23 @@ async fn login(
             return Flow::Continue;
         }
     }
+    if let Some(cert_mac) = st.cert_mac.as_ref().filter(|c| **c != mac) {
+        let why = format!("its client certificate is for {cert_mac}, not {mac}");
+        return refuse_login(server, st, tx, frame, mac, why).await;
+    }
+    let known = match server.store.terminal(&mac) {
+        Ok(r) => r.map(|r| r.admission),
+        Err(e) => {
+            log::error!("login of {mac}: {e}");
+            let env = Envelope::error(ErrorCode::TerminalLoginFail, e.to_string());
+            answer(tx, frame, "", &env).await;
+            return Flow::Continue;
+        }
+    };
+    let standing = match admission::at_login(server.cfg.admission, known) {
+        AtLogin::Admit(s) => s,
+        AtLogin::Refuse(why) => return refuse_login(server, st, tx, frame, mac, why).await,
+    };
     let ip = if req.ip.is_empty() {
         st.peer.ip().to_string()
     } else {
@@ -273,6 +312,7 @@ async fn login(
         r.config.ip = ip.clone();
         r.client_type = frame.client_type;
         r.last_login = now;
+        r.admission = standing;
     });
     if let Err(e) = stored {
         log::error!("login of {mac}: {e}");
@@ -303,6 +343,10 @@ async fn login(
         },
     );
     st.mac = Some(mac.clone());
+    st.standing = standing;
+    if standing == admission::Admission::Pending {
+        log::warn!("{mac} ({ip}) logged in and waits for an operator to accept it");
+    }
     let env = Envelope::ok(
         serde_json::to_value(LoginResp {
             token: st.token.clone(),
@@ -318,6 +362,26 @@ async fn login(
         client_type: frame.client_type,
     });
     Flow::Continue
+}
+
+/// Refuses a login with the documented 60001 and closes: nothing about
+/// the terminal is stored, so a stream of made-up MACs grows nothing.
+async fn refuse_login(
+    server: &Arc<Server>,
+    st: &ConnState,
+    tx: &mpsc::Sender<Frame>,
+    frame: &Frame,
+    mac: String,
+    why: String,
+) -> Flow {
+    log::warn!("{}: login as {mac} refused: {why}", st.peer);
+    let env = Envelope::error(ErrorCode::TerminalLoginFail, why.clone());
+    answer(tx, frame, "", &env).await;
+    server.registry.emit(ServerEvent::Refused {
+        mac,
+        reason: why.clone(),
+    });
+    Flow::Close(why)
 }
 
 fn on_command_reply(server: &Arc<Server>, st: &ConnState, frame: &Frame) {

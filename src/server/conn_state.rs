@@ -10,4 +10,9 @@ pub struct ConnState {
     pub local: Option<SocketAddr>,
     pub token: String,
     pub mac: Option<String>,
+    /// The MAC its client certificate names, under mutual TLS; a login as
+    /// any other MAC is refused.
+    pub cert_mac: Option<String>,
+    /// Whether the operator has let it in (`admission.rs`), from login on.
+    pub standing: crate::server::admission::Admission,
 }

@@ -34,13 +34,19 @@ pub async fn start(
     macs.dedup();
     // R >= 2.25 has no numbering (it never answers 1011 nor confirms): a
     // session waiting for it would never close.
+    // Nor does a terminal the operator has not accepted take a number.
     let mut skipped = Vec::new();
+    let mut not_admitted = Vec::new();
     macs.retain(|m| {
-        let numbered = server
-            .store
-            .terminal(m)
-            .ok()
-            .flatten()
+        let rec = server.store.terminal(m).ok().flatten();
+        if rec
+            .as_ref()
+            .is_some_and(|r| r.admission != crate::server::admission::Admission::Accepted)
+        {
+            not_admitted.push(m.clone());
+            return false;
+        }
+        let numbered = rec
             .map(|r| r.generation())
             .is_none_or(|g| g.answers(ServiceCode::Order));
         if !numbered {
@@ -53,6 +59,18 @@ pub async fn start(
             "numbering leaves out {}: their software does not answer order",
             skipped.join(", ")
         );
+    }
+    if !not_admitted.is_empty() {
+        log::info!(
+            "numbering leaves out {}: not accepted by an operator",
+            not_admitted.join(", ")
+        );
+    }
+    if macs.is_empty() && !not_admitted.is_empty() && skipped.is_empty() {
+        return Err(PushError::Bad(format!(
+            "no terminal to number: {} not accepted by an operator",
+            not_admitted.join(", ")
+        )));
     }
     if macs.is_empty() {
         return Err(PushError::Bad(if skipped.is_empty() {

@@ -45,6 +45,16 @@ pub enum ServerEvent {
         service: String,
         code: i64,
     },
+    /// A login refused: not admitted, or a certificate for another MAC.
+    Refused {
+        mac: String,
+        reason: String,
+    },
+    /// An operator changed a terminal's admission.
+    Admission {
+        mac: String,
+        admission: crate::server::admission::Admission,
+    },
 }
 
 pub struct Online {

@@ -33,6 +33,8 @@ pub enum PushError {
     /// Sent, but this terminal's generation never answers it.
     #[error("{1}")]
     NoReply(BatchNo, String),
+    #[error("terminal {0} is {1}: an operator has not accepted it")]
+    NotAdmitted(String, &'static str),
 }
 
 impl PushError {
@@ -43,6 +45,7 @@ impl PushError {
             PushError::Bad(_) => ErrorCode::MessageError,
             PushError::Store(_) => ErrorCode::SystemError,
             PushError::NoReply(..) => ErrorCode::Success,
+            PushError::NotAdmitted(..) => ErrorCode::TerminalLoginFail,
         }
     }
 }
@@ -390,6 +393,29 @@ impl Server {
         Ok((batch, env))
     }
 
+    /// Sets a terminal's admission (creating its record, which is how a
+    /// MAC goes on the allow-list before it ever connects). A terminal
+    /// online under its old standing is disconnected: it logs in again at
+    /// once and runs its start-up requests with the new one.
+    pub fn set_admission(
+        &self,
+        mac: &str,
+        admission: crate::server::admission::Admission,
+    ) -> Result<store::TerminalRecord, PushError> {
+        let mac = crate::protocol::normalize_mac(mac)
+            .ok_or_else(|| PushError::Bad(format!("{mac:?} is not a MAC")))?;
+        let rec = self
+            .store
+            .update_terminal(&mac, |r| r.admission = admission)?;
+        log::info!("{mac} is now {}", admission.name());
+        self.registry.with(&mac, |o| o.close.cancel());
+        self.registry.emit(ServerEvent::Admission {
+            mac: mac.clone(),
+            admission,
+        });
+        Ok(rec)
+    }
+
     /// Writes one command frame to a connected terminal.
     async fn send_frame(
         &self,
@@ -399,6 +425,16 @@ impl Server {
         payload: bytes::Bytes,
         batch: &BatchNo,
     ) -> Result<(), PushError> {
+        // Nothing goes to a terminal the operator has not let in, whatever
+        // asked for it (an API call, a room-wide action, a 9023).
+        if let Some(standing) = self
+            .store
+            .terminal(mac)?
+            .map(|r| r.admission)
+            .filter(|a| *a != crate::server::admission::Admission::Accepted)
+        {
+            return Err(PushError::NotAdmitted(mac.to_string(), standing.name()));
+        }
         let (tx, token) = self
             .registry
             .sender(mac)

@@ -75,9 +75,18 @@ impl Server {
         );
         let tls = match (&cfg.tls_cert, &cfg.tls_key) {
             (Some(cert), Some(key)) => {
-                let (acceptor, fp) = crate::tls::acceptor(cert, key)?;
+                let (acceptor, fp) = crate::tls::acceptor(cert, key, cfg.tls_client_ca.as_deref())?;
                 log::info!("terminal port speaks TLS; certificate sha256 (pin_sha256) {fp}");
+                if let Some(ca) = &cfg.tls_client_ca {
+                    log::info!(
+                        "terminals must present a certificate from {} naming their MAC",
+                        ca.display()
+                    );
+                }
                 Some(acceptor)
+            }
+            (None, None) if cfg.tls_client_ca.is_some() => {
+                anyhow::bail!("tls_client_ca needs tls_cert and tls_key")
             }
             (None, None) => None,
             _ => anyhow::bail!("tls_cert and tls_key go together"),

@@ -44,6 +44,9 @@ pub struct TerminalRecord {
     /// follows its software version (see `generation.rs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivery: Option<super::generation::Delivery>,
+    /// Whether it may join (`admission.rs`).
+    #[serde(default)]
+    pub admission: super::admission::Admission,
 }
 
 impl TerminalRecord {
@@ -68,6 +71,7 @@ impl TerminalRecord {
             last_login: String::new(),
             reports: BTreeMap::new(),
             delivery: None,
+            admission: Default::default(),
         }
     }
 }

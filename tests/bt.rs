@@ -978,3 +978,242 @@ async fn with_a_manifest_key_only_a_layer_the_server_signed_becomes_bootable() {
     assert!(voi::agent::Agent::new(cfg).is_err());
     h.stop().await;
 }
+
+/// An attacker on the LAN in front of the tracker port: passes requests to
+/// the real server, or answers the target layer's torrent and manifest
+/// from elsewhere.
+mod lan_attacker {
+    use axum::extract::State;
+    use axum::http::{StatusCode, Uri};
+    use axum::response::{IntoResponse, Response};
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Mode {
+        /// Everything to the real server.
+        Pass,
+        /// The target layer's torrent and manifest from the attacker's own
+        /// server, which seeds a layer of its making under that name.
+        Forge,
+        /// The target layer's torrent and manifest as the real server
+        /// published them before an update; announces to the attacker's
+        /// server, which seeds that old layer.
+        Replay,
+    }
+
+    pub struct Proxy {
+        pub mode: Mutex<Mode>,
+        pub real: Mutex<String>,
+        pub attacker: Mutex<String>,
+        /// (torrent, manifest) captured from the real server.
+        pub captured: Mutex<Option<(Vec<u8>, Vec<u8>)>>,
+        pub layer: String,
+        client: reqwest::Client,
+    }
+
+    fn get<T: Clone>(m: &Mutex<T>) -> T {
+        m.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    async fn route(State(p): State<Arc<Proxy>>, uri: Uri) -> Response {
+        let path = uri.path();
+        let target = path == format!("/torrents/{}.torrent", p.layer)
+            || path == format!("/manifest/{}.json", p.layer);
+        let mode = get(&p.mode);
+        if target && mode == Mode::Replay {
+            if let Some((torrent, manifest)) = get(&p.captured) {
+                let body = if path.ends_with(".torrent") {
+                    torrent
+                } else {
+                    manifest
+                };
+                return (StatusCode::OK, body).into_response();
+            }
+        }
+        let upstream =
+            if (target && mode == Mode::Forge) || (path == "/announce" && mode == Mode::Replay) {
+                get(&p.attacker)
+            } else {
+                get(&p.real)
+            };
+        let pq = uri.path_and_query().map(|x| x.as_str()).unwrap_or(path);
+        match p.client.get(format!("{upstream}{pq}")).send().await {
+            Ok(r) => {
+                let status =
+                    StatusCode::from_u16(r.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+                (status, r.bytes().await.unwrap_or_default()).into_response()
+            }
+            Err(e) => (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
+        }
+    }
+
+    pub async fn start(layer: String) -> (Arc<Proxy>, u16) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let p = Arc::new(Proxy {
+            mode: Mutex::new(Mode::Pass),
+            real: Mutex::default(),
+            attacker: Mutex::default(),
+            captured: Mutex::default(),
+            layer,
+            client: reqwest::Client::new(),
+        });
+        let app = axum::Router::new().fallback(route).with_state(p.clone());
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        (p, port)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lan_attacker_answering_the_tracker_port_cannot_make_a_keyed_agent_boot_its_layer() {
+    use lan_attacker::Mode;
+    use voi::server::generation::Delivery;
+    init_log();
+    let dir = tempfile::tempdir().expect("tmp");
+    let (proxy, proxy_port) = lan_attacker::start(layer(1)).await;
+
+    // The real server: terminals reach its tracker port through the
+    // attacker's proxy (tracker_url), as they would through a hostile LAN.
+    let mut cfg = server_config(&dir.path().join("real"), "127.0.0.1:0");
+    cfg.tracker_url = Some(format!("http://127.0.0.1:{proxy_port}/announce"));
+    let real = voi::server::Server::start(cfg).await.expect("real server");
+    *proxy.real.lock().expect("lock") = format!("http://{}", real.server.tracker_addr);
+    let lib = real.server.images.dir().to_path_buf();
+    make_base(&lib.join(layer(0)), 6);
+    make_diff(&lib, &layer(1), &layer(0), 2, 0x11);
+    real.server.images.scan().await.expect("scan");
+    let mut g = group(&[0, 1]);
+    for d in &mut g.disks {
+        d.operate_id = 1;
+    }
+    real.server.store.put_group(&g).expect("group");
+    let key = real.server.images.manifest_public_key();
+
+    // What the real server publishes for layer 1 now (operate_id 1), kept
+    // by the attacker with a copy of the layer itself.
+    let http = reqwest::Client::new();
+    let base = format!("http://{}", real.server.tracker_addr);
+    let fetch = |path: String| {
+        let http = http.clone();
+        async move {
+            http.get(path)
+                .send()
+                .await
+                .expect("get")
+                .bytes()
+                .await
+                .expect("body")
+                .to_vec()
+        }
+    };
+    let old_torrent = fetch(format!("{base}/torrents/{}.torrent", layer(1))).await;
+    let old_manifest = fetch(format!("{base}/manifest/{}.json", layer(1))).await;
+    let old_layer = std::fs::read(lib.join(layer(1))).expect("layer 1");
+    *proxy.captured.lock().expect("lock") = Some((old_torrent.clone(), old_manifest));
+
+    // The attacker's server: the same base, and its own layer 1.
+    let evil = start_server(&dir.path().join("evil")).await;
+    *proxy.attacker.lock().expect("lock") = format!("http://{}", evil.server.tracker_addr);
+    let evil_lib = evil.server.images.dir().to_path_buf();
+    std::fs::copy(lib.join(layer(0)), evil_lib.join(layer(0))).expect("copy base");
+    make_diff(&evil_lib, &layer(1), &layer(0), 2, 0x66);
+    evil.server.images.scan().await.expect("scan");
+
+    let start_keyed = |name: &str, mac: &'static str, with_key: bool| {
+        // Desktops by URL (1017), so the torrent too comes over HTTP.
+        real.server
+            .store
+            .update_terminal(mac, |r| r.delivery = Some(Delivery::SendDesktop))
+            .expect("pin delivery");
+        let mut c = agent_config(&dir.path().join(name), real.addr.port(), mac);
+        if with_key {
+            c.bt.manifest_key = Some(key.clone());
+        }
+        c
+    };
+
+    // 1. Forged torrent and manifest for layer 1. The keyed agent takes
+    // the real base, refuses the forged layer (9015 result 2) and keeps a
+    // bootable chain of the base alone. An agent without a key is fooled:
+    // that is what the key is for.
+    *proxy.mode.lock().expect("lock") = Mode::Forge;
+    let keyed_mac = "AA:00:00:00:06:01";
+    let (keyed, tk) = online(&real, start_keyed("keyed", keyed_mac, true)).await;
+    let (fooled, tf) = online(&real, start_keyed("fooled", "AA:00:00:00:06:02", false)).await;
+    wait_for("the forged layer refused", 90, || {
+        report(&real, keyed_mac, &format!("task_result:{}", layer(1)))
+            .is_some_and(|r| r["result"] == 2)
+    })
+    .await;
+    wait_for("the keyless agent fooled", 90, || {
+        seeding(&fooled, &layer(1))
+    })
+    .await;
+    assert!(same_bytes(
+        &disk_path(&fooled, &layer(1)),
+        &evil_lib.join(layer(1))
+    ));
+    wait_for("the real base", 60, || seeding(&keyed, &layer(0))).await;
+    assert!(same_bytes(
+        &disk_path(&keyed, &layer(0)),
+        &lib.join(layer(0))
+    ));
+    assert!(
+        !disk_path(&keyed, &layer(1)).exists(),
+        "nothing forged in the chain"
+    );
+    voi::disk::qemu_img::check(&disk_path(&keyed, &layer(0))).expect("base checks");
+    assert!(keyed
+        .state
+        .read(|s| s.notices.iter().any(|n| n.contains("signature"))));
+
+    // 2. The operator updates layer 1 (operate_id 2). The attacker replays
+    // what the real server signed before, and seeds the old layer: a valid
+    // signature, a layer matching it, and still refused as out of date.
+    std::fs::remove_file(lib.join(layer(1))).expect("rm");
+    make_diff(&lib, &layer(1), &layer(0), 2, 0x22);
+    real.server.images.scan().await.expect("rescan");
+    for d in &mut g.disks {
+        if d.dif_level == 1 {
+            d.operate_id = 2;
+        }
+    }
+    real.server.store.put_group(&g).expect("group v2");
+    std::fs::remove_file(evil_lib.join(layer(1))).expect("rm");
+    std::fs::write(evil_lib.join(layer(1)), &old_layer).expect("old layer");
+    evil.server.images.scan().await.expect("rescan");
+    assert_eq!(
+        voi::bt::meta::TorrentMeta::parse(&old_torrent)
+            .expect("torrent")
+            .info_hash,
+        evil.server
+            .images
+            .get(&layer(1))
+            .expect("evil layer 1")
+            .info_hash,
+        "the attacker seeds exactly the old layer"
+    );
+    *proxy.mode.lock().expect("lock") = Mode::Replay;
+    let replayed_mac = "AA:00:00:00:06:03";
+    let (replayed, tr) = online(&real, start_keyed("replayed", replayed_mac, true)).await;
+    wait_for("the replayed layer refused", 90, || {
+        report(&real, replayed_mac, &format!("task_result:{}", layer(1)))
+            .is_some_and(|r| r["result"] == 2)
+    })
+    .await;
+    assert!(!disk_path(&replayed, &layer(1)).exists());
+    assert!(replayed
+        .state
+        .read(|s| s.notices.iter().any(|n| n.contains("replayed"))));
+
+    for (a, t) in [(keyed, tk), (fooled, tf), (replayed, tr)] {
+        a.shutdown.cancel();
+        let _ = t.await;
+    }
+    evil.stop().await;
+    real.stop().await;
+}

@@ -21,6 +21,11 @@ pub struct LayerManifest {
     /// for a base.
     pub parent: Option<String>,
     pub info_hash: String,
+    /// The version of the layer the server publishes now (the desktop
+    /// group's `operate_id`, bumped when an operator updates it). Signed,
+    /// so an old signed manifest cannot stand in for a newer layer.
+    #[serde(default)]
+    pub operate_id: u32,
     /// ed25519 over `signed_bytes()`, lower-case hex; absent from servers
     /// that do not sign (the vendor's has no manifests at all).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -37,9 +42,10 @@ struct Signed<'a> {
     sha256: &'a str,
     parent: &'a Option<String>,
     info_hash: &'a str,
+    operate_id: u32,
 }
 
-const SIGNATURE_DOMAIN: &[u8] = b"voi-layer-manifest-v1\n";
+const SIGNATURE_DOMAIN: &[u8] = b"voi-layer-manifest-v2\n";
 
 pub fn to_hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -101,6 +107,7 @@ impl LayerManifest {
             sha256: &self.sha256,
             parent: &self.parent,
             info_hash: &self.info_hash,
+            operate_id: self.operate_id,
         };
         let mut out = SIGNATURE_DOMAIN.to_vec();
         out.extend(serde_json::to_vec(&body).unwrap_or_default());
@@ -126,6 +133,18 @@ impl LayerManifest {
             &ed25519_dalek::Signature::from_bytes(&bytes),
         )
         .map_err(|_| "the manifest's signature does not verify with the configured key".into())
+    }
+
+    /// Refuses a manifest older than the layer version the server asked
+    /// for: a replay of what it signed before an operator's update.
+    pub fn current_for(&self, operate_id: i64) -> Result<(), String> {
+        if i64::from(self.operate_id) < operate_id {
+            return Err(format!(
+                "the signed manifest is for operate_id {}, older than the {operate_id} the server asked for (a replayed manifest)",
+                self.operate_id
+            ));
+        }
+        Ok(())
     }
 
     /// Compares a finished download with the manifest. `parent` is what the
@@ -273,6 +292,7 @@ mod tests {
             sha256: sha256_file(&p).expect("sha"),
             parent: Some("voi_0_u".into()),
             info_hash: "ab".into(),
+            operate_id: 0,
             signature: None,
         };
         assert!(good
@@ -324,6 +344,7 @@ mod tests {
             sha256: "11".repeat(32),
             parent: Some("voi_0_u".into()),
             info_hash: "ab".into(),
+            operate_id: 0,
             signature: None,
         };
         let k = key(7);
@@ -357,6 +378,10 @@ mod tests {
                 ..m.clone()
             },
             LayerManifest {
+                operate_id: 3,
+                ..m.clone()
+            },
+            LayerManifest {
                 signature: Some("00".repeat(64)),
                 ..m.clone()
             },
@@ -368,6 +393,14 @@ mod tests {
             assert!(forged.verify(&k.verifying_key()).is_err(), "{forged:?}");
         }
         let hex = to_hex(k.verifying_key().as_bytes());
+        // Versions: the manifest of operate_id 2 serves a request for 2 or
+        // less, never one for 3.
+        m.operate_id = 2;
+        m.sign(&k);
+        assert!(m.verify(&k.verifying_key()).is_ok());
+        assert!(m.current_for(2).is_ok() && m.current_for(0).is_ok());
+        let e = m.current_for(3).expect_err("replayed");
+        assert!(e.contains("replayed"), "{e}");
         assert_eq!(parse_public_key(&hex).expect("key"), k.verifying_key());
         assert!(parse_public_key("abc").is_err());
     }

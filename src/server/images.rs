@@ -46,6 +46,9 @@ pub struct Image {
     pub torrent: Bytes,
     pub sha256: String,
     pub parent: Option<String>,
+    /// The file's modification time when it was hashed: a layer replaced
+    /// in place with one of the same size is hashed again.
+    mtime_ns: i128,
 }
 
 impl Image {
@@ -56,6 +59,7 @@ impl Image {
             sha256: self.sha256.clone(),
             parent: self.parent.clone(),
             info_hash: self.info_hash.clone(),
+            operate_id: 0,
             signature: None,
         }
     }
@@ -143,9 +147,10 @@ impl Images {
         crate::bt::manifest::to_hex(self.signer.verifying_key().as_bytes())
     }
 
-    /// A layer's manifest, signed.
-    pub fn signed_manifest(&self, layer: &str) -> Option<LayerManifest> {
+    /// A layer's manifest at its current version, signed.
+    pub fn signed_manifest(&self, layer: &str, operate_id: u32) -> Option<LayerManifest> {
         let mut m = self.get(layer)?.manifest();
+        m.operate_id = operate_id;
         m.sign(&self.signer);
         Some(m)
     }
@@ -192,7 +197,9 @@ impl Images {
                 parent: None,
             };
             let seeded = self.known().get(&name).is_some_and(|img| {
-                img.length == meta.len() && self.engine.contains(&img.info_hash)
+                img.length == meta.len()
+                    && img.mtime_ns == current.mtime_ns
+                    && self.engine.contains(&img.info_hash)
             });
             if seeded {
                 continue;
@@ -268,6 +275,7 @@ impl Images {
                     torrent,
                     sha256: sidecar.sha256,
                     parent: sidecar.parent,
+                    mtime_ns: sidecar.mtime_ns,
                 },
             );
         }
@@ -536,17 +544,26 @@ fn accept_upload(dir: &Path, lib: &Path, layer: &str, torrent: &[u8]) -> Result<
     Ok(())
 }
 
+/// A layer's current version (`operate_id`), as the desktop groups say.
+pub type OperateIds = Arc<dyn Fn(&str) -> u32 + Send + Sync>;
+
+#[derive(Clone)]
+struct Published {
+    images: Arc<Images>,
+    operate_id: OperateIds,
+}
+
 /// `/torrents/<layer>.torrent`, served beside the tracker (which, unlike
 /// the operator API, listens on the terminals' network).
-pub fn router(images: Arc<Images>) -> Router {
+pub fn router(images: Arc<Images>, operate_id: OperateIds) -> Router {
     Router::new()
         .route("/torrents/:file", get(torrent_file))
         .route("/manifest/:file", get(manifest_file))
-        .with_state(images)
+        .with_state(Published { images, operate_id })
 }
 
 async fn torrent_file(
-    State(images): State<Arc<Images>>,
+    State(Published { images, .. }): State<Published>,
     UrlPath(file): UrlPath<String>,
 ) -> Response {
     let Some(layer) = file.strip_suffix(".torrent") else {
@@ -564,13 +581,13 @@ async fn torrent_file(
 
 /// `/manifest/<layer>.json`: what an agent checks a finished layer against.
 async fn manifest_file(
-    State(images): State<Arc<Images>>,
+    State(Published { images, operate_id }): State<Published>,
     UrlPath(file): UrlPath<String>,
 ) -> Response {
     let Some(layer) = file.strip_suffix(".json") else {
         return (StatusCode::NOT_FOUND, "not a manifest").into_response();
     };
-    match images.signed_manifest(layer) {
+    match images.signed_manifest(layer, operate_id(layer)) {
         Some(m) => axum::Json(m).into_response(),
         None => (StatusCode::NOT_FOUND, "no such layer").into_response(),
     }

@@ -70,7 +70,20 @@ pub struct Server {
 
 impl Server {
     /// The URL a terminal fetches a layer's torrent from (tracker port).
+    /// With `tracker_url` configured, torrents are fetched where the
+    /// tracker is reached (a proxy or another address in front of it).
     pub fn torrent_url(&self, layer: &str, local: Option<SocketAddr>) -> String {
+        if let Some(mut url) = self
+            .cfg
+            .tracker_url
+            .as_deref()
+            .and_then(|t| reqwest::Url::parse(t).ok())
+            .filter(|u| matches!(u.scheme(), "http" | "https"))
+        {
+            url.set_query(None);
+            url.set_path(&format!("/torrents/{layer}.torrent"));
+            return url.to_string();
+        }
         let host = self
             .cfg
             .advertise_ip
@@ -81,6 +94,20 @@ impl Server {
             "http://{host}:{}/torrents/{layer}.torrent",
             self.tracker_addr.port()
         )
+    }
+
+    /// A layer's current version: the highest `operate_id` any desktop
+    /// group gives it (0 when none names it).
+    pub fn layer_operate_id(&self, layer: &str) -> u32 {
+        self.store
+            .groups()
+            .unwrap_or_default()
+            .iter()
+            .flat_map(|g| g.disks.iter())
+            .filter(|d| d.layer_name() == layer)
+            .filter_map(|d| u32::try_from(d.operate_id).ok())
+            .max()
+            .unwrap_or(0)
     }
 
     /// Our address on a terminal's connection, when it is online.

@@ -114,7 +114,15 @@ impl Server {
             async move { api::serve(s, api_listener).await },
         ));
         let (t, stop) = (server.tracker.clone(), server.shutdown.clone());
-        let torrents = images::router(server.images.clone());
+        let weak = Arc::downgrade(&server);
+        let torrents = images::router(
+            server.images.clone(),
+            Arc::new(move |layer: &str| {
+                weak.upgrade()
+                    .map(|s| s.layer_operate_id(layer))
+                    .unwrap_or(0)
+            }),
+        );
         tasks.push(tokio::spawn(async move {
             tracker::serve(t, tracker_listener, stop, torrents).await
         }));

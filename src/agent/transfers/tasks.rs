@@ -717,7 +717,7 @@ impl Transfers {
         let layer = rec.layer.clone();
         let torrent = self.tasks().get(&layer).map(|l| l.torrent.clone());
         let Some(torrent) = torrent else { return };
-        let outcome = match self.manifest_for(&layer, &torrent).await {
+        let outcome = match self.manifest_for(&rec, &torrent).await {
             Err(finish) => Err(finish),
             Ok(manifest) => {
                 let me = self.clone();
@@ -806,15 +806,18 @@ impl Transfers {
     /// when there is nothing to check against.
     async fn manifest_for(
         &self,
-        layer: &str,
+        rec: &TaskRecord,
         torrent: &[u8],
     ) -> Result<Option<LayerManifest>, Finish> {
+        let layer = rec.layer.as_str();
         if let Some(key) = &self.manifest_key {
             return match manifest::fetch(&self.manifest_sources(torrent), layer).await {
-                Fetched::Found(m) => match m.verify(key) {
-                    Ok(()) => Ok(Some(m)),
-                    Err(e) => Err(Finish::Failed(e)),
-                },
+                Fetched::Found(m) => {
+                    match m.verify(key).and_then(|()| m.current_for(rec.operate_id)) {
+                        Ok(()) => Ok(Some(m)),
+                        Err(e) => Err(Finish::Failed(e)),
+                    }
+                }
                 Fetched::NotPublished => Err(Finish::Failed(
                     "a manifest key is configured and the server publishes no manifest for it"
                         .into(),

@@ -199,7 +199,10 @@ fn spawn_in(ns: &str, program: &str, args: &[&str], log: &Path) -> Proc {
         Command::new("ip")
             .args(["netns", "exec", ns, program])
             .args(args)
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("VOI_CHAOS_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -712,3 +712,242 @@ async fn hostile_cases_against_the_agent_binary() {
     assert!(journal.is_empty(), "nothing was done: {journal:?}");
     assert!(failures.is_empty(), "{failures:#?}");
 }
+
+/// The trust surfaces as a table: manifests an attacker could hand an
+/// agent, requests of a terminal no operator accepted, a certificate for
+/// another MAC, and operator API bodies. Real servers on loopback (one with
+/// `admission = "pending"`, one with mutual TLS), manifests from the real
+/// tracker port. Each row names the refusal it must get.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_rows_for_the_trust_surfaces() {
+    use voi::bt::manifest::LayerManifest;
+    init_log();
+    let sandbox = tempfile::tempdir().expect("tmp");
+    let mut cfg = server_config(&sandbox.path().join("pending"), "127.0.0.1:0");
+    cfg.admission = voi::server::admission::AdmissionPolicy::Pending;
+    let h = voi::server::Server::start(cfg).await.expect("server");
+    let lib = h.server.images.dir().to_path_buf();
+    let (a, b) = (format!("voi_0_{U}"), format!("voi_0_{G}"));
+    make_base(&lib.join(&a), 1);
+    make_base(&lib.join(&b), 1);
+    h.server.images.scan().await.expect("scan");
+    let mut group = layer_group("trust", G, U, &[0]);
+    group.disks[0].operate_id = 1;
+    // A second disk whose layer is b, at the version the agent will ask for.
+    let mut second = group.disks[0].clone();
+    second.uuid = G.into();
+    second.operate_id = 2;
+    group.disks.push(second);
+    h.server.store.put_group(&group).expect("group");
+    let manifest_of = |layer: String| {
+        let url = format!("http://{}/manifest/{layer}.json", h.server.tracker_addr);
+        async move {
+            reqwest::get(url)
+                .await
+                .expect("get")
+                .json::<LayerManifest>()
+                .await
+                .expect("manifest")
+        }
+    };
+    let key =
+        voi::bt::manifest::parse_public_key(&h.server.images.manifest_public_key()).expect("key");
+    let v1 = manifest_of(a.clone()).await;
+    group.disks[0].operate_id = 2;
+    h.server.store.put_group(&group).expect("group v2");
+    let current = manifest_of(a.clone()).await;
+    let other_layer = manifest_of(b.clone()).await;
+    let file = lib.join(&a);
+    // What the agent does with a manifest before a layer may boot.
+    let judge = |m: &LayerManifest, k: &ed25519_dalek::VerifyingKey| -> Result<(), String> {
+        m.verify(k)?;
+        m.current_for(2)?;
+        m.check(&a, &current.info_hash, None, &file, None)
+    };
+    assert_eq!(judge(&current, &key), Ok(()), "the real manifest passes");
+
+    let mut rows: Vec<(&str, String, &str)> = Vec::new();
+    let mut flipped = current.clone();
+    if let Some(sig) = flipped.signature.as_mut() {
+        let c = if sig.starts_with('0') { "1" } else { "0" };
+        sig.replace_range(0..1, c);
+    }
+    rows.push((
+        "manifest: bad signature",
+        format!("{:?}", judge(&flipped, &key)),
+        "does not verify",
+    ));
+    let unsigned = LayerManifest {
+        signature: None,
+        ..current.clone()
+    };
+    rows.push((
+        "manifest: unsigned",
+        format!("{:?}", judge(&unsigned, &key)),
+        "not signed",
+    ));
+    let stranger = ed25519_dalek::SigningKey::from_bytes(&[3; 32]).verifying_key();
+    rows.push((
+        "manifest: signed by another server",
+        format!("{:?}", judge(&current, &stranger)),
+        "does not verify",
+    ));
+    rows.push((
+        "manifest: for another layer",
+        format!("{:?}", judge(&other_layer, &key)),
+        "does not match",
+    ));
+    rows.push((
+        "manifest: replayed older version",
+        format!("{:?}", judge(&v1, &key)),
+        "replayed",
+    ));
+
+    // A terminal no operator has accepted: it may heartbeat, and asks for
+    // nothing else.
+    let mut c = RawClient::connect(h.addr).await;
+    assert_eq!(c.login(MAC).await.code, 0);
+    for (name, code, body) in [
+        (
+            "pending: asks for its configuration (9005)",
+            9005,
+            json!({"mac": MAC}),
+        ),
+        (
+            "pending: asks for desktops (9007)",
+            9007,
+            json!({"mac": MAC, "ip": "127.0.0.1"}),
+        ),
+        (
+            "pending: asks for trackers (9019)",
+            9019,
+            json!({"mac": MAC}),
+        ),
+        (
+            "pending: asks for a layer (9023)",
+            9023,
+            json!({"mac": MAC, "desktop_group_uuid": G, "diff_disk_uuid": U, "diff_level": 0, "diff_disk_type": 0}),
+        ),
+        (
+            "pending: asks for a number (9010)",
+            9010,
+            json!({"mac": MAC}),
+        ),
+        (
+            "pending: pushes its configuration (9006)",
+            9006,
+            json!({"mac": MAC, "name": "x"}),
+        ),
+        ("pending: heartbeat (allowed)", 9000, json!({"mac": MAC})),
+    ] {
+        let code = ServiceCode::from_u32(code).expect("code");
+        let (_, env) = c.request(code, &body).await;
+        let want = if code == ServiceCode::Heartbeat {
+            "code 0"
+        } else {
+            "code 60001"
+        };
+        rows.push((name, format!("code {} {}", env.code, env.msg), want));
+    }
+
+    // Operator API bodies.
+    let http = reqwest::Client::new();
+    let api_url = format!("http://{}", h.api_addr);
+    let big = vec![b'['; voi::server::api::MAX_BODY + 1];
+    let r = http
+        .put(format!("{api_url}/api/v1/desktop_groups"))
+        .bearer_auth(&h.server.api_token)
+        .header("content-type", "application/json")
+        .body(big)
+        .send()
+        .await
+        .expect("send");
+    rows.push((
+        "API: body over the limit",
+        format!("HTTP {}", r.status().as_u16()),
+        "HTTP 413",
+    ));
+    let r = http
+        .put(format!("{api_url}/api/v1/terminals/{MAC}/admission"))
+        .bearer_auth(&h.server.api_token)
+        .json(&json!({"admission": "<script>"}))
+        .send()
+        .await
+        .expect("send");
+    rows.push((
+        "API: admission that is no decision",
+        format!("HTTP {}", r.status().as_u16()),
+        "HTTP 400",
+    ));
+    let r = http
+        .put(format!("{api_url}/api/v1/terminals/{MAC}/admission"))
+        .json(&json!({"admission": "accepted"}))
+        .send()
+        .await
+        .expect("send");
+    rows.push((
+        "API: decision without the token",
+        format!("HTTP {}", r.status().as_u16()),
+        "HTTP 401",
+    ));
+
+    // Mutual TLS: the CA's certificate for one terminal, used to log in as
+    // another.
+    let pki = common::pki::make_pki(sandbox.path());
+    let mut cfg = server_config(&sandbox.path().join("mtls"), "127.0.0.1:0");
+    cfg.tls_cert = Some(pki.cert.clone());
+    cfg.tls_key = Some(pki.key.clone());
+    cfg.tls_client_ca = Some(pki.ca.clone());
+    let m = voi::server::Server::start(cfg).await.expect("mtls server");
+    let (cert, key_file) = pki.client(&sandbox.path().join("mtls"), OTHER_MAC, false);
+    let connector = voi::tls::Connector::new(
+        &voi::tls::AgentTlsConfig {
+            enabled: true,
+            ca: Some(pki.ca.clone()),
+            server_name: Some("voi-server.test".into()),
+            cert: Some(cert),
+            key: Some(key_file),
+            ..Default::default()
+        },
+        "127.0.0.1",
+    )
+    .expect("connector");
+    let tcp = tokio::net::TcpStream::connect(m.addr).await.expect("tcp");
+    let tls = connector.connect(tcp).await.expect("handshake");
+    let mut io = tokio_util::codec::Framed::new(tls, voi::protocol::FrameCodec::default());
+    let login = Frame::request_json(
+        ServiceCode::TerminalLogin,
+        1,
+        voi::protocol::ClientType::Linux,
+        &Bytes::new(),
+        &json!({"mac": MAC, "ip": "127.0.0.1"}),
+    )
+    .expect("frame");
+    io.send(login).await.expect("send");
+    let answer = tokio::time::timeout(Duration::from_secs(10), io.next())
+        .await
+        .ok()
+        .flatten()
+        .and_then(|f| f.ok())
+        .and_then(|f| f.json::<Envelope<Value>>().ok())
+        .map(|e| format!("code {} {}", e.code, e.msg))
+        .unwrap_or_else(|| "no answer".into());
+    rows.push(("mTLS: certificate of another MAC", answer, "code 60001"));
+
+    let mut failures = Vec::new();
+    for (name, got, want) in &rows {
+        eprintln!("trust | {name:45} | {got}");
+        if !got.contains(want) {
+            failures.push(format!("{name}: wanted {want:?}, got {got}"));
+        }
+    }
+    assert!(rows.len() >= 16, "{} rows", rows.len());
+    m.stop().await;
+    h.stop().await;
+    std::fs::remove_file(sandbox.path().join("ca.pem")).ok();
+    for f in ["server.pem", "server.key", "other-ca.pem"] {
+        std::fs::remove_file(sandbox.path().join(f)).ok();
+    }
+    assert_confined(sandbox.path(), &["pending", "mtls"]);
+    assert!(failures.is_empty(), "{failures:#?}");
+}

@@ -111,6 +111,24 @@ macro_rules! guard {
 /// Largest operator request body.
 pub const MAX_BODY: usize = 256 * 1024;
 
+/// A declared length over `MAX_BODY` gets 413 with the envelope at once; a
+/// body without one is cut off at the limit by `DefaultBodyLimit`.
+async fn refuse_oversized(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return fail(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::MessageError,
+            format!("request body over {MAX_BODY} bytes"),
+        );
+    }
+    next.run(req).await
+}
+
 pub async fn serve(server: Arc<Server>, listener: TcpListener) {
     let shutdown = server.shutdown.clone();
     let app = Router::new()
@@ -133,6 +151,7 @@ pub async fn serve(server: Arc<Server>, listener: TcpListener) {
         // Every operator body is a small JSON document; a bigger one is
         // refused (413) before it is read into memory.
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn(refuse_oversized))
         .with_state(server);
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })

@@ -20,6 +20,7 @@ use voi::server::registry::ServerEvent;
 use voi::server::{Server, ServerConfig, ServerHandle};
 
 mod needs;
+pub mod pki;
 #[allow(unused_imports)]
 pub use needs::*;
 

@@ -2,6 +2,8 @@
 
 use std::net::Ipv4Addr;
 
+use crate::protocol::ErrorCode;
+
 /// Prefix length of a dotted mask, if the mask is contiguous and 1..=32.
 pub fn prefix_len(mask: &str) -> Option<u8> {
     let m: Ipv4Addr = mask.trim().parse().ok()?;
@@ -36,9 +38,139 @@ pub fn is_host_address(ip: Ipv4Addr, prefix: u8) -> bool {
     host != 0 && host != !mask_of(prefix)
 }
 
+/// A static IPv4 configuration (1012 update_ip) that passed every check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaticAddress {
+    pub address: Ipv4Addr,
+    pub prefix_len: u8,
+    pub gateway: Ipv4Addr,
+    pub dns: Vec<Ipv4Addr>,
+}
+
+fn ipv4(s: &str) -> Option<Ipv4Addr> {
+    s.trim().parse().ok()
+}
+
+/// The checks an agent makes before it changes its network, with the
+/// documented code of the first that fails. The server runs the same ones
+/// before it sends update_ip, so an operator's form and the terminal agree.
+pub fn validate_static(
+    ip: &str,
+    mask: &str,
+    gateway: &str,
+    dns1: &str,
+    dns2: &str,
+) -> Result<StaticAddress, (ErrorCode, String)> {
+    let prefix = prefix_len(mask).filter(|p| *p <= 30).ok_or_else(|| {
+        (
+            ErrorCode::TerminalMaskError,
+            format!("mask {mask:?} is not a contiguous /1–/30 mask"),
+        )
+    })?;
+    let address = ipv4(ip)
+        .filter(|a| is_host_address(*a, prefix))
+        .ok_or_else(|| {
+            (
+                ErrorCode::MessageError,
+                format!("ip {ip:?} is not a host address in a /{prefix}"),
+            )
+        })?;
+    let gw = ipv4(gateway)
+        .filter(|g| {
+            is_host_address(*g, prefix) && same_subnet(*g, address, prefix) && *g != address
+        })
+        .ok_or_else(|| {
+            (
+                ErrorCode::TerminalGatewayError,
+                format!("gateway {gateway:?} is not another host of {address}/{prefix}"),
+            )
+        })?;
+    let resolver = |s: &str| ipv4(s).filter(|d| !d.is_unspecified() && !d.is_multicast());
+    let first =
+        resolver(dns1).ok_or_else(|| (ErrorCode::TerminalDns1Error, format!("dns1 {dns1:?}")))?;
+    let mut dns = vec![first];
+    if !dns2.trim().is_empty() {
+        dns.push(
+            resolver(dns2)
+                .ok_or_else(|| (ErrorCode::TerminalDns1Error, format!("dns2 {dns2:?}")))?,
+        );
+    }
+    Ok(StaticAddress {
+        address,
+        prefix_len: prefix,
+        gateway: gw,
+        dns,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn static_addresses() {
+        let ok = validate_static(
+            "172.16.1.20",
+            "255.255.255.0",
+            "172.16.1.254",
+            "8.8.8.8",
+            "",
+        )
+        .expect("valid");
+        assert_eq!(ok.prefix_len, 24);
+        assert_eq!(ok.dns.len(), 1);
+        let code = |r: Result<StaticAddress, (ErrorCode, String)>| r.err().map(|e| e.0);
+        assert_eq!(
+            code(validate_static(
+                "172.16.1.20",
+                "255.0.255.0",
+                "172.16.1.254",
+                "8.8.8.8",
+                ""
+            )),
+            Some(ErrorCode::TerminalMaskError)
+        );
+        assert_eq!(
+            code(validate_static(
+                "172.16.1.0",
+                "255.255.255.0",
+                "172.16.1.254",
+                "8.8.8.8",
+                ""
+            )),
+            Some(ErrorCode::MessageError)
+        );
+        assert_eq!(
+            code(validate_static(
+                "172.16.1.20",
+                "255.255.255.0",
+                "172.16.2.254",
+                "8.8.8.8",
+                ""
+            )),
+            Some(ErrorCode::TerminalGatewayError)
+        );
+        assert_eq!(
+            code(validate_static(
+                "172.16.1.20",
+                "255.255.255.0",
+                "172.16.1.254",
+                "x",
+                ""
+            )),
+            Some(ErrorCode::TerminalDns1Error)
+        );
+        assert_eq!(
+            code(validate_static(
+                "172.16.1.20",
+                "255.255.255.0",
+                "172.16.1.254",
+                "8.8.8.8",
+                "224.0.0.1"
+            )),
+            Some(ErrorCode::TerminalDns1Error)
+        );
+    }
 
     #[test]
     fn masks() {

@@ -854,7 +854,9 @@ async fn hostile_rows_for_the_trust_surfaces() {
     let http = reqwest::Client::new();
     let api_url = format!("http://{}", h.api_addr);
     let big = vec![b'['; voi::server::api::MAX_BODY + 1];
-    let r = http
+    // Its own connection: the server answers 413 without reading the body
+    // and closes, so a pooled connection must not be reused after it.
+    let r = reqwest::Client::new()
         .put(format!("{api_url}/api/v1/desktop_groups"))
         .bearer_auth(&h.server.api_token)
         .header("content-type", "application/json")

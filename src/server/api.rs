@@ -12,6 +12,8 @@
 //! | PUT | /api/v1/desktop_groups | body: a desktop group as in 9007 |
 //! | DELETE | /api/v1/desktop_groups/:uuid | |
 //! | GET, POST, DELETE | /api/v1/order | show, start `{start_id, macs}`, cancel numbering |
+//! | GET | /api/v1/events | the live event stream (Server-Sent Events, one JSON event each) |
+//! | GET | / | the operator console (`console/`), embedded; it asks for the token |
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -80,6 +82,7 @@ fn push_fail(e: PushError) -> Response {
         PushError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
         PushError::NoReply(..) => StatusCode::OK,
         PushError::NotAdmitted(..) => StatusCode::FORBIDDEN,
+        PushError::Invalid(..) => StatusCode::BAD_REQUEST,
     };
     fail(status, e.code(), e.to_string())
 }
@@ -131,7 +134,75 @@ async fn refuse_oversized(req: axum::extract::Request, next: axum::middleware::N
 
 pub async fn serve(server: Arc<Server>, listener: TcpListener) {
     let shutdown = server.shutdown.clone();
-    let app = Router::new()
+    let tls = match (&server.cfg.api_tls_cert, &server.cfg.api_tls_key) {
+        (Some(cert), Some(key)) => match crate::tls::acceptor(cert, key, None) {
+            Ok((a, fp)) => {
+                log::info!("operator console and API speak TLS; certificate sha256 {fp}");
+                Some(a)
+            }
+            Err(e) => {
+                log::error!("operator API: TLS: {e}; not serving");
+                return;
+            }
+        },
+        _ => None,
+    };
+    let app = router(server);
+    match tls {
+        None => {
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { shutdown.cancelled().await })
+                .await
+            {
+                log::error!("operator API: {e}");
+            }
+        }
+        Some(tls) => serve_tls(listener, tls, app, shutdown).await,
+    }
+}
+
+/// The operator listener over TLS: each connection's handshake, then hyper.
+async fn serve_tls(
+    listener: TcpListener,
+    tls: tokio_rustls::TlsAcceptor,
+    app: Router,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        let (tcp, peer) = tokio::select! {
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    log::warn!("operator API accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        let (tls, app, stop) = (tls.clone(), app.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let stream =
+                match tokio::time::timeout(crate::tls::TLS_HANDSHAKE, tls.accept(tcp)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => return log::debug!("operator API {peer}: TLS: {e}"),
+                    Err(_) => return log::debug!("operator API {peer}: TLS handshake timed out"),
+                };
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            tokio::select! {
+                r = conn => if let Err(e) = r {
+                    log::debug!("operator API {peer}: {e}");
+                },
+                _ = stop.cancelled() => {}
+            }
+        });
+    }
+}
+
+fn router(server: Arc<Server>) -> Router {
+    Router::new()
         .route("/api/v1/terminals", get(terminals))
         .route("/api/v1/terminals/:mac", get(terminal))
         .route("/api/v1/terminals/:mac/commands", post(push))
@@ -148,17 +219,39 @@ pub async fn serve(server: Arc<Server>, listener: TcpListener) {
             "/api/v1/order",
             get(order_show).post(order_start).delete(order_cancel),
         )
+        .route("/api/v1/events", get(events))
+        .merge(super::console::routes())
         // Every operator body is a small JSON document; a bigger one is
         // refused (413) before it is read into memory.
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn(refuse_oversized))
-        .with_state(server);
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
-    {
-        log::error!("operator API: {e}");
-    }
+        .with_state(server)
+}
+
+/// The event bus as Server-Sent Events. A viewer that falls behind gets a
+/// `lagged` event and should reload what it shows.
+async fn events(State(server): S, headers: HeaderMap) -> Response {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    guard!(server, headers);
+    let rx = server.registry.events.subscribe();
+    let stop = server.shutdown.clone();
+    let stream = futures_util::stream::unfold((rx, stop), |(mut rx, stop)| async move {
+        let ev = tokio::select! {
+            r = rx.recv() => r,
+            _ = stop.cancelled() => return None,
+        };
+        let event = match ev {
+            Ok(ev) => Event::default().data(serde_json::to_string(&ev).unwrap_or_default()),
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                Event::default().data(json!({"event": "lagged", "missed": n}).to_string())
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+        };
+        Some((Ok::<_, std::convert::Infallible>(event), (rx, stop)))
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response()
 }
 
 fn terminal_view(server: &Server, rec: &super::store::TerminalRecord, with_reports: bool) -> Value {
@@ -176,8 +269,31 @@ fn terminal_view(server: &Server, rec: &super::store::TerminalRecord, with_repor
     let generation = rec.generation();
     v["delivery"] = json!(generation.delivery);
     v["admission"] = json!(rec.admission);
+    v["last_heartbeat_secs"] = json!(server
+        .registry
+        .heartbeat_ages()
+        .get(&rec.config.mac)
+        .copied());
+    // Layers in transfer, for the room's progress bars.
+    v["transfers"] = json!(rec
+        .reports
+        .iter()
+        .filter_map(|(k, r)| Some((k.strip_prefix("bt_task:")?, r)))
+        .map(|(layer, r)| json!({
+            "layer": layer,
+            "progress": r["progress"],
+            "state": r["state"],
+            "result": rec.reports.get(&format!("task_result:{layer}")).map(|t| t["result"].clone()),
+        }))
+        .collect::<Vec<_>>());
+    v["desktops"] = rec
+        .reports
+        .get("desktop_groups")
+        .cloned()
+        .unwrap_or(Value::Null);
     if with_reports {
         v["reports"] = json!(rec.reports);
+        v["recent_commands"] = json!(server.registry.recent_commands(&rec.config.mac));
     }
     v
 }

@@ -70,6 +70,12 @@ pub struct ServerConfig {
     /// `tls_cert`/`tls_key`.
     #[serde(default)]
     pub tls_client_ca: Option<PathBuf>,
+    /// TLS on the operator listener (console and API), certificate chain and
+    /// key, PEM: for reaching the console from another machine.
+    #[serde(default)]
+    pub api_tls_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub api_tls_key: Option<PathBuf>,
     /// Who may join: "open" (default), "pending" or "allow-list"
     /// (`admission.rs`).
     #[serde(default)]
@@ -122,6 +128,9 @@ impl ServerConfig {
             toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         if cfg.heartbeat_secs == 0 || cfg.idle_close_secs == 0 {
             anyhow::bail!("heartbeat_secs and idle_close_secs must be at least 1");
+        }
+        if cfg.api_tls_cert.is_some() != cfg.api_tls_key.is_some() {
+            anyhow::bail!("api_tls_cert and api_tls_key go together");
         }
         if cfg.tls_client_ca.is_some() && cfg.tls_cert.is_none() {
             anyhow::bail!("tls_client_ca needs tls_cert and tls_key: client certificates are asked for inside TLS");

@@ -71,12 +71,22 @@ fn uuid_like(id: &str) -> Result<(), Answer> {
     }
 }
 
-/// Stores the latest report of one kind on the terminal's record.
+/// Stores the latest report of one kind on the terminal's record, and tells
+/// whoever watches (the console's live view).
 fn keep_report(server: &Server, mac: &str, kind: String, value: Value) -> Answer {
+    let event = super::registry::ServerEvent::Report {
+        mac: mac.to_string(),
+        key: kind.clone(),
+        value: value.clone(),
+        at_ms: super::registry::now_ms(),
+    };
     match server.store.update_terminal(mac, |r| {
         r.reports.insert(kind, value);
     }) {
-        Ok(_) => success(),
+        Ok(_) => {
+            server.registry.emit(event);
+            success()
+        }
         Err(e) => err(ErrorCode::SystemError, e.to_string()),
     }
 }

@@ -87,6 +87,7 @@ pub struct ImageStatus {
     pub length: u64,
     pub uploaded_bytes: u64,
     pub state: String,
+    pub parent: Option<String>,
 }
 
 pub struct Images {
@@ -304,6 +305,7 @@ impl Images {
                     length: i.length,
                     uploaded_bytes: s.as_ref().map(|s| s.uploaded_bytes).unwrap_or(0),
                     state: s.map(|s| s.phase.wire().to_string()).unwrap_or_default(),
+                    parent: i.parent.clone(),
                 }
             })
             .collect()

@@ -9,6 +9,7 @@ pub mod client;
 mod config;
 mod conn;
 mod conn_state;
+mod console;
 pub mod generation;
 mod handlers;
 pub mod images;

@@ -5,6 +5,7 @@ use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use super::registry::ServerEvent;
 use super::service::{PushError, Server};
 use super::store::OrderSession;
 use crate::protocol::messages::OrderConfirmReq;
@@ -91,6 +92,7 @@ pub async fn start(
     };
     let s = session.clone();
     server.store.modify_order(|o| *o = Some(s))?;
+    server.registry.emit(ServerEvent::Order);
     propose(server, &session, &session.macs, start_id).await;
     Ok(session)
 }
@@ -98,6 +100,7 @@ pub async fn start(
 /// Ends numbering: every terminal of the session gets `terminal_id = -1`.
 pub async fn cancel(server: &Arc<Server>) -> Result<Option<OrderSession>, PushError> {
     let session = server.store.modify_order(|o| o.take())?;
+    server.registry.emit(ServerEvent::Order);
     if let Some(s) = &session {
         propose(server, s, &s.macs, -1).await;
     }
@@ -163,6 +166,7 @@ pub async fn confirm(server: &Arc<Server>, mac: &str, req: &OrderConfirmReq) -> 
     // The next number goes only to those still without one, as the vendor
     // server does; a terminal that confirmed left its numbering screen, and
     // once everyone has a number nothing more is sent.
+    server.registry.emit(ServerEvent::Order);
     let rest = session.unconfirmed();
     if !rest.is_empty() {
         let server = server.clone();

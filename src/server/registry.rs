@@ -55,6 +55,38 @@ pub enum ServerEvent {
         mac: String,
         admission: crate::server::admission::Admission,
     },
+    /// A terminal's report was stored (9025 progress, 9015 results, its
+    /// desktops, ...): `key` as in its record's `reports`. `at_ms` is the
+    /// server's clock when it arrived, so a viewer can tell its lag.
+    Report {
+        mac: String,
+        key: String,
+        value: serde_json::Value,
+        at_ms: u64,
+    },
+    /// The numbering session changed (started, a confirmation, cancelled).
+    Order,
+}
+
+/// One command pushed to a terminal and, once it came, its reply.
+#[derive(Debug, Clone, Serialize)]
+pub struct RecentCommand {
+    pub command: String,
+    pub batch_no: BatchNo,
+    pub sent: String,
+    pub code: Option<i64>,
+    pub msg: Option<String>,
+}
+
+/// How many commands per terminal the console can look back on.
+const RECENT_COMMANDS: usize = 20;
+
+/// Milliseconds since the epoch, for events.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
 }
 
 pub struct Online {
@@ -77,6 +109,7 @@ type Key = (u32, String, BatchNo);
 pub struct Registry {
     online: Mutex<HashMap<String, Online>>,
     pending: Mutex<HashMap<Key, oneshot::Sender<Envelope<serde_json::Value>>>>,
+    recent: Mutex<HashMap<String, std::collections::VecDeque<RecentCommand>>>,
     pub events: broadcast::Sender<ServerEvent>,
 }
 
@@ -85,7 +118,8 @@ impl Default for Registry {
         Registry {
             online: Mutex::default(),
             pending: Mutex::default(),
-            events: broadcast::channel(1024).0,
+            recent: Mutex::default(),
+            events: broadcast::channel(4096).0,
         }
     }
 }
@@ -96,7 +130,63 @@ impl Registry {
     }
 
     pub fn emit(&self, ev: ServerEvent) {
+        match &ev {
+            ServerEvent::CommandSent {
+                mac,
+                command,
+                batch_no,
+            } => {
+                let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+                let list = recent.entry(mac.clone()).or_default();
+                if list.len() == RECENT_COMMANDS {
+                    list.pop_front();
+                }
+                list.push_back(RecentCommand {
+                    command: command.clone(),
+                    batch_no: batch_no.clone(),
+                    sent: chrono::Local::now().format("%Y-%m-%d %H:%M:%S").to_string(),
+                    code: None,
+                    msg: None,
+                });
+            }
+            ServerEvent::CommandReply {
+                mac,
+                command,
+                batch_no,
+                code,
+                msg,
+            } => {
+                let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(c) = recent.get_mut(mac).and_then(|l| {
+                    l.iter_mut()
+                        .rev()
+                        .find(|c| c.command == *command && c.batch_no == *batch_no)
+                }) {
+                    c.code = Some(*code);
+                    c.msg = Some(msg.clone());
+                }
+            }
+            _ => {}
+        }
         let _ = self.events.send(ev);
+    }
+
+    /// The commands last pushed to a terminal, oldest first.
+    pub fn recent_commands(&self, mac: &str) -> Vec<RecentCommand> {
+        self.recent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(mac)
+            .map(|l| l.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Seconds since each connected terminal's last heartbeat.
+    pub fn heartbeat_ages(&self) -> HashMap<String, u64> {
+        self.online()
+            .iter()
+            .map(|(m, o)| (m.clone(), o.last_heartbeat.elapsed().as_secs()))
+            .collect()
     }
 
     /// Binds `mac` to a connection; an older connection of the same MAC is

@@ -35,6 +35,9 @@ pub enum PushError {
     NoReply(BatchNo, String),
     #[error("terminal {0} is {1}: an operator has not accepted it")]
     NotAdmitted(String, &'static str),
+    /// Parameters the terminal would refuse, with the code it would use.
+    #[error("{1}")]
+    Invalid(ErrorCode, String),
 }
 
 impl PushError {
@@ -46,6 +49,7 @@ impl PushError {
             PushError::Store(_) => ErrorCode::SystemError,
             PushError::NoReply(..) => ErrorCode::Success,
             PushError::NotAdmitted(..) => ErrorCode::TerminalLoginFail,
+            PushError::Invalid(code, _) => *code,
         }
     }
 }
@@ -517,6 +521,18 @@ impl Server {
             return Err(PushError::Bad("params must be a JSON object".into()));
         };
         let str_of = |k: &str| map.get(k).and_then(|v| v.as_str()).map(str::to_string);
+        if code == ServiceCode::UpdateIp {
+            // The agent's own checks, before anything is recorded or sent.
+            let field = |k: &str| str_of(k).unwrap_or_default();
+            crate::ipv4::validate_static(
+                &field("ip"),
+                &field("mask"),
+                &field("gateway"),
+                &field("dns1"),
+                &field("dns2"),
+            )
+            .map_err(|(code, msg)| PushError::Invalid(code, msg))?;
+        }
         match code {
             ServiceCode::UpdateName | ServiceCode::UpdateIp | ServiceCode::UpdateConfig => {
                 let name = str_of("name");

@@ -21,6 +21,8 @@ pub const ARIA2C: Need = Need::Program("aria2c", "aria2");
 pub const SYSTEMD_ANALYZE: Need = Need::Program("systemd-analyze", "systemd");
 pub const IP: Need = Need::Program("ip", "iproute2");
 pub const TC: Need = Need::Program("tc", "iproute2");
+pub const CHROMIUM: Need = Need::Program("chromium", "chromium");
+pub const CHROMEDRIVER: Need = Need::Program("chromedriver", "chromium-driver");
 
 fn unmet(need: Need) -> Option<String> {
     match need {

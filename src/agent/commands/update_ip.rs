@@ -11,7 +11,7 @@ use std::net::Ipv4Addr;
 
 use super::context::{parse_json, After, Applied, CmdResult, CommandError, Ctx};
 use crate::agent::platform::NetworkConfig;
-use crate::ipv4::{is_host_address, prefix_len, same_subnet};
+use crate::ipv4::validate_static;
 use crate::protocol::messages::UpdateIpCmd;
 use crate::protocol::{ErrorCode, Frame};
 
@@ -23,54 +23,11 @@ pub struct UpdateIp {
     dns: Vec<Ipv4Addr>,
 }
 
-fn ipv4(s: &str) -> Option<Ipv4Addr> {
-    s.trim().parse().ok()
-}
-
 impl UpdateIp {
     pub fn parse(frame: &Frame) -> Result<Self, CommandError> {
         let cmd: UpdateIpCmd = parse_json(frame)?;
-        let prefix = prefix_len(&cmd.mask).filter(|p| *p <= 30).ok_or_else(|| {
-            CommandError::new(
-                ErrorCode::TerminalMaskError,
-                format!("mask {:?} is not a contiguous /1–/30 mask", cmd.mask),
-            )
-        })?;
-        let address = ipv4(&cmd.ip)
-            .filter(|ip| is_host_address(*ip, prefix))
-            .ok_or_else(|| {
-                CommandError::message(format!(
-                    "ip {:?} is not a host address in a /{prefix}",
-                    cmd.ip
-                ))
-            })?;
-        let gateway = ipv4(&cmd.gateway)
-            .filter(|gw| {
-                is_host_address(*gw, prefix) && same_subnet(*gw, address, prefix) && *gw != address
-            })
-            .ok_or_else(|| {
-                CommandError::new(
-                    ErrorCode::TerminalGatewayError,
-                    format!(
-                        "gateway {:?} is not another host of {}/{prefix}",
-                        cmd.gateway, address
-                    ),
-                )
-            })?;
-        let dns1 = ipv4(&cmd.dns1)
-            .filter(|d| !d.is_unspecified() && !d.is_multicast())
-            .ok_or_else(|| {
-                CommandError::new(ErrorCode::TerminalDns1Error, format!("dns1 {:?}", cmd.dns1))
-            })?;
-        let mut dns = vec![dns1];
-        if !cmd.dns2.trim().is_empty() {
-            let d2 = ipv4(&cmd.dns2)
-                .filter(|d| !d.is_unspecified() && !d.is_multicast())
-                .ok_or_else(|| {
-                    CommandError::new(ErrorCode::TerminalDns1Error, format!("dns2 {:?}", cmd.dns2))
-                })?;
-            dns.push(d2);
-        }
+        let checked = validate_static(&cmd.ip, &cmd.mask, &cmd.gateway, &cmd.dns1, &cmd.dns2)
+            .map_err(|(code, msg)| CommandError::new(code, msg))?;
         if cmd.conf_version < -1 {
             return Err(CommandError::new(
                 ErrorCode::TerminalConfVersionError,
@@ -79,10 +36,10 @@ impl UpdateIp {
         }
         Ok(UpdateIp {
             cmd,
-            address,
-            prefix_len: prefix,
-            gateway,
-            dns,
+            address: checked.address,
+            prefix_len: checked.prefix_len,
+            gateway: checked.gateway,
+            dns: checked.dns,
         })
     }
 

@@ -1,0 +1,346 @@
+//! The operator console in a real browser: Debian's chromium, driven over
+//! WebDriver (chromedriver), against a real voi-server with two real agents
+//! and a hand-written terminal whose reported name and version are
+//! HTML/JS injections. The test logs in with the API token, sees the
+//! terminals online, renames one through the page (the agent's platform
+//! journal must show it), sends a desktop to both and watches both bars
+//! reach 100%. It saves the screenshots under docs/ and prints the page
+//! weight and how long a 9025 takes to move a bar.
+//!
+//! Needs chromium and chromium-driver; skips with one line without them.
+
+mod common;
+
+use common::*;
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{json, Value};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use voi::agent::platform::{JournalEntry, RecordingPlatform};
+use voi::protocol::ServiceCode;
+
+const U: &str = "7d1c0a9e-52b4-4b8e-9a57-0c6f3e1d2b44";
+const G: &str = "c3b2a190-8d7e-4f6a-b5c4-d3e2f1a0b9c8";
+const EVIL_NAME: &str = r#"<img src=x onerror="window.__pwned=1">"#;
+const EVIL_VERSION: &str = r#"<script>window.__pwned=2</script>"#;
+
+async fn js(c: &Client, script: &str) -> Value {
+    c.execute(script, vec![]).await.expect("script")
+}
+
+async fn wait_js(c: &Client, what: &str, secs: u64, script: &str) -> Value {
+    let start = Instant::now();
+    loop {
+        let v = js(c, script).await;
+        if v.as_bool() == Some(true) || v.as_u64().is_some_and(|n| n > 0) {
+            return v;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(secs),
+            "timed out after {secs} s waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn screenshot(c: &Client, name: &str) {
+    let png = c.screenshot().await.expect("screenshot");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("docs")
+        .join(name);
+    std::fs::write(&path, png).expect("write screenshot");
+}
+
+fn chromedriver(port: u16, log: &Path) -> Proc {
+    Proc(
+        Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).expect("log"))
+            .spawn()
+            .expect("chromedriver"),
+    )
+}
+
+async fn browser(driver_port: u16, profile: &Path) -> Client {
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        json!({
+            "binary": "/usr/bin/chromium",
+            "args": [
+                "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update",
+                "--disable-sync", "--window-size=1400,900",
+                format!("--user-data-dir={}", profile.display()),
+            ],
+        }),
+    );
+    let start = Instant::now();
+    loop {
+        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        match ClientBuilder::new(connector)
+            .capabilities(caps.clone())
+            .connect(&format!("http://127.0.0.1:{driver_port}"))
+            .await
+        {
+            Ok(c) => return c,
+            Err(e) => {
+                assert!(
+                    start.elapsed() < Duration::from_secs(30),
+                    "chromedriver never took a session: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    }
+}
+
+fn layer() -> String {
+    format!("voi_0_{U}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_console_in_chromium_shows_the_room_renames_and_sends_a_desktop() {
+    let test = "the_console_in_chromium_shows_the_room_renames_and_sends_a_desktop";
+    if !has(test, &[CHROMIUM, CHROMEDRIVER]) {
+        return;
+    }
+    init_log();
+    let dir = tempfile::tempdir().expect("tmp");
+    let h = start_server(&dir.path().join("s")).await;
+    let lib = h.server.images.dir().to_path_buf();
+    make_base(&lib.join(layer()), 48);
+    h.server.images.scan().await.expect("scan");
+
+    // Two real agents, online before the desktop group exists, so neither
+    // fetches it by itself: the operator sends it from the page.
+    let macs = ["AA:00:00:00:0C:01", "AA:00:00:00:0C:02"];
+    let mut agents = Vec::new();
+    let mut ev = h.server.registry.events.subscribe();
+    for (i, mac) in macs.iter().enumerate() {
+        let cfg = agent_config(&dir.path().join(format!("a{i}")), h.addr.port(), mac);
+        agents.push(start_agent(cfg));
+        wait_event(&mut ev, 20, is_heartbeat(mac)).await;
+    }
+    let mut group = layer_group("classroom", G, U, &[0]);
+    group.disks[0].operate_id = 1;
+    h.server.store.put_group(&group).expect("group");
+    // A terminal reporting markup as its name and version.
+    let evil_mac = "AA:00:00:00:0C:66";
+    let mut evil = RawClient::connect(h.addr).await;
+    assert_eq!(evil.login(evil_mac).await.code, 0);
+    let (_, env) = evil
+        .request(
+            ServiceCode::UpdateConfigInfo,
+            &json!({"mac": evil_mac, "name": EVIL_NAME, "ip": "127.0.0.1", "is_dhcp": 1,
+                    "platform": "x86", "soft_version": EVIL_VERSION, "conf_version": 0,
+                    "terminal_id": -1, "setup_info": {}}),
+        )
+        .await;
+    assert_eq!(env.code, 0, "{env:?}");
+
+    let driver_port = free_port();
+    let _driver = chromedriver(driver_port, &dir.path().join("chromedriver.log"));
+    let c = browser(driver_port, &dir.path().join("profile")).await;
+    let base = format!("http://{}", h.api_addr);
+    c.goto(&format!("{base}/")).await.expect("open the console");
+
+    // The token, once.
+    c.find(Locator::Id("token"))
+        .await
+        .expect("token field")
+        .send_keys(&h.server.api_token)
+        .await
+        .expect("type");
+    c.find(Locator::Id("login-button"))
+        .await
+        .expect("button")
+        .click()
+        .await
+        .expect("click");
+    let online = format!(
+        "return {:?}.every(m => document.querySelector(`#terminals tr[data-mac=\"${{m}}\"] .state.online`) !== null)",
+        macs
+    );
+    wait_js(&c, "both agents online on the page", 30, &online).await;
+
+    // The injection is shown as text and runs nothing.
+    let evil_row = format!("#terminals tr[data-mac=\"{evil_mac}\"]");
+    wait_js(
+        &c,
+        "the hostile terminal's row",
+        20,
+        &format!("return document.querySelector('{evil_row}') !== null"),
+    )
+    .await;
+    let shown = js(
+        &c,
+        &format!("return document.querySelector('{evil_row} td.name').textContent"),
+    )
+    .await;
+    assert_eq!(shown.as_str(), Some(EVIL_NAME));
+    let injected = js(
+        &c,
+        "return [typeof window.__pwned, document.querySelectorAll('#terminals img, #terminals script').length]",
+    )
+    .await;
+    assert_eq!(
+        injected,
+        json!(["undefined", 0]),
+        "nothing from a terminal executes"
+    );
+
+    // Rename one terminal through its page.
+    c.goto(&format!("{base}/#terminal/{}", macs[0]))
+        .await
+        .expect("terminal page");
+    let name_field = c
+        .wait()
+        .for_element(Locator::Id("t-name"))
+        .await
+        .expect("name field");
+    name_field.send_keys("room-7").await.expect("type");
+    c.find(Locator::Id("t-rename"))
+        .await
+        .expect("rename")
+        .click()
+        .await
+        .expect("click");
+    let journal = agents[0].0.cfg.journal_path();
+    let start = Instant::now();
+    while !RecordingPlatform::read_journal(&journal).contains(&JournalEntry::SetHostname {
+        name: "room-7".into(),
+    }) {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the agent never renamed itself"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_js(
+        &c,
+        "the reply on the page",
+        10,
+        "return document.getElementById('t-result').textContent.includes('update_name → 0')",
+    )
+    .await;
+    wait_js(
+        &c,
+        "the recent command listed",
+        10,
+        "return document.querySelectorAll('#t-commands tbody tr').length",
+    )
+    .await;
+    screenshot(&c, "console-terminal.png").await;
+
+    // Send the desktop to both from the room view and watch the bars.
+    c.goto(&format!("{base}/#terminals")).await.expect("room");
+    for mac in macs {
+        let pick = format!("#terminals tr[data-mac=\"{mac}\"] input.pick");
+        c.wait()
+            .for_element(Locator::Css(&pick))
+            .await
+            .expect("checkbox")
+            .click()
+            .await
+            .expect("select");
+    }
+    c.find(Locator::Id("room-send"))
+        .await
+        .expect("send")
+        .click()
+        .await
+        .expect("click");
+    let both_done = format!(
+        "return {:?}.every(m => document.querySelector(`#terminals tr[data-mac=\"${{m}}\"] .bar[data-progress=\"100\"]`) !== null)",
+        macs
+    );
+    wait_js(&c, "both progress bars at 100%", 120, &both_done).await;
+    wait_js(
+        &c,
+        "both results listed",
+        20,
+        "return document.querySelectorAll('#room-results li.ok').length >= 2",
+    )
+    .await;
+    screenshot(&c, "console-terminals.png").await;
+    c.goto(&format!("{base}/#images")).await.expect("images");
+    wait_js(
+        &c,
+        "the library's bars",
+        20,
+        "return document.querySelectorAll('#images .bar').length >= 2",
+    )
+    .await;
+    screenshot(&c, "console-images.png").await;
+
+    // Every agent has the layer, and nothing ran from the hostile terminal.
+    for (agent, _) in &agents {
+        let copy = agent.cfg.disk_dir().join(layer());
+        let start = Instant::now();
+        while !copy.exists() {
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "{copy:?} never arrived"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    assert_eq!(
+        js(&c, "return typeof window.__pwned").await,
+        json!("undefined")
+    );
+
+    // The figures: from the server taking a 9025 to the bar moving, and
+    // the bytes the terminals view costs.
+    let updates = js(&c, "return window.__barUpdates").await;
+    let mut lags: Vec<i64> = updates
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|u| Some(u["shown_ms"].as_i64()? - u["at_ms"].as_i64()?))
+                .collect()
+        })
+        .unwrap_or_default();
+    lags.sort_unstable();
+    assert!(!lags.is_empty(), "no 9025 reached the page");
+    let http = reqwest::Client::new();
+    let mut weight = 0;
+    for path in ["/", "/console.js", "/console.css"] {
+        weight += http
+            .get(format!("{base}{path}"))
+            .send()
+            .await
+            .expect("get")
+            .bytes()
+            .await
+            .expect("body")
+            .len();
+    }
+    let data = http
+        .get(format!("{base}/api/v1/terminals"))
+        .bearer_auth(&h.server.api_token)
+        .send()
+        .await
+        .expect("get")
+        .bytes()
+        .await
+        .expect("body")
+        .len();
+    eprintln!(
+        "console: terminals view {weight} bytes of page, script and styles + {data} bytes of data for {} terminals; 9025 to bar: {} updates, median {} ms, max {} ms",
+        macs.len() + 1,
+        lags.len(),
+        lags[lags.len() / 2],
+        lags[lags.len() - 1]
+    );
+
+    c.close().await.expect("close");
+    for (agent, task) in agents {
+        agent.shutdown.cancel();
+        let _ = task.await;
+    }
+    h.stop().await;
+}

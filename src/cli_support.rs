@@ -35,3 +35,117 @@ pub async fn wait_for_signal() {
         }
     }
 }
+
+/// Progress of several transfers on one terminal screen: a bar each when
+/// stderr is a terminal, else one plain line whenever a transfer moves by a
+/// tenth or changes state (so a log or a pipe stays readable).
+pub struct ProgressBoard {
+    bars: Option<indicatif::MultiProgress>,
+    rows: std::collections::BTreeMap<String, Row>,
+}
+
+struct Row {
+    bar: Option<indicatif::ProgressBar>,
+    percent: u64,
+    state: String,
+    done: bool,
+}
+
+impl Default for ProgressBoard {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ProgressBoard {
+    pub fn new() -> ProgressBoard {
+        use std::io::IsTerminal;
+        ProgressBoard {
+            bars: std::io::stderr()
+                .is_terminal()
+                .then(indicatif::MultiProgress::new),
+            rows: Default::default(),
+        }
+    }
+
+    fn row(&mut self, key: &str) -> &mut Row {
+        let bars = self.bars.clone();
+        self.rows.entry(key.to_string()).or_insert_with(|| {
+            let bar = bars.map(|m| {
+                let b = m.add(indicatif::ProgressBar::new(100));
+                let style = indicatif::ProgressStyle::with_template(
+                    "{prefix:48} [{bar:30}] {pos:>3}% {msg}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                .progress_chars("=> ");
+                b.set_style(style);
+                b.set_prefix(key.to_string());
+                b
+            });
+            Row {
+                bar,
+                percent: 0,
+                state: String::new(),
+                done: false,
+            }
+        })
+    }
+
+    /// A transfer at `percent` (0..=100) in `state` (downloading, ...).
+    pub fn update(&mut self, key: &str, percent: u64, state: &str) {
+        let percent = percent.min(100);
+        let row = self.row(key);
+        if row.done {
+            return;
+        }
+        let moved = percent / 10 != row.percent / 10 || row.state != state;
+        row.percent = percent;
+        row.state = state.to_string();
+        match &row.bar {
+            Some(b) => {
+                b.set_position(percent);
+                b.set_message(state.to_string());
+            }
+            None if moved => print_line(&format!("{key}: {percent}% {state}")),
+            None => {}
+        }
+    }
+
+    /// A transfer ended, well or not.
+    pub fn finish(&mut self, key: &str, ok: bool, note: &str) {
+        let row = self.row(key);
+        if row.done {
+            return;
+        }
+        row.done = true;
+        if !ok {
+            row.state = "failed".into();
+        }
+        let text = if ok {
+            format!("done {note}")
+        } else {
+            format!("FAILED {note}")
+        };
+        match &row.bar {
+            Some(b) => {
+                if ok {
+                    b.set_position(100);
+                }
+                b.finish_with_message(text);
+            }
+            None => print_line(&format!("{key}: {text}")),
+        }
+    }
+
+    /// Whether every transfer shown has ended.
+    pub fn all_done(&self) -> bool {
+        !self.rows.is_empty() && self.rows.values().all(|r| r.done)
+    }
+
+    pub fn failed(&self) -> usize {
+        self.rows
+            .values()
+            .filter(|r| r.done && r.state == "failed")
+            .count()
+    }
+}

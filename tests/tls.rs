@@ -243,3 +243,66 @@ async fn mutual_tls_lets_in_only_a_terminal_with_its_own_certificate() {
     }
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_console_and_api_over_tls() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().expect("tmp");
+    let pki = make_pki(dir.path());
+    let mut cfg = server_config(&dir.path().join("s"), "127.0.0.1:0");
+    cfg.api_tls_cert = Some(pki.cert.clone());
+    cfg.api_tls_key = Some(pki.key.clone());
+    init_log();
+    let h = Server::start(cfg).await.expect("server");
+    let connector = voi::tls::Connector::new(
+        &AgentTlsConfig {
+            enabled: true,
+            ca: Some(pki.ca.clone()),
+            server_name: Some("voi-server.test".into()),
+            ..Default::default()
+        },
+        "127.0.0.1",
+    )
+    .expect("connector");
+    let get = |path: String, token: Option<String>| {
+        let connector = connector.clone();
+        let addr = h.api_addr;
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.expect("tcp");
+            let mut tls = connector.connect(tcp).await.expect("TLS to the console");
+            let auth = token
+                .map(|t| format!("Authorization: Bearer {t}\r\n"))
+                .unwrap_or_default();
+            let req = format!(
+                "GET {path} HTTP/1.1\r\nHost: voi-server.test\r\n{auth}Connection: close\r\n\r\n"
+            );
+            tls.write_all(req.as_bytes()).await.expect("write");
+            let mut out = Vec::new();
+            let _ = tls.read_to_end(&mut out).await;
+            String::from_utf8_lossy(&out).into_owned()
+        }
+    };
+    let page = get("/".into(), None).await;
+    assert!(page.starts_with("HTTP/1.1 200"), "{page}");
+    assert!(page.contains("voi-server console"));
+    assert!(page
+        .to_ascii_lowercase()
+        .contains("content-security-policy"));
+    let api = get("/api/v1/terminals".into(), Some(h.server.api_token.clone())).await;
+    assert!(api.starts_with("HTTP/1.1 200"), "{api}");
+    assert!(api.contains("\"terminals\""), "{api}");
+    let refused = get("/api/v1/terminals".into(), None).await;
+    assert!(refused.starts_with("HTTP/1.1 401"), "{refused}");
+    // Plain HTTP to the TLS listener gets nothing useful.
+    let mut plain = tokio::net::TcpStream::connect(h.api_addr)
+        .await
+        .expect("tcp");
+    plain
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), plain.read_to_end(&mut buf)).await;
+    assert!(!String::from_utf8_lossy(&buf).contains("voi-server console"));
+    h.stop().await;
+}

@@ -65,7 +65,12 @@ enum CtlCmd {
     /// Disk chains, problems, and pending downloads.
     Disks,
     /// BitTorrent transfers: progress, rates, peers.
-    Transfers,
+    Transfers {
+        /// Follow them: a bar per transfer (plain lines without a
+        /// terminal) until every one is in its chain or has failed.
+        #[arg(long)]
+        watch: bool,
+    },
     /// Upload a local layer to the server; it is seeded until the server
     /// confirms (1021).
     Upload { layer: String, group_uuid: String },
@@ -190,6 +195,74 @@ fn run(path: &std::path::Path) -> std::process::ExitCode {
     })
 }
 
+/// `ctl transfers --watch`: asks the agent once a second (a local socket)
+/// and draws each transfer until none is still downloading.
+fn watch_transfers(socket: &std::path::Path) -> std::process::ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("voi-agent: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async {
+        let mut board = crate::cli_support::ProgressBoard::new();
+        let mut first = true;
+        loop {
+            let resp = match control_socket::call(socket, &ControlRequest::Transfers).await {
+                Ok(r) if r.ok => r,
+                Ok(r) => {
+                    eprintln!("voi-agent ctl: {}", r.error.unwrap_or_default());
+                    return std::process::ExitCode::FAILURE;
+                }
+                Err(e) => {
+                    eprintln!("voi-agent ctl: {e}");
+                    return std::process::ExitCode::FAILURE;
+                }
+            };
+            let list = resp
+                .data
+                .as_ref()
+                .and_then(|d| d["transfers"].as_array().cloned())
+                .unwrap_or_default();
+            if first && list.is_empty() {
+                crate::cli_support::print_line("no transfers");
+                return std::process::ExitCode::SUCCESS;
+            }
+            first = false;
+            for t in &list {
+                let layer = t["transfer"]["layer"].as_str().unwrap_or("?");
+                let length = t["transfer"]["length"].as_u64().unwrap_or(0).max(1);
+                let have = t["have_bytes"].as_u64().unwrap_or(0);
+                let phase = t["phase"].as_str().unwrap_or("starting");
+                if t["transfer"]["stage"] == "seeding" {
+                    board.finish(layer, true, "in its chain, seeding");
+                } else if phase == "error" {
+                    board.finish(layer, false, t["error"].as_str().unwrap_or_default());
+                } else {
+                    let rate = t["down_bps"].as_u64().unwrap_or(0);
+                    board.update(
+                        layer,
+                        have.saturating_mul(100) / length,
+                        &format!("{phase} {:.1} MB/s", rate as f64 / 1e6),
+                    );
+                }
+            }
+            if board.all_done() {
+                return if board.failed() == 0 {
+                    std::process::ExitCode::SUCCESS
+                } else {
+                    std::process::ExitCode::FAILURE
+                };
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+    })
+}
+
 fn ctl(config: &std::path::Path, socket: Option<PathBuf>, what: CtlCmd) -> std::process::ExitCode {
     let socket = socket.unwrap_or_else(|| {
         AgentConfig::load(config)
@@ -207,7 +280,8 @@ fn ctl(config: &std::path::Path, socket: Option<PathBuf>, what: CtlCmd) -> std::
         CtlCmd::VerifyAdmin { user, password } => ControlRequest::VerifyAdmin { user, password },
         CtlCmd::Date => ControlRequest::GetDateTime,
         CtlCmd::Disks => ControlRequest::Disks,
-        CtlCmd::Transfers => ControlRequest::Transfers,
+        CtlCmd::Transfers { watch: true } => return watch_transfers(&socket),
+        CtlCmd::Transfers { watch: false } => ControlRequest::Transfers,
         CtlCmd::Upload { layer, group_uuid } => ControlRequest::Upload { layer, group_uuid },
     };
     let rt = match tokio::runtime::Builder::new_current_thread()

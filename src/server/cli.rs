@@ -106,13 +106,21 @@ enum CtlCmd {
     Reject { mac: String },
     /// Put a terminal back to waiting for a decision.
     Pend { mac: String },
-    /// Send a desktop group's layers to a terminal, in the style its
+    /// Send a desktop group's layers to terminals, in the style each one's
     /// generation understands (1008 + 1015 each, or 1017).
     DownloadDesktop {
+        /// One MAC, or several separated by commas.
         mac: String,
         group_uuid: String,
         #[arg(long, default_value_t = 30)]
         timeout: u64,
+        /// Then show each terminal's progress per layer until every layer
+        /// is in its chain or failed (bars on a terminal, lines otherwise).
+        #[arg(long)]
+        wait: bool,
+        /// Give up waiting after this many seconds.
+        #[arg(long, default_value_t = 3600)]
+        wait_secs: u64,
     },
 }
 
@@ -126,6 +134,112 @@ async fn admission(
         &serde_json::json!({ "admission": state }),
     )
     .await
+}
+
+/// `ctl download-desktop`: sends the group to each terminal and, with
+/// `--wait`, follows the event stream until every layer sent has its 9015.
+async fn download_desktop(
+    c: &ApiClient,
+    macs: &str,
+    group_uuid: &str,
+    timeout: u64,
+    wait: bool,
+    wait_secs: u64,
+) -> anyhow::Result<()> {
+    use std::collections::BTreeMap;
+    let macs: Vec<String> = macs
+        .split(',')
+        .map(|m| {
+            crate::protocol::normalize_mac(m).ok_or_else(|| anyhow::anyhow!("{m:?} is not a MAC"))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    // Subscribed before anything is sent, so no progress is missed.
+    let mut events = if wait { Some(c.events().await?) } else { None };
+    let mut board = crate::cli_support::ProgressBoard::new();
+    let mut failures = 0;
+    // (mac, layer) -> still to come
+    let mut expected: BTreeMap<(String, String), ()> = BTreeMap::new();
+    for mac in &macs {
+        let env = c
+            .post(
+                &format!("/api/v1/terminals/{mac}/download_desktop"),
+                &serde_json::json!({ "group_uuid": group_uuid, "timeout_secs": timeout }),
+            )
+            .await?;
+        if !wait {
+            crate::cli_support::print_line(&serde_json::to_string_pretty(&env)?);
+        }
+        if !env.is_ok() {
+            failures += 1;
+            eprintln!("{mac}: {} {}", env.code, env.msg);
+            continue;
+        }
+        let sent = env
+            .data
+            .as_ref()
+            .and_then(|d| d["sent"].as_array().cloned())
+            .unwrap_or_default();
+        for s in sent {
+            let layer = s["layer"].as_str().unwrap_or_default().to_string();
+            let key = format!("{mac} {layer}");
+            if s["code"] != 0 {
+                board.finish(&key, false, s["msg"].as_str().unwrap_or_default());
+            } else if s["already_present"] == true {
+                board.finish(&key, true, "(already here)");
+            } else {
+                board.update(&key, 0, "sent");
+                expected.insert((mac.clone(), layer), ());
+            }
+        }
+    }
+    let Some(events) = events.as_mut() else {
+        anyhow::ensure!(failures == 0, "{failures} terminal(s) refused");
+        return Ok(());
+    };
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(wait_secs);
+    while !expected.is_empty() {
+        let ev = match tokio::time::timeout_at(deadline, events.next()).await {
+            Err(_) => anyhow::bail!(
+                "gave up after {wait_secs} s; still waiting for {}",
+                expected
+                    .keys()
+                    .map(|(m, l)| format!("{m} {l}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Ok(Ok(Some(ev))) => ev,
+            Ok(Ok(None)) => anyhow::bail!("the server ended the event stream"),
+            Ok(Err(e)) => return Err(e),
+        };
+        if ev["event"] != "report" {
+            continue;
+        }
+        let (Some(mac), Some(key)) = (ev["mac"].as_str(), ev["key"].as_str()) else {
+            continue;
+        };
+        let (kind, layer) = key.split_once(':').unwrap_or((key, ""));
+        let id = (mac.to_string(), layer.to_string());
+        if !expected.contains_key(&id) {
+            continue;
+        }
+        let row = format!("{mac} {layer}");
+        match kind {
+            "bt_task" => board.update(
+                &row,
+                ev["value"]["progress"].as_u64().unwrap_or(0),
+                ev["value"]["state"].as_str().unwrap_or_default(),
+            ),
+            "task_result" => {
+                let ok = ev["value"]["result"] == 1;
+                board.finish(&row, ok, if ok { "" } else { "(see the terminal's log)" });
+                expected.remove(&id);
+            }
+            _ => {}
+        }
+    }
+    let failed = board.failed() + failures;
+    anyhow::ensure!(failed == 0, "{failed} transfer(s) or terminal(s) failed");
+    Ok(())
 }
 
 /// Runs `voi-server demo`: a server and an agent in one process. The binary
@@ -270,13 +384,9 @@ async fn ctl(
             mac,
             group_uuid,
             timeout,
-        } => {
-            c.post(
-                &format!("/api/v1/terminals/{mac}/download_desktop"),
-                &serde_json::json!({ "group_uuid": group_uuid, "timeout_secs": timeout }),
-            )
-            .await?
-        }
+            wait,
+            wait_secs,
+        } => return download_desktop(&c, &mac, &group_uuid, timeout, wait, wait_secs).await,
     };
     crate::cli_support::print_line(&serde_json::to_string_pretty(&env)?);
     if env.is_ok() {

@@ -65,3 +65,56 @@ impl ApiClient {
             .await
     }
 }
+
+/// The server's live events (`GET /api/v1/events`), one JSON object each.
+pub struct EventStream {
+    resp: reqwest::Response,
+    buf: String,
+}
+
+impl ApiClient {
+    /// Subscribes to the event stream; events before this call are not seen.
+    pub async fn events(&self) -> anyhow::Result<EventStream> {
+        let resp = self
+            .http
+            .get(format!("{}/api/v1/events", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await?;
+        if !resp.status().is_success() {
+            anyhow::bail!("event stream: HTTP {}", resp.status());
+        }
+        Ok(EventStream {
+            resp,
+            buf: String::new(),
+        })
+    }
+}
+
+impl EventStream {
+    /// The next event; `None` when the server ends the stream.
+    pub async fn next(&mut self) -> anyhow::Result<Option<Value>> {
+        loop {
+            if let Some(end) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..end + 2).collect();
+                let data: Vec<&str> = block
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data:"))
+                    .map(str::trim_start)
+                    .collect();
+                if data.is_empty() {
+                    continue;
+                }
+                match serde_json::from_str(&data.join("\n")) {
+                    Ok(v) => return Ok(Some(v)),
+                    Err(e) => log::warn!("unreadable event: {e}"),
+                }
+                continue;
+            }
+            match self.resp.chunk().await? {
+                Some(bytes) => self.buf.push_str(&String::from_utf8_lossy(&bytes)),
+                None => return Ok(None),
+            }
+        }
+    }
+}

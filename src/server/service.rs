@@ -301,9 +301,16 @@ impl Server {
         let mut sent = Vec::new();
         for (d, img) in layers {
             let (task_uuid, env) = self.send_torrent(mac, g, d, img, timeout).await?;
+            let already = env
+                .data
+                .as_ref()
+                .and_then(|d| d.get("already_present"))
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
             sent.push(serde_json::json!({
                 "layer": img.layer.to_string(), "task_uuid": task_uuid,
                 "command": "send_torrent", "code": env.code, "msg": env.msg,
+                "already_present": already,
             }));
         }
         // Whatever 1008 got by now (our agent answers it at once).

@@ -43,10 +43,10 @@ async fn download_desktop_wait_and_transfers_watch_follow_a_layer_to_the_end() {
         .expect("voi-server ctl");
 
     let start = Instant::now();
-    while !agent
+    while agent
         .transfers
         .get()
-        .is_some_and(|t| t.get(&layer).is_some())
+        .is_none_or(|t| t.get(&layer).is_none())
     {
         assert!(
             start.elapsed() < Duration::from_secs(30),

@@ -308,7 +308,7 @@ async fn login(
         req.ip.clone()
     };
     let now = chrono::Local::now().to_rfc3339();
-    let stored = server.store.update_terminal(&mac, |r| {
+    let stored = server.store.update_terminal_reported(&mac, |r| {
         r.config.ip = ip.clone();
         r.client_type = frame.client_type;
         r.last_login = now;

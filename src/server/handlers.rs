@@ -148,7 +148,7 @@ async fn answer(
             }
             let rec = server
                 .store
-                .update_terminal(mac, |r| {
+                .update_terminal_reported(mac, |r| {
                     if let Some(p) = req.platform {
                         r.config.platform = p;
                     }

@@ -43,9 +43,10 @@ impl Server {
             Some(t) => t.clone(),
             None => load_or_create_token(&cfg.data_dir.join("api-token"))?,
         };
-        let listener = TcpListener::bind(&cfg.listen)
+        let listener = bind_terminal_port(&cfg.listen)
             .await
             .map_err(|e| anyhow::anyhow!("listen {}: {e}", cfg.listen))?;
+        raise_open_file_limit();
         let api_listener = TcpListener::bind(&cfg.api_listen)
             .await
             .map_err(|e| anyhow::anyhow!("api listen {}: {e}", cfg.api_listen))?;
@@ -139,6 +140,26 @@ impl Server {
                 }
             }
         }));
+        // Reported facts are committed without fsync; one fsync a second
+        // makes them durable (`Store::update_terminal_reported`).
+        let s = server.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                let stopping = tokio::select! {
+                    _ = tick.tick() => false,
+                    _ = s.shutdown.cancelled() => true,
+                };
+                let store = s.clone();
+                let flushed = tokio::task::spawn_blocking(move || store.store.flush()).await;
+                if let Ok(Err(e)) = flushed {
+                    log::error!("store flush: {e}");
+                }
+                if stopping {
+                    break;
+                }
+            }
+        }));
         Ok(ServerHandle {
             server,
             addr,
@@ -209,6 +230,42 @@ impl Server {
 
 /// The manifest signing key: the configured file, else
 /// `<data_dir>/manifest-signing.key`, made (0600) at first start.
+/// Terminals queued for `accept` before the kernel drops SYNs (capped by
+/// net.core.somaxconn). When a building's power returns every terminal
+/// connects in the same second; with the default 1024 the rest wait for
+/// SYN retransmits (1 s, 3 s, 7 s) and a room comes up in steps.
+const TERMINAL_BACKLOG: u32 = 16384;
+
+async fn bind_terminal_port(addr: &str) -> std::io::Result<TcpListener> {
+    let mut last = None;
+    for a in tokio::net::lookup_host(addr).await? {
+        let socket = if a.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        match socket.bind(a) {
+            Ok(()) => return socket.listen(TERMINAL_BACKLOG),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("the address resolves to nothing")))
+}
+
+/// Each terminal holds a socket: take the hard limit on open files, as
+/// the systemd unit's LimitNOFILE would.
+fn raise_open_file_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                log::warn!("open files stay at {soft}: {e}");
+            }
+        }
+    }
+}
+
 fn load_or_create_signing_key(cfg: &ServerConfig) -> anyhow::Result<ed25519_dalek::SigningKey> {
     use crate::bt::manifest::from_hex;
     let path = cfg

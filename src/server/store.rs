@@ -107,6 +107,8 @@ impl OrderSession {
 
 pub struct Store {
     db: Database,
+    /// Commits made without fsync since the last durable one (`flush`).
+    unflushed: std::sync::atomic::AtomicBool,
 }
 
 impl Store {
@@ -117,7 +119,20 @@ impl Store {
         tx.open_table(GROUPS).map_err(e)?;
         tx.open_table(META).map_err(e)?;
         tx.commit().map_err(e)?;
-        Ok(Store { db })
+        Ok(Store {
+            db,
+            unflushed: Default::default(),
+        })
+    }
+
+    /// Makes every earlier commit durable (one fsync for all of them).
+    pub fn flush(&self) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering;
+        if self.unflushed.swap(false, Ordering::AcqRel) {
+            let tx = self.db.begin_write().map_err(e)?;
+            tx.commit().map_err(e)?;
+        }
+        Ok(())
     }
 
     fn get<T: DeserializeOwned>(
@@ -157,7 +172,22 @@ impl Store {
         key: &str,
         f: impl FnOnce(&mut Option<T>) -> R,
     ) -> Result<R, StoreError> {
-        let tx = self.db.begin_write().map_err(e)?;
+        self.modify_with(table, key, redb::Durability::Immediate, f)
+    }
+
+    fn modify_with<T: DeserializeOwned + Serialize, R>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        key: &str,
+        durability: redb::Durability,
+        f: impl FnOnce(&mut Option<T>) -> R,
+    ) -> Result<R, StoreError> {
+        let mut tx = self.db.begin_write().map_err(e)?;
+        if !matches!(durability, redb::Durability::Immediate) {
+            self.unflushed
+                .store(true, std::sync::atomic::Ordering::Release);
+        }
+        tx.set_durability(durability);
         let r = {
             let mut t = tx.open_table(table).map_err(e)?;
             let mut cur: Option<T> = match t.get(key).map_err(e)? {
@@ -199,6 +229,32 @@ impl Store {
             f(rec);
             rec.clone()
         })
+    }
+
+    /// As `update_terminal`, for what a terminal reports again at every
+    /// login (its address, type, version, free space): the commit skips its
+    /// fsync and becomes durable at the next `flush` (the server flushes
+    /// every second), so a storm of logins is not a storm of fsyncs. A
+    /// crash loses at most that second of re-reported facts; a terminal
+    /// seen for the first time is committed durably at once.
+    pub fn update_terminal_reported(
+        &self,
+        mac: &str,
+        f: impl FnOnce(&mut TerminalRecord),
+    ) -> Result<TerminalRecord, StoreError> {
+        if self.terminal(mac)?.is_none() {
+            return self.update_terminal(mac, f);
+        }
+        self.modify_with(
+            TERMINALS,
+            mac,
+            redb::Durability::Eventual,
+            |cur: &mut Option<TerminalRecord>| {
+                let rec = cur.get_or_insert_with(|| TerminalRecord::new(mac));
+                f(rec);
+                rec.clone()
+            },
+        )
     }
 
     pub fn delete_terminal(&self, mac: &str) -> Result<bool, StoreError> {

@@ -9,6 +9,7 @@
 mod plot;
 mod scale;
 mod single;
+mod storm;
 mod swarm;
 
 use clap::{Parser, Subcommand};
@@ -53,6 +54,14 @@ enum Cmd {
     },
     /// P5: merge, agent vs bare qemu-img commit.
     Merge,
+    /// P6: login storm, N terminals booting within one second.
+    Storm {
+        #[arg(long, default_value_t = 10000)]
+        sessions: usize,
+        /// Separate runs, each with a fresh server.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
     /// The manifest check's cost: sha256 of a file, ours vs sha256sum
     /// (printed, not added to the report).
     Hash {
@@ -81,6 +90,7 @@ struct Report {
     swarm: Option<swarm::SwarmReport>,
     single: Option<single::SingleReport>,
     scale: Vec<scale::ScaleResult>,
+    storm: Vec<storm::StormResult>,
     merge: Option<serde_json::Value>,
     binaries: serde_json::Value,
 }
@@ -285,8 +295,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Single { .. } => (false, true, false, false),
         Cmd::Scale { .. } => (false, false, true, false),
         Cmd::Merge => (false, false, false, true),
-        Cmd::Report | Cmd::Hash { .. } => (false, false, false, false),
+        Cmd::Report | Cmd::Hash { .. } | Cmd::Storm { .. } => (false, false, false, false),
     };
+    let storm_runs = match &cli.cmd {
+        Cmd::Storm { sessions, runs } => Some((*sessions, *runs)),
+        Cmd::All { .. } => Some((10000, 3)),
+        _ => None,
+    };
+    if let Some((n, runs)) = storm_runs {
+        for run in 1..=runs {
+            eprintln!("[storm] run {run}: {n} terminals within one second");
+            for r in storm::storm(&bins, n).await? {
+                eprintln!("[storm] {}", r.markdown_row(run));
+                report.storm.push(r);
+            }
+        }
+    }
     if do_single {
         let mib = match &cli.cmd {
             Cmd::Single { size_mib } => *size_mib,
@@ -348,9 +372,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             value[key] = previous[key].clone();
         }
     }
-    if value["scale"].as_array().is_some_and(|a| a.is_empty()) {
-        if let Some(p) = previous.get("scale") {
-            value["scale"] = p.clone();
+    for key in ["scale", "storm"] {
+        if value[key].as_array().is_some_and(|a| a.is_empty()) {
+            if let Some(p) = previous.get(key) {
+                value[key] = p.clone();
+            }
         }
     }
     let mut slim = value.clone();
@@ -546,6 +572,31 @@ fn markdown(v: &serde_json::Value, out: &Path) -> String {
         f(&me["bare_secs"], 3),
         f(&me["ratio"], 2)
     );
+    if let Some(list) = v["storm"].as_array().filter(|l| !l.is_empty()) {
+        s += "\n## P6: login storm\n\n";
+        s += "Every terminal of a building boots at once: N real TCP sessions from this process open within one second against a voi-server child process; each logs in, sends 9004, 9005, 9007 and 9019, then a first heartbeat, one request at a time as a terminal does. *All online* is from the first connect to the last heartbeat answer; login latency runs from connect to the login answer, start-up from connect to the heartbeat answer. The load generator shares the 2 cores with the server. Goal: all online within 10 s, nothing dropped.\n\n";
+        s +=
+            "Reproduce: `cargo run --release -p voi-bench -- storm --sessions 10000 --runs 3`.\n\n";
+        s += "Each run is two waves on one server: every terminal's first boot ever (each login creates its record, committed durably), then, all disconnected, the power coming back for the same terminals.\n\n";
+        s += "| run | wave | sessions | online | dropped | all online (s) | login p50 ms | login p99 ms | start-up p50 ms | start-up p99 ms | server CPU s | server RSS kB |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+        for (i, r) in list.iter().enumerate() {
+            s += &format!(
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                i / 2 + 1,
+                r["wave"].as_str().unwrap_or(""),
+                r["sessions"],
+                r["online"],
+                r["dropped"],
+                f(&r["all_online_secs"], 2),
+                f(&r["login_p50_ms"], 0),
+                f(&r["login_p99_ms"], 0),
+                f(&r["startup_p50_ms"], 0),
+                f(&r["startup_p99_ms"], 0),
+                f(&r["server_cpu_secs"], 2),
+                r["server_rss_kb"]
+            );
+        }
+    }
     // The hand-written reading of these figures (goals missed and why).
     if let Ok(a) = std::fs::read_to_string(out.join("benchmarks-analysis.md")) {
         s += "\n";

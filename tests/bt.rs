@@ -846,6 +846,7 @@ async fn layers_are_checked_against_the_manifest_and_a_mismatch_is_refused() {
     let mut v: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&sidecar).expect("sidecar")).expect("json");
     v["sha256"] = json!("00".repeat(32));
+    v["piece_sha256"] = json!("00".repeat(32));
     std::fs::write(&sidecar, serde_json::to_vec(&v).expect("json")).expect("write");
     let h = start_server(&sdir).await;
     h.server.images.scan().await.expect("scan");

@@ -762,7 +762,7 @@ async fn hostile_rows_for_the_trust_surfaces() {
     let judge = |m: &LayerManifest, k: &ed25519_dalek::VerifyingKey| -> Result<(), String> {
         m.verify(k)?;
         m.current_for(2)?;
-        m.check(&a, &current.info_hash, None, &file, None)
+        m.check(&a, &current.info_hash, None, &file, None, None)
     };
     assert_eq!(judge(&current, &key), Ok(()), "the real manifest passes");
 

@@ -281,6 +281,12 @@ impl Engine {
         self.handle(info_hash).is_some()
     }
 
+    /// Which pieces the engine has written and checked (patch 6 in
+    /// vendor/librqbit).
+    pub fn have_pieces(&self, info_hash: &str) -> Option<Vec<bool>> {
+        self.handle(info_hash)?.have_pieces()
+    }
+
     pub fn stats(&self, info_hash: &str) -> Option<TaskStats> {
         let s = self.handle(info_hash)?.stats();
         let phase = match s.state {

@@ -26,6 +26,11 @@ pub struct LayerManifest {
     /// so an old signed manifest cannot stand in for a newer layer.
     #[serde(default)]
     pub operate_id: u32,
+    /// `piece_list_hash` of the file in its torrent's pieces: lets an agent
+    /// check pieces as they arrive, in any order, instead of reading the
+    /// whole file again for `sha256` after the last one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub piece_sha256: Option<String>,
     /// ed25519 over `signed_bytes()`, lower-case hex; absent from servers
     /// that do not sign (the vendor's has no manifests at all).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -43,6 +48,7 @@ struct Signed<'a> {
     parent: &'a Option<String>,
     info_hash: &'a str,
     operate_id: u32,
+    piece_sha256: &'a Option<String>,
 }
 
 const SIGNATURE_DOMAIN: &[u8] = b"voi-layer-manifest-v2\n";
@@ -83,6 +89,31 @@ pub enum ManifestPolicy {
     Off,
 }
 
+/// The hash of a file's piece list: sha256 over the concatenated sha256 of
+/// each piece (pieces as its torrent cuts them), lower-case hex. Pieces can
+/// be hashed in any order and listed at the end.
+#[derive(Default)]
+pub struct PieceList {
+    list: sha2::Sha256,
+}
+
+impl PieceList {
+    pub fn push_piece(&mut self, piece: &[u8]) {
+        use sha2::{Digest, Sha256};
+        self.list.update(Sha256::digest(piece));
+    }
+
+    pub fn push_digest(&mut self, digest: &[u8; 32]) {
+        use sha2::Digest;
+        self.list.update(digest);
+    }
+
+    pub fn finish(self) -> String {
+        use sha2::Digest;
+        format!("{:x}", self.list.finalize())
+    }
+}
+
 /// sha256 of a file as lower-case hex, read in 1 MiB blocks.
 pub fn sha256_file(path: &Path) -> std::io::Result<String> {
     use sha2::{Digest, Sha256};
@@ -108,6 +139,7 @@ impl LayerManifest {
             parent: &self.parent,
             info_hash: &self.info_hash,
             operate_id: self.operate_id,
+            piece_sha256: &self.piece_sha256,
         };
         let mut out = SIGNATURE_DOMAIN.to_vec();
         out.extend(serde_json::to_vec(&body).unwrap_or_default());
@@ -148,14 +180,17 @@ impl LayerManifest {
     }
 
     /// Compares a finished download with the manifest. `parent` is what the
-    /// file's own header names; `sha256` is the file's, when the caller
-    /// already read it (else it is read here).
+    /// file's own header names; `pieces` is the download's piece list hash
+    /// (from checking as it arrived) and `sha256` the whole file's, when the
+    /// caller has them. With both sides' piece lists the whole file is not
+    /// read again; otherwise its sha256 is (read here if not given).
     pub fn check(
         &self,
         layer: &str,
         info_hash: &str,
         parent: Option<&str>,
         path: &Path,
+        pieces: Option<&str>,
         sha256: Option<&str>,
     ) -> Result<(), String> {
         let mut wrong = Vec::new();
@@ -176,12 +211,21 @@ impl LayerManifest {
             wrong.push(format!("size {size} (manifest {})", self.size));
         }
         if wrong.is_empty() {
-            let sum = match sha256 {
-                Some(s) => s.to_string(),
-                None => sha256_file(path).map_err(|e| e.to_string())?,
-            };
-            if !sum.eq_ignore_ascii_case(&self.sha256) {
-                wrong.push(format!("sha256 {sum} (manifest {})", self.sha256));
+            match (self.piece_sha256.as_deref(), pieces) {
+                (Some(want), Some(got)) => {
+                    if !got.eq_ignore_ascii_case(want) {
+                        wrong.push(format!("piece sha256 list {got} (manifest {want})"));
+                    }
+                }
+                _ => {
+                    let sum = match sha256 {
+                        Some(s) => s.to_string(),
+                        None => sha256_file(path).map_err(|e| e.to_string())?,
+                    };
+                    if !sum.eq_ignore_ascii_case(&self.sha256) {
+                        wrong.push(format!("sha256 {sum} (manifest {})", self.sha256));
+                    }
+                }
             }
         }
         if wrong.is_empty() {
@@ -293,14 +337,15 @@ mod tests {
             parent: Some("voi_0_u".into()),
             info_hash: "ab".into(),
             operate_id: 0,
+            piece_sha256: None,
             signature: None,
         };
         assert!(good
-            .check("voi_1_u", "AB", Some("voi_0_u"), &p, None)
+            .check("voi_1_u", "AB", Some("voi_0_u"), &p, None, None)
             .is_ok());
         let sum = sha256_file(&p).expect("sha");
         assert!(good
-            .check("voi_1_u", "ab", Some("voi_0_u"), &p, Some(&sum))
+            .check("voi_1_u", "ab", Some("voi_0_u"), &p, None, Some(&sum))
             .is_ok());
         let cases = [
             LayerManifest {
@@ -326,10 +371,50 @@ mod tests {
         ];
         for m in cases {
             let e = m
-                .check("voi_1_u", "ab", Some("voi_0_u"), &p, None)
+                .check("voi_1_u", "ab", Some("voi_0_u"), &p, None, None)
                 .expect_err("refused");
             assert!(e.contains("manifest"), "{e}");
         }
+    }
+
+    #[test]
+    fn a_piece_list_checked_on_arrival_stands_in_for_reading_the_file_again() {
+        let d = tempfile::tempdir().expect("tmp");
+        let p = d.path().join("voi_0_u");
+        std::fs::write(&p, vec![5u8; 40_000]).expect("write");
+        let (t, hashes) =
+            crate::bt::torrent::create_with_sha256(&p, "http://t/announce", 16384).expect("t");
+        let m = LayerManifest {
+            layer: "voi_0_u".into(),
+            size: 40_000,
+            sha256: hashes.whole.clone(),
+            parent: None,
+            info_hash: t.info_hash_hex(),
+            operate_id: 0,
+            piece_sha256: Some(hashes.pieces.clone()),
+            signature: None,
+        };
+        let ih = t.info_hash_hex();
+        assert!(m
+            .check("voi_0_u", &ih, None, &p, Some(&hashes.pieces), None)
+            .is_ok());
+        let e = m
+            .check("voi_0_u", &ih, None, &p, Some(&"ab".repeat(32)), None)
+            .expect_err("another piece list");
+        assert!(e.contains("piece sha256 list"), "{e}");
+        // Without a piece list on one side, the whole file's sha256 decides.
+        assert!(m.check("voi_0_u", &ih, None, &p, None, None).is_ok());
+        let older = LayerManifest {
+            piece_sha256: None,
+            ..m.clone()
+        };
+        assert!(older
+            .check("voi_0_u", &ih, None, &p, Some(&hashes.pieces), None)
+            .is_ok());
+        std::fs::write(&p, vec![6u8; 40_000]).expect("write");
+        assert!(older
+            .check("voi_0_u", &ih, None, &p, Some(&hashes.pieces), None)
+            .is_err());
     }
 
     fn key(seed: u8) -> ed25519_dalek::SigningKey {
@@ -345,6 +430,7 @@ mod tests {
             parent: Some("voi_0_u".into()),
             info_hash: "ab".into(),
             operate_id: 0,
+            piece_sha256: None,
             signature: None,
         };
         let k = key(7);

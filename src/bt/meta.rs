@@ -5,7 +5,6 @@
 
 use sha1::{Digest, Sha1};
 use sha2::Sha256;
-use std::io::Read;
 use std::path::Path;
 
 /// A .torrent larger than this is refused (a 30 GB layer in 4 MiB pieces
@@ -142,11 +141,17 @@ impl TorrentMeta {
     }
 
     /// Hashes every piece of `path` against the torrent. Run before a layer
-    /// joins its chain: the engine checks pieces as they arrive, but a
-    /// restart resumes from a saved bitfield that a power cut may have made
-    /// stale. With `sha256`, the same read also yields the whole file's
-    /// sha256 (what the manifest holds), so a layer is read once, not twice.
-    pub fn verify_file(&self, path: &Path, sha256: bool) -> Result<Option<String>, VerifyError> {
+    /// joins its chain when it was not checked as it arrived: the engine
+    /// checks pieces as they come, but a restart resumes from a saved
+    /// bitfield that a power cut may have made stale. With `sha256`, the
+    /// same read also yields the manifest's hashes (whole file and piece
+    /// list), so a layer is read once, not twice.
+    pub fn verify_file(
+        &self,
+        path: &Path,
+        sha256: bool,
+    ) -> Result<Option<crate::bt::torrent::LayerHashes>, VerifyError> {
+        use std::io::Read;
         let io = |source| VerifyError::Io {
             path: path.display().to_string(),
             source,
@@ -163,6 +168,7 @@ impl TorrentMeta {
         let mut bad = 0;
         let mut first = None;
         let mut whole = sha256.then(Sha256::new);
+        let mut list = sha256.then(crate::bt::manifest::PieceList::default);
         for (i, want) in self.pieces.iter().enumerate() {
             let start = i as u64 * self.piece_length;
             let len = (self.length - start).min(self.piece_length) as usize;
@@ -170,13 +176,21 @@ impl TorrentMeta {
             if let Some(h) = whole.as_mut() {
                 h.update(&buf[..len]);
             }
+            if let Some(l) = list.as_mut() {
+                l.push_piece(&buf[..len]);
+            }
             if Sha1::digest(&buf[..len]).as_slice() != want {
                 bad += 1;
                 first.get_or_insert(i);
             }
         }
         match first {
-            None => Ok(whole.map(|h| format!("{:x}", h.finalize()))),
+            None => Ok(whole
+                .zip(list)
+                .map(|(h, l)| crate::bt::torrent::LayerHashes {
+                    whole: format!("{:x}", h.finalize()),
+                    pieces: l.finish(),
+                })),
             Some(first) => Err(VerifyError::Pieces {
                 bad,
                 total: self.pieces.len(),
@@ -186,10 +200,179 @@ impl TorrentMeta {
     }
 }
 
+/// The check of `verify_file`, done while the file grows: every piece the
+/// engine has written is read back and checked against the torrent (SHA-1)
+/// and its sha256 kept for the manifest's piece list, in whatever order
+/// pieces arrive. When the last one lands, only the pieces not yet read
+/// are left. Every piece is still read back from the file, so a stale
+/// resume bitfield is caught as before; the state is in memory, and a
+/// restart begins again with no piece checked.
+pub struct PieceVerifier {
+    meta: TorrentMeta,
+    /// The sha256 of each checked piece.
+    digests: Vec<Option<[u8; 32]>>,
+    checked: usize,
+    bad: usize,
+    first_bad: Option<usize>,
+    buf: Vec<u8>,
+}
+
+impl PieceVerifier {
+    pub fn new(meta: TorrentMeta) -> PieceVerifier {
+        PieceVerifier {
+            digests: vec![None; meta.pieces.len()],
+            checked: 0,
+            bad: 0,
+            first_bad: None,
+            buf: Vec::new(),
+            meta,
+        }
+    }
+
+    pub fn checked(&self) -> usize {
+        self.checked
+    }
+
+    pub fn pieces(&self) -> usize {
+        self.meta.pieces.len()
+    }
+
+    /// Checks pieces `have` says the engine holds and that are not checked
+    /// yet, up to `budget` bytes. Returns the bytes read.
+    pub fn advance(
+        &mut self,
+        path: &Path,
+        have: &dyn Fn(usize) -> bool,
+        budget: u64,
+    ) -> Result<u64, VerifyError> {
+        use sha2::Digest as _;
+        use std::os::unix::fs::FileExt;
+        let io = |source| VerifyError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        let mut file: Option<std::fs::File> = None;
+        let mut read = 0u64;
+        for i in 0..self.meta.pieces.len() {
+            if read >= budget {
+                break;
+            }
+            if self.digests[i].is_some() || !have(i) {
+                continue;
+            }
+            let start = i as u64 * self.meta.piece_length;
+            let len = (self.meta.length - start).min(self.meta.piece_length) as usize;
+            let f = match &file {
+                Some(f) => f,
+                None => file.insert(std::fs::File::open(path).map_err(io)?),
+            };
+            self.buf.resize(len, 0);
+            f.read_exact_at(&mut self.buf[..len], start).map_err(io)?;
+            if Sha1::digest(&self.buf[..len]).as_slice() != self.meta.pieces[i] {
+                self.bad += 1;
+                self.first_bad.get_or_insert(i);
+            }
+            self.digests[i] = Some(Sha256::digest(&self.buf[..len]).into());
+            self.checked += 1;
+            read += len as u64;
+        }
+        Ok(read)
+    }
+
+    /// Checks whatever is left; the piece list hash for the manifest, or
+    /// the verdict of `verify_file` on a bad piece.
+    pub fn finish(mut self, path: &Path) -> Result<String, VerifyError> {
+        let actual = std::fs::metadata(path)
+            .map_err(|source| VerifyError::Io {
+                path: path.display().to_string(),
+                source,
+            })?
+            .len();
+        if actual != self.meta.length {
+            return Err(VerifyError::Size {
+                actual,
+                expected: self.meta.length,
+            });
+        }
+        self.advance(path, &|_| true, u64::MAX)?;
+        if let Some(first) = self.first_bad {
+            return Err(VerifyError::Pieces {
+                bad: self.bad,
+                total: self.meta.pieces.len(),
+                first,
+            });
+        }
+        let mut list = crate::bt::manifest::PieceList::default();
+        for d in self.digests.iter().flatten() {
+            list.push_digest(d);
+        }
+        Ok(list.finish())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::bt::bencode::{put_bytes, put_int};
+
+    #[test]
+    fn checking_as_pieces_arrive_gives_the_verdict_of_one_read_at_the_end() {
+        let d = tempfile::tempdir().expect("tmp");
+        let path = d.path().join("voi_0_x");
+        let data: Vec<u8> = (0..(5 * 16384 + 100))
+            .map(|i| (i * 7 % 251) as u8)
+            .collect();
+        std::fs::write(&path, &data).expect("write");
+        let (t, hashes) = crate::bt::torrent::create_with_sha256(&path, "http://x/announce", 16384)
+            .expect("torrent");
+        let meta = TorrentMeta::parse(&t.bytes).expect("meta");
+        assert_eq!(
+            meta.verify_file(&path, true).expect("verify"),
+            Some(hashes.clone())
+        );
+
+        // Pieces 3, 1 and 5 arrived first, out of order.
+        let mut v = PieceVerifier::new(meta.clone());
+        let have = |i: usize| [false, true, false, true, false, true][i];
+        let read = v.advance(&path, &have, u64::MAX).expect("advance");
+        assert_eq!(read, 2 * 16384 + 100);
+        assert_eq!(v.checked(), 3);
+        // A budget stops it too, after whole pieces.
+        let mut w = PieceVerifier::new(meta.clone());
+        w.advance(&path, &|_| true, 1).expect("advance");
+        assert_eq!(w.checked(), 1);
+        assert_eq!(v.finish(&path).expect("finish"), hashes.pieces);
+        assert_eq!(w.finish(&path).expect("finish"), hashes.pieces);
+
+        // A piece wrong when it is read is caught, checked early or late.
+        let mut bad = data.clone();
+        bad[3 * 16384] ^= 1;
+        std::fs::write(&path, &bad).expect("write");
+        let mut v = PieceVerifier::new(meta.clone());
+        v.advance(&path, &|i| i == 3, u64::MAX).expect("advance");
+        assert!(matches!(
+            v.finish(&path),
+            Err(VerifyError::Pieces {
+                bad: 1,
+                first: 3,
+                ..
+            })
+        ));
+        assert!(matches!(
+            PieceVerifier::new(meta.clone()).finish(&path),
+            Err(VerifyError::Pieces {
+                bad: 1,
+                first: 3,
+                ..
+            })
+        ));
+        // Short files are refused before any reading.
+        std::fs::write(&path, &data[..100]).expect("write");
+        assert!(matches!(
+            PieceVerifier::new(meta).finish(&path),
+            Err(VerifyError::Size { .. })
+        ));
+    }
 
     /// Fuzzer finds (fuzz/corpus/torrent_meta/regress-*): each used to
     /// panic inside librqbit-bencode; see vendor/librqbit-bencode.
@@ -249,10 +432,10 @@ mod tests {
         assert_eq!(m.verify_file(&p, false).unwrap(), None);
         // The sha256 both read paths give is the manifest's, from one read.
         let whole = crate::bt::manifest::sha256_file(&p).unwrap();
-        assert_eq!(m.verify_file(&p, true).unwrap(), Some(whole.clone()));
         let (t2, sha) =
             crate::bt::torrent::create_with_sha256(&p, "http://t/announce", 16384).unwrap();
-        assert_eq!((t2, sha), (t, whole));
+        assert_eq!(m.verify_file(&p, true).unwrap(), Some(sha.clone()));
+        assert_eq!((t2, sha.whole), (t, whole));
 
         let mut changed = data.clone();
         changed[50_000] ^= 1;

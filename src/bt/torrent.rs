@@ -41,13 +41,21 @@ pub fn create(path: &Path, announce: &str, piece_length: u64) -> std::io::Result
     build(path, announce, piece_length, false).map(|(t, _)| t)
 }
 
-/// As `create`, plus the whole file's sha256 (the image manifest's) from
-/// the same read.
+/// What the image manifest holds about a file's bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LayerHashes {
+    /// sha256 of the whole file.
+    pub whole: String,
+    /// `bt::manifest::piece_list_hash` of the file's pieces.
+    pub pieces: String,
+}
+
+/// As `create`, plus the manifest's hashes from the same read.
 pub fn create_with_sha256(
     path: &Path,
     announce: &str,
     piece_length: u64,
-) -> std::io::Result<(CreatedTorrent, String)> {
+) -> std::io::Result<(CreatedTorrent, LayerHashes)> {
     let (t, sha) = build(path, announce, piece_length, true)?;
     Ok((t, sha.unwrap_or_default()))
 }
@@ -57,7 +65,7 @@ fn build(
     announce: &str,
     piece_length: u64,
     sha256: bool,
-) -> std::io::Result<(CreatedTorrent, Option<String>)> {
+) -> std::io::Result<(CreatedTorrent, Option<LayerHashes>)> {
     if piece_length < 16 * 1024 || !piece_length.is_power_of_two() {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
@@ -72,6 +80,7 @@ fn build(
     let mut buf = vec![0u8; piece_length as usize];
     let mut length = 0u64;
     let mut whole = sha256.then(sha2::Sha256::new);
+    let mut list = sha256.then(crate::bt::manifest::PieceList::default);
     loop {
         let mut filled = 0;
         while filled < buf.len() {
@@ -87,6 +96,9 @@ fn build(
         length += filled as u64;
         if let Some(h) = whole.as_mut() {
             h.update(&buf[..filled]);
+        }
+        if let Some(l) = list.as_mut() {
+            l.push_piece(&buf[..filled]);
         }
         pieces.extend_from_slice(&Sha1::digest(&buf[..filled]));
         if filled < buf.len() {
@@ -124,7 +136,10 @@ fn build(
             length,
             piece_length,
         },
-        whole.map(|h| format!("{:x}", h.finalize())),
+        whole.zip(list).map(|(h, l)| LayerHashes {
+            whole: format!("{:x}", h.finalize()),
+            pieces: l.finish(),
+        }),
     ))
 }
 

@@ -34,6 +34,9 @@ struct Sidecar {
     /// The manifest's whole-file hash; empty in sidecars older than it.
     #[serde(default)]
     sha256: String,
+    /// The manifest's piece list hash; empty in sidecars older than it.
+    #[serde(default)]
+    piece_sha256: String,
     #[serde(default)]
     parent: Option<String>,
 }
@@ -45,6 +48,7 @@ pub struct Image {
     pub length: u64,
     pub torrent: Bytes,
     pub sha256: String,
+    pub piece_sha256: String,
     pub parent: Option<String>,
     /// The file's modification time when it was hashed: a layer replaced
     /// in place with one of the same size is hashed again.
@@ -60,6 +64,7 @@ impl Image {
             parent: self.parent.clone(),
             info_hash: self.info_hash.clone(),
             operate_id: 0,
+            piece_sha256: (!self.piece_sha256.is_empty()).then(|| self.piece_sha256.clone()),
             signature: None,
         }
     }
@@ -195,6 +200,7 @@ impl Images {
                 mtime_ns: mtime_ns(&meta),
                 info_hash: String::new(),
                 sha256: String::new(),
+                piece_sha256: String::new(),
                 parent: None,
             };
             let seeded = self.known().get(&name).is_some_and(|img| {
@@ -212,7 +218,7 @@ impl Images {
                 .and_then(|s| std::fs::read(&torrent_path).ok().map(|t| (s, t)))
                 .and_then(|(s, t)| TorrentMeta::parse(&t).ok().map(|m| (s, t, m)));
             let (sidecar, torrent, meta_t) = match cached {
-                Some((s, t, m)) if !s.sha256.is_empty() => (s, t, m),
+                Some((s, t, m)) if !s.sha256.is_empty() && !s.piece_sha256.is_empty() => (s, t, m),
                 _ => {
                     // Only images that are usable qcow2 layers are offered.
                     let header = match crate::disk::qcow2::read_header(&entry.path()) {
@@ -228,7 +234,7 @@ impl Images {
                     );
                     let path = entry.path();
                     let announce = self.announce.clone();
-                    let (created, sha256) = tokio::task::spawn_blocking(move || {
+                    let (created, hashes) = tokio::task::spawn_blocking(move || {
                         let len = std::fs::metadata(&path)?.len();
                         crate::bt::torrent::create_with_sha256(
                             &path,
@@ -240,7 +246,8 @@ impl Images {
                     let parent = header.backing_name();
                     let sidecar = Sidecar {
                         info_hash: created.info_hash_hex(),
-                        sha256,
+                        sha256: hashes.whole,
+                        piece_sha256: hashes.pieces,
                         parent,
                         ..current
                     };
@@ -275,6 +282,7 @@ impl Images {
                     length: meta_t.length,
                     torrent,
                     sha256: sidecar.sha256,
+                    piece_sha256: sidecar.piece_sha256,
                     parent: sidecar.parent,
                     mtime_ns: sidecar.mtime_ns,
                 },
@@ -493,7 +501,7 @@ fn accept_upload(dir: &Path, lib: &Path, layer: &str, torrent: &[u8]) -> Result<
     let meta = TorrentMeta::parse(torrent).map_err(|e| e.to_string())?;
     let data = dir.join("data").join(&meta.name);
     // Empty only if hashing were skipped; a scan then hashes it again.
-    let sha256 = meta
+    let hashes = meta
         .verify_file(&data, true)
         .map_err(|e| e.to_string())?
         .unwrap_or_default();
@@ -538,7 +546,8 @@ fn accept_upload(dir: &Path, lib: &Path, layer: &str, torrent: &[u8]) -> Result<
             size: md.len(),
             mtime_ns: mtime_ns(&md_after),
             info_hash: meta.info_hash,
-            sha256,
+            sha256: hashes.whole,
+            piece_sha256: hashes.pieces,
             parent: header.backing_name(),
         },
     )

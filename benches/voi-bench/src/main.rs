@@ -44,6 +44,10 @@ enum Cmd {
     Single {
         #[arg(long, default_value_t = 512)]
         size_mib: u64,
+        /// Limit every client to this link speed (their own rate limiters):
+        /// the P2b run, a shaped 1 Gbit/s link, is `--link-mbit 1000`.
+        #[arg(long)]
+        link_mbit: Option<u32>,
     },
     /// P4: server scale.
     Scale {
@@ -91,6 +95,8 @@ struct Report {
     single: Option<single::SingleReport>,
     scale: Vec<scale::ScaleResult>,
     storm: Vec<storm::StormResult>,
+    /// P2b: the same download over a link limited to 1 Gbit/s.
+    single_link: Option<single::SingleReport>,
     merge: Option<serde_json::Value>,
     binaries: serde_json::Value,
 }
@@ -312,12 +318,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     if do_single {
-        let mib = match &cli.cmd {
-            Cmd::Single { size_mib } => *size_mib,
-            _ => 512,
+        let (mib, link) = match &cli.cmd {
+            Cmd::Single {
+                size_mib,
+                link_mbit,
+            } => (*size_mib, *link_mbit),
+            _ => (512, None),
         };
-        eprintln!("[single] {mib} MiB on loopback: librqbit, curl, agent");
-        report.single = Some(single::run(&bins, mib).await?);
+        let link_bps = link.map(|m| m.saturating_mul(125_000));
+        eprintln!("[single] {mib} MiB on loopback (link {link:?} Mbit/s): librqbit, curl, agent");
+        let r = single::run(&bins, mib, link_bps).await?;
+        if link.is_some() {
+            report.single_link = Some(r);
+        } else {
+            report.single = Some(r);
+        }
     }
     if do_merge {
         eprintln!("[merge] benches/merge.sh 3");
@@ -367,7 +382,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     // Keep the parts this run did not measure.
     let mut value = serde_json::to_value(&report)?;
-    for key in ["swarm", "single", "merge"] {
+    for key in ["swarm", "single", "merge", "single_link"] {
         if value[key].is_null() && !previous[key].is_null() {
             value[key] = previous[key].clone();
         }
@@ -468,7 +483,7 @@ fn markdown(v: &serde_json::Value, out: &Path) -> String {
         s += "Not measured yet.\n\n";
     } else {
         s += &format!(
-            "A {:.1} MiB layer seeded by voi-server, fetched once each way on loopback. The agent's time runs from the operator's 1024 until the layer is in its chain: 9007, the decision, 9023, the torrent over HTTP, the download, a full re-hash of every piece, `qemu-img check`, and the link. Plain librqbit stops when its last piece is checked; curl fetches the file from `python3 -m http.server`.\n\n",
+            "A {:.1} MiB layer seeded by voi-server, fetched once each way on loopback. The agent's time runs from the operator's 1024 until the layer is in its chain: 9007, the decision, 9023, the torrent over HTTP, the download (during which the agent reads back and hashes, SHA-1 per piece and the manifest's sha256, every piece the engine has in order), the pieces not yet checked, the manifest, `qemu-img check`, and the link. Plain librqbit stops when its last piece is checked; curl fetches the file from `python3 -m http.server`.\n\n",
             si["layer_bytes"].as_f64().unwrap_or(0.0) / 1048576.0
         );
         s += "| client | seconds | MB/s |\n|---|---|---|\n";
@@ -487,6 +502,14 @@ fn markdown(v: &serde_json::Value, out: &Path) -> String {
             f(&si["curl_secs"], 2),
             f(&si["curl_mb_s"], 0)
         );
+        if let Some(t) = si["agent_tail_secs"].as_f64() {
+            let download = si["agent_secs"].as_f64().unwrap_or(f64::NAN) - t;
+            s += &format!(
+                "\nThe tail, from the engine holding every piece to the layer in its chain: **{t:.2} s**, {:.1}% of the rest of the agent's time; pieces checked before the last one arrived: {}.\n",
+                100.0 * t / download,
+                si["agent_checked_ahead"].as_str().unwrap_or("?")
+            );
+        }
         s += &format!(
             "\nAgent throughput over plain librqbit: **{}**; over curl: **{}**. Reproduce: `cargo run --release -p voi-bench -- single --size-mib 512` (also gives P3's RSS).\n\n",
             f(&si["agent_vs_librqbit"], 2),
@@ -564,6 +587,30 @@ fn markdown(v: &serde_json::Value, out: &Path) -> String {
         Some(n) => format!("\nLargest N tried that the server sustained (p99 < 50 ms, nothing dropped): **{n}**.\n\n"),
         None => "\nNo N tried met p99 < 50 ms with nothing dropped.\n\n".into(),
     };
+    let sl = &v["single_link"];
+    if !sl.is_null() {
+        s += "## P2b: one download over a 1 Gbit/s link\n\n";
+        s += "As P2, with every client held to 125 MB/s by its own rate limiter (librqbit's and the agent's engine limit, curl's --limit-rate): the speed of a 1 Gbit/s classroom link, where hashing keeps up with the network.\n\n";
+        s += "| client | seconds | MB/s |\n|---|---|---|\n";
+        s += &format!(
+            "| voi-agent | {} | {} |\n| plain librqbit | {} | {} |\n| curl over HTTP | {} | {} |\n",
+            f(&sl["agent_secs"], 2),
+            f(&sl["agent_mb_s"], 0),
+            f(&sl["librqbit_secs"], 2),
+            f(&sl["librqbit_mb_s"], 0),
+            f(&sl["curl_secs"], 2),
+            f(&sl["curl_mb_s"], 0)
+        );
+        if let Some(t) = sl["agent_tail_secs"].as_f64() {
+            let download = sl["agent_secs"].as_f64().unwrap_or(f64::NAN) - t;
+            s += &format!(
+                "\nAgent over plain librqbit: **{}**. The tail: **{t:.2} s**, {:.1}% of the transfer before it (goal ≤ 5%); pieces checked before the last one arrived: {}.\n\nReproduce: `cargo run --release -p voi-bench -- single --size-mib 512 --link-mbit 1000`.\n\n",
+                f(&sl["agent_vs_librqbit"], 2),
+                100.0 * t / download,
+                sl["agent_checked_ahead"].as_str().unwrap_or("?")
+            );
+        }
+    }
     let me = &v["merge"];
     s += "## P5: merge\n\n";
     s += &format!(

@@ -29,6 +29,36 @@ pub struct SingleReport {
     pub agent_download_rss_kb: u64,
     pub agent_seeding_rss_kb: u64,
     pub agent_seeding_threads: u64,
+    /// From the engine holding every piece to the layer in its chain
+    /// (manifest, the pieces not yet checked, qemu-img check, link), from
+    /// the agent's log.
+    pub agent_tail_secs: Option<f64>,
+    /// Pieces checked while downloading / all, from the same log.
+    pub agent_checked_ahead: Option<String>,
+}
+
+/// Seconds of the day of an env_logger line's `[2026-11-26T04:49:58.123Z`.
+fn log_time(line: &str) -> Option<f64> {
+    let t = line.split('T').nth(1)?.get(..12)?;
+    let (h, rest) = t.split_once(':')?;
+    let (m, s) = rest.split_once(':')?;
+    Some(h.parse::<f64>().ok()? * 3600.0 + m.parse::<f64>().ok()? * 60.0 + s.parse::<f64>().ok()?)
+}
+
+/// The tail and the checked-ahead share, read from the agent's log.
+fn tail_from_log(log: &str) -> (Option<f64>, Option<String>) {
+    let at = |needle: &str| log.lines().find(|l| l.contains(needle)).and_then(log_time);
+    let tail = match (at("every piece is here"), at("verified and in its chain")) {
+        (Some(a), Some(b)) if b >= a => Some(b - a),
+        _ => None,
+    };
+    let ahead = log
+        .lines()
+        .find(|l| l.contains("were checked while downloading"))
+        .and_then(|l| l.split(": ").nth(1))
+        .and_then(|l| l.split(" pieces").next())
+        .map(str::to_string);
+    (tail, ahead)
 }
 
 fn threads(pid: u32) -> u64 {
@@ -47,14 +77,21 @@ fn mb_s(bytes: u64, secs: f64) -> f64 {
     bytes as f64 / 1e6 / secs
 }
 
-pub async fn run(bins: &Path, mib: u64) -> anyhow::Result<SingleReport> {
+/// `link_bps`: every client limited to this many bytes per second (the
+/// engines' own limiters, curl's --limit-rate), a link of that speed.
+pub async fn run(bins: &Path, mib: u64, link_bps: Option<u32>) -> anyhow::Result<SingleReport> {
     let work = crate::scale::tempfile_dir()?;
-    let r = run_in(bins, mib, &work).await;
+    let r = run_in(bins, mib, &work, link_bps).await;
     let _ = std::fs::remove_dir_all(&work);
     r
 }
 
-async fn run_in(bins: &Path, mib: u64, work: &Path) -> anyhow::Result<SingleReport> {
+async fn run_in(
+    bins: &Path,
+    mib: u64,
+    work: &Path,
+    link_bps: Option<u32>,
+) -> anyhow::Result<SingleReport> {
     let layer = format!("voi_0_{U}");
     let data = work.join("server");
     std::fs::create_dir_all(data.join("images"))?;
@@ -101,6 +138,10 @@ async fn run_in(bins: &Path, mib: u64, work: &Path) -> anyhow::Result<SingleRepo
                 p..p + 1
             }),
             enable_upnp_port_forwarding: false,
+            ratelimits: librqbit::limits::LimitsConfig {
+                upload_bps: None,
+                download_bps: link_bps.and_then(std::num::NonZeroU32::new),
+            },
             ..Default::default()
         },
     )
@@ -143,7 +184,11 @@ async fn run_in(bins: &Path, mib: u64, work: &Path) -> anyhow::Result<SingleRepo
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
     let t0 = Instant::now();
-    let st = Command::new("curl")
+    let mut curl = Command::new("curl");
+    if let Some(bps) = link_bps {
+        curl.arg("--limit-rate").arg(bps.to_string());
+    }
+    let st = curl
         .args(["-sf", "-o"])
         .arg(work.join("curl.img"))
         .arg(format!("http://127.0.0.1:{http_port}/{layer}"))
@@ -161,8 +206,9 @@ async fn run_in(bins: &Path, mib: u64, work: &Path) -> anyhow::Result<SingleRepo
     std::fs::write(
         &cfg,
         format!(
-            "server_ip = \"127.0.0.1\"\nserver_port = {port}\nmac = \"AA:00:00:00:0C:01\"\ndata_dir = \"{}\"\nperformance_secs = 0\n[bt]\nlisten_port = 0\n[platform]\npower = \"recording\"\nboot = \"recording\"\nhostname = \"recording\"\nnetwork = \"recording\"\n",
-            adir.display()
+            "server_ip = \"127.0.0.1\"\nserver_port = {port}\nmac = \"AA:00:00:00:0C:01\"\ndata_dir = \"{}\"\nperformance_secs = 0\n[bt]\nlisten_port = 0\ndownload_limit = {}\n[platform]\npower = \"recording\"\nboot = \"recording\"\nhostname = \"recording\"\nnetwork = \"recording\"\n",
+            adir.display(),
+            link_bps.unwrap_or(0)
         ),
     )?;
     let agent = Child(
@@ -170,9 +216,9 @@ async fn run_in(bins: &Path, mib: u64, work: &Path) -> anyhow::Result<SingleRepo
             .args(["--config"])
             .arg(&cfg)
             .arg("run")
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "warn,voi::agent::transfers::tasks=info")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(adir.join("agent.log"))?)
             .spawn()?,
     );
     let pid = agent.0.id();
@@ -227,6 +273,8 @@ async fn run_in(bins: &Path, mib: u64, work: &Path) -> anyhow::Result<SingleRepo
     let seeding_threads = threads(pid);
     drop(agent);
     drop(server);
+    let (agent_tail_secs, agent_checked_ahead) =
+        tail_from_log(&std::fs::read_to_string(adir.join("agent.log")).unwrap_or_default());
     Ok(SingleReport {
         layer_bytes: size,
         agent_secs,
@@ -241,5 +289,7 @@ async fn run_in(bins: &Path, mib: u64, work: &Path) -> anyhow::Result<SingleRepo
         agent_download_rss_kb: peak,
         agent_seeding_rss_kb: seeding,
         agent_seeding_threads: seeding_threads,
+        agent_tail_secs,
+        agent_checked_ahead,
     })
 }

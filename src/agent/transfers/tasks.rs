@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use crate::agent::desktops::{Adopted, Desktops};
 use crate::bt::engine::{Engine, Phase, TaskStats};
 use crate::bt::manifest::{self, Fetched, LayerManifest, ManifestPolicy};
-use crate::bt::meta::TorrentMeta;
+use crate::bt::meta::{PieceVerifier, TorrentMeta};
 use crate::disk::name::LayerName;
 use crate::disk::{DiskError, LayerMeta};
 use crate::fsutil;
@@ -173,7 +173,15 @@ pub struct Transfers {
     /// One `download` at a time: a layer announced twice at once (by 9023
     /// and a 1015 push) must become one transfer, not a clash on its dir.
     starting: tokio::sync::Mutex<()>,
+    /// Each download's check so far (pieces read back and hashed while it
+    /// arrives); `None` inside while `finish` has taken it.
+    verifiers: Mutex<BTreeMap<String, Verifier>>,
 }
+
+type Verifier = Arc<Mutex<Option<PieceVerifier>>>;
+
+/// Most a verifier reads in one step: a step holds its layer's verifier.
+const VERIFY_STEP: u64 = 256 << 20;
 
 impl Transfers {
     /// Starts the engine's view of every transfer found on disk: downloads
@@ -200,6 +208,7 @@ impl Transfers {
             manifests,
             manifest_key,
             starting: tokio::sync::Mutex::new(()),
+            verifiers: Mutex::new(BTreeMap::new()),
         });
         t.restore().await?;
         Ok((t, rx))
@@ -207,6 +216,47 @@ impl Transfers {
 
     fn tasks(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Live>> {
         self.tasks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn verifiers(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Verifier>> {
+        self.verifiers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reads back and hashes the pieces the engine has while the layer
+    /// downloads, so its check is mostly done when the last piece lands.
+    /// One step per layer at a time, off the async threads.
+    fn verify_ahead(self: &Arc<Self>, rec: &TaskRecord, torrent: &Bytes) {
+        let verifier = {
+            let mut all = self.verifiers();
+            if let Some(v) = all.get(&rec.layer) {
+                v.clone()
+            } else {
+                let Ok(meta) = TorrentMeta::parse(torrent) else {
+                    return;
+                };
+                let v = Arc::new(Mutex::new(Some(PieceVerifier::new(meta))));
+                all.insert(rec.layer.clone(), v.clone());
+                v
+            }
+        };
+        let (me, path, hash) = (self.clone(), self.data_file(rec), rec.info_hash.clone());
+        tokio::task::spawn_blocking(move || {
+            // A step already running holds the lock: skip this tick.
+            let Ok(mut guard) = verifier.try_lock() else {
+                return;
+            };
+            let Some(v) = guard.as_mut() else { return };
+            let Some(have) = me.engine.have_pieces(&hash) else {
+                return;
+            };
+            if let Err(e) = v.advance(
+                &path,
+                &|i| have.get(i).copied().unwrap_or(false),
+                VERIFY_STEP,
+            ) {
+                log::debug!("{}: checking ahead: {e}", path.display());
+            }
+        });
     }
 
     /// Queues a report for the server.
@@ -478,6 +528,7 @@ impl Transfers {
             .remove(layer)
             .map(|l| l.record)
             .ok_or_else(|| TransferError::Unknown(layer.to_string()))?;
+        self.verifiers().remove(layer);
         if let Err(e) = self.engine.remove(&rec.info_hash).await {
             log::warn!("{layer}: engine remove: {e:#}");
         }
@@ -639,6 +690,7 @@ impl Transfers {
         let now = Instant::now();
         let mut to_finish = Vec::new();
         let mut to_retry = Vec::new();
+        let mut to_verify = Vec::new();
         {
             let mut tasks = self.tasks();
             for l in tasks.values_mut() {
@@ -670,6 +722,9 @@ impl Transfers {
                     l.finishing = true;
                     to_finish.push(l.record.clone());
                     continue;
+                }
+                if stats.phase == Phase::Downloading {
+                    to_verify.push((l.record.clone(), l.torrent.clone()));
                 }
                 if l.last_report
                     .is_none_or(|t| now.duration_since(t) >= self.progress_every)
@@ -705,6 +760,9 @@ impl Transfers {
                 }
             }
         }
+        for (rec, torrent) in to_verify {
+            self.verify_ahead(&rec, &torrent);
+        }
         for rec in to_finish {
             let me = self.clone();
             tokio::spawn(async move { me.finish(rec).await });
@@ -715,6 +773,7 @@ impl Transfers {
     /// qcow2 image, then put it into its chain and keep seeding it.
     async fn finish(self: Arc<Self>, rec: TaskRecord) {
         let layer = rec.layer.clone();
+        log::info!("{layer}: every piece is here; checking what is left and linking");
         let torrent = self.tasks().get(&layer).map(|l| l.torrent.clone());
         let Some(torrent) = torrent else { return };
         let outcome = match self.manifest_for(&rec, &torrent).await {
@@ -881,11 +940,34 @@ impl Transfers {
                 )));
             }
         }
-        let sha256 = if already {
-            None
+        // (piece list hash, whole-file sha256) for the manifest check.
+        let (pieces, sha256) = if already {
+            (None, None)
         } else {
-            meta.verify_file(&data, manifest.is_some())
-                .map_err(|e| Finish::BadData(e.to_string()))?
+            // What was checked while the layer arrived counts; only the
+            // rest is read now.
+            let ahead = self
+                .verifiers()
+                .remove(&rec.layer)
+                .and_then(|v| v.lock().unwrap_or_else(|p| p.into_inner()).take());
+            let (checked, pieces) = ahead
+                .as_ref()
+                .map(|v| (v.checked(), v.pieces()))
+                .unwrap_or((0, meta.piece_count()));
+            let started = Instant::now();
+            let verdict = match ahead {
+                Some(v) => v.finish(&data).map(|p| (Some(p), None)),
+                None => meta
+                    .verify_file(&data, manifest.is_some())
+                    .map(|h| (h.as_ref().map(|h| h.pieces.clone()), h.map(|h| h.whole))),
+            };
+            log::info!(
+                "{}: {checked} of {pieces} pieces were checked while downloading; the other {} took {:?}",
+                rec.layer,
+                pieces - checked,
+                started.elapsed()
+            );
+            verdict.map_err(|e| Finish::BadData(e.to_string()))?
         };
         if let Some(m) = manifest {
             let header = crate::disk::qcow2::read_header(&data)
@@ -896,6 +978,7 @@ impl Transfers {
                 &rec.info_hash,
                 parent.as_deref(),
                 &data,
+                pieces.as_deref(),
                 sha256.as_deref(),
             )
             .map_err(Finish::Failed)?;

@@ -265,6 +265,14 @@ impl ManagedTorrent {
         }
     }
 
+    /// voi-agent patch: which pieces are written and checked, for a caller
+    /// that verifies the file as it grows (so little is left to read after
+    /// the last piece arrives). `None` while the torrent is initializing.
+    pub fn have_pieces(&self) -> Option<Vec<bool>> {
+        self.with_chunk_tracker(|ct| ct.get_have_pieces().as_slice().iter().by_vals().collect())
+            .ok()
+    }
+
     /// Get the live state if the torrent is live.
     pub fn live(&self) -> Option<Arc<TorrentStateLive>> {
         let g = self.locked.read();

@@ -378,6 +378,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             r.layer_bytes,
             &r.http_all.progress,
         )?;
+        if let Some(a2) = &r.aria2_all {
+            plot::progress(
+                &cli.out.join("swarm-aria2.png"),
+                &format!(
+                    "aria2c reference swarm: {} terminals, {} MiB layer, every link {}",
+                    a.agents, a.size_mib, a.rate
+                ),
+                r.layer_bytes,
+                &a2.progress,
+            )?;
+        }
         report.swarm = Some(r);
     }
     // Keep the parts this run did not measure.
@@ -395,7 +406,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     let mut slim = value.clone();
-    for run in ["bt_all", "bt_one", "http_all"] {
+    for run in ["bt_all", "bt_one", "http_all", "aria2_all"] {
         if let Some(r) = slim["swarm"].get_mut(run) {
             r["progress"] = serde_json::Value::Null;
         }
@@ -463,6 +474,12 @@ fn markdown(v: &serde_json::Value, out: &Path) -> String {
             &format!("HTTP unicast (curl), {k} terminals"),
             &sw["http_all"],
         );
+        if !sw["aria2_all"].is_null() {
+            s += &row(
+                &format!("aria2c swarm (reference: aria2c seeding, {k} aria2c leechers, our tracker), {k} terminals"),
+                &sw["aria2_all"],
+            );
+        }
         s += &format!(
             "\n* Time for {k} over time for one: **{}** (goal ≤ 1.5).\n* Server egress over S with BitTorrent: **{}** (goal ≤ 1.5); with HTTP unicast {}.\n* HTTP unicast took {}× as long as BitTorrent.\n\n",
             f(&sw["time_ratio"], 2),
@@ -475,7 +492,18 @@ fn markdown(v: &serde_json::Value, out: &Path) -> String {
             (sw["layer_bytes"].as_u64().unwrap_or(0) >> 20),
             sw["rate"].as_str().unwrap_or("")
         );
+        if !sw["aria2_all"].is_null() {
+            s += &format!(
+                "* Against the aria2c reference swarm in the same run: ours took **{}×** its time (below 1: faster), server egress {} copies against aria2c's {}. aria2c's terminals are done when aria2c has every piece checked; ours when the layer is verified and in its chain.\n\n",
+                f(&sw["bt_vs_aria2_time"], 2),
+                f(&sw["egress_ratio"], 2),
+                f(&sw["aria2_egress_ratio"], 2)
+            );
+        }
         s += "![BitTorrent progress per terminal](swarm-bittorrent.png)\n\n![HTTP unicast progress per terminal](swarm-http.png)\n\n";
+        if !sw["aria2_all"].is_null() {
+            s += "![aria2c reference swarm, progress per terminal](swarm-aria2.png)\n\n";
+        }
     }
     let si = &v["single"];
     s += "## P2: one download on loopback\n\n";

@@ -160,6 +160,12 @@ pub struct SwarmReport {
     pub egress_ratio: f64,
     pub http_egress_ratio: f64,
     pub http_vs_bt_time: f64,
+    /// The reference swarm nobody here wrote: aria2c seeding from the
+    /// server's namespace, K aria2c leechers, our tracker, same links.
+    pub aria2_all: Option<Run>,
+    /// Our K-terminal time over aria2c's (below 1: ours is faster).
+    pub bt_vs_aria2_time: Option<f64>,
+    pub aria2_egress_ratio: Option<f64>,
 }
 
 struct Server {
@@ -427,6 +433,125 @@ async fn http_run(
     })
 }
 
+/// aria2c on a closed LAN: no DHT, LPD or PEX, no preallocation.
+fn aria2c(ns: &str) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns, "aria2c"]).args([
+        "--enable-dht=false",
+        "--enable-dht6=false",
+        "--bt-enable-lpd=false",
+        "--enable-peer-exchange=false",
+        "--file-allocation=none",
+        "--allow-overwrite=true",
+        "--console-log-level=warn",
+        "--summary-interval=0",
+        // Seed on after finishing, as the agents do.
+        "--seed-ratio=0.0",
+    ]);
+    c.stdout(Stdio::null()).stderr(Stdio::null());
+    c
+}
+
+/// The same transfer with aria2c at both ends: the file under another name
+/// (so the voi-server seeder, which announces the layer's own torrent,
+/// is not in this swarm), a torrent with the same piece length announcing
+/// to our tracker, aria2c seeding in the server's namespace.
+async fn aria2_run(
+    lab: &Lab,
+    server: &Server,
+    agent_ns: &[String],
+    work: &Path,
+    layer: &str,
+    size: u64,
+) -> anyhow::Result<Run> {
+    let seed_dir = work.join("aria-seed");
+    std::fs::create_dir_all(&seed_dir)?;
+    let name = "aria2-reference.img";
+    let original = server.data.join("images").join(layer);
+    let seed_file = seed_dir.join(name);
+    if !seed_file.exists() {
+        std::fs::hard_link(&original, &seed_file)
+            .or_else(|_| std::fs::copy(&original, &seed_file).map(drop))?;
+    }
+    let torrent = voi::bt::torrent::create(
+        &seed_file,
+        &format!("http://{}:50021/announce", lab.ip(2)),
+        voi::bt::torrent::piece_length_for(size),
+    )?;
+    let torrent_path = work.join("aria2-reference.torrent");
+    std::fs::write(&torrent_path, &torrent.bytes)?;
+    let _seeder = Child(
+        aria2c(&server.ns)
+            .args(["--bt-seed-unverified=true", "--listen-port=6890", "-d"])
+            .arg(&seed_dir)
+            .arg(&torrent_path)
+            .spawn()?,
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let tx0 = Lab::tx_bytes(&server.ns);
+    let started = Instant::now();
+    let mut leechers = Vec::new();
+    let mut dirs = Vec::new();
+    for (i, ns) in agent_ns.iter().enumerate() {
+        let dir = work.join(format!("aria{i}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        leechers.push(Child(
+            aria2c(ns)
+                .args(["--listen-port=6881", "-d"])
+                .arg(&dir)
+                .arg(&torrent_path)
+                .spawn()?,
+        ));
+        dirs.push(dir);
+    }
+    let k = leechers.len();
+    let mut progress = vec![Vec::new(); k];
+    let mut done: Vec<Option<f64>> = vec![None; k];
+    while done.iter().any(Option::is_none) {
+        let t = started.elapsed().as_secs_f64();
+        for i in 0..k {
+            let file = dirs[i].join(name);
+            let control = dirs[i].join(format!("{name}.aria2"));
+            // Bytes on disk (the file is sparse until it is complete).
+            let have = {
+                use std::os::unix::fs::MetadataExt;
+                std::fs::metadata(&file)
+                    .map(|m| (m.blocks() * 512).min(size))
+                    .unwrap_or(0)
+            };
+            let complete =
+                !control.exists() && std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0) == size;
+            progress[i].push((t, if complete { size } else { have }));
+            if complete && done[i].is_none() {
+                done[i] = Some(t);
+            }
+        }
+        if started.elapsed() > Duration::from_secs(1800) {
+            anyhow::bail!("aria2c run with {k} terminals not done in 30 min: {done:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let egress = Lab::tx_bytes(&server.ns).saturating_sub(tx0);
+    drop(leechers);
+    let want = std::fs::read(&original)?;
+    for d in &dirs {
+        if std::fs::read(d.join(name))? != want {
+            anyhow::bail!("aria2c's copy in {} differs", d.display());
+        }
+        let _ = std::fs::remove_dir_all(d);
+    }
+    let done: Vec<f64> = done.into_iter().map(|d| d.unwrap_or(f64::NAN)).collect();
+    Ok(Run {
+        method: "aria2c".into(),
+        terminals: k,
+        all_done_secs: done.iter().copied().fold(0.0, f64::max),
+        done_secs: done,
+        server_egress_bytes: egress,
+        progress,
+    })
+}
+
 pub fn make_layer(path: &Path, mib: u64) -> anyhow::Result<()> {
     let raw = path.with_extension("raw");
     sh(&[
@@ -494,7 +619,18 @@ async fn run_in(
         bt_all.all_done_secs
     );
     let http_all = http_run(&lab, &server, &agent_ns, work, &layer, size).await?;
-    eprintln!("[swarm] {:.1} s", http_all.all_done_secs);
+    eprintln!(
+        "[swarm] {:.1} s; {k} terminals, aria2c (reference swarm)",
+        http_all.all_done_secs
+    );
+    let aria2_all = if Command::new("aria2c").arg("--version").output().is_ok() {
+        let r = aria2_run(&lab, &server, &agent_ns, work, &layer, size).await?;
+        eprintln!("[swarm] {:.1} s", r.all_done_secs);
+        Some(r)
+    } else {
+        eprintln!("[swarm] aria2c is not installed (apt-get install aria2): no reference swarm");
+        None
+    };
     drop(server);
     drop(lab);
     Ok(SwarmReport {
@@ -504,6 +640,13 @@ async fn run_in(
         egress_ratio: bt_all.server_egress_bytes as f64 / size as f64,
         http_egress_ratio: http_all.server_egress_bytes as f64 / size as f64,
         http_vs_bt_time: http_all.all_done_secs / bt_all.all_done_secs,
+        bt_vs_aria2_time: aria2_all
+            .as_ref()
+            .map(|a| bt_all.all_done_secs / a.all_done_secs),
+        aria2_egress_ratio: aria2_all
+            .as_ref()
+            .map(|a| a.server_egress_bytes as f64 / size as f64),
+        aria2_all,
         bt_all,
         bt_one,
         http_all,

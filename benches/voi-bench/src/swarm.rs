@@ -490,6 +490,15 @@ async fn aria2_run(
     tokio::time::sleep(Duration::from_secs(2)).await;
     let tx0 = Lab::tx_bytes(&server.ns);
     let started = Instant::now();
+    // aria2c runs this when a download completes (before it seeds on): it
+    // marks the file, which is how completion is seen here. (Its control
+    // file lingers until the next auto-save, up to a minute later.)
+    let hook = work.join("aria2-done.sh");
+    std::fs::write(&hook, "#!/bin/sh\n: > \"$3.done\"\n")?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755))?;
+    }
     let mut leechers = Vec::new();
     let mut dirs = Vec::new();
     for (i, ns) in agent_ns.iter().enumerate() {
@@ -498,6 +507,7 @@ async fn aria2_run(
         std::fs::create_dir_all(&dir)?;
         leechers.push(Child(
             aria2c(ns)
+                .arg(format!("--on-bt-download-complete={}", hook.display()))
                 .args(["--listen-port=6881", "-d"])
                 .arg(&dir)
                 .arg(&torrent_path)
@@ -512,7 +522,7 @@ async fn aria2_run(
         let t = started.elapsed().as_secs_f64();
         for i in 0..k {
             let file = dirs[i].join(name);
-            let control = dirs[i].join(format!("{name}.aria2"));
+            let marker = dirs[i].join(format!("{name}.done"));
             // Bytes on disk (the file is sparse until it is complete).
             let have = {
                 use std::os::unix::fs::MetadataExt;
@@ -520,8 +530,7 @@ async fn aria2_run(
                     .map(|m| (m.blocks() * 512).min(size))
                     .unwrap_or(0)
             };
-            let complete =
-                !control.exists() && std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0) == size;
+            let complete = marker.exists();
             progress[i].push((t, if complete { size } else { have }));
             if complete && done[i].is_none() {
                 done[i] = Some(t);

@@ -273,8 +273,11 @@ async fn run_in(
     let seeding_threads = threads(pid);
     drop(agent);
     drop(server);
-    let (agent_tail_secs, agent_checked_ahead) =
-        tail_from_log(&std::fs::read_to_string(adir.join("agent.log")).unwrap_or_default());
+    let log = std::fs::read_to_string(adir.join("agent.log")).unwrap_or_default();
+    if let Some(keep) = std::env::var_os("VOI_BENCH_AGENT_LOG") {
+        let _ = std::fs::write(keep, &log);
+    }
+    let (agent_tail_secs, agent_checked_ahead) = tail_from_log(&log);
     Ok(SingleReport {
         layer_bytes: size,
         agent_secs,

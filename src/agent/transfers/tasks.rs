@@ -249,12 +249,20 @@ impl Transfers {
             let Some(have) = me.engine.have_pieces(&hash) else {
                 return;
             };
-            if let Err(e) = v.advance(
+            match v.advance(
                 &path,
                 &|i| have.get(i).copied().unwrap_or(false),
                 VERIFY_STEP,
             ) {
-                log::debug!("{}: checking ahead: {e}", path.display());
+                // What was checked goes to the disk now, so the fsync before
+                // the layer joins its chain has only the last pieces left.
+                Ok(read) if read > 0 => {
+                    if let Err(e) = std::fs::File::open(&path).and_then(|f| f.sync_data()) {
+                        log::debug!("{}: {e}", path.display());
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => log::debug!("{}: checking ahead: {e}", path.display()),
             }
         });
     }

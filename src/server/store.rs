@@ -172,28 +172,27 @@ impl Store {
         key: &str,
         f: impl FnOnce(&mut Option<T>) -> R,
     ) -> Result<R, StoreError> {
-        self.modify_with(table, key, redb::Durability::Immediate, f)
+        self.modify_with(table, key, false, f)
     }
 
+    /// As `modify`; with `eventual_if_present`, a change to a record that
+    /// already exists commits without fsync (durable at the next `flush`),
+    /// while a new record is committed durably at once.
     fn modify_with<T: DeserializeOwned + Serialize, R>(
         &self,
         table: TableDefinition<&str, &[u8]>,
         key: &str,
-        durability: redb::Durability,
+        eventual_if_present: bool,
         f: impl FnOnce(&mut Option<T>) -> R,
     ) -> Result<R, StoreError> {
         let mut tx = self.db.begin_write().map_err(e)?;
-        if !matches!(durability, redb::Durability::Immediate) {
-            self.unflushed
-                .store(true, std::sync::atomic::Ordering::Release);
-        }
-        tx.set_durability(durability);
-        let r = {
+        let (r, existed) = {
             let mut t = tx.open_table(table).map_err(e)?;
             let mut cur: Option<T> = match t.get(key).map_err(e)? {
                 Some(v) => serde_json::from_slice(v.value()).ok(),
                 None => None,
             };
+            let existed = cur.is_some();
             let r = f(&mut cur);
             match cur {
                 Some(v) => {
@@ -204,8 +203,13 @@ impl Store {
                     t.remove(key).map_err(e)?;
                 }
             }
-            r
+            (r, existed)
         };
+        if eventual_if_present && existed {
+            tx.set_durability(redb::Durability::Eventual);
+            self.unflushed
+                .store(true, std::sync::atomic::Ordering::Release);
+        }
         tx.commit().map_err(e)?;
         Ok(r)
     }
@@ -224,11 +228,7 @@ impl Store {
         mac: &str,
         f: impl FnOnce(&mut TerminalRecord),
     ) -> Result<TerminalRecord, StoreError> {
-        self.modify(TERMINALS, mac, |cur: &mut Option<TerminalRecord>| {
-            let rec = cur.get_or_insert_with(|| TerminalRecord::new(mac));
-            f(rec);
-            rec.clone()
-        })
+        self.update_terminal_as(mac, false, f)
     }
 
     /// As `update_terminal`, for what a terminal reports again at every
@@ -242,13 +242,19 @@ impl Store {
         mac: &str,
         f: impl FnOnce(&mut TerminalRecord),
     ) -> Result<TerminalRecord, StoreError> {
-        if self.terminal(mac)?.is_none() {
-            return self.update_terminal(mac, f);
-        }
+        self.update_terminal_as(mac, true, f)
+    }
+
+    fn update_terminal_as(
+        &self,
+        mac: &str,
+        reported: bool,
+        f: impl FnOnce(&mut TerminalRecord),
+    ) -> Result<TerminalRecord, StoreError> {
         self.modify_with(
             TERMINALS,
             mac,
-            redb::Durability::Eventual,
+            reported,
             |cur: &mut Option<TerminalRecord>| {
                 let rec = cur.get_or_insert_with(|| TerminalRecord::new(mac));
                 f(rec);

@@ -79,6 +79,17 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     Ok(certs)
 }
 
+/// The certificates of a PEM file as trust anchors.
+fn root_store(path: &Path) -> Result<rustls::RootCertStore, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in read_certs(path)? {
+        roots
+            .add(c)
+            .map_err(|e| TlsError::File(path.into(), e.to_string()))?;
+    }
+    Ok(roots)
+}
+
 /// sha256 of a certificate's DER bytes, lower-case hex: what `pin_sha256`
 /// holds.
 pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
@@ -177,12 +188,7 @@ impl Connector {
         let provider = provider();
         let ca = match &cfg.ca {
             Some(path) => {
-                let mut roots = rustls::RootCertStore::empty();
-                for c in read_certs(path)? {
-                    roots
-                        .add(c)
-                        .map_err(|e| TlsError::File(path.clone(), e.to_string()))?;
-                }
+                let roots = root_store(path)?;
                 Some(
                     WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
                         .build()
@@ -262,12 +268,7 @@ pub fn acceptor(
         .map_err(|e| TlsError::Rustls(e.to_string()))?;
     let builder = match client_ca {
         Some(path) => {
-            let mut roots = rustls::RootCertStore::empty();
-            for c in read_certs(path)? {
-                roots
-                    .add(c)
-                    .map_err(|e| TlsError::File(path.into(), e.to_string()))?;
-            }
+            let roots = root_store(path)?;
             let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
                 Arc::new(roots),
                 provider(),

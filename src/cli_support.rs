@@ -20,6 +20,19 @@ pub fn print_line(text: &str) {
     let _ = writeln!(out, "{text}").and_then(|_| out.flush());
 }
 
+/// Takes the hard limit on open files as the soft one, as a systemd unit's
+/// LimitNOFILE would: for a process that holds a socket per terminal.
+pub fn raise_open_file_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                log::warn!("open files stay at {soft}: {e}");
+            }
+        }
+    }
+}
+
 /// Waits for SIGTERM or Ctrl-C.
 pub async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};

@@ -46,7 +46,8 @@ impl Server {
         let listener = bind_terminal_port(&cfg.listen)
             .await
             .map_err(|e| anyhow::anyhow!("listen {}: {e}", cfg.listen))?;
-        raise_open_file_limit();
+        // Each terminal holds a socket.
+        crate::cli_support::raise_open_file_limit();
         let api_listener = TcpListener::bind(&cfg.api_listen)
             .await
             .map_err(|e| anyhow::anyhow!("api listen {}: {e}", cfg.api_listen))?;
@@ -251,19 +252,6 @@ async fn bind_terminal_port(addr: &str) -> std::io::Result<TcpListener> {
         }
     }
     Err(last.unwrap_or_else(|| std::io::Error::other("the address resolves to nothing")))
-}
-
-/// Each terminal holds a socket: take the hard limit on open files, as
-/// the systemd unit's LimitNOFILE would.
-fn raise_open_file_limit() {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
-        if soft < hard {
-            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-                log::warn!("open files stay at {soft}: {e}");
-            }
-        }
-    }
 }
 
 fn load_or_create_signing_key(cfg: &ServerConfig) -> anyhow::Result<ed25519_dalek::SigningKey> {

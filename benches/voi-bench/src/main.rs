@@ -202,7 +202,8 @@ fn sessions(s: &str) -> anyhow::Result<Vec<usize>> {
 fn main() -> std::process::ExitCode {
     let _ = env_logger::try_init();
     let cli = Cli::parse();
-    scale::raise_nofile();
+    // Each session is a socket in this process and one in the server.
+    voi::cli_support::raise_open_file_limit();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

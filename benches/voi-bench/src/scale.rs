@@ -15,14 +15,6 @@ use tokio_util::codec::Framed;
 
 use voi::protocol::{ClientType, Frame, FrameCodec, ServiceCode};
 
-/// Each session is a socket in this process and one in the server.
-pub fn raise_nofile() {
-    use nix::sys::resource::{getrlimit, setrlimit, Resource};
-    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
-        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
-    }
-}
-
 #[derive(Debug, serde::Serialize)]
 pub struct ScaleResult {
     pub sessions: usize,
@@ -76,12 +68,9 @@ impl Drop for Child {
     }
 }
 
-pub async fn scale(
-    bins: &std::path::Path,
-    n: usize,
-    duration: Duration,
-    login_rate: u64,
-) -> anyhow::Result<ScaleResult> {
+/// A voi-server child process on a loopback port with a fresh data dir,
+/// once it accepts connections: (data dir, process, terminal address).
+pub async fn start_server(bins: &std::path::Path) -> anyhow::Result<(PathBuf, Child, String)> {
     let dir = tempfile_dir()?;
     let port = free_port()?;
     let exe = bins.join("voi-server");
@@ -111,6 +100,25 @@ pub async fn scale(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
+    Ok((dir, child, addr))
+}
+
+/// The `p` quantile of sorted values (NaN for none).
+pub fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+pub async fn scale(
+    bins: &std::path::Path,
+    n: usize,
+    duration: Duration,
+    login_rate: u64,
+) -> anyhow::Result<ScaleResult> {
+    let (dir, child, addr) = start_server(bins).await?;
     let idle_rss = rss_kb(child.0.id());
 
     let latencies = Arc::new(Mutex::new(Vec::<f64>::new()));
@@ -167,13 +175,7 @@ pub async fn scale(
 
     let mut l = latencies.lock().unwrap_or_else(|p| p.into_inner()).clone();
     l.sort_by(|a, b| a.total_cmp(b));
-    let pct = |p: f64| -> f64 {
-        if l.is_empty() {
-            return f64::NAN;
-        }
-        let i = ((l.len() as f64 - 1.0) * p).round() as usize;
-        l[i.min(l.len() - 1)]
-    };
+    let pct = |p: f64| pct(&l, p);
     let logged = logged_in.load(Ordering::Relaxed) as usize;
     Ok(ScaleResult {
         sessions: n,

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 
-use crate::scale::{free_port, rss_kb, tempfile_dir, Child};
+use crate::scale::{pct, rss_kb, start_server};
 use voi::protocol::{ClientType, Frame, FrameCodec, ServiceCode};
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -66,46 +66,10 @@ fn cpu_secs(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    sorted[(((sorted.len() - 1) as f64) * p).round() as usize]
-}
-
 /// Two waves against one server: every terminal's first boot ever, then
 /// (all disconnected) the power coming back with the same terminals.
 pub async fn storm(bins: &std::path::Path, n: usize) -> anyhow::Result<Vec<StormResult>> {
-    let dir = tempfile_dir()?;
-    let port = free_port()?;
-    let exe = bins.join("voi-server");
-    let child = Child(
-        std::process::Command::new(&exe)
-            .args(["run", "--listen"])
-            .arg(format!("127.0.0.1:{port}"))
-            .args([
-                "--api-listen",
-                "127.0.0.1:0",
-                "--tracker-listen",
-                "127.0.0.1:0",
-            ])
-            .args(["--bt-listen-port", "0", "--data-dir"])
-            .arg(&dir)
-            .env("RUST_LOG", "warn")
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .map_err(|e| anyhow::anyhow!("{}: {e}", exe.display()))?,
-    );
-    let addr = format!("127.0.0.1:{port}");
-    let start = Instant::now();
-    while TcpStream::connect(&addr).await.is_err() {
-        anyhow::ensure!(
-            start.elapsed() < Duration::from_secs(30),
-            "voi-server did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (dir, child, addr) = start_server(bins).await?;
     let mut out = Vec::new();
     for wave in ["first boot", "power back"] {
         out.push(wave_of(&addr, child.0.id(), n, wave).await);

@@ -28,22 +28,6 @@ const LAYER_MIB: u64 = 128;
 /// The server's uplink: slow enough that every fault lands mid-transfer.
 const RATE: &str = "48mbit";
 
-fn sh(args: &[&str]) -> Result<(), String> {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .map_err(|e| format!("{}: {e}", args[0]))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
-}
-
 /// A switch namespace with a bridge, and hosts plugged into it.
 struct Lan {
     tag: String,

@@ -23,22 +23,6 @@ const AGENTS: usize = 3;
 /// The server's uplink.
 const RATE: &str = "160mbit";
 
-fn sh(args: &[&str]) -> Result<(), String> {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .map_err(|e| format!("{}: {e}", args[0]))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
-}
-
 struct Netns {
     name: String,
     host_if: String,

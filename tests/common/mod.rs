@@ -177,6 +177,23 @@ impl RawClient {
     }
 }
 
+/// Runs a command (ip, tc, …); its stderr is the error.
+pub fn sh(args: &[&str]) -> Result<(), String> {
+    let out = std::process::Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .map_err(|e| format!("{}: {e}", args[0]))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
 /// A child process killed and reaped when dropped.
 pub struct Proc(pub std::process::Child);
 

@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 use std::path::Path;
 use std::sync::Mutex;
 
-use crate::disk::decision::{self, LocalLayer, Plan};
+use crate::agent::update_plan::{self as decision, LocalLayer, Plan};
 use crate::disk::name::{LayerName, USER_LEVEL};
 use crate::disk::{Catalog, DiskError, DiskStore, Inventory, LayerMeta};
 use crate::protocol::messages::{DesktopGroup, DesktopInfo, LocalDisk};

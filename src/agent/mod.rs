@@ -27,5 +27,6 @@ pub mod state;
 pub mod supervisor;
 pub mod terminal;
 pub mod transfers;
+pub mod update_plan;
 
 pub use terminal::Agent;

@@ -94,7 +94,7 @@ pub struct AgentState {
     pub pending_change: Option<PendingChange>,
     /// Layers the last update decision wants fetched.
     #[serde(default)]
-    pub pending_downloads: Vec<crate::disk::decision::Download>,
+    pub pending_downloads: Vec<crate::agent::update_plan::Download>,
     /// The server's answer to 9012 for the default desktop.
     #[serde(default)]
     pub desktop_info: Option<serde_json::Value>,

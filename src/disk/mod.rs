@@ -1,7 +1,6 @@
 //! The terminal's desktops as qcow2 chains in `<data_dir>/disks`.
 
 pub mod catalog;
-pub mod decision;
 pub mod inventory;
 pub mod name;
 pub mod qcow2;

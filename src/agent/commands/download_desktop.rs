@@ -5,7 +5,7 @@
 use serde_json::json;
 
 use super::context::{parse_json, Applied, CmdResult, CommandError, Ctx};
-use crate::disk::decision::Download;
+use crate::agent::update_plan::Download;
 use crate::disk::name::LayerName;
 use crate::protocol::messages::DownloadDesktopCmd;
 use crate::protocol::Frame;

@@ -21,7 +21,7 @@
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::name::{LayerName, SERVER_LEVELS};
+use crate::disk::name::{LayerName, SERVER_LEVELS};
 use crate::protocol::messages::{DesktopGroup, DiskInfo};
 
 #[derive(Debug, Clone, PartialEq, Eq)]

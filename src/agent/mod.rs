@@ -12,7 +12,7 @@
 //!   what the agent tells the server about them;
 //! * `terminal`: the agent's shared state (identity, persisted state, platform,
 //!   desktops, the current link);
-//! * `desktops`, `state`, `config`, `platform/`, `interfaces`,
+//! * `desktops`, `update_plan`, `state`, `config`, `platform/`, `interfaces`,
 //!   `performance_report`: the parts `terminal` is made of.
 pub mod cli;
 pub mod commands;

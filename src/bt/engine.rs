@@ -38,6 +38,11 @@ pub struct TaskStats {
     pub uploaded_bytes: u64,
     pub down_bps: u64,
     pub up_bps: u64,
+    /// Every piece byte received, duplicates included: above `total_bytes`
+    /// when a piece came twice (a steal, or the end game).
+    pub fetched_bytes: u64,
+    /// Pieces re-requested from another peer because the first was slow.
+    pub steals: usize,
     pub error: Option<String>,
 }
 
@@ -67,56 +72,6 @@ impl Phase {
 
 pub struct Engine {
     session: Arc<Session>,
-}
-
-/// librqbit requests pieces in file order, so a room of terminals that
-/// start together would all want the same pieces at the same time and
-/// have nothing to trade: the server would send every copy. A stream
-/// positioned on each piece in a random order makes the engine fetch the
-/// region there first (streamed regions take priority), so terminals hold
-/// different pieces and take them from each other, which is what
-/// rarest-first or random-first selection does in other clients. A piece
-/// already here answers at once from the page cache; the walk ends when
-/// the torrent completes or goes away.
-async fn spread_pieces(handle: Arc<ManagedTorrent>, piece_len: u64) {
-    use tokio::io::{AsyncReadExt, AsyncSeekExt};
-    // Wait for the torrent to leave its initial check.
-    let len = loop {
-        let s = handle.stats();
-        if s.finished || matches!(s.state, TorrentStatsState::Error) {
-            return;
-        }
-        if matches!(s.state, TorrentStatsState::Live) {
-            break s.total_bytes;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    };
-    if len == 0 || piece_len == 0 {
-        return;
-    }
-    let mut order: Vec<u64> = (0..len.div_ceil(piece_len)).collect();
-    fastrand::shuffle(&mut order);
-    let Ok(mut stream) = handle.clone().stream(0) else {
-        return;
-    };
-    let mut byte = [0u8; 1];
-    for piece in order {
-        let s = handle.stats();
-        if s.finished || !matches!(s.state, TorrentStatsState::Live) {
-            return;
-        }
-        let read = async {
-            stream
-                .seek(std::io::SeekFrom::Start(piece * piece_len))
-                .await?;
-            stream.read(&mut byte).await
-        };
-        if read.await.is_err() {
-            // A read can fail on a piece the engine holds but has not yet
-            // flushed; the walk only steers priorities, so it moves on.
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
-    }
 }
 
 fn mib_to_bps(mbps: f64) -> u64 {
@@ -194,24 +149,15 @@ impl Engine {
     }
 
     /// Adds a torrent whose data lives (or will live) in `dir`. Adding one
-    /// the session already holds returns the same info hash.
+    /// the session already holds returns the same info hash. The engine
+    /// picks pieces rarest-first with random ties (patch 7 in
+    /// vendor/librqbit), so terminals that start together fetch different
+    /// pieces from the server and trade them.
     pub async fn add(
         &self,
         torrent: Bytes,
         dir: &Path,
         trackers: &[String],
-    ) -> anyhow::Result<String> {
-        self.add_with(torrent, dir, trackers, false).await
-    }
-
-    /// As `add`; `spread` makes this peer fetch the file starting at a
-    /// random place (see `spread_pieces`).
-    pub async fn add_with(
-        &self,
-        torrent: Bytes,
-        dir: &Path,
-        trackers: &[String],
-        spread: bool,
     ) -> anyhow::Result<String> {
         let opts = || AddTorrentOptions {
             output_folder: Some(dir.to_string_lossy().into_owned()),
@@ -223,7 +169,6 @@ impl Engine {
             },
             ..Default::default()
         };
-        let torrent_copy = torrent.clone();
         let resp = self
             .session
             .add_torrent(AddTorrent::from_bytes(torrent.clone()), Some(opts()))
@@ -263,12 +208,6 @@ impl Engine {
             }
             AddTorrentResponse::ListOnly(_) => anyhow::bail!("engine answered list-only"),
         };
-        if spread {
-            let piece_len = super::meta::TorrentMeta::parse(&torrent_copy)
-                .map(|m| m.piece_length)
-                .unwrap_or(0);
-            tokio::spawn(spread_pieces(handle.clone(), piece_len));
-        }
         Ok(handle.info_hash().as_string())
     }
 
@@ -306,6 +245,11 @@ impl Engine {
                 )
             })
             .unwrap_or((0, 0));
+        let (fetched_bytes, steals) = s
+            .live
+            .as_ref()
+            .map(|l| (l.snapshot.fetched_bytes, l.snapshot.peer_stats.steals))
+            .unwrap_or((0, 0));
         Some(TaskStats {
             phase,
             have_bytes: s.progress_bytes,
@@ -313,6 +257,8 @@ impl Engine {
             uploaded_bytes: s.uploaded_bytes,
             down_bps,
             up_bps,
+            fetched_bytes,
+            steals,
             error: s.error,
         })
     }

@@ -109,13 +109,22 @@ impl Lab {
     }
 
     pub fn tx_bytes(ns: &str) -> u64 {
+        Self::counter(ns, "tx_bytes")
+    }
+
+    /// Everything the terminals in `nss` have received so far.
+    pub fn rx_bytes_sum(nss: &[String]) -> u64 {
+        nss.iter().map(|ns| Self::counter(ns, "rx_bytes")).sum()
+    }
+
+    fn counter(ns: &str, name: &str) -> u64 {
         sh(&[
             "ip",
             "netns",
             "exec",
             ns,
             "cat",
-            "/sys/class/net/eth0/statistics/tx_bytes",
+            &format!("/sys/class/net/eth0/statistics/{name}"),
         ])
         .ok()
         .and_then(|s| s.trim().parse().ok())
@@ -143,8 +152,15 @@ pub struct Run {
     pub all_done_secs: f64,
     pub done_secs: Vec<f64>,
     pub server_egress_bytes: u64,
+    /// What all terminals received together (from the server and from each
+    /// other, protocol overhead included); K·S when nothing came twice.
+    pub terminals_ingress_bytes: u64,
     /// (seconds, bytes held) per terminal.
     pub progress: Vec<Vec<(f64, u64)>>,
+    /// Our agents only: piece bytes each engine received over the layer
+    /// (duplicates included), and the pieces it stole from a slow peer.
+    pub engine_copies: Vec<f64>,
+    pub steals: Vec<u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -153,13 +169,18 @@ pub struct SwarmReport {
     pub rate: String,
     pub bt_all: Run,
     pub bt_one: Run,
-    pub http_all: Run,
+    /// None with `--no-http` (it is the slowest part: K copies from one link).
+    pub http_all: Option<Run>,
     /// bt_all time / bt_one time (goal <= 1.5).
     pub time_ratio: f64,
     /// server egress / S in the BT run (goal <= 1.5).
     pub egress_ratio: f64,
-    pub http_egress_ratio: f64,
-    pub http_vs_bt_time: f64,
+    pub http_egress_ratio: Option<f64>,
+    pub http_vs_bt_time: Option<f64>,
+    /// What the terminals received over K·S in the BitTorrent run: above 1
+    /// by the pieces fetched twice (plus ~3% of headers).
+    pub ingress_ratio: f64,
+    pub aria2_ingress_ratio: Option<f64>,
     /// The reference swarm nobody here wrote: aria2c seeding from the
     /// server's namespace, K aria2c leechers, our tracker, same links.
     pub aria2_all: Option<Run>,
@@ -238,6 +259,26 @@ struct AgentProc {
     _child: Child,
     socket: PathBuf,
     disks: PathBuf,
+    log: PathBuf,
+}
+
+/// (engine copies received, steals) from an agent's "every piece is here
+/// (received N bytes for M: X copies, S steals)" line.
+fn swarm_costs(log: &Path) -> Option<(f64, u64)> {
+    let text = std::fs::read_to_string(log).ok()?;
+    let line = text
+        .lines()
+        .find(|l| l.contains("every piece is here (received"))?;
+    let inner = line.split('(').nth(1)?.split(')').next()?;
+    let copies = inner
+        .split(": ")
+        .nth(1)?
+        .split(" copies")
+        .next()?
+        .parse()
+        .ok()?;
+    let steals = inner.split(", ").nth(1)?.split(' ').next()?.parse().ok()?;
+    Some((copies, steals))
 }
 
 fn start_agent(
@@ -267,7 +308,9 @@ fn start_agent(
             .args(["--config"])
             .arg(&cfg)
             .arg("run")
-            .env("RUST_LOG", "warn")
+            // The transfer lines carry what each terminal received and
+            // how many pieces it stole (read back by `swarm_costs`).
+            .env("RUST_LOG", "warn,voi::agent::transfers=info")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.join("agent.log"))?)
             .spawn()?,
@@ -276,6 +319,7 @@ fn start_agent(
         _child: child,
         socket: dir.join("control.sock"),
         disks: dir.join("disks"),
+        log: dir.join("agent.log"),
     })
 }
 
@@ -313,6 +357,7 @@ async fn bt_run(
     layer: &str,
 ) -> anyhow::Result<Run> {
     let tx0 = Lab::tx_bytes(&server.ns);
+    let rx0 = Lab::rx_bytes_sum(agent_ns);
     let started = Instant::now();
     let mut agents = Vec::new();
     for (i, ns) in agent_ns.iter().enumerate() {
@@ -336,6 +381,11 @@ async fn bt_run(
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let egress = Lab::tx_bytes(&server.ns).saturating_sub(tx0);
+    let ingress = Lab::rx_bytes_sum(agent_ns).saturating_sub(rx0);
+    let costs: Vec<(f64, u64)> = agents
+        .iter()
+        .map(|a| swarm_costs(&a.log).unwrap_or((f64::NAN, 0)))
+        .collect();
     drop(agents);
     let done: Vec<f64> = done.into_iter().map(|d| d.unwrap_or(f64::NAN)).collect();
     Ok(Run {
@@ -344,6 +394,9 @@ async fn bt_run(
         all_done_secs: done.iter().copied().fold(0.0, f64::max),
         done_secs: done,
         server_egress_bytes: egress,
+        terminals_ingress_bytes: ingress,
+        engine_copies: costs.iter().map(|c| c.0).collect(),
+        steals: costs.iter().map(|c| c.1).collect(),
         progress,
     })
 }
@@ -378,6 +431,7 @@ async fn http_run(
     tokio::time::sleep(Duration::from_secs(2)).await;
     let url = format!("http://{}:8000/{layer}", lab.ip(2));
     let tx0 = Lab::tx_bytes(&server.ns);
+    let rx0 = Lab::rx_bytes_sum(agent_ns);
     let started = Instant::now();
     let mut curls = Vec::new();
     let mut outs = Vec::new();
@@ -416,6 +470,7 @@ async fn http_run(
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let egress = Lab::tx_bytes(&server.ns).saturating_sub(tx0);
+    let ingress = Lab::rx_bytes_sum(agent_ns).saturating_sub(rx0);
     for o in &outs {
         if std::fs::metadata(o).map(|m| m.len()).unwrap_or(0) != size {
             anyhow::bail!("{} is incomplete", o.display());
@@ -429,6 +484,9 @@ async fn http_run(
         all_done_secs: done.iter().copied().fold(0.0, f64::max),
         done_secs: done,
         server_egress_bytes: egress,
+        terminals_ingress_bytes: ingress,
+        engine_copies: Vec::new(),
+        steals: Vec::new(),
         progress,
     })
 }
@@ -489,6 +547,7 @@ async fn aria2_run(
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
     let tx0 = Lab::tx_bytes(&server.ns);
+    let rx0 = Lab::rx_bytes_sum(agent_ns);
     let started = Instant::now();
     // aria2c runs this when a download completes (before it seeds on): it
     // marks the file, which is how completion is seen here. (Its control
@@ -542,6 +601,7 @@ async fn aria2_run(
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let egress = Lab::tx_bytes(&server.ns).saturating_sub(tx0);
+    let ingress = Lab::rx_bytes_sum(agent_ns).saturating_sub(rx0);
     drop(leechers);
     let want = std::fs::read(&original)?;
     for d in &dirs {
@@ -557,6 +617,9 @@ async fn aria2_run(
         all_done_secs: done.iter().copied().fold(0.0, f64::max),
         done_secs: done,
         server_egress_bytes: egress,
+        terminals_ingress_bytes: ingress,
+        engine_copies: Vec::new(),
+        steals: Vec::new(),
         progress,
     })
 }
@@ -583,9 +646,15 @@ pub fn make_layer(path: &Path, mib: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn run(bins: &Path, k: usize, mib: u64, rate: &str) -> anyhow::Result<SwarmReport> {
+pub async fn run(
+    bins: &Path,
+    k: usize,
+    mib: u64,
+    rate: &str,
+    with_http: bool,
+) -> anyhow::Result<SwarmReport> {
     let work = crate::scale::tempfile_dir()?;
-    let result = run_in(bins, k, mib, rate, &work).await;
+    let result = run_in(bins, k, mib, rate, with_http, &work).await;
     let _ = std::fs::remove_dir_all(&work);
     result
 }
@@ -595,6 +664,7 @@ async fn run_in(
     k: usize,
     mib: u64,
     rate: &str,
+    with_http: bool,
     work: &Path,
 ) -> anyhow::Result<SwarmReport> {
     let image = work.join("layer.qcow2");
@@ -624,14 +694,22 @@ async fn run_in(
     );
     let bt_all = bt_run(&lab, &server, &agent_ns, bins, work, &layer).await?;
     eprintln!(
-        "[swarm] {:.1} s; {k} terminals, HTTP unicast",
-        bt_all.all_done_secs
+        "[swarm] {:.1} s, server sent {:.2} copies, terminals received {:.2}; engines received {:?} copies, stole {:?} pieces",
+        bt_all.all_done_secs,
+        bt_all.server_egress_bytes as f64 / size as f64,
+        bt_all.terminals_ingress_bytes as f64 / (k as u64 * size) as f64,
+        bt_all.engine_copies,
+        bt_all.steals
     );
-    let http_all = http_run(&lab, &server, &agent_ns, work, &layer, size).await?;
-    eprintln!(
-        "[swarm] {:.1} s; {k} terminals, aria2c (reference swarm)",
-        http_all.all_done_secs
-    );
+    let http_all = if with_http {
+        eprintln!("[swarm] {k} terminals, HTTP unicast");
+        let r = http_run(&lab, &server, &agent_ns, work, &layer, size).await?;
+        eprintln!("[swarm] {:.1} s", r.all_done_secs);
+        Some(r)
+    } else {
+        None
+    };
+    eprintln!("[swarm] {k} terminals, aria2c (reference swarm)");
     let aria2_all = if Command::new("aria2c").arg("--version").output().is_ok() {
         let r = aria2_run(&lab, &server, &agent_ns, work, &layer, size).await?;
         eprintln!("[swarm] {:.1} s", r.all_done_secs);
@@ -647,8 +725,16 @@ async fn run_in(
         rate: rate.to_string(),
         time_ratio: bt_all.all_done_secs / bt_one.all_done_secs,
         egress_ratio: bt_all.server_egress_bytes as f64 / size as f64,
-        http_egress_ratio: http_all.server_egress_bytes as f64 / size as f64,
-        http_vs_bt_time: http_all.all_done_secs / bt_all.all_done_secs,
+        http_egress_ratio: http_all
+            .as_ref()
+            .map(|h| h.server_egress_bytes as f64 / size as f64),
+        http_vs_bt_time: http_all
+            .as_ref()
+            .map(|h| h.all_done_secs / bt_all.all_done_secs),
+        ingress_ratio: bt_all.terminals_ingress_bytes as f64 / (k as u64 * size) as f64,
+        aria2_ingress_ratio: aria2_all
+            .as_ref()
+            .map(|a| a.terminals_ingress_bytes as f64 / (k as u64 * size) as f64),
         bt_vs_aria2_time: aria2_all
             .as_ref()
             .map(|a| bt_all.all_done_secs / a.all_done_secs),

@@ -383,15 +383,9 @@ impl Transfers {
                 let _ = std::fs::remove_dir_all(self.dir(&rec.layer));
                 continue;
             }
-            let downloading = rec.kind == Kind::Download && rec.stage == Stage::Downloading;
             match self
                 .engine
-                .add_with(
-                    torrent.clone(),
-                    &self.data_dir(&rec),
-                    &self.trackers(),
-                    downloading,
-                )
+                .add(torrent.clone(), &self.data_dir(&rec), &self.trackers())
                 .await
             {
                 Ok(_) => {
@@ -498,12 +492,7 @@ impl Transfers {
         self.create_dir(&rec, &req.torrent)?;
         if let Err(e) = self
             .engine
-            .add_with(
-                req.torrent.clone(),
-                &self.data_dir(&rec),
-                &self.trackers(),
-                true,
-            )
+            .add(req.torrent.clone(), &self.data_dir(&rec), &self.trackers())
             .await
         {
             let _ = std::fs::remove_dir_all(self.dir(&layer));
@@ -781,7 +770,18 @@ impl Transfers {
     /// qcow2 image, then put it into its chain and keep seeding it.
     async fn finish(self: Arc<Self>, rec: TaskRecord) {
         let layer = rec.layer.clone();
-        log::info!("{layer}: every piece is here; checking what is left and linking");
+        match self.engine.stats(&rec.info_hash) {
+            // What the swarm cost this terminal: bytes received over bytes
+            // needed shows pieces fetched twice (steals, end game).
+            Some(s) if s.total_bytes > 0 => log::info!(
+                "{layer}: every piece is here (received {} bytes for {}: {:.3} copies, {} steals); checking what is left and linking",
+                s.fetched_bytes,
+                s.total_bytes,
+                s.fetched_bytes as f64 / s.total_bytes as f64,
+                s.steals
+            ),
+            _ => log::info!("{layer}: every piece is here; checking what is left and linking"),
+        }
         let torrent = self.tasks().get(&layer).map(|l| l.torrent.clone());
         let Some(torrent) = torrent else { return };
         let outcome = match self.manifest_for(&rec, &torrent).await {

@@ -261,6 +261,15 @@ impl ChunkTracker {
         }
     }
 
+    /// voi-agent patch: whether this chunk was already received, so a
+    /// peer that steals a half-done piece asks only for the rest of it.
+    pub(crate) fn is_chunk_downloaded(&self, chunk: &ChunkInfo) -> bool {
+        self.chunk_status
+            .get(chunk.absolute_index as usize)
+            .map(|b| *b)
+            .unwrap_or(false)
+    }
+
     pub fn is_chunk_ready_to_upload(&self, chunk: &ChunkInfo) -> bool {
         self.have
             .as_slice()

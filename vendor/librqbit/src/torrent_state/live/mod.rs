@@ -48,7 +48,7 @@ use std::{
     net::SocketAddr,
     num::NonZeroU32,
     sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
         Arc,
     },
     time::{Duration, Instant},
@@ -183,6 +183,12 @@ pub struct TorrentStateLive {
 
     per_piece_locks: Vec<RwLock<()>>,
 
+    /// voi-agent patch: how many connected peers hold each piece, for the
+    /// rarest-first picker. Kept with atomics outside `locked` so Have and
+    /// bitfield messages do not take the state lock; a count that is briefly
+    /// stale only makes one pick less than ideal.
+    availability: Vec<AtomicU32>,
+
     stats: AtomicStats,
     lengths: Lengths,
 
@@ -287,6 +293,9 @@ impl TorrentStateLive {
             streams: paused.streams,
             per_piece_locks: (0..lengths.total_pieces())
                 .map(|_| RwLock::new(()))
+                .collect(),
+            availability: (0..lengths.total_pieces())
+                .map(|_| AtomicU32::new(0))
                 .collect(),
             ratelimit_upload_tx,
             ratelimits,
@@ -446,6 +455,7 @@ impl TorrentStateLive {
             locked: RwLock::new(PeerHandlerLocked {
                 i_am_choked: true,
                 cancelled: HashSet::new(),
+                origin_idle_since: None,
             }),
             requests_sem: Semaphore::new(0),
             state: self.clone(),
@@ -514,6 +524,7 @@ impl TorrentStateLive {
             locked: RwLock::new(PeerHandlerLocked {
                 i_am_choked: true,
                 cancelled: HashSet::new(),
+                origin_idle_since: None,
             }),
             requests_sem: Semaphore::new(0),
             state: state.clone(),
@@ -658,6 +669,80 @@ impl TorrentStateLive {
             .map(|c| *c.get_hns())
     }
 
+    /// voi-agent patch: whether `addr` is the origin, the seeder at the
+    /// tracker's address (our server runs both on one address).
+    fn is_origin(&self, addr: SocketAddr) -> bool {
+        let ip = addr.ip().to_canonical();
+        self.shared.trackers.iter().any(|t| match t.host() {
+            Some(url::Host::Ipv4(v4)) => std::net::IpAddr::V4(v4) == ip,
+            Some(url::Host::Ipv6(v6)) => std::net::IpAddr::V6(v6).to_canonical() == ip,
+            _ => false,
+        })
+    }
+
+    /// voi-agent patch: among the queued pieces `bf` has, one that the
+    /// fewest connected peers hold (at most `cap` of them), uniformly at
+    /// random among equals (reservoir sampling: one pass, no allocation).
+    fn rarest_piece(
+        &self,
+        chunk_tracker: &ChunkTracker,
+        g: &TorrentStateLocked,
+        bf: &BF,
+        cap: Option<u32>,
+    ) -> Option<ValidPieceIndex> {
+        use rand::Rng;
+        let mut rng = rand::rng();
+        let mut best: Option<(u32, ValidPieceIndex)> = None;
+        let mut ties = 0u32;
+        for n in chunk_tracker.iter_queued_pieces(&g.file_priorities, &self.metadata.file_infos) {
+            if bf.get(n.get() as usize).map(|v| *v) != Some(true) {
+                continue;
+            }
+            let avail = self
+                .availability
+                .get(n.get() as usize)
+                .map(|a| a.load(Ordering::Relaxed))
+                .unwrap_or(u32::MAX);
+            if cap.is_some_and(|c| avail > c) {
+                continue;
+            }
+            match best {
+                Some((b, _)) if avail > b => {}
+                Some((b, _)) if avail == b => {
+                    ties += 1;
+                    if rng.random_range(0..ties) == 0 {
+                        best = Some((avail, n));
+                    }
+                }
+                _ => {
+                    best = Some((avail, n));
+                    ties = 1;
+                }
+            }
+        }
+        best.map(|(_, n)| n)
+    }
+
+    /// voi-agent patch: count a peer's pieces in (`add`) or out of the
+    /// availability map.
+    fn availability_apply(&self, bitfield: &BF, add: bool) {
+        let total = self.lengths.total_pieces() as usize;
+        let Some(bits) = bitfield.get(..total) else {
+            return;
+        };
+        for idx in bits.iter_ones() {
+            if let Some(a) = self.availability.get(idx) {
+                if add {
+                    a.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    let _ = a.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                        Some(v.saturating_sub(1))
+                    });
+                }
+            }
+        }
+    }
+
     fn transmit_haves(&self, index: ValidPieceIndex) {
         let _ = self.have_broadcast_tx.send(index);
     }
@@ -782,6 +867,9 @@ impl TorrentStateLive {
         if let Err(e) = self.files.on_piece_completed(id) {
             debug!(?id, "file storage errored in on_piece_completed(): {e:#}");
         }
+        // voi-agent patch: a requester holding back (the origin's in-flight
+        // cap) may go on now.
+        self.new_pieces_notify.notify_waiters();
         let mut g = self.lock_write("on_piece_completed");
         let locked = &mut **g;
         let chunks = locked.get_chunks_mut()?;
@@ -920,7 +1008,21 @@ struct PeerHandlerLocked {
     /// voi-agent patch: (piece, offset) of chunk requests the peer
     /// cancelled before we sent them.
     pub cancelled: HashSet<(u32, u32)>,
+    /// voi-agent patch: since when this origin peer has had nothing we may
+    /// ask it for (see `reserve_next_needed_piece`).
+    pub origin_idle_since: Option<Instant>,
 }
+
+/// voi-agent patch: how long the origin may sit idle for us before we ask
+/// it for pieces a neighbour also has.
+const ORIGIN_PATIENCE: Duration = Duration::from_secs(3);
+
+/// voi-agent patch: chunk requests in flight to one peer.
+const PEER_MAX_INFLIGHT_CHUNKS: usize = 32;
+
+/// voi-agent patch: pieces one terminal may have in flight at the origin
+/// while it has neighbours.
+const ORIGIN_MAX_INFLIGHT_PIECES: usize = 2;
 
 /// voi-agent patch: bound on remembered cancellations per peer.
 const MAX_CANCELLED: usize = 4096;
@@ -1161,6 +1263,8 @@ impl PeerHandler {
         match prev {
             PeerState::Connecting(_) => {}
             PeerState::Live(live) => {
+                // voi-agent patch: its pieces are no longer available here.
+                self.state.availability_apply(&live.bitfield, false);
                 let mut g = self.state.lock_write("mark_chunk_requests_canceled");
                 for req in live.inflight_requests {
                     trace!(
@@ -1281,12 +1385,52 @@ impl PeerHandler {
                             !chunk_tracker.is_piece_have(*pid)
                                 && !g.inflight_pieces.contains_key(pid)
                         });
-                    let natural_order_pieces = chunk_tracker
-                        .iter_queued_pieces(&g.file_priorities, &self.state.metadata.file_infos);
-                    for n in priority_streamed_pieces.chain(natural_order_pieces) {
+                    for n in priority_streamed_pieces {
                         if bf.get(n.get() as usize).map(|v| *v) == Some(true) {
                             n_opt = Some(n);
                             break;
+                        }
+                    }
+                    // voi-agent patch: rarest first, ties broken at random.
+                    // Upstream took the first needed piece in file order, so
+                    // every terminal of a room asked the server for the same
+                    // pieces at the same time: the server sent them twice and
+                    // the terminals had nothing to trade. Among the pieces
+                    // this peer has, take one the fewest connected peers hold,
+                    // picking uniformly among equals.
+                    //
+                    // The origin (a peer at the tracker's address: the
+                    // server, whose one link feeds the room) is asked only
+                    // for pieces no other connected peer holds, so its link
+                    // carries each piece about once and the terminals trade
+                    // the rest. If that leaves it idle for ORIGIN_PATIENCE
+                    // (neighbours choking us, or gone), anything goes.
+                    if n_opt.is_none() {
+                        let origin = self.state.is_origin(self.addr);
+                        // With neighbours to trade with, keep few pieces in
+                        // flight at the origin: a piece reserved there is
+                        // invisible to the neighbours, which may fetch it
+                        // from the origin too, and the longer the origin's
+                        // queue for us, the more of that.
+                        if origin
+                            && self.state.peers.stats.live.load(Ordering::Relaxed) > 1
+                            && g.inflight_pieces.values().filter(|p| p.peer == self.addr).count()
+                                >= ORIGIN_MAX_INFLIGHT_PIECES
+                        {
+                            return Ok(None);
+                        }
+                        let cap = if origin { Some(1) } else { None };
+                        n_opt = self.state.rarest_piece(chunk_tracker, &g, bf, cap);
+                        if origin {
+                            let mut l = self.locked.write();
+                            if n_opt.is_some() {
+                                l.origin_idle_since = None;
+                            } else {
+                                let since = *l.origin_idle_since.get_or_insert_with(Instant::now);
+                                if since.elapsed() >= ORIGIN_PATIENCE {
+                                    n_opt = self.state.rarest_piece(chunk_tracker, &g, bf, None);
+                                }
+                            }
                         }
                     }
 
@@ -1428,7 +1572,15 @@ impl PeerHandler {
                     live.bitfield = make_piece_bitfield(&self.state.lengths);
                 }
                 match live.bitfield.get_mut(have as usize) {
-                    Some(mut v) => *v = true,
+                    Some(mut v) => {
+                        // voi-agent patch: count it once for rarest-first.
+                        if !*v {
+                            if let Some(a) = self.state.availability.get(have as usize) {
+                                a.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        *v = true
+                    }
                     None => {
                         warn!("received have {} out of range", have);
                         return;
@@ -1465,7 +1617,15 @@ impl PeerHandler {
         {
             debug!("peer has full torrent");
         }
-        self.state.peers.update_bitfield(self.addr, bf);
+        // voi-agent patch: move the availability counts from the old
+        // bitfield to the new one.
+        self.state
+            .peers
+            .with_live_mut(self.addr, "update_bitfield", |live| {
+                self.state.availability_apply(&live.bitfield, false);
+                self.state.availability_apply(&bf, true);
+                live.bitfield = bf;
+            });
         self.on_bitfield_notify.notify_waiters();
         Ok(())
     }
@@ -1543,11 +1703,23 @@ impl PeerHandler {
             // Then try get the next one in queue.
             // Afterwards means we are close to completion, try stealing more aggressively.
             let new_piece_notify = self.state.new_pieces_notify.notified();
-            let next = match self
-                .try_steal_old_slow_piece(10.)
-                .map_or_else(|| self.reserve_next_needed_piece(), |v| Ok(Some(v)))?
-                .or_else(|| self.try_steal_old_slow_piece(3.))
-            {
+            // voi-agent patch: the origin does not take over a neighbour's
+            // slow piece (that is a second copy over the server's link),
+            // unless it has had nothing else to do for ORIGIN_PATIENCE.
+            let may_steal = !self.state.is_origin(self.addr)
+                || self
+                    .locked
+                    .read()
+                    .origin_idle_since
+                    .is_some_and(|t| t.elapsed() >= ORIGIN_PATIENCE);
+            let steal = |threshold| {
+                if may_steal {
+                    self.try_steal_old_slow_piece(threshold)
+                } else {
+                    None
+                }
+            };
+            let next = match self.reserve_next_needed_piece()?.or_else(|| steal(3.)) {
                 Some(next) => next,
                 None => {
                     debug!("no pieces to request");
@@ -1565,7 +1737,23 @@ impl PeerHandler {
                 }
             };
 
-            for chunk in self.state.lengths.iter_chunk_infos(next) {
+            // voi-agent patch: a stolen piece is already partly here; ask
+            // only for the chunks still missing (upstream asked for all of
+            // them again, so every steal fetched the received part twice).
+            let mut missing: Vec<ChunkInfo> = {
+                let g = self.state.lock_read("missing_chunks");
+                let chunks = g.get_chunks()?;
+                self.state
+                    .lengths
+                    .iter_chunk_infos(next)
+                    .filter(|c| !chunks.is_chunk_downloaded(c))
+                    .collect()
+            };
+            if missing.is_empty() {
+                // Never hold a piece without asking for it.
+                missing = self.state.lengths.iter_chunk_infos(next).collect();
+            }
+            for chunk in missing {
                 let request = Request {
                     index: next.get(),
                     begin: chunk.offset,
@@ -1644,7 +1832,12 @@ impl PeerHandler {
         // 128 should be more than enough to maintain 100mbps
         // for a single peer that has 100ms ping
         // https://www.desmos.com/calculator/x3szur87ps
-        self.requests_sem.add_permits(128);
+        // voi-agent patch: 32 (512 KiB in flight) rather than 128. On a
+        // LAN that still covers the bandwidth-delay product many times
+        // over, and a shorter queue at a busy neighbour means a piece we
+        // stole from it has fewer chunks already on the wire, which arrive
+        // anyway and are thrown away.
+        self.requests_sem.add_permits(PEER_MAX_INFLIGHT_CHUNKS);
     }
 
     async fn on_received_piece(&self, piece: Piece<ByteBuf<'_>>) -> anyhow::Result<()> {

@@ -74,6 +74,10 @@ pub struct Engine {
     session: Arc<Session>,
 }
 
+/// The longest a re-add waits for a restored torrent's check to end (a
+/// 30 GB layer at a slow disk's 100 MB/s takes 5 minutes).
+const INITIAL_CHECK_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
+
 fn mib_to_bps(mbps: f64) -> u64 {
     (mbps * 1024.0 * 1024.0).max(0.0) as u64
 }
@@ -190,6 +194,18 @@ impl Engine {
                         "{}: its tracker moved; re-adding it",
                         h.info_hash().as_string()
                     );
+                    // A torrent restored at start is still checking its
+                    // data. Deleting it then leaves that check running, and
+                    // when it ends it rewrites the piece bitfield file the
+                    // re-added torrent already maps: a server found its own
+                    // library layer empty and "downloaded" it forever. Let
+                    // the check end first.
+                    let started = std::time::Instant::now();
+                    while matches!(h.stats().state, TorrentStatsState::Initializing)
+                        && started.elapsed() < INITIAL_CHECK_WAIT
+                    {
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
                     self.session.delete(id.into(), false).await?;
                     match self
                         .session

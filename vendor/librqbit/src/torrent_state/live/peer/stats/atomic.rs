@@ -58,10 +58,16 @@ impl Default for PeerStats {
     fn default() -> Self {
         Self {
             counters: Arc::new(Default::default()),
+            // voi-agent patch: retry a peer after 1 s, doubling up to 30 s.
+            // Upstream waited 10 s, then 60 s, 6 min, an hour: a server that
+            // restarted (or was still re-checking a torrent when a terminal
+            // first called) was left unasked for minutes, and a peer
+            // already known is not re-added when the tracker names it
+            // again. On a LAN a refused connection costs nothing.
             backoff: ExponentialBackoffBuilder::new()
-                .with_initial_interval(Duration::from_secs(10))
-                .with_multiplier(6.)
-                .with_max_interval(Duration::from_secs(3600))
+                .with_initial_interval(Duration::from_secs(1))
+                .with_multiplier(2.)
+                .with_max_interval(Duration::from_secs(30))
                 .with_max_elapsed_time(Some(Duration::from_secs(86400)))
                 .build(),
         }

@@ -236,6 +236,36 @@ impl Engine {
         self.handle(info_hash).is_some()
     }
 
+    /// Resolves when the engine holds every piece of the torrent, or at
+    /// once when it does not know it.
+    /// Also resolves within a second of the torrent leaving the session
+    /// (a cancelled download), so the wait never holds on to it.
+    pub fn completion(
+        &self,
+        info_hash: &str,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let handle = self.handle(info_hash);
+        let session = Arc::downgrade(&self.session);
+        async move {
+            let Some(h) = handle else { return };
+            let id = h.info_hash();
+            loop {
+                tokio::select! {
+                    _ = h.wait_until_completed() => return,
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {
+                        let still_ours = session
+                            .upgrade()
+                            .and_then(|s| s.get(id.into()))
+                            .is_some_and(|now| Arc::ptr_eq(&now, &h));
+                        if !still_ours {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// Which pieces the engine has written and checked (patch 6 in
     /// vendor/librqbit).
     pub fn have_pieces(&self, info_hash: &str) -> Option<Vec<bool>> {

@@ -176,6 +176,9 @@ pub struct Transfers {
     /// Each download's check so far (pieces read back and hashed while it
     /// arrives); `None` inside while `finish` has taken it.
     verifiers: Mutex<BTreeMap<String, Verifier>>,
+    /// Runs a supervisor pass now: a download the engine just completed is
+    /// finished at once instead of at the next quarter-second tick.
+    wake: Arc<tokio::sync::Notify>,
 }
 
 type Verifier = Arc<Mutex<Option<PieceVerifier>>>;
@@ -209,6 +212,7 @@ impl Transfers {
             manifest_key,
             starting: tokio::sync::Mutex::new(()),
             verifiers: Mutex::new(BTreeMap::new()),
+            wake: Arc::new(tokio::sync::Notify::new()),
         });
         t.restore().await?;
         Ok((t, rx))
@@ -389,6 +393,9 @@ impl Transfers {
                 .await
             {
                 Ok(_) => {
+                    if rec.stage == Stage::Downloading {
+                        self.wake_when_complete(&rec.info_hash);
+                    }
                     log::info!("{} {:?} resumed ({:?})", rec.layer, rec.kind, rec.stage);
                 }
                 Err(e) => log::warn!("{}: engine refused it at start: {e:#}", rec.layer),
@@ -498,6 +505,7 @@ impl Transfers {
             let _ = std::fs::remove_dir_all(self.dir(&layer));
             return Err(TransferError::Engine(format!("{e:#}")));
         }
+        self.wake_when_complete(&meta.info_hash);
         log::info!(
             "{layer}: downloading {} bytes (info hash {})",
             meta.length,
@@ -1009,6 +1017,15 @@ impl Transfers {
         }
     }
 
+    fn wake_when_complete(&self, info_hash: &str) {
+        let done = self.engine.completion(info_hash);
+        let wake = self.wake.clone();
+        tokio::spawn(async move {
+            done.await;
+            wake.notify_one();
+        });
+    }
+
     /// Runs the supervisor until `stop` fires.
     pub async fn run(self: Arc<Self>, stop: tokio_util::sync::CancellationToken) {
         // A quarter second: a finished download is noticed soon (a small
@@ -1018,6 +1035,7 @@ impl Transfers {
         loop {
             tokio::select! {
                 _ = tick.tick() => self.tick().await,
+                _ = self.wake.notified() => self.tick().await,
                 _ = stop.cancelled() => break,
             }
         }

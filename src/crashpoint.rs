@@ -21,6 +21,7 @@ struct Drill {
 
 static DRILL: OnceLock<Option<Drill>> = OnceLock::new();
 static COUNT: AtomicU64 = AtomicU64::new(0);
+static GATE: Mutex<()> = Mutex::new(());
 
 fn drill() -> Option<&'static Drill> {
     DRILL
@@ -46,6 +47,11 @@ pub fn hit(label: &str) {
     let Some(d) = drill() else {
         return;
     };
+    // One point at a time: its number, its log line and the kill happen
+    // under one lock, so no other thread's later point is numbered or
+    // logged before the process dies (two writers finishing together made
+    // the log end one point past the kill).
+    let _gate = GATE.lock().unwrap_or_else(|p| p.into_inner());
     let n = COUNT.fetch_add(1, Ordering::SeqCst) + 1;
     if let Some(log) = &d.log {
         let mut f = log.lock().unwrap_or_else(|p| p.into_inner());
@@ -55,5 +61,9 @@ pub fn hit(label: &str) {
     if d.at == Some(n) {
         log::warn!("crash drill: SIGKILL after point {n} ({label})");
         let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+        // SIGKILL cannot be caught; hold the gate until it lands.
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
     }
 }

@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 use std::path::Path;
 use std::sync::Mutex;
 
-use crate::agent::update_plan::{self as decision, LocalLayer, Plan};
+use crate::agent::update_plan::{self, LocalLayer, Plan};
 use crate::disk::name::{LayerName, USER_LEVEL};
 use crate::disk::{Catalog, DiskError, DiskStore, Inventory, LayerMeta};
 use crate::protocol::messages::{DesktopGroup, DesktopInfo, LocalDisk};
@@ -94,7 +94,7 @@ impl Desktops {
     ) -> Result<Plan, DiskError> {
         let _g = self.guard()?;
         let inv = self.store.inventory()?;
-        let plan = decision::decide(&self.local_layers(&inv), groups);
+        let plan = update_plan::decide(&self.local_layers(&inv), groups);
         let touched: Vec<String> = plan
             .delete
             .iter()

@@ -448,6 +448,7 @@ impl TorrentStateLive {
     ) -> anyhow::Result<()> {
         // TODO: bump counters for incoming
         let handler = PeerHandler {
+            origin: self.is_origin(checked_peer.addr),
             addr: checked_peer.addr,
             incoming: true,
             on_bitfield_notify: Default::default(),
@@ -517,6 +518,7 @@ impl TorrentStateLive {
             .context("bug: peer not found")?;
 
         let handler = PeerHandler {
+            origin: state.is_origin(addr),
             addr,
             incoming: false,
             on_bitfield_notify: Default::default(),
@@ -1013,6 +1015,15 @@ struct PeerHandlerLocked {
     pub origin_idle_since: Option<Instant>,
 }
 
+impl PeerHandlerLocked {
+    /// voi-agent patch: the origin has had nothing we may ask it for, for
+    /// ORIGIN_PATIENCE: the origin rules lapse.
+    fn origin_out_of_patience(&self) -> bool {
+        self.origin_idle_since
+            .is_some_and(|t| t.elapsed() >= ORIGIN_PATIENCE)
+    }
+}
+
 /// voi-agent patch: how long the origin may sit idle for us before we ask
 /// it for pieces a neighbour also has.
 const ORIGIN_PATIENCE: Duration = Duration::from_secs(3);
@@ -1031,6 +1042,9 @@ const MAX_CANCELLED: usize = 4096;
 // This state tracks a live peer.
 struct PeerHandler {
     state: Arc<TorrentStateLive>,
+    /// voi-agent patch: this peer is the origin (`TorrentStateLive::is_origin`),
+    /// decided once per connection.
+    origin: bool,
     counters: Arc<AtomicPeerCounters>,
     // Semantically, we don't need an RwLock here, as this is only requested from
     // one future (requester + manage_peer).
@@ -1406,7 +1420,7 @@ impl PeerHandler {
                     // the rest. If that leaves it idle for ORIGIN_PATIENCE
                     // (neighbours choking us, or gone), anything goes.
                     if n_opt.is_none() {
-                        let origin = self.state.is_origin(self.addr);
+                        let origin = self.origin;
                         // With neighbours to trade with, keep few pieces in
                         // flight at the origin: a piece reserved there is
                         // invisible to the neighbours, which may fetch it
@@ -1426,8 +1440,8 @@ impl PeerHandler {
                             if n_opt.is_some() {
                                 l.origin_idle_since = None;
                             } else {
-                                let since = *l.origin_idle_since.get_or_insert_with(Instant::now);
-                                if since.elapsed() >= ORIGIN_PATIENCE {
+                                l.origin_idle_since.get_or_insert_with(Instant::now);
+                                if l.origin_out_of_patience() {
                                     n_opt = self.state.rarest_piece(chunk_tracker, &g, bf, None);
                                 }
                             }
@@ -1706,12 +1720,7 @@ impl PeerHandler {
             // voi-agent patch: the origin does not take over a neighbour's
             // slow piece (that is a second copy over the server's link),
             // unless it has had nothing else to do for ORIGIN_PATIENCE.
-            let may_steal = !self.state.is_origin(self.addr)
-                || self
-                    .locked
-                    .read()
-                    .origin_idle_since
-                    .is_some_and(|t| t.elapsed() >= ORIGIN_PATIENCE);
+            let may_steal = !self.origin || self.locked.read().origin_out_of_patience();
             let steal = |threshold| {
                 if may_steal {
                     self.try_steal_old_slow_piece(threshold)

@@ -27,6 +27,14 @@ pub struct EngineConfig {
     /// Bytes per second; None is unlimited.
     pub upload_limit: Option<u32>,
     pub download_limit: Option<u32>,
+    /// Take each downloaded piece's sha256 in the engine's own SHA-1 read
+    /// (patch 12), for a downloader that checks a layer against its
+    /// manifest's piece list; a seeder has no use for it.
+    pub piece_sha256: bool,
+    /// Received chunks wait in memory, up to this many MiB, for one writer
+    /// that writes and checks them, so receiving goes on while a piece is
+    /// hashed; 0 writes and checks in the receiving task.
+    pub write_buffer_mib: usize,
 }
 
 /// One torrent's progress, engine-neutral.
@@ -120,6 +128,8 @@ impl Engine {
                     upload_bps: cfg.upload_limit.and_then(NonZeroU32::new),
                     download_bps: cfg.download_limit.and_then(NonZeroU32::new),
                 },
+                piece_sha256: cfg.piece_sha256,
+                defer_writes_up_to: (cfg.write_buffer_mib > 0).then_some(cfg.write_buffer_mib),
                 ..Default::default()
             }
         };
@@ -270,6 +280,12 @@ impl Engine {
     /// vendor/librqbit).
     pub fn have_pieces(&self, info_hash: &str) -> Option<Vec<bool>> {
         self.handle(info_hash)?.have_pieces()
+    }
+
+    /// The sha256 of each piece the engine downloaded and checked in this
+    /// process (patch 12); `None` for pieces it did not.
+    pub fn piece_sha256(&self, info_hash: &str) -> Option<Vec<Option<[u8; 32]>>> {
+        self.handle(info_hash)?.piece_sha256()
     }
 
     pub fn stats(&self, info_hash: &str) -> Option<TaskStats> {

@@ -200,21 +200,36 @@ impl TorrentMeta {
     }
 }
 
-/// The check of `verify_file`, done while the file grows: every piece the
-/// engine has written is read back and checked against the torrent (SHA-1)
-/// and its sha256 kept for the manifest's piece list, in whatever order
-/// pieces arrive. When the last one lands, only the pieces not yet read
-/// are left. Every piece is still read back from the file, so a stale
-/// resume bitfield is caught as before; the state is in memory, and a
-/// restart begins again with no piece checked.
+/// The check of `verify_file`, done while the file grows, in whatever order
+/// pieces arrive, so that little is left when the last one lands.
+///
+/// A piece the engine downloaded and checked in this process comes with
+/// the sha256 it took in that same read (librqbit patch 12): it was just
+/// checked against the torrent, so it is taken as it is, not read again.
+/// Any other piece the engine says it has (restored at start from a resume
+/// bitfield that may be stale, or from an engine that keeps no digests) is
+/// read back and checked here, SHA-1 against the torrent and sha256 for
+/// the manifest's piece list. The state is in memory: a restart begins
+/// again with no piece checked, and every restored piece is read.
 pub struct PieceVerifier {
     meta: TorrentMeta,
     /// The sha256 of each checked piece.
     digests: Vec<Option<[u8; 32]>>,
     checked: usize,
+    /// How many checked pieces came with the engine's digest.
+    from_engine: usize,
     bad: usize,
     first_bad: Option<usize>,
     buf: Vec<u8>,
+}
+
+/// What one `PieceVerifier::advance` did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Advanced {
+    /// Pieces newly checked, by either way.
+    pub pieces: usize,
+    /// Bytes read back from the file (pieces without the engine's digest).
+    pub read: u64,
 }
 
 impl PieceVerifier {
@@ -222,6 +237,7 @@ impl PieceVerifier {
         PieceVerifier {
             digests: vec![None; meta.pieces.len()],
             checked: 0,
+            from_engine: 0,
             bad: 0,
             first_bad: None,
             buf: Vec::new(),
@@ -233,18 +249,25 @@ impl PieceVerifier {
         self.checked
     }
 
+    /// How many checked pieces were taken on the engine's word.
+    pub fn from_engine(&self) -> usize {
+        self.from_engine
+    }
+
     pub fn pieces(&self) -> usize {
         self.meta.pieces.len()
     }
 
     /// Checks pieces `have` says the engine holds and that are not checked
-    /// yet, up to `budget` bytes. Returns the bytes read.
+    /// yet, reading at most `budget` bytes. `engine_sha256` gives the
+    /// digest of a piece the engine checked in this process, if it has one.
     pub fn advance(
         &mut self,
         path: &Path,
         have: &dyn Fn(usize) -> bool,
+        engine_sha256: &dyn Fn(usize) -> Option<[u8; 32]>,
         budget: u64,
-    ) -> Result<u64, VerifyError> {
+    ) -> Result<Advanced, VerifyError> {
         use sha2::Digest as _;
         use std::os::unix::fs::FileExt;
         let io = |source| VerifyError::Io {
@@ -252,12 +275,19 @@ impl PieceVerifier {
             source,
         };
         let mut file: Option<std::fs::File> = None;
-        let mut read = 0u64;
+        let mut done = Advanced::default();
         for i in 0..self.meta.pieces.len() {
-            if read >= budget {
-                break;
-            }
             if self.digests[i].is_some() || !have(i) {
+                continue;
+            }
+            if let Some(d) = engine_sha256(i) {
+                self.digests[i] = Some(d);
+                self.checked += 1;
+                self.from_engine += 1;
+                done.pieces += 1;
+                continue;
+            }
+            if done.read >= budget {
                 continue;
             }
             let start = i as u64 * self.meta.piece_length;
@@ -274,14 +304,19 @@ impl PieceVerifier {
             }
             self.digests[i] = Some(Sha256::digest(&self.buf[..len]).into());
             self.checked += 1;
-            read += len as u64;
+            done.pieces += 1;
+            done.read += len as u64;
         }
-        Ok(read)
+        Ok(done)
     }
 
     /// Checks whatever is left; the piece list hash for the manifest, or
     /// the verdict of `verify_file` on a bad piece.
-    pub fn finish(mut self, path: &Path) -> Result<String, VerifyError> {
+    pub fn finish(
+        mut self,
+        path: &Path,
+        engine_sha256: &dyn Fn(usize) -> Option<[u8; 32]>,
+    ) -> Result<String, VerifyError> {
         let actual = std::fs::metadata(path)
             .map_err(|source| VerifyError::Io {
                 path: path.display().to_string(),
@@ -294,7 +329,7 @@ impl PieceVerifier {
                 expected: self.meta.length,
             });
         }
-        self.advance(path, &|_| true, u64::MAX)?;
+        self.advance(path, &|_| true, engine_sha256, u64::MAX)?;
         if let Some(first) = self.first_bad {
             return Err(VerifyError::Pieces {
                 bad: self.bad,
@@ -334,24 +369,31 @@ mod tests {
         // Pieces 3, 1 and 5 arrived first, out of order.
         let mut v = PieceVerifier::new(meta.clone());
         let have = |i: usize| [false, true, false, true, false, true][i];
-        let read = v.advance(&path, &have, u64::MAX).expect("advance");
-        assert_eq!(read, 2 * 16384 + 100);
+        let done = v.advance(&path, &have, &none, u64::MAX).expect("advance");
+        assert_eq!(
+            done,
+            Advanced {
+                pieces: 3,
+                read: 2 * 16384 + 100
+            }
+        );
         assert_eq!(v.checked(), 3);
         // A budget stops it too, after whole pieces.
         let mut w = PieceVerifier::new(meta.clone());
-        w.advance(&path, &|_| true, 1).expect("advance");
+        w.advance(&path, &|_| true, &none, 1).expect("advance");
         assert_eq!(w.checked(), 1);
-        assert_eq!(v.finish(&path).expect("finish"), hashes.pieces);
-        assert_eq!(w.finish(&path).expect("finish"), hashes.pieces);
+        assert_eq!(v.finish(&path, &none).expect("finish"), hashes.pieces);
+        assert_eq!(w.finish(&path, &none).expect("finish"), hashes.pieces);
 
         // A piece wrong when it is read is caught, checked early or late.
         let mut bad = data.clone();
         bad[3 * 16384] ^= 1;
         std::fs::write(&path, &bad).expect("write");
         let mut v = PieceVerifier::new(meta.clone());
-        v.advance(&path, &|i| i == 3, u64::MAX).expect("advance");
+        v.advance(&path, &|i| i == 3, &none, u64::MAX)
+            .expect("advance");
         assert!(matches!(
-            v.finish(&path),
+            v.finish(&path, &none),
             Err(VerifyError::Pieces {
                 bad: 1,
                 first: 3,
@@ -359,7 +401,7 @@ mod tests {
             })
         ));
         assert!(matches!(
-            PieceVerifier::new(meta.clone()).finish(&path),
+            PieceVerifier::new(meta.clone()).finish(&path, &none),
             Err(VerifyError::Pieces {
                 bad: 1,
                 first: 3,
@@ -369,9 +411,70 @@ mod tests {
         // Short files are refused before any reading.
         std::fs::write(&path, &data[..100]).expect("write");
         assert!(matches!(
-            PieceVerifier::new(meta).finish(&path),
+            PieceVerifier::new(meta).finish(&path, &none),
             Err(VerifyError::Size { .. })
         ));
+    }
+
+    fn none(_: usize) -> Option<[u8; 32]> {
+        None
+    }
+
+    /// A piece the engine checked in this process is taken with its digest
+    /// and not read again; a piece without one (restored from a resume
+    /// bitfield) is read and checked as before.
+    #[test]
+    fn pieces_the_engine_checked_are_not_read_again_and_the_others_are() {
+        use sha2::Digest as _;
+        let d = tempfile::tempdir().expect("tmp");
+        let path = d.path().join("voi_0_x");
+        let data: Vec<u8> = (0..(4 * 16384)).map(|i| (i * 13 % 241) as u8).collect();
+        std::fs::write(&path, &data).expect("write");
+        let (t, hashes) = crate::bt::torrent::create_with_sha256(&path, "http://x/announce", 16384)
+            .expect("torrent");
+        let meta = TorrentMeta::parse(&t.bytes).expect("meta");
+        let digest =
+            |i: usize| -> [u8; 32] { Sha256::digest(&data[i * 16384..(i + 1) * 16384]).into() };
+        // The engine checked pieces 0 and 2.
+        let engine = |i: usize| (i % 2 == 0).then(|| digest(i));
+        let mut v = PieceVerifier::new(meta.clone());
+        let done = v
+            .advance(&path, &|_| true, &engine, u64::MAX)
+            .expect("advance");
+        assert_eq!(
+            done,
+            Advanced {
+                pieces: 4,
+                read: 2 * 16384
+            }
+        );
+        assert_eq!(v.from_engine(), 2);
+        assert_eq!(v.finish(&path, &engine).expect("finish"), hashes.pieces);
+
+        // Piece 1 on disk goes bad: it has no digest from the engine, so it
+        // is read and caught.
+        let mut bad = data.clone();
+        bad[16384] ^= 1;
+        std::fs::write(&path, &bad).expect("write");
+        assert!(matches!(
+            PieceVerifier::new(meta.clone()).finish(&path, &engine),
+            Err(VerifyError::Pieces {
+                bad: 1,
+                first: 1,
+                ..
+            })
+        ));
+        // The budget bounds reading only: digests are taken past it.
+        std::fs::write(&path, &data).expect("write");
+        let mut w = PieceVerifier::new(meta);
+        let done = w.advance(&path, &|_| true, &engine, 1).expect("advance");
+        assert_eq!(
+            done,
+            Advanced {
+                pieces: 3,
+                read: 16384
+            }
+        );
     }
 
     /// Fuzzer finds (fuzz/corpus/torrent_meta/regress-*): each used to

@@ -65,6 +65,9 @@ impl Server {
                 listen_port: cfg.bt_listen_port,
                 upload_limit: (cfg.bt_upload_limit > 0).then_some(cfg.bt_upload_limit),
                 download_limit: None,
+                piece_sha256: false,
+                // A seeder writes nothing.
+                write_buffer_mib: 0,
             },
             announce,
             load_or_create_signing_key(&cfg)?,

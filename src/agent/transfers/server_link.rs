@@ -32,6 +32,10 @@ pub async fn start(agent: Arc<Agent>) {
         listen_port: agent.cfg.bt.listen_port,
         upload_limit: (agent.cfg.bt.upload_limit > 0).then_some(agent.cfg.bt.upload_limit),
         download_limit: (agent.cfg.bt.download_limit > 0).then_some(agent.cfg.bt.download_limit),
+        // Only a layer checked against a manifest needs its pieces' sha256.
+        piece_sha256: agent.cfg.manifest_key().is_some()
+            || agent.cfg.bt.manifest != crate::bt::manifest::ManifestPolicy::Off,
+        write_buffer_mib: agent.cfg.bt.write_buffer_mib,
     };
     let mut wait = Duration::from_secs(1);
     let (transfers, reports) = loop {

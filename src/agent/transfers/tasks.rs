@@ -253,14 +253,16 @@ impl Transfers {
             let Some(have) = me.engine.have_pieces(&hash) else {
                 return;
             };
+            let digests = me.engine.piece_sha256(&hash).unwrap_or_default();
             match v.advance(
                 &path,
                 &|i| have.get(i).copied().unwrap_or(false),
+                &|i| digests.get(i).copied().flatten(),
                 VERIFY_STEP,
             ) {
                 // What was checked goes to the disk now, so the fsync before
                 // the layer joins its chain has only the last pieces left.
-                Ok(read) if read > 0 => {
+                Ok(done) if done.pieces > 0 => {
                     if let Err(e) = std::fs::File::open(&path).and_then(|f| f.sync_data()) {
                         log::debug!("{}: {e}", path.display());
                     }
@@ -966,19 +968,22 @@ impl Transfers {
                 .verifiers()
                 .remove(&rec.layer)
                 .and_then(|v| v.lock().unwrap_or_else(|p| p.into_inner()).take());
-            let (checked, pieces) = ahead
+            let (checked, from_engine, pieces) = ahead
                 .as_ref()
-                .map(|v| (v.checked(), v.pieces()))
-                .unwrap_or((0, meta.piece_count()));
+                .map(|v| (v.checked(), v.from_engine(), v.pieces()))
+                .unwrap_or((0, 0, meta.piece_count()));
             let started = Instant::now();
+            let digests = self.engine.piece_sha256(&rec.info_hash).unwrap_or_default();
             let verdict = match ahead {
-                Some(v) => v.finish(&data).map(|p| (Some(p), None)),
+                Some(v) => v
+                    .finish(&data, &|i| digests.get(i).copied().flatten())
+                    .map(|p| (Some(p), None)),
                 None => meta
                     .verify_file(&data, manifest.is_some())
                     .map(|h| (h.as_ref().map(|h| h.pieces.clone()), h.map(|h| h.whole))),
             };
             log::info!(
-                "{}: {checked} of {pieces} pieces were checked while downloading; the other {} took {:?}",
+                "{}: {checked} of {pieces} pieces were checked while downloading ({from_engine} hashed by the engine as it checked them); the other {} took {:?}",
                 rec.layer,
                 pieces - checked,
                 started.elapsed()

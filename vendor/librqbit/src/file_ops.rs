@@ -48,6 +48,39 @@ pub fn update_hash_from_file<Sha1: ISha1>(
     Ok(())
 }
 
+/// voi-agent patch 12: SHA-1, and optionally sha256, over the same bytes.
+struct PieceHasher {
+    sha1: Sha1,
+    sha256: Option<sha2::Sha256>,
+}
+
+impl ISha1 for PieceHasher {
+    fn new() -> Self {
+        PieceHasher {
+            sha1: Sha1::new(),
+            sha256: None,
+        }
+    }
+
+    fn update(&mut self, buf: &[u8]) {
+        self.sha1.update(buf);
+        if let Some(h) = &mut self.sha256 {
+            sha2::Digest::update(h, buf);
+        }
+    }
+
+    fn finish(self) -> [u8; 20] {
+        self.sha1.finish()
+    }
+}
+
+impl PieceHasher {
+    fn finish_both(self) -> ([u8; 20], Option<[u8; 32]>) {
+        let sha256 = self.sha256.map(|h| sha2::Digest::finalize(h).into());
+        (self.sha1.finish(), sha256)
+    }
+}
+
 pub(crate) struct FileOps<'a> {
     torrent: &'a TorrentMetaV1Info<ByteBufOwned>,
     files: &'a dyn TorrentStorage,
@@ -182,7 +215,21 @@ impl<'a> FileOps<'a> {
     }
 
     pub fn check_piece(&self, piece_index: ValidPieceIndex) -> anyhow::Result<bool> {
-        let mut h = Sha1::new();
+        Ok(self.check_piece_with_sha256(piece_index, false)?.0)
+    }
+
+    /// voi-agent patch 12: `check_piece`, and with `want_sha256` also the
+    /// piece's sha256, taken in the same read (a caller checking the data
+    /// against a sha256 list then need not read the piece again).
+    pub fn check_piece_with_sha256(
+        &self,
+        piece_index: ValidPieceIndex,
+        want_sha256: bool,
+    ) -> anyhow::Result<(bool, Option<[u8; 32]>)> {
+        let mut h = PieceHasher::new();
+        if want_sha256 {
+            h.sha256 = Some(sha2::Sha256::default());
+        }
         let piece_length = self.lengths.piece_length(piece_index);
         let mut absolute_offset = self.lengths.piece_offset(piece_index);
         let mut buf = vec![0u8; std::cmp::min(65536, piece_length as usize)];
@@ -230,14 +277,15 @@ impl<'a> FileOps<'a> {
             absolute_offset = 0;
         }
 
-        match self.torrent.compare_hash(piece_index.get(), h.finish()) {
+        let (sha1, sha256) = h.finish_both();
+        match self.torrent.compare_hash(piece_index.get(), sha1) {
             Some(true) => {
                 trace!("piece={} hash matches", piece_index);
-                Ok(true)
+                Ok((true, sha256))
             }
             Some(false) => {
                 warn!("the piece={} hash does not match", piece_index);
-                Ok(false)
+                Ok((false, None))
             }
             None => {
                 // this is probably a bug?

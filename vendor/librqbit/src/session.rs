@@ -138,6 +138,9 @@ pub struct Session {
     // Feature flags
     #[cfg(feature = "disable-upload")]
     _disable_upload: bool,
+
+    /// voi-agent patch 12 (`SessionOptions::piece_sha256`).
+    pub(crate) piece_sha256: bool,
 }
 
 async fn torrent_from_url(
@@ -430,6 +433,10 @@ pub struct SessionOptions {
 
     #[cfg(feature = "disable-upload")]
     pub disable_upload: bool,
+
+    /// voi-agent patch 12: also take each downloaded piece's sha256 while it
+    /// is read back for its SHA-1 check (`ManagedTorrent::piece_sha256`).
+    pub piece_sha256: bool,
 }
 
 async fn create_tcp_listener(
@@ -661,6 +668,7 @@ impl Session {
                 #[cfg(feature = "disable-upload")]
                 _disable_upload: opts.disable_upload,
                 blocklist,
+                piece_sha256: opts.piece_sha256,
             });
 
             if let Some(mut disk_write_rx) = disk_write_rx {

@@ -273,6 +273,12 @@ impl ManagedTorrent {
             .ok()
     }
 
+    /// voi-agent patch 12: the sha256 of each piece this process downloaded
+    /// and checked (`SessionOptions::piece_sha256`); `None` unless live.
+    pub fn piece_sha256(&self) -> Option<Vec<Option<[u8; 32]>>> {
+        self.live().map(|l| l.piece_sha256())
+    }
+
     /// Get the live state if the torrent is live.
     pub fn live(&self) -> Option<Arc<TorrentStateLive>> {
         let g = self.locked.read();

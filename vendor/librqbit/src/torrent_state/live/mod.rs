@@ -189,6 +189,10 @@ pub struct TorrentStateLive {
     /// stale only makes one pick less than ideal.
     availability: Vec<AtomicU32>,
 
+    /// voi-agent patch 12: the sha256 of each piece this process downloaded
+    /// and checked; empty unless the session asked for them.
+    piece_sha256: Box<[std::sync::OnceLock<[u8; 32]>]>,
+
     stats: AtomicStats,
     lengths: Lengths,
 
@@ -297,6 +301,13 @@ impl TorrentStateLive {
             availability: (0..lengths.total_pieces())
                 .map(|_| AtomicU32::new(0))
                 .collect(),
+            piece_sha256: if session.piece_sha256 {
+                (0..lengths.total_pieces())
+                    .map(|_| std::sync::OnceLock::new())
+                    .collect()
+            } else {
+                Default::default()
+            },
             ratelimit_upload_tx,
             ratelimits,
         });
@@ -669,6 +680,13 @@ impl TorrentStateLive {
             .get_chunks()
             .ok()
             .map(|c| *c.get_hns())
+    }
+
+    /// voi-agent patch 12: the sha256 of each piece this process downloaded
+    /// and checked (`None` for the rest: pieces restored at start, pieces
+    /// still missing, or a session that did not ask for them).
+    pub fn piece_sha256(&self) -> Vec<Option<[u8; 32]>> {
+        self.piece_sha256.iter().map(|d| d.get().copied()).collect()
     }
 
     /// voi-agent patch: whether `addr` is the origin, the seeder at the
@@ -1991,12 +2009,21 @@ impl PeerHandler {
                 None => return Ok(()),
             };
 
-            match state
+            let want_sha256 = !state.piece_sha256.is_empty();
+            let (piece_ok, sha256) = state
                 .file_ops()
-                .check_piece(chunk_info.piece_index)
-                .with_context(|| format!("error checking piece={index}"))?
-            {
+                .check_piece_with_sha256(chunk_info.piece_index, want_sha256)
+                .with_context(|| format!("error checking piece={index}"))?;
+            match piece_ok {
                 true => {
+                    // voi-agent patch 12: the digest is in place before the
+                    // piece shows as had, so a reader sees both together.
+                    if let (Some(d), Some(slot)) = (
+                        sha256,
+                        state.piece_sha256.get(chunk_info.piece_index.get() as usize),
+                    ) {
+                        let _ = slot.set(d);
+                    }
                     {
                         let mut g = state.lock_write("mark_piece_downloaded");
                         g.get_chunks_mut()?

@@ -174,8 +174,8 @@ pub struct BtConfig {
     /// it, whatever `manifest` says and whatever the transport.
     #[serde(default)]
     pub manifest_key: Option<String>,
-    /// MiB of received data that may wait in memory for the disk writer,
-    /// which writes and hashes pieces while the network goes on; 0 makes
+    /// MiB of received data that may wait in memory for the disk writers,
+    /// which write and hash pieces while the network goes on; 0 makes
     /// the receiving task write and hash each piece itself. 0..=1024.
     #[serde(default = "default_write_buffer_mib")]
     pub write_buffer_mib: usize,
@@ -195,11 +195,12 @@ impl Default for BtConfig {
     }
 }
 
-/// Measured on loopback (`voi-bench single`, 512 MiB): 16 to 64 MiB took
-/// the agent from 0.68-0.77x of plain librqbit to 0.85-1.07x; 32 MiB is
-/// little memory for a terminal that boots multi-GiB desktops.
+/// Measured on loopback (`voi-bench single --rounds 6`, 512 MiB): with the
+/// buffer and two writers the agent went from 0.68-0.77x of plain librqbit
+/// to a median of 0.95-0.98x; 16 MiB keeps a terminal's RSS while
+/// downloading near 40 MB.
 fn default_write_buffer_mib() -> usize {
-    32
+    16
 }
 
 fn default_bt_port() -> u16 {
@@ -410,9 +411,9 @@ mod tests {
     }
 
     #[test]
-    fn write_buffer_defaults_to_32_mib_and_a_huge_one_is_refused() {
+    fn write_buffer_defaults_to_16_mib_and_a_huge_one_is_refused() {
         let c: AgentConfig = toml::from_str(r#"server_ip = "x""#).expect("ok");
-        assert_eq!(c.bt.write_buffer_mib, 32);
+        assert_eq!(c.bt.write_buffer_mib, 16);
         let c: AgentConfig =
             toml::from_str("server_ip = \"x\"\n[bt]\nwrite_buffer_mib = 4096").expect("ok");
         let e = c.validate().expect_err("refused");

@@ -31,9 +31,9 @@ pub struct EngineConfig {
     /// (patch 12), for a downloader that checks a layer against its
     /// manifest's piece list; a seeder has no use for it.
     pub piece_sha256: bool,
-    /// Received chunks wait in memory, up to this many MiB, for one writer
-    /// that writes and checks them, so receiving goes on while a piece is
-    /// hashed; 0 writes and checks in the receiving task.
+    /// Received chunks wait in memory, up to this many MiB, for the disk
+    /// writers that write and check them, so receiving goes on while a
+    /// piece is hashed; 0 writes and checks in the receiving task.
     pub write_buffer_mib: usize,
 }
 
@@ -130,6 +130,9 @@ impl Engine {
                 },
                 piece_sha256: cfg.piece_sha256,
                 defer_writes_up_to: (cfg.write_buffer_mib > 0).then_some(cfg.write_buffer_mib),
+                // Two writers: on two cores, one piece is hashed while the
+                // next is written (librqbit patch 13).
+                disk_writers: 2,
                 ..Default::default()
             }
         };

@@ -48,6 +48,11 @@ enum Cmd {
         /// the P2b run, a shaped 1 Gbit/s link, is `--link-mbit 1000`.
         #[arg(long)]
         link_mbit: Option<u32>,
+        /// Rounds of the three clients, the agent first in every other one;
+        /// the report gives their medians (this machine's noise is larger
+        /// than the differences measured).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
     },
     /// P4: server scale.
     Scale {
@@ -323,16 +328,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     if do_single {
-        let (mib, link) = match &cli.cmd {
+        let (mib, link, rounds) = match &cli.cmd {
             Cmd::Single {
                 size_mib,
                 link_mbit,
-            } => (*size_mib, *link_mbit),
-            _ => (512, None),
+                rounds,
+            } => (*size_mib, *link_mbit, *rounds),
+            _ => (512, None, 3),
         };
         let link_bps = link.map(|m| m.saturating_mul(125_000));
         eprintln!("[single] {mib} MiB on loopback (link {link:?} Mbit/s): librqbit, curl, agent");
-        let r = single::run(&bins, mib, link_bps).await?;
+        let r = single::run(&bins, mib, link_bps, rounds).await?;
         if link.is_some() {
             report.single_link = Some(r);
         } else {
@@ -529,7 +535,7 @@ fn markdown(v: &serde_json::Value, out: &Path) -> String {
         s += "Not measured yet.\n\n";
     } else {
         s += &format!(
-            "A {:.1} MiB layer seeded by voi-server, fetched once each way on loopback. The agent's time runs from the operator's 1024 until the layer is in its chain: 9007, the decision, 9023, the torrent over HTTP, the download (during which the agent reads back and hashes, SHA-1 per piece and the manifest's sha256, every piece the engine has in order), the pieces not yet checked, the manifest, `qemu-img check`, and the link. Plain librqbit stops when its last piece is checked; curl fetches the file from `python3 -m http.server`.\n\n",
+            "A {:.1} MiB layer seeded by voi-server, fetched once each way on loopback. The agent's time runs from the operator's 1024 until the layer is in its chain: 9007, the decision, 9023, the torrent over HTTP, the download (the engine's two disk writers, behind a 16 MiB queue, write each piece and check it, SHA-1 against the torrent and sha256 for the manifest's piece list in one read; the agent fdatasyncs what is checked as it goes), the manifest, `qemu-img check`, and the link. Plain librqbit (default options: no write queue, no sha256, no fsync) stops when its last piece is checked; curl fetches the file from `python3 -m http.server`. Each round runs all three back to back, the agent first in every other round; the table gives the medians of the rounds.\n\n",
             si["layer_bytes"].as_f64().unwrap_or(0.0) / 1048576.0
         );
         s += "| client | seconds | MB/s |\n|---|---|---|\n";
@@ -556,8 +562,9 @@ fn markdown(v: &serde_json::Value, out: &Path) -> String {
                 si["agent_checked_ahead"].as_str().unwrap_or("?")
             );
         }
+        s += &rounds_table(si);
         s += &format!(
-            "\nAgent throughput over plain librqbit: **{}**; over curl: **{}**. Reproduce: `cargo run --release -p voi-bench -- single --size-mib 512` (also gives P3's RSS).\n\n",
+            "\nAgent throughput over plain librqbit, median of the rounds: **{}**; over curl: **{}**. Reproduce: `cargo run --release -p voi-bench -- single --size-mib 512 --rounds 6` (also gives P3's RSS, from the first round).\n\n",
             f(&si["agent_vs_librqbit"], 2),
             f(&si["agent_vs_curl"], 2)
         );
@@ -650,12 +657,14 @@ fn markdown(v: &serde_json::Value, out: &Path) -> String {
         if let Some(t) = sl["agent_tail_secs"].as_f64() {
             let download = sl["agent_secs"].as_f64().unwrap_or(f64::NAN) - t;
             s += &format!(
-                "\nAgent over plain librqbit: **{}**. The tail: **{t:.2} s**, {:.1}% of the transfer before it (goal ≤ 5%); pieces checked before the last one arrived: {}.\n\nReproduce: `cargo run --release -p voi-bench -- single --size-mib 512 --link-mbit 1000`.\n\n",
+                "\nAgent over plain librqbit, median of the rounds: **{}**. The tail: **{t:.2} s**, {:.1}% of the transfer before it (goal ≤ 5%); pieces checked before the last one arrived: {}.\n",
                 f(&sl["agent_vs_librqbit"], 2),
                 100.0 * t / download,
                 sl["agent_checked_ahead"].as_str().unwrap_or("?")
             );
         }
+        s += &rounds_table(sl);
+        s += "\nReproduce: `cargo run --release -p voi-bench -- single --size-mib 512 --link-mbit 1000 --rounds 3`.\n\n";
     }
     let me = &v["merge"];
     s += "## P5: merge\n\n";
@@ -694,6 +703,31 @@ fn markdown(v: &serde_json::Value, out: &Path) -> String {
     if let Ok(a) = std::fs::read_to_string(out.join("benchmarks-analysis.md")) {
         s += "\n";
         s += &a;
+    }
+    s
+}
+
+/// P2's rounds, one row each (empty for a report from before rounds).
+fn rounds_table(single: &serde_json::Value) -> String {
+    let Some(runs) = single["runs"].as_array().filter(|r| !r.is_empty()) else {
+        return String::new();
+    };
+    let mut s = "\n| round | first | voi-agent s | plain librqbit s | curl s | agent / librqbit | tail s |\n|---|---|---|---|---|---|---|\n".to_string();
+    for (i, r) in runs.iter().enumerate() {
+        s += &format!(
+            "| {} | {} | {} | {} | {} | {} | {} |\n",
+            i + 1,
+            if r["agent_first"].as_bool().unwrap_or(false) {
+                "agent"
+            } else {
+                "librqbit"
+            },
+            f(&r["agent_secs"], 2),
+            f(&r["librqbit_secs"], 2),
+            f(&r["curl_secs"], 2),
+            f(&r["agent_vs_librqbit"], 3),
+            f(&r["agent_tail_secs"], 3)
+        );
     }
     s
 }

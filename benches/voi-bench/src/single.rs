@@ -35,6 +35,9 @@ pub struct SingleReport {
     pub agent_tail_secs: Option<f64>,
     /// Pieces checked while downloading / all, from the same log.
     pub agent_checked_ahead: Option<String>,
+    /// Every round; the seconds and ratios above are their medians, the
+    /// memory figures and the checked-ahead share come from the first.
+    pub runs: Vec<SingleRun>,
 }
 
 /// Seconds of the day of an env_logger line's `[2026-11-26T04:49:58.123Z`.
@@ -77,13 +80,54 @@ fn mb_s(bytes: u64, secs: f64) -> f64 {
     bytes as f64 / 1e6 / secs
 }
 
+/// One round: each client once, back to back.
+#[derive(Debug, Clone, Serialize)]
+pub struct SingleRun {
+    pub agent_secs: f64,
+    pub librqbit_secs: f64,
+    pub curl_secs: f64,
+    pub agent_vs_librqbit: f64,
+    pub agent_tail_secs: Option<f64>,
+    /// Whether the agent went first this round (rounds alternate, so a
+    /// machine that slows down or speeds up favours neither side).
+    pub agent_first: bool,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
 /// `link_bps`: every client limited to this many bytes per second (the
 /// engines' own limiters, curl's --limit-rate), a link of that speed.
-pub async fn run(bins: &Path, mib: u64, link_bps: Option<u32>) -> anyhow::Result<SingleReport> {
+/// `rounds`: how many times the three clients run, the agent first in every
+/// other round; the report's seconds and ratios are the rounds' medians.
+pub async fn run(
+    bins: &Path,
+    mib: u64,
+    link_bps: Option<u32>,
+    rounds: usize,
+) -> anyhow::Result<SingleReport> {
     let work = crate::scale::tempfile_dir()?;
-    let r = run_in(bins, mib, &work, link_bps).await;
+    let r = run_in(bins, mib, &work, link_bps, rounds.max(1)).await;
     let _ = std::fs::remove_dir_all(&work);
     r
+}
+
+/// The seeder and the files every client fetches from.
+struct Seed {
+    bins: std::path::PathBuf,
+    work: std::path::PathBuf,
+    layer: String,
+    port: u16,
+    api: voi::server::client::ApiClient,
+    torrent: bytes::Bytes,
+    http_port: u16,
+    link_bps: Option<u32>,
 }
 
 async fn run_in(
@@ -91,6 +135,7 @@ async fn run_in(
     mib: u64,
     work: &Path,
     link_bps: Option<u32>,
+    rounds: usize,
 ) -> anyhow::Result<SingleReport> {
     let layer = format!("voi_0_{U}");
     let data = work.join("server");
@@ -125,47 +170,7 @@ async fn run_in(
     ))
     .await
     .map_err(|e| anyhow::anyhow!(e))?;
-
-    // 1. Plain librqbit, same torrent, same seeder.
-    let out = work.join("librqbit");
-    let session = librqbit::Session::new_with_opts(
-        out.clone(),
-        librqbit::SessionOptions {
-            disable_dht: true,
-            disable_dht_persistence: true,
-            listen_port_range: Some({
-                let p = free_port()?;
-                p..p + 1
-            }),
-            enable_upnp_port_forwarding: false,
-            ratelimits: librqbit::limits::LimitsConfig {
-                upload_bps: None,
-                download_bps: link_bps.and_then(std::num::NonZeroU32::new),
-            },
-            ..Default::default()
-        },
-    )
-    .await?;
-    let t0 = Instant::now();
-    let h = session
-        .add_torrent(
-            librqbit::AddTorrent::from_bytes(torrent.clone()),
-            Some(librqbit::AddTorrentOptions {
-                output_folder: Some(out.to_string_lossy().into_owned()),
-                overwrite: true,
-                ..Default::default()
-            }),
-        )
-        .await?
-        .into_handle()
-        .ok_or_else(|| anyhow::anyhow!("no handle"))?;
-    h.wait_until_completed().await?;
-    let librqbit_secs = t0.elapsed().as_secs_f64();
-    session.stop().await;
-    drop(session);
-    let _ = std::fs::remove_dir_all(&out);
-
-    // 2. curl over HTTP from a plain server on the same machine.
+    // curl's peer: a plain HTTP server of the same file.
     let http_port = free_port()?;
     let _http = Child(
         Command::new("python3")
@@ -183,36 +188,184 @@ async fn run_in(
             .spawn()?,
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let seed = Seed {
+        bins: bins.to_path_buf(),
+        work: work.to_path_buf(),
+        layer,
+        port,
+        api,
+        torrent,
+        http_port,
+        link_bps,
+    };
+
+    let mut runs = Vec::new();
+    let mut first_agent = None;
+    for round in 0..rounds {
+        let agent_first = round % 2 == 1;
+        let mut agent = None;
+        if agent_first {
+            agent = Some(agent_once(&seed, round).await?);
+        }
+        let librqbit_secs = librqbit_once(&seed).await?;
+        let curl_secs = curl_once(&seed)?;
+        let agent = match agent {
+            Some(a) => a,
+            None => agent_once(&seed, round).await?,
+        };
+        let (agent_tail_secs, _) = tail_from_log(&agent.log);
+        let run = SingleRun {
+            agent_secs: agent.secs,
+            librqbit_secs,
+            curl_secs,
+            agent_vs_librqbit: librqbit_secs / agent.secs,
+            agent_tail_secs,
+            agent_first,
+        };
+        eprintln!(
+            "[single] round {}: agent {:.2} s, librqbit {:.2} s, curl {:.2} s: agent/librqbit {:.3}, tail {:.3} s{}",
+            round + 1,
+            run.agent_secs,
+            run.librqbit_secs,
+            run.curl_secs,
+            run.agent_vs_librqbit,
+            run.agent_tail_secs.unwrap_or(f64::NAN),
+            if agent_first { " (agent first)" } else { "" }
+        );
+        runs.push(run);
+        first_agent.get_or_insert(agent);
+    }
+    drop(server);
+    let Some(agent) = first_agent else {
+        anyhow::bail!("no round ran");
+    };
+    if let Some(keep) = std::env::var_os("VOI_BENCH_AGENT_LOG") {
+        let _ = std::fs::write(keep, &agent.log);
+    }
+    let (_, agent_checked_ahead) = tail_from_log(&agent.log);
+    let pick = |f: fn(&SingleRun) -> f64| median(runs.iter().map(f).collect());
+    let agent_secs = pick(|r| r.agent_secs);
+    let librqbit_secs = pick(|r| r.librqbit_secs);
+    let curl_secs = pick(|r| r.curl_secs);
+    let tails: Vec<f64> = runs.iter().filter_map(|r| r.agent_tail_secs).collect();
+    Ok(SingleReport {
+        layer_bytes: size,
+        agent_secs,
+        librqbit_secs,
+        curl_secs,
+        agent_mb_s: mb_s(size, agent_secs),
+        librqbit_mb_s: mb_s(size, librqbit_secs),
+        curl_mb_s: mb_s(size, curl_secs),
+        agent_vs_librqbit: pick(|r| r.agent_vs_librqbit),
+        agent_vs_curl: median(runs.iter().map(|r| r.curl_secs / r.agent_secs).collect()),
+        agent_idle_rss_kb: agent.idle_rss_kb,
+        agent_download_rss_kb: agent.peak_rss_kb,
+        agent_seeding_rss_kb: agent.seeding_rss_kb,
+        agent_seeding_threads: agent.seeding_threads,
+        agent_tail_secs: (!tails.is_empty()).then(|| median(tails)),
+        agent_checked_ahead,
+        runs,
+    })
+}
+
+/// Plain librqbit, same torrent, same seeder.
+async fn librqbit_once(seed: &Seed) -> anyhow::Result<f64> {
+    let out = seed.work.join("librqbit");
+    let session = librqbit::Session::new_with_opts(
+        out.clone(),
+        librqbit::SessionOptions {
+            disable_dht: true,
+            disable_dht_persistence: true,
+            listen_port_range: Some({
+                let p = free_port()?;
+                p..p + 1
+            }),
+            enable_upnp_port_forwarding: false,
+            ratelimits: librqbit::limits::LimitsConfig {
+                upload_bps: None,
+                download_bps: seed.link_bps.and_then(std::num::NonZeroU32::new),
+            },
+            ..Default::default()
+        },
+    )
+    .await?;
+    let t0 = Instant::now();
+    let h = session
+        .add_torrent(
+            librqbit::AddTorrent::from_bytes(seed.torrent.clone()),
+            Some(librqbit::AddTorrentOptions {
+                output_folder: Some(out.to_string_lossy().into_owned()),
+                overwrite: true,
+                ..Default::default()
+            }),
+        )
+        .await?
+        .into_handle()
+        .ok_or_else(|| anyhow::anyhow!("no handle"))?;
+    h.wait_until_completed().await?;
+    let secs = t0.elapsed().as_secs_f64();
+    session.stop().await;
+    drop(session);
+    let _ = std::fs::remove_dir_all(&out);
+    Ok(secs)
+}
+
+/// curl over HTTP from a plain server on the same machine.
+fn curl_once(seed: &Seed) -> anyhow::Result<f64> {
+    let out = seed.work.join("curl.img");
     let t0 = Instant::now();
     let mut curl = Command::new("curl");
-    if let Some(bps) = link_bps {
+    if let Some(bps) = seed.link_bps {
         curl.arg("--limit-rate").arg(bps.to_string());
     }
     let st = curl
         .args(["-sf", "-o"])
-        .arg(work.join("curl.img"))
-        .arg(format!("http://127.0.0.1:{http_port}/{layer}"))
+        .arg(&out)
+        .arg(format!(
+            "http://127.0.0.1:{}/{}",
+            seed.http_port, seed.layer
+        ))
         .status()?;
-    let curl_secs = t0.elapsed().as_secs_f64();
+    let secs = t0.elapsed().as_secs_f64();
     if !st.success() {
         anyhow::bail!("curl failed: {st}");
     }
-    let _ = std::fs::remove_file(work.join("curl.img"));
+    let _ = std::fs::remove_file(&out);
+    Ok(secs)
+}
 
-    // 3. The agent: login, 9007, 9023, torrent, download, verify, link.
-    let adir = work.join("agent");
+struct AgentRun {
+    secs: f64,
+    idle_rss_kb: u64,
+    peak_rss_kb: u64,
+    seeding_rss_kb: u64,
+    seeding_threads: u64,
+    log: String,
+}
+
+/// The agent: login, 9007, 9023, torrent, download, verify, link. A new
+/// terminal (MAC) with an empty disk each round; the desktop group is
+/// created once it is logged in and idle, so the 1024 starts the download.
+async fn agent_once(seed: &Seed, round: usize) -> anyhow::Result<AgentRun> {
+    let mac = format!("AA:00:00:00:0C:{:02X}", round % 256);
+    let adir = seed.work.join(format!("agent-{round}"));
     std::fs::create_dir_all(&adir)?;
+    let _ = seed
+        .api
+        .delete(&format!("/api/v1/desktop_groups/{G}"))
+        .await;
     let cfg = adir.join("agent.toml");
     std::fs::write(
         &cfg,
         format!(
-            "server_ip = \"127.0.0.1\"\nserver_port = {port}\nmac = \"AA:00:00:00:0C:01\"\ndata_dir = \"{}\"\nperformance_secs = 0\n[bt]\nlisten_port = 0\ndownload_limit = {}\n[platform]\npower = \"recording\"\nboot = \"recording\"\nhostname = \"recording\"\nnetwork = \"recording\"\n",
+            "server_ip = \"127.0.0.1\"\nserver_port = {}\nmac = \"{mac}\"\ndata_dir = \"{}\"\nperformance_secs = 0\n[bt]\nlisten_port = 0\ndownload_limit = {}\n[platform]\npower = \"recording\"\nboot = \"recording\"\nhostname = \"recording\"\nnetwork = \"recording\"\n",
+            seed.port,
             adir.display(),
-            link_bps.unwrap_or(0)
+            seed.link_bps.unwrap_or(0)
         ),
     )?;
     let agent = Child(
-        Command::new(bins.join("voi-agent"))
+        Command::new(seed.bins.join("voi-agent"))
             .args(["--config"])
             .arg(&cfg)
             .arg("run")
@@ -250,15 +403,16 @@ async fn run_in(
         "desktop_group_uuid": G, "desktop_group_name": "bench", "default_desktop_group": true,
         "disks": [{"uuid": U, "type": 0, "dif_level": 0, "prefix": "voi", "max_dif": 0}],
     });
-    api.put("/api/v1/desktop_groups", &group).await?;
+    seed.api.put("/api/v1/desktop_groups", &group).await?;
     let t0 = Instant::now();
     // 1024: fetch the desktop list again, so the download starts now.
-    api.post(
-        "/api/v1/terminals/AA:00:00:00:0C:01/commands",
-        &serde_json::json!({"command": "update_desktop_group_info", "params": {}}),
-    )
-    .await?;
-    let final_path = adir.join("disks").join(&layer);
+    seed.api
+        .post(
+            &format!("/api/v1/terminals/{mac}/commands"),
+            &serde_json::json!({"command": "update_desktop_group_info", "params": {}}),
+        )
+        .await?;
+    let final_path = adir.join("disks").join(&seed.layer);
     let mut peak = 0;
     while !final_path.exists() {
         peak = peak.max(rss_kb(pid));
@@ -267,32 +421,19 @@ async fn run_in(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let agent_secs = t0.elapsed().as_secs_f64();
+    let secs = t0.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let seeding = rss_kb(pid);
+    let seeding_rss_kb = rss_kb(pid);
     let seeding_threads = threads(pid);
     drop(agent);
-    drop(server);
     let log = std::fs::read_to_string(adir.join("agent.log")).unwrap_or_default();
-    if let Some(keep) = std::env::var_os("VOI_BENCH_AGENT_LOG") {
-        let _ = std::fs::write(keep, &log);
-    }
-    let (agent_tail_secs, agent_checked_ahead) = tail_from_log(&log);
-    Ok(SingleReport {
-        layer_bytes: size,
-        agent_secs,
-        librqbit_secs,
-        curl_secs,
-        agent_mb_s: mb_s(size, agent_secs),
-        librqbit_mb_s: mb_s(size, librqbit_secs),
-        curl_mb_s: mb_s(size, curl_secs),
-        agent_vs_librqbit: librqbit_secs / agent_secs,
-        agent_vs_curl: curl_secs / agent_secs,
-        agent_idle_rss_kb: idle,
-        agent_download_rss_kb: peak,
-        agent_seeding_rss_kb: seeding,
-        agent_seeding_threads: seeding_threads,
-        agent_tail_secs,
-        agent_checked_ahead,
+    let _ = std::fs::remove_dir_all(&adir);
+    Ok(AgentRun {
+        secs,
+        idle_rss_kb: idle,
+        peak_rss_kb: peak,
+        seeding_rss_kb,
+        seeding_threads,
+        log,
     })
 }

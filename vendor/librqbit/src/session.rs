@@ -437,6 +437,10 @@ pub struct SessionOptions {
     /// voi-agent patch 12: also take each downloaded piece's sha256 while it
     /// is read back for its SHA-1 check (`ManagedTorrent::piece_sha256`).
     pub piece_sha256: bool,
+
+    /// voi-agent patch 13: how many writers take deferred writes (and the
+    /// piece checks they end in) from the queue; 0 or 1 is upstream's one.
+    pub disk_writers: usize,
 }
 
 async fn create_tcp_listener(
@@ -671,17 +675,25 @@ impl Session {
                 piece_sha256: opts.piece_sha256,
             });
 
-            if let Some(mut disk_write_rx) = disk_write_rx {
-                session.spawn(
-                    error_span!(parent: session.rs(), "disk_writer"),
-                    async move {
-                        while let Some(work) = disk_write_rx.recv().await {
-                            trace!(disk_write_rx_queue_len = disk_write_rx.len());
-                            spawner.spawn_block_in_place(work);
-                        }
-                        Ok(())
-                    },
-                );
+            if let Some(disk_write_rx) = disk_write_rx {
+                // voi-agent patch 13: `disk_writers` writers take from the
+                // one queue (upstream had one), so writing and checking
+                // pieces uses more than one core.
+                let disk_write_rx = Arc::new(tokio::sync::Mutex::new(disk_write_rx));
+                for _ in 0..opts.disk_writers.max(1) {
+                    let disk_write_rx = disk_write_rx.clone();
+                    session.spawn(
+                        error_span!(parent: session.rs(), "disk_writer"),
+                        async move {
+                            loop {
+                                let work = disk_write_rx.lock().await.recv().await;
+                                let Some(work) = work else { break };
+                                spawner.spawn_block_in_place(work);
+                            }
+                            Ok(())
+                        },
+                    );
+                }
             }
 
             if let Some(tcp_listener) = tcp_listener {

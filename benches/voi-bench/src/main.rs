@@ -535,7 +535,7 @@ fn markdown(v: &serde_json::Value, out: &Path) -> String {
         s += "Not measured yet.\n\n";
     } else {
         s += &format!(
-            "A {:.1} MiB layer seeded by voi-server, fetched once each way on loopback. The agent's time runs from the operator's 1024 until the layer is in its chain: 9007, the decision, 9023, the torrent over HTTP, the download (the engine's two disk writers, behind a 16 MiB queue, write each piece and check it, SHA-1 against the torrent and sha256 for the manifest's piece list in one read; the agent fdatasyncs what is checked as it goes), the manifest, `qemu-img check`, and the link. Plain librqbit (default options: no write queue, no sha256, no fsync) stops when its last piece is checked; curl fetches the file from `python3 -m http.server`. Each round runs all three back to back, the agent first in every other round; the table gives the medians of the rounds.\n\n",
+            "A {:.1} MiB layer seeded by voi-server, fetched once each way on loopback. The agent's time runs from the operator's 1024 until the layer is in its chain: 9007, the decision, 9023, the torrent over HTTP, the download (the engine's two disk writers, behind a 16 MiB queue, write each piece and check it, SHA-1 against the torrent and sha256 for the manifest's piece list in one read; the agent fdatasyncs what is checked as it goes), the manifest, `qemu-img check`, and the link. Plain librqbit (default options: no write queue, no sha256, no fsync) stops when its last piece is checked; aria2c fetches the same torrent from the same seeder, checks every piece's SHA-1 and exits when complete (`--seed-time=0`); curl fetches the file from `python3 -m http.server`. Each round runs all four back to back, the agent first in every other round; the table gives the medians of the rounds.\n\n",
             si["layer_bytes"].as_f64().unwrap_or(0.0) / 1048576.0
         );
         s += "| client | seconds | MB/s |\n|---|---|---|\n";
@@ -554,6 +554,7 @@ fn markdown(v: &serde_json::Value, out: &Path) -> String {
             f(&si["curl_secs"], 2),
             f(&si["curl_mb_s"], 0)
         );
+        s += &aria2c_row(si);
         if let Some(t) = si["agent_tail_secs"].as_f64() {
             let download = si["agent_secs"].as_f64().unwrap_or(f64::NAN) - t;
             s += &format!(
@@ -564,8 +565,9 @@ fn markdown(v: &serde_json::Value, out: &Path) -> String {
         }
         s += &rounds_table(si);
         s += &format!(
-            "\nAgent throughput over plain librqbit, median of the rounds: **{}**; over curl: **{}**. Reproduce: `cargo run --release -p voi-bench -- single --size-mib 512 --rounds 6` (also gives P3's RSS, from the first round).\n\n",
+            "\nAgent throughput over plain librqbit, median of the rounds: **{}**; over aria2c: **{}**; over curl: **{}**. Reproduce: `cargo run --release -p voi-bench -- single --size-mib 512 --rounds 6` (also gives P3's RSS, from the first round).\n\n",
             f(&si["agent_vs_librqbit"], 2),
+            f(&si["agent_vs_aria2c"], 2),
             f(&si["agent_vs_curl"], 2)
         );
     }
@@ -643,7 +645,7 @@ fn markdown(v: &serde_json::Value, out: &Path) -> String {
     let sl = &v["single_link"];
     if !sl.is_null() {
         s += "## P2b: one download over a 1 Gbit/s link\n\n";
-        s += "As P2, with every client held to 125 MB/s by its own rate limiter (librqbit's and the agent's engine limit, curl's --limit-rate): the speed of a 1 Gbit/s classroom link, where hashing keeps up with the network.\n\n";
+        s += "As P2, with every client held to 125 MB/s by its own rate limiter (librqbit's and the agent's engine limit, aria2c's --max-overall-download-limit, curl's --limit-rate): the speed of a 1 Gbit/s classroom link, where hashing keeps up with the network.\n\n";
         s += "| client | seconds | MB/s |\n|---|---|---|\n";
         s += &format!(
             "| voi-agent | {} | {} |\n| plain librqbit | {} | {} |\n| curl over HTTP | {} | {} |\n",
@@ -654,11 +656,13 @@ fn markdown(v: &serde_json::Value, out: &Path) -> String {
             f(&sl["curl_secs"], 2),
             f(&sl["curl_mb_s"], 0)
         );
+        s += &aria2c_row(sl);
         if let Some(t) = sl["agent_tail_secs"].as_f64() {
             let download = sl["agent_secs"].as_f64().unwrap_or(f64::NAN) - t;
             s += &format!(
-                "\nAgent over plain librqbit, median of the rounds: **{}**. The tail: **{t:.2} s**, {:.1}% of the transfer before it (goal ≤ 5%); pieces checked before the last one arrived: {}.\n",
+                "\nAgent over plain librqbit, median of the rounds: **{}**; over aria2c: **{}**. The tail: **{t:.2} s**, {:.1}% of the transfer before it (goal ≤ 5%); pieces checked before the last one arrived: {}.\n",
                 f(&sl["agent_vs_librqbit"], 2),
+                f(&sl["agent_vs_aria2c"], 2),
                 100.0 * t / download,
                 sl["agent_checked_ahead"].as_str().unwrap_or("?")
             );
@@ -712,10 +716,10 @@ fn rounds_table(single: &serde_json::Value) -> String {
     let Some(runs) = single["runs"].as_array().filter(|r| !r.is_empty()) else {
         return String::new();
     };
-    let mut s = "\n| round | first | voi-agent s | plain librqbit s | curl s | agent / librqbit | tail s |\n|---|---|---|---|---|---|---|\n".to_string();
+    let mut s = "\n| round | first | voi-agent s | plain librqbit s | curl s | aria2c s | agent / librqbit | tail s |\n|---|---|---|---|---|---|---|---|\n".to_string();
     for (i, r) in runs.iter().enumerate() {
         s += &format!(
-            "| {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
             i + 1,
             if r["agent_first"].as_bool().unwrap_or(false) {
                 "agent"
@@ -725,9 +729,22 @@ fn rounds_table(single: &serde_json::Value) -> String {
             f(&r["agent_secs"], 2),
             f(&r["librqbit_secs"], 2),
             f(&r["curl_secs"], 2),
+            f(&r["aria2c_secs"], 2),
             f(&r["agent_vs_librqbit"], 3),
             f(&r["agent_tail_secs"], 3)
         );
     }
     s
+}
+
+/// aria2c's row in a P2 table, when it was measured.
+fn aria2c_row(single: &serde_json::Value) -> String {
+    if single["aria2c_secs"].is_null() {
+        return String::new();
+    }
+    format!(
+        "| aria2c (BitTorrent) | {} | {} |\n",
+        f(&single["aria2c_secs"], 2),
+        f(&single["aria2c_mb_s"], 0)
+    )
 }

@@ -25,6 +25,11 @@ pub struct SingleReport {
     /// agent / librqbit and agent / curl throughput.
     pub agent_vs_librqbit: f64,
     pub agent_vs_curl: f64,
+    /// aria2c, a BitTorrent client nobody here wrote, fetching the same
+    /// torrent from the same seeder (None: aria2c is not installed).
+    pub aria2c_secs: Option<f64>,
+    pub aria2c_mb_s: Option<f64>,
+    pub agent_vs_aria2c: Option<f64>,
     pub agent_idle_rss_kb: u64,
     pub agent_download_rss_kb: u64,
     pub agent_seeding_rss_kb: u64,
@@ -86,6 +91,7 @@ pub struct SingleRun {
     pub agent_secs: f64,
     pub librqbit_secs: f64,
     pub curl_secs: f64,
+    pub aria2c_secs: Option<f64>,
     pub agent_vs_librqbit: f64,
     pub agent_tail_secs: Option<f64>,
     /// Whether the agent went first this round (rounds alternate, so a
@@ -199,6 +205,14 @@ async fn run_in(
         link_bps,
     };
 
+    let has_aria2c = Command::new("aria2c")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_aria2c {
+        eprintln!("[single] aria2c is not installed (apt-get install aria2): no aria2c figures");
+    }
     let mut runs = Vec::new();
     let mut first_agent = None;
     for round in 0..rounds {
@@ -209,6 +223,11 @@ async fn run_in(
         }
         let librqbit_secs = librqbit_once(&seed).await?;
         let curl_secs = curl_once(&seed)?;
+        let aria2c_secs = if has_aria2c {
+            Some(aria2c_once(&seed).await?)
+        } else {
+            None
+        };
         let agent = match agent {
             Some(a) => a,
             None => agent_once(&seed, round).await?,
@@ -218,16 +237,18 @@ async fn run_in(
             agent_secs: agent.secs,
             librqbit_secs,
             curl_secs,
+            aria2c_secs,
             agent_vs_librqbit: librqbit_secs / agent.secs,
             agent_tail_secs,
             agent_first,
         };
         eprintln!(
-            "[single] round {}: agent {:.2} s, librqbit {:.2} s, curl {:.2} s: agent/librqbit {:.3}, tail {:.3} s{}",
+            "[single] round {}: agent {:.2} s, librqbit {:.2} s, curl {:.2} s, aria2c {:.2} s: agent/librqbit {:.3}, tail {:.3} s{}",
             round + 1,
             run.agent_secs,
             run.librqbit_secs,
             run.curl_secs,
+            run.aria2c_secs.unwrap_or(f64::NAN),
             run.agent_vs_librqbit,
             run.agent_tail_secs.unwrap_or(f64::NAN),
             if agent_first { " (agent first)" } else { "" }
@@ -248,6 +269,15 @@ async fn run_in(
     let librqbit_secs = pick(|r| r.librqbit_secs);
     let curl_secs = pick(|r| r.curl_secs);
     let tails: Vec<f64> = runs.iter().filter_map(|r| r.agent_tail_secs).collect();
+    let aria2c: Vec<f64> = runs.iter().filter_map(|r| r.aria2c_secs).collect();
+    let aria2c_secs = (!aria2c.is_empty()).then(|| median(aria2c));
+    let agent_vs_aria2c = aria2c_secs.map(|_| {
+        median(
+            runs.iter()
+                .filter_map(|r| r.aria2c_secs.map(|a| a / r.agent_secs))
+                .collect(),
+        )
+    });
     Ok(SingleReport {
         layer_bytes: size,
         agent_secs,
@@ -258,6 +288,9 @@ async fn run_in(
         curl_mb_s: mb_s(size, curl_secs),
         agent_vs_librqbit: pick(|r| r.agent_vs_librqbit),
         agent_vs_curl: median(runs.iter().map(|r| r.curl_secs / r.agent_secs).collect()),
+        aria2c_secs,
+        aria2c_mb_s: aria2c_secs.map(|a| mb_s(size, a)),
+        agent_vs_aria2c,
         agent_idle_rss_kb: agent.idle_rss_kb,
         agent_download_rss_kb: agent.peak_rss_kb,
         agent_seeding_rss_kb: agent.seeding_rss_kb,
@@ -331,6 +364,64 @@ fn curl_once(seed: &Seed) -> anyhow::Result<f64> {
         anyhow::bail!("curl failed: {st}");
     }
     let _ = std::fs::remove_file(&out);
+    Ok(secs)
+}
+
+/// aria2c as a plain BitTorrent client of the same torrent and seeder. It
+/// checks every piece's SHA-1; its time ends when it calls its
+/// download-complete hook (it would then announce and linger about a
+/// second before exiting). Closed LAN: no DHT, LPD or PEX; no preallocation.
+async fn aria2c_once(seed: &Seed) -> anyhow::Result<f64> {
+    let out = seed.work.join("aria2c");
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out)?;
+    let torrent_path = seed.work.join("layer.torrent");
+    std::fs::write(&torrent_path, &seed.torrent)?;
+    let hook = seed.work.join("aria2c-done.sh");
+    std::fs::write(&hook, "#!/bin/sh\n: > \"$3.done\"\n")?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755))?;
+    }
+    let mut cmd = tokio::process::Command::new("aria2c");
+    cmd.args([
+        "--enable-dht=false",
+        "--enable-dht6=false",
+        "--bt-enable-lpd=false",
+        "--enable-peer-exchange=false",
+        "--file-allocation=none",
+        "--allow-overwrite=true",
+        "--console-log-level=warn",
+        "--summary-interval=0",
+        "--seed-time=0",
+    ]);
+    if let Some(bps) = seed.link_bps {
+        cmd.arg(format!("--max-overall-download-limit={bps}"));
+    }
+    cmd.arg(format!("--on-bt-download-complete={}", hook.display()))
+        .arg("-d")
+        .arg(&out)
+        .arg(&torrent_path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
+    let marker = out.join(format!("{}.done", seed.layer));
+    let t0 = Instant::now();
+    let mut child = cmd.spawn()?;
+    while !marker.exists() {
+        if let Some(st) = child.try_wait()? {
+            if !marker.exists() {
+                anyhow::bail!("aria2c exited ({st}) before its download was complete");
+            }
+        }
+        if t0.elapsed() > Duration::from_secs(900) {
+            anyhow::bail!("aria2c did not finish in 15 min");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let _ = child.kill().await;
+    let _ = std::fs::remove_dir_all(&out);
     Ok(secs)
 }
 

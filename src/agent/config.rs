@@ -195,10 +195,10 @@ impl Default for BtConfig {
     }
 }
 
-/// Measured on loopback (`voi-bench single --rounds 6`, 512 MiB): with the
-/// buffer and two writers the agent went from 0.68-0.77x of plain librqbit
-/// to a median of 0.95-0.98x; 16 MiB keeps a terminal's RSS while
-/// downloading near 40 MB.
+/// Measured on loopback (`voi-bench single --rounds 6`, 512 MiB): without
+/// the queue the agent took a median of 0.78x plain librqbit's throughput,
+/// with it and two writers 0.985x (median of 18 rounds); 16 MiB keeps a
+/// terminal's RSS while downloading under 40 MB.
 fn default_write_buffer_mib() -> usize {
     16
 }

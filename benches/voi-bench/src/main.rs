@@ -371,36 +371,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             _ => unreachable!("only swarm and all run P1"),
         };
         let r = swarm::run(&bins, a.agents, a.size_mib, &a.rate, !a.no_http).await?;
-        plot::progress(
-            &cli.out.join("swarm-bittorrent.png"),
-            &format!(
-                "BitTorrent: {} terminals, {} MiB layer, every link {}",
-                a.agents, a.size_mib, a.rate
+        // One chart per method that ran (HTTP is off with --no-http,
+        // aria2c when it is not installed).
+        for (file, method, run) in [
+            ("swarm-bittorrent.png", "BitTorrent", Some(&r.bt_all)),
+            ("swarm-http.png", "HTTP unicast", r.http_all.as_ref()),
+            (
+                "swarm-aria2.png",
+                "aria2c reference swarm",
+                r.aria2_all.as_ref(),
             ),
-            r.layer_bytes,
-            &r.bt_all.progress,
-        )?;
-        if let Some(h) = &r.http_all {
-            plot::progress(
-                &cli.out.join("swarm-http.png"),
-                &format!(
-                    "HTTP unicast: {} terminals, {} MiB layer, every link {}",
-                    a.agents, a.size_mib, a.rate
-                ),
-                r.layer_bytes,
-                &h.progress,
-            )?;
-        }
-        if let Some(a2) = &r.aria2_all {
-            plot::progress(
-                &cli.out.join("swarm-aria2.png"),
-                &format!(
-                    "aria2c reference swarm: {} terminals, {} MiB layer, every link {}",
-                    a.agents, a.size_mib, a.rate
-                ),
-                r.layer_bytes,
-                &a2.progress,
-            )?;
+        ] {
+            if let Some(run) = run {
+                plot::progress(
+                    &cli.out.join(file),
+                    &format!(
+                        "{method}: {} terminals, {} MiB layer, every link {}",
+                        a.agents, a.size_mib, a.rate
+                    ),
+                    r.layer_bytes,
+                    &run.progress,
+                )?;
+            }
         }
         report.swarm = Some(r);
     }

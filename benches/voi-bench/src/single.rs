@@ -370,7 +370,7 @@ fn curl_once(seed: &Seed) -> anyhow::Result<f64> {
 /// aria2c as a plain BitTorrent client of the same torrent and seeder. It
 /// checks every piece's SHA-1; its time ends when it calls its
 /// download-complete hook (it would then announce and linger about a
-/// second before exiting). Closed LAN: no DHT, LPD or PEX; no preallocation.
+/// second before exiting).
 async fn aria2c_once(seed: &Seed) -> anyhow::Result<f64> {
     let out = seed.work.join("aria2c");
     let _ = std::fs::remove_dir_all(&out);
@@ -378,23 +378,10 @@ async fn aria2c_once(seed: &Seed) -> anyhow::Result<f64> {
     let torrent_path = seed.work.join("layer.torrent");
     std::fs::write(&torrent_path, &seed.torrent)?;
     let hook = seed.work.join("aria2c-done.sh");
-    std::fs::write(&hook, "#!/bin/sh\n: > \"$3.done\"\n")?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755))?;
-    }
+    crate::swarm::write_done_hook(&hook)?;
     let mut cmd = tokio::process::Command::new("aria2c");
-    cmd.args([
-        "--enable-dht=false",
-        "--enable-dht6=false",
-        "--bt-enable-lpd=false",
-        "--enable-peer-exchange=false",
-        "--file-allocation=none",
-        "--allow-overwrite=true",
-        "--console-log-level=warn",
-        "--summary-interval=0",
-        "--seed-time=0",
-    ]);
+    cmd.args(crate::swarm::ARIA2C_CLOSED_LAN)
+        .arg("--seed-time=0");
     if let Some(bps) = seed.link_bps {
         cmd.arg(format!("--max-overall-download-limit={bps}"));
     }

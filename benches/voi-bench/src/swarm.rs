@@ -491,21 +491,36 @@ async fn http_run(
     })
 }
 
-/// aria2c on a closed LAN: no DHT, LPD or PEX, no preallocation.
+/// aria2c on a closed LAN: no DHT, LPD or PEX, no preallocation (the
+/// swarm's and `single`'s aria2c runs both use these).
+pub const ARIA2C_CLOSED_LAN: [&str; 8] = [
+    "--enable-dht=false",
+    "--enable-dht6=false",
+    "--bt-enable-lpd=false",
+    "--enable-peer-exchange=false",
+    "--file-allocation=none",
+    "--allow-overwrite=true",
+    "--console-log-level=warn",
+    "--summary-interval=0",
+];
+
+/// Writes the script aria2c runs when a download completes (before it seeds
+/// on, `--on-bt-download-complete`): it marks the file `<file>.done`, which
+/// is how completion is seen. (aria2c's control file lingers until its next
+/// auto-save, up to a minute later.)
+pub fn write_done_hook(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, "#!/bin/sh\n: > \"$3.done\"\n")?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+}
+
+/// aria2c in namespace `ns`.
 fn aria2c(ns: &str) -> Command {
     let mut c = Command::new("ip");
-    c.args(["netns", "exec", ns, "aria2c"]).args([
-        "--enable-dht=false",
-        "--enable-dht6=false",
-        "--bt-enable-lpd=false",
-        "--enable-peer-exchange=false",
-        "--file-allocation=none",
-        "--allow-overwrite=true",
-        "--console-log-level=warn",
-        "--summary-interval=0",
+    c.args(["netns", "exec", ns, "aria2c"])
+        .args(ARIA2C_CLOSED_LAN)
         // Seed on after finishing, as the agents do.
-        "--seed-ratio=0.0",
-    ]);
+        .arg("--seed-ratio=0.0");
     c.stdout(Stdio::null()).stderr(Stdio::null());
     c
 }
@@ -549,15 +564,8 @@ async fn aria2_run(
     let tx0 = Lab::tx_bytes(&server.ns);
     let rx0 = Lab::rx_bytes_sum(agent_ns);
     let started = Instant::now();
-    // aria2c runs this when a download completes (before it seeds on): it
-    // marks the file, which is how completion is seen here. (Its control
-    // file lingers until the next auto-save, up to a minute later.)
     let hook = work.join("aria2-done.sh");
-    std::fs::write(&hook, "#!/bin/sh\n: > \"$3.done\"\n")?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755))?;
-    }
+    write_done_hook(&hook)?;
     let mut leechers = Vec::new();
     let mut dirs = Vec::new();
     for (i, ns) in agent_ns.iter().enumerate() {

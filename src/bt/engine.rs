@@ -51,6 +51,10 @@ pub struct TaskStats {
     pub fetched_bytes: u64,
     /// Pieces re-requested from another peer because the first was slow.
     pub steals: usize,
+    /// Bytes of pieces that failed their check (lies, or a broken disk).
+    pub wasted_bytes: u64,
+    /// Peers banned from this torrent for sending such pieces.
+    pub banned_peers: u32,
     pub error: Option<String>,
 }
 
@@ -76,6 +80,14 @@ impl Phase {
             Phase::Failed => "error",
         }
     }
+}
+
+/// A piece's sha256 as the engine checked it, with the piece's write count
+/// at that moment (see `Engine::piece_writes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PieceDigest {
+    pub sha256: [u8; 32],
+    pub writes: u32,
 }
 
 pub struct Engine {
@@ -287,12 +299,25 @@ impl Engine {
 
     /// The sha256 of each piece the engine downloaded and checked in this
     /// process (patch 12); `None` for pieces it did not.
-    pub fn piece_sha256(&self, info_hash: &str) -> Option<Vec<Option<[u8; 32]>>> {
-        self.handle(info_hash)?.piece_sha256()
+    pub fn piece_sha256(&self, info_hash: &str) -> Option<Vec<Option<PieceDigest>>> {
+        let d = self.handle(info_hash)?.piece_sha256()?;
+        Some(
+            d.into_iter()
+                .map(|d| d.map(|(sha256, writes)| PieceDigest { sha256, writes }))
+                .collect(),
+        )
+    }
+
+    /// Each piece's write count now (patch 15): a digest taken at another
+    /// count no longer describes the bytes on disk.
+    pub fn piece_writes(&self, info_hash: &str) -> Option<Vec<u32>> {
+        self.handle(info_hash)?.piece_writes()
     }
 
     pub fn stats(&self, info_hash: &str) -> Option<TaskStats> {
-        let s = self.handle(info_hash)?.stats();
+        let handle = self.handle(info_hash)?;
+        let (wasted_bytes, banned_peers) = handle.wasted_and_banned().unwrap_or_default();
+        let s = handle.stats();
         let phase = match s.state {
             TorrentStatsState::Initializing => Phase::Checking,
             TorrentStatsState::Paused => Phase::Paused,
@@ -324,6 +349,8 @@ impl Engine {
             up_bps,
             fetched_bytes,
             steals,
+            wasted_bytes,
+            banned_peers,
             error: s.error,
         })
     }

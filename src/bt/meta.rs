@@ -47,6 +47,8 @@ pub enum VerifyError {
     },
     #[error("size is {actual} bytes, the torrent says {expected}")]
     Size { actual: u64, expected: u64 },
+    #[error("piece {piece} of {total} was still being written when the layer was checked")]
+    Unsettled { piece: usize, total: usize },
     #[error("{bad} of {total} pieces do not match their hash (first: piece {first})")]
     Pieces {
         bad: usize,
@@ -213,14 +215,40 @@ impl TorrentMeta {
 /// again with no piece checked, and every restored piece is read.
 pub struct PieceVerifier {
     meta: TorrentMeta,
-    /// The sha256 of each checked piece.
-    digests: Vec<Option<[u8; 32]>>,
+    /// Each checked piece: its sha256, whether its SHA-1 matched, and the
+    /// engine's write count for the piece when its bytes were taken.
+    checked_pieces: Vec<Option<Checked>>,
     checked: usize,
     /// How many checked pieces came with the engine's digest.
     from_engine: usize,
-    bad: usize,
-    first_bad: Option<usize>,
     buf: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Checked {
+    sha256: [u8; 32],
+    sha1_ok: bool,
+    writes: u32,
+    from_engine: bool,
+}
+
+/// What the engine says of a layer's pieces at one moment: which it has,
+/// the digests it took as it checked them, and each piece's write count
+/// (librqbit patch 15). A digest, the engine's or ours, describes the bytes
+/// on disk only while the piece's write count is the one it was taken at;
+/// an odd count is a write in progress. Missing entries read as "not had",
+/// "no digest" and "never written".
+#[derive(Debug, Clone, Default)]
+pub struct EngineView {
+    pub have: Vec<bool>,
+    pub digests: Vec<Option<crate::bt::engine::PieceDigest>>,
+    pub writes: Vec<u32>,
+}
+
+impl EngineView {
+    fn writes(&self, i: usize) -> u32 {
+        self.writes.get(i).copied().unwrap_or(0)
+    }
 }
 
 /// What one `PieceVerifier::advance` did.
@@ -230,16 +258,16 @@ pub struct Advanced {
     pub pieces: usize,
     /// Bytes read back from the file (pieces without the engine's digest).
     pub read: u64,
+    /// Checked pieces dropped because the engine wrote them again since.
+    pub stale: usize,
 }
 
 impl PieceVerifier {
     pub fn new(meta: TorrentMeta) -> PieceVerifier {
         PieceVerifier {
-            digests: vec![None; meta.pieces.len()],
+            checked_pieces: vec![None; meta.pieces.len()],
             checked: 0,
             from_engine: 0,
-            bad: 0,
-            first_bad: None,
             buf: Vec::new(),
             meta,
         }
@@ -258,14 +286,14 @@ impl PieceVerifier {
         self.meta.pieces.len()
     }
 
-    /// Checks pieces `have` says the engine holds and that are not checked
-    /// yet, reading at most `budget` bytes. `engine_sha256` gives the
-    /// digest of a piece the engine checked in this process, if it has one.
+    /// Checks pieces the engine holds and that are not checked yet, reading
+    /// at most `budget` bytes. A piece checked before and written since is
+    /// checked again. `all` treats every piece as held (the end).
     pub fn advance(
         &mut self,
         path: &Path,
-        have: &dyn Fn(usize) -> bool,
-        engine_sha256: &dyn Fn(usize) -> Option<[u8; 32]>,
+        view: &EngineView,
+        all: bool,
         budget: u64,
     ) -> Result<Advanced, VerifyError> {
         use sha2::Digest as _;
@@ -277,15 +305,38 @@ impl PieceVerifier {
         let mut file: Option<std::fs::File> = None;
         let mut done = Advanced::default();
         for i in 0..self.meta.pieces.len() {
-            if self.digests[i].is_some() || !have(i) {
+            let writes = view.writes(i);
+            if let Some(c) = self.checked_pieces[i] {
+                if c.writes == writes {
+                    continue;
+                }
+                // Written after its bytes were taken: take them again.
+                self.checked_pieces[i] = None;
+                self.checked -= 1;
+                if c.from_engine {
+                    self.from_engine -= 1;
+                }
+                done.stale += 1;
+            }
+            if !all && !view.have.get(i).copied().unwrap_or(false) {
                 continue;
             }
-            if let Some(d) = engine_sha256(i) {
-                self.digests[i] = Some(d);
-                self.checked += 1;
-                self.from_engine += 1;
-                done.pieces += 1;
+            if writes % 2 == 1 {
                 continue;
+            }
+            if let Some(d) = view.digests.get(i).copied().flatten() {
+                if d.writes == writes {
+                    self.checked_pieces[i] = Some(Checked {
+                        sha256: d.sha256,
+                        sha1_ok: true,
+                        writes,
+                        from_engine: true,
+                    });
+                    self.checked += 1;
+                    self.from_engine += 1;
+                    done.pieces += 1;
+                    continue;
+                }
             }
             if done.read >= budget {
                 continue;
@@ -298,25 +349,24 @@ impl PieceVerifier {
             };
             self.buf.resize(len, 0);
             f.read_exact_at(&mut self.buf[..len], start).map_err(io)?;
-            if Sha1::digest(&self.buf[..len]).as_slice() != self.meta.pieces[i] {
-                self.bad += 1;
-                self.first_bad.get_or_insert(i);
-            }
-            self.digests[i] = Some(Sha256::digest(&self.buf[..len]).into());
+            done.read += len as u64;
+            self.checked_pieces[i] = Some(Checked {
+                sha256: Sha256::digest(&self.buf[..len]).into(),
+                sha1_ok: Sha1::digest(&self.buf[..len]).as_slice() == self.meta.pieces[i],
+                writes,
+                from_engine: false,
+            });
             self.checked += 1;
             done.pieces += 1;
-            done.read += len as u64;
         }
         Ok(done)
     }
 
-    /// Checks whatever is left; the piece list hash for the manifest, or
-    /// the verdict of `verify_file` on a bad piece.
-    pub fn finish(
-        mut self,
-        path: &Path,
-        engine_sha256: &dyn Fn(usize) -> Option<[u8; 32]>,
-    ) -> Result<String, VerifyError> {
+    /// Checks whatever is left, and again whatever the engine wrote since it
+    /// was checked; the piece list hash for the manifest, or the verdict of
+    /// `verify_file` on a bad piece. `view` must be taken after the engine
+    /// finished the layer.
+    pub fn finish(mut self, path: &Path, view: &EngineView) -> Result<String, VerifyError> {
         let actual = std::fs::metadata(path)
             .map_err(|source| VerifyError::Io {
                 path: path.display().to_string(),
@@ -329,17 +379,31 @@ impl PieceVerifier {
                 expected: self.meta.length,
             });
         }
-        self.advance(path, &|_| true, engine_sha256, u64::MAX)?;
-        if let Some(first) = self.first_bad {
+        self.advance(path, view, true, u64::MAX)?;
+        let total = self.meta.pieces.len();
+        if let Some(first) = self.checked_pieces.iter().position(Option::is_none) {
+            return Err(VerifyError::Unsettled {
+                piece: first,
+                total,
+            });
+        }
+        let bad: Vec<usize> = self
+            .checked_pieces
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.is_some_and(|c| !c.sha1_ok))
+            .map(|(i, _)| i)
+            .collect();
+        if let Some(&first) = bad.first() {
             return Err(VerifyError::Pieces {
-                bad: self.bad,
-                total: self.meta.pieces.len(),
+                bad: bad.len(),
+                total,
                 first,
             });
         }
         let mut list = crate::bt::manifest::PieceList::default();
-        for d in self.digests.iter().flatten() {
-            list.push_digest(d);
+        for c in self.checked_pieces.iter().flatten() {
+            list.push_digest(&c.sha256);
         }
         Ok(list.finish())
     }
@@ -349,6 +413,13 @@ impl PieceVerifier {
 mod tests {
     use super::*;
     use crate::bt::bencode::{put_bytes, put_int};
+
+    fn view(have: &[bool]) -> EngineView {
+        EngineView {
+            have: have.to_vec(),
+            ..EngineView::default()
+        }
+    }
 
     #[test]
     fn checking_as_pieces_arrive_gives_the_verdict_of_one_read_at_the_end() {
@@ -368,32 +439,34 @@ mod tests {
 
         // Pieces 3, 1 and 5 arrived first, out of order.
         let mut v = PieceVerifier::new(meta.clone());
-        let have = |i: usize| [false, true, false, true, false, true][i];
-        let done = v.advance(&path, &have, &none, u64::MAX).expect("advance");
+        let have = view(&[false, true, false, true, false, true]);
+        let done = v.advance(&path, &have, false, u64::MAX).expect("advance");
         assert_eq!(
             done,
             Advanced {
                 pieces: 3,
-                read: 2 * 16384 + 100
+                read: 2 * 16384 + 100,
+                stale: 0
             }
         );
         assert_eq!(v.checked(), 3);
         // A budget stops it too, after whole pieces.
         let mut w = PieceVerifier::new(meta.clone());
-        w.advance(&path, &|_| true, &none, 1).expect("advance");
+        w.advance(&path, &view(&[]), true, 1).expect("advance");
         assert_eq!(w.checked(), 1);
-        assert_eq!(v.finish(&path, &none).expect("finish"), hashes.pieces);
-        assert_eq!(w.finish(&path, &none).expect("finish"), hashes.pieces);
+        let end = EngineView::default();
+        assert_eq!(v.finish(&path, &end).expect("finish"), hashes.pieces);
+        assert_eq!(w.finish(&path, &end).expect("finish"), hashes.pieces);
 
         // A piece wrong when it is read is caught, checked early or late.
         let mut bad = data.clone();
         bad[3 * 16384] ^= 1;
         std::fs::write(&path, &bad).expect("write");
         let mut v = PieceVerifier::new(meta.clone());
-        v.advance(&path, &|i| i == 3, &none, u64::MAX)
+        v.advance(&path, &view(&[false, false, false, true]), false, u64::MAX)
             .expect("advance");
         assert!(matches!(
-            v.finish(&path, &none),
+            v.finish(&path, &end),
             Err(VerifyError::Pieces {
                 bad: 1,
                 first: 3,
@@ -401,7 +474,7 @@ mod tests {
             })
         ));
         assert!(matches!(
-            PieceVerifier::new(meta.clone()).finish(&path, &none),
+            PieceVerifier::new(meta.clone()).finish(&path, &end),
             Err(VerifyError::Pieces {
                 bad: 1,
                 first: 3,
@@ -411,13 +484,25 @@ mod tests {
         // Short files are refused before any reading.
         std::fs::write(&path, &data[..100]).expect("write");
         assert!(matches!(
-            PieceVerifier::new(meta).finish(&path, &none),
+            PieceVerifier::new(meta).finish(&path, &end),
             Err(VerifyError::Size { .. })
         ));
     }
 
-    fn none(_: usize) -> Option<[u8; 32]> {
-        None
+    fn digest_view(data: &[u8], pieces: usize, engine_has: impl Fn(usize) -> bool) -> EngineView {
+        use sha2::Digest as _;
+        EngineView {
+            have: vec![true; pieces],
+            digests: (0..pieces)
+                .map(|i| {
+                    engine_has(i).then(|| crate::bt::engine::PieceDigest {
+                        sha256: Sha256::digest(&data[i * 16384..(i + 1) * 16384]).into(),
+                        writes: 2,
+                    })
+                })
+                .collect(),
+            writes: vec![2; pieces],
+        }
     }
 
     /// A piece the engine checked in this process is taken with its digest
@@ -425,7 +510,6 @@ mod tests {
     /// bitfield) is read and checked as before.
     #[test]
     fn pieces_the_engine_checked_are_not_read_again_and_the_others_are() {
-        use sha2::Digest as _;
         let d = tempfile::tempdir().expect("tmp");
         let path = d.path().join("voi_0_x");
         let data: Vec<u8> = (0..(4 * 16384)).map(|i| (i * 13 % 241) as u8).collect();
@@ -433,19 +517,16 @@ mod tests {
         let (t, hashes) = crate::bt::torrent::create_with_sha256(&path, "http://x/announce", 16384)
             .expect("torrent");
         let meta = TorrentMeta::parse(&t.bytes).expect("meta");
-        let digest =
-            |i: usize| -> [u8; 32] { Sha256::digest(&data[i * 16384..(i + 1) * 16384]).into() };
         // The engine checked pieces 0 and 2.
-        let engine = |i: usize| (i % 2 == 0).then(|| digest(i));
+        let engine = digest_view(&data, 4, |i| i % 2 == 0);
         let mut v = PieceVerifier::new(meta.clone());
-        let done = v
-            .advance(&path, &|_| true, &engine, u64::MAX)
-            .expect("advance");
+        let done = v.advance(&path, &engine, false, u64::MAX).expect("advance");
         assert_eq!(
             done,
             Advanced {
                 pieces: 4,
-                read: 2 * 16384
+                read: 2 * 16384,
+                stale: 0
             }
         );
         assert_eq!(v.from_engine(), 2);
@@ -467,13 +548,71 @@ mod tests {
         // The budget bounds reading only: digests are taken past it.
         std::fs::write(&path, &data).expect("write");
         let mut w = PieceVerifier::new(meta);
-        let done = w.advance(&path, &|_| true, &engine, 1).expect("advance");
+        let done = w.advance(&path, &engine, false, 1).expect("advance");
         assert_eq!(
             done,
             Advanced {
                 pieces: 3,
-                read: 16384
+                read: 16384,
+                stale: 0
             }
+        );
+    }
+
+    /// The finding of the hostile-LAN issue, at the verifier: the engine
+    /// checked piece 2 and took its digest, then a late chunk overwrote it.
+    /// The write count moved, so the digest is dropped, the piece is read
+    /// as it stands, and the layer is refused. A write still in progress
+    /// (odd count) at the end is refused too.
+    #[test]
+    fn a_piece_written_after_its_digest_was_taken_is_read_again_and_caught() {
+        let d = tempfile::tempdir().expect("tmp");
+        let path = d.path().join("voi_0_x");
+        let data: Vec<u8> = (0..(4 * 16384)).map(|i| (i * 13 % 241) as u8).collect();
+        std::fs::write(&path, &data).expect("write");
+        let (t, hashes) = crate::bt::torrent::create_with_sha256(&path, "http://x/announce", 16384)
+            .expect("torrent");
+        let meta = TorrentMeta::parse(&t.bytes).expect("meta");
+        let engine = digest_view(&data, 4, |_| true);
+        let mut v = PieceVerifier::new(meta.clone());
+        v.advance(&path, &engine, false, u64::MAX).expect("advance");
+        assert_eq!(v.from_engine(), 4);
+
+        let mut bad = data.clone();
+        bad[2 * 16384 + 5] ^= 0xff;
+        std::fs::write(&path, &bad).expect("write");
+        let mut after = engine.clone();
+        after.writes[2] = 4;
+        assert!(matches!(
+            v.finish(&path, &after),
+            Err(VerifyError::Pieces {
+                bad: 1,
+                first: 2,
+                ..
+            })
+        ));
+
+        // Same digests, unchanged counts: the stale check is what caught it.
+        let mut v = PieceVerifier::new(meta.clone());
+        v.advance(&path, &engine, false, u64::MAX).expect("advance");
+        assert!(
+            v.finish(&path, &engine).is_ok(),
+            "counts equal: taken as is"
+        );
+
+        let mut busy = engine.clone();
+        busy.writes[1] = 3;
+        busy.digests[1] = None;
+        assert!(matches!(
+            PieceVerifier::new(meta.clone()).finish(&path, &busy),
+            Err(VerifyError::Unsettled { piece: 1, .. })
+        ));
+        std::fs::write(&path, &data).expect("write");
+        assert_eq!(
+            PieceVerifier::new(meta)
+                .finish(&path, &engine)
+                .expect("finish"),
+            hashes.pieces
         );
     }
 

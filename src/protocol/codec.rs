@@ -47,6 +47,11 @@ impl FrameCodec {
         }
     }
 
+    /// Changes the largest body accepted from the next frame on.
+    pub fn set_max_body(&mut self, max_body: usize) {
+        self.max_body = max_body;
+    }
+
     pub fn validate(&self, h: &Header) -> Result<(), FrameError> {
         if h.version_chief != VERSION_CHIEF {
             return Err(FrameError::BadVersion(h.version_chief));

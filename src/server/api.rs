@@ -147,58 +147,9 @@ pub async fn serve(server: Arc<Server>, listener: TcpListener) {
         },
         _ => None,
     };
+    let limits = server.cfg.limits.clone();
     let app = router(server);
-    match tls {
-        None => {
-            if let Err(e) = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { shutdown.cancelled().await })
-                .await
-            {
-                log::error!("operator API: {e}");
-            }
-        }
-        Some(tls) => serve_tls(listener, tls, app, shutdown).await,
-    }
-}
-
-/// The operator listener over TLS: each connection's handshake, then hyper.
-async fn serve_tls(
-    listener: TcpListener,
-    tls: tokio_rustls::TlsAcceptor,
-    app: Router,
-    shutdown: tokio_util::sync::CancellationToken,
-) {
-    loop {
-        let (tcp, peer) = tokio::select! {
-            a = listener.accept() => match a {
-                Ok(a) => a,
-                Err(e) => {
-                    log::warn!("operator API accept: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.cancelled() => break,
-        };
-        let (tls, app, stop) = (tls.clone(), app.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            let stream =
-                match tokio::time::timeout(crate::tls::TLS_HANDSHAKE, tls.accept(tcp)).await {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => return log::debug!("operator API {peer}: TLS: {e}"),
-                    Err(_) => return log::debug!("operator API {peer}: TLS handshake timed out"),
-                };
-            let service = hyper_util::service::TowerToHyperService::new(app);
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-            tokio::select! {
-                r = conn => if let Err(e) = r {
-                    log::debug!("operator API {peer}: {e}");
-                },
-                _ = stop.cancelled() => {}
-            }
-        });
-    }
+    super::http_serve::serve("operator API", listener, app, tls, &limits, shutdown).await;
 }
 
 fn router(server: Arc<Server>) -> Router {
@@ -228,27 +179,61 @@ fn router(server: Arc<Server>) -> Router {
         .with_state(server)
 }
 
-/// The event bus as Server-Sent Events. A viewer that falls behind gets a
-/// `lagged` event and should reload what it shows.
+/// The event bus as Server-Sent Events. A viewer that falls behind (the
+/// bus keeps a bounded ring for all readers) gets a `lagged` event and the
+/// stream ends: it should reload what it shows and connect again. Nothing
+/// is buffered for a slow reader, and readers are capped
+/// (`[limits] max_event_readers`).
 async fn events(State(server): S, headers: HeaderMap) -> Response {
     use axum::response::sse::{Event, KeepAlive, Sse};
     guard!(server, headers);
+    let Some(slot) = super::limits::Slot::take(
+        &server.counters.event_readers,
+        server.cfg.limits.max_event_readers,
+    ) else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({
+                "code": 503,
+                "msg": format!(
+                    "{} event-stream readers are connected already ([limits] max_event_readers)",
+                    server.cfg.limits.max_event_readers
+                ),
+            })),
+        )
+            .into_response();
+    };
     let rx = server.registry.events.subscribe();
     let stop = server.shutdown.clone();
-    let stream = futures_util::stream::unfold((rx, stop), |(mut rx, stop)| async move {
-        let ev = tokio::select! {
-            r = rx.recv() => r,
-            _ = stop.cancelled() => return None,
-        };
-        let event = match ev {
-            Ok(ev) => Event::default().data(serde_json::to_string(&ev).unwrap_or_default()),
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                Event::default().data(json!({"event": "lagged", "missed": n}).to_string())
+    let stream = futures_util::stream::unfold(
+        (rx, stop, slot, false),
+        |(mut rx, stop, slot, ended)| async move {
+            if ended {
+                return None;
             }
-            Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
-        };
-        Some((Ok::<_, std::convert::Infallible>(event), (rx, stop)))
-    });
+            let ev = tokio::select! {
+                r = rx.recv() => r,
+                _ = stop.cancelled() => return None,
+            };
+            let (event, ended) = match ev {
+                Ok(ev) => (
+                    Event::default().data(serde_json::to_string(&ev).unwrap_or_default()),
+                    false,
+                ),
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => (
+                    Event::default().data(
+                        json!({"event": "lagged", "missed": n, "reconnect": true}).to_string(),
+                    ),
+                    true,
+                ),
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            };
+            Some((
+                Ok::<_, std::convert::Infallible>(event),
+                (rx, stop, slot, ended),
+            ))
+        },
+    );
     Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response()

@@ -80,6 +80,10 @@ pub struct ServerConfig {
     /// (`admission.rs`).
     #[serde(default)]
     pub admission: super::admission::AdmissionPolicy,
+    /// Bounds on what terminals and LAN peers can make the server hold
+    /// (`limits.rs`).
+    #[serde(default)]
+    pub limits: super::limits::Limits,
 }
 
 fn default_bt_port() -> u16 {

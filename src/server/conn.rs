@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use super::admission::{self, AtLogin};
 use super::conn_state::ConnState;
 use super::handlers;
+use super::limits::Slot;
 use super::registry::{Online, ServerEvent};
 use super::service::Server;
 use crate::protocol::messages::{LoginReq, LoginResp};
@@ -22,11 +23,17 @@ use crate::protocol::{
 };
 
 /// Accepts one terminal connection: TLS first when the server has it on.
-pub async fn accept(server: Arc<Server>, stream: TcpStream, peer: SocketAddr, id: u64) {
+pub async fn accept(
+    server: Arc<Server>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    id: u64,
+    unauthenticated: Option<Slot>,
+) {
     let _ = stream.set_nodelay(true);
     let local = stream.local_addr().ok();
     let Some(tls) = server.tls.clone() else {
-        return run(server, stream, peer, local, id, None).await;
+        return run(server, stream, peer, local, id, None, unauthenticated).await;
     };
     // A bounded handshake: a peer that opens the port and says nothing
     // (or speaks plain frames to a TLS port) is dropped, not kept.
@@ -44,7 +51,7 @@ pub async fn accept(server: Arc<Server>, stream: TcpStream, peer: SocketAddr, id
                 },
                 _ => None,
             };
-            run(server, s, peer, local, id, cert_mac).await
+            run(server, s, peer, local, id, cert_mac, unauthenticated).await
         }
         Ok(Err(e)) => log::warn!("{peer}: TLS handshake failed: {e}"),
         Err(_) => log::warn!("{peer}: TLS handshake timed out"),
@@ -58,9 +65,15 @@ pub async fn run(
     local: Option<SocketAddr>,
     id: u64,
     cert_mac: Option<String>,
+    unauthenticated: Option<Slot>,
 ) {
     let (rd, wr) = tokio::io::split(stream);
-    let mut reader = FramedRead::new(rd, FrameCodec::new(server.cfg.max_body));
+    let limits = &server.cfg.limits;
+    // Before login a frame is a login: small. The body limit rises with it.
+    let mut reader = FramedRead::new(
+        rd,
+        FrameCodec::new(server.cfg.max_body.min(limits.max_body_before_login)),
+    );
     let mut writer = FramedWrite::new(wr, FrameCodec::new(server.cfg.max_body));
     let (tx, mut rx) = mpsc::channel::<Frame>(64);
     let close = CancellationToken::new();
@@ -89,15 +102,31 @@ pub async fn run(
         mac: None,
         cert_mac,
         standing: Default::default(),
+        unauthenticated,
     };
     let idle = Duration::from_secs(server.cfg.idle_close_secs);
+    // A socket must log in by then, whatever it sends meanwhile: answers to
+    // bad frames are not activity.
+    let login_by = Instant::now() + limits.login_deadline();
+    let mut raised = false;
     let reason = loop {
+        let wait = if st.mac.is_some() {
+            idle
+        } else {
+            match login_by.checked_duration_since(Instant::now()) {
+                Some(left) if !left.is_zero() => left.min(idle),
+                _ => break format!("no login within {:?}", limits.login_deadline()),
+            }
+        };
         let next = tokio::select! {
-            n = tokio::time::timeout(idle, reader.next()) => n,
+            n = tokio::time::timeout(wait, reader.next()) => n,
             _ = close.cancelled() => break "closed by server".to_string(),
             _ = server.shutdown.cancelled() => break "server shutting down".to_string(),
         };
         let frame = match next {
+            Err(_) if st.mac.is_none() => {
+                break format!("no login within {:?}", limits.login_deadline())
+            }
             Err(_) => break format!("silent for {idle:?}"),
             Ok(None) => break "peer closed".to_string(),
             Ok(Some(Err(e))) => {
@@ -113,7 +142,12 @@ pub async fn run(
                 }
             });
         }
-        match on_frame(&server, &mut st, &tx, &close, frame).await {
+        let flow = on_frame(&server, &mut st, &tx, &close, frame).await;
+        if st.mac.is_some() && !raised {
+            reader.decoder_mut().set_max_body(server.cfg.max_body);
+            raised = true;
+        }
+        match flow {
             Flow::Continue => {}
             Flow::Close(why) => {
                 // Let the last answer reach the peer before closing.
@@ -302,6 +336,20 @@ async fn login(
         AtLogin::Admit(s) => s,
         AtLogin::Refuse(why) => return refuse_login(server, st, tx, frame, mac, why).await,
     };
+    // A MAC never seen that would wait for admission makes a record: past
+    // the cap, made-up MACs make none.
+    if known.is_none() && standing == admission::Admission::Pending {
+        let cap = server.cfg.limits.max_pending;
+        if Slot::take(&server.counters.pending, cap)
+            .map(std::mem::forget)
+            .is_none()
+        {
+            let why = format!(
+                "{cap} terminals already wait for an operator's decision ([limits] max_pending); accept or reject some first"
+            );
+            return refuse_login(server, st, tx, frame, mac, why).await;
+        }
+    }
     let ip = if req.ip.is_empty() {
         st.peer.ip().to_string()
     } else {
@@ -344,6 +392,7 @@ async fn login(
     );
     st.mac = Some(mac.clone());
     st.standing = standing;
+    st.unauthenticated = None;
     if standing == admission::Admission::Pending {
         log::warn!("{mac} ({ip}) logged in and waits for an operator to accept it");
     }

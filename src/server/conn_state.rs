@@ -15,4 +15,6 @@ pub struct ConnState {
     pub cert_mac: Option<String>,
     /// Whether the operator has let it in (`admission.rs`), from login on.
     pub standing: crate::server::admission::Admission,
+    /// Held until login: one of `[limits] max_unauthenticated`.
+    pub unauthenticated: Option<crate::server::limits::Slot>,
 }

@@ -74,15 +74,34 @@ fn uuid_like(id: &str) -> Result<(), Answer> {
 /// Stores the latest report of one kind on the terminal's record, and tells
 /// whoever watches (the console's live view).
 fn keep_report(server: &Server, mac: &str, kind: String, value: Value) -> Answer {
+    let limits = &server.cfg.limits;
+    let size = serde_json::to_vec(&value).map_or(0, |v| v.len());
+    let max_size = limits.max_string_bytes.saturating_mul(4);
+    if size > max_size {
+        return err(
+            ErrorCode::MessageError,
+            format!("this report is {size} bytes; the most this server keeps is {max_size} (4 x [limits] max_string_bytes)"),
+        );
+    }
     let event = super::registry::ServerEvent::Report {
         mac: mac.to_string(),
         key: kind.clone(),
         value: value.clone(),
         at_ms: super::registry::now_ms(),
     };
+    let max_keys = limits.max_report_keys;
+    let mut full = false;
     match server.store.update_terminal(mac, |r| {
-        r.reports.insert(kind, value);
+        if !r.reports.contains_key(&kind) && r.reports.len() >= max_keys {
+            full = true;
+        } else {
+            r.reports.insert(kind, value);
+        }
     }) {
+        Ok(_) if full => err(
+            ErrorCode::MessageError,
+            format!("this terminal has {max_keys} reports kept already ([limits] max_report_keys)"),
+        ),
         Ok(_) => {
             server.registry.emit(event);
             success()
@@ -110,8 +129,65 @@ pub async fn handle(
     code: ServiceCode,
     frame: &Frame,
 ) -> Answer {
+    if let Err(a) = strings_within(frame, server.cfg.limits.max_string_bytes) {
+        return a;
+    }
     match answer(server, st, mac, code, frame).await {
         Ok(a) | Err(a) => a,
+    }
+}
+
+/// Refuses a JSON body holding a string longer than `max` bytes (anything
+/// the server might store: a platform, a name, a report field), naming it.
+/// A body no longer than `max` cannot hold one, so small frames (every
+/// heartbeat) are not parsed twice.
+fn strings_within(frame: &Frame, max: usize) -> Result<(), Answer> {
+    if frame.data_type != DataType::Json as u8 || frame.payload.len() <= max {
+        return Ok(());
+    }
+    let Ok(v) = frame.json::<Value>() else {
+        return Ok(()); // the handler says what is wrong with it
+    };
+    fn walk(v: &Value, path: &mut String, max: usize) -> Result<(), String> {
+        match v {
+            Value::String(s) if s.len() > max => Err(format!(
+                "{} is {} bytes; the most this server stores is {max} ([limits] max_string_bytes)",
+                if path.is_empty() { "the body" } else { path },
+                s.len()
+            )),
+            Value::Array(a) => a.iter().try_for_each(|x| walk(x, path, max)),
+            Value::Object(o) => o.iter().try_for_each(|(k, x)| {
+                let len = path.len();
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(k.get(..64).unwrap_or(k));
+                let r = walk(x, path, max);
+                path.truncate(len);
+                r
+            }),
+            _ => Ok(()),
+        }
+    }
+    walk(&v, &mut String::new(), max).map_err(|e| err(ErrorCode::MessageError, e))
+}
+
+/// A desktop group's uuid as the vendor writes them (8-4-4-4-12 hex).
+fn strict_uuid(what: &str, id: &str) -> Result<(), Answer> {
+    let groups: Vec<&str> = id.split('-').collect();
+    let lens = [8, 4, 4, 4, 12];
+    let ok = groups.len() == 5
+        && groups
+            .iter()
+            .zip(lens)
+            .all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()));
+    if ok {
+        Ok(())
+    } else {
+        Err(err(
+            ErrorCode::MessageError,
+            format!("{what} {:?} is not a uuid", id.get(..64).unwrap_or(id)),
+        ))
     }
 }
 
@@ -344,8 +420,14 @@ async fn answer(
                 ));
             };
             let batch = server.store.next_batch_no().map_err(store_err)?;
+            let can_update = g.desktop_group_status == 0;
+            if can_update {
+                server
+                    .images
+                    .grant_upload(mac, g.disks.iter().map(|d| d.uuid.clone()));
+            }
             ok(CheckUploadStateResp {
-                can_update: i64::from(g.desktop_group_status == 0),
+                can_update: i64::from(can_update),
                 batch_no: Some(crate::protocol::BatchNo::Int(batch)),
             })
         }
@@ -377,6 +459,7 @@ async fn answer(
         }
         S::DesktopLogin => {
             let r: DesktopLoginReq = body(frame, mac)?;
+            strict_uuid("desktop_group_uuid", &r.desktop_group_uuid)?;
             keep_report(
                 server,
                 mac,
@@ -643,7 +726,40 @@ fn push_torrent_after_answer(server: &Arc<Server>, mac: &str, wanted: WantedLaye
 }
 
 /// 9999: raw log bytes, kept as `<data_dir>/logs/<mac>_<ip>_<ts>.log`.
+/// Each terminal may send one every `log_min_interval_secs`, of at most
+/// `max_log_bytes`; its `max_logs_per_terminal` newest are kept.
 fn upload_log(server: &Server, mac: &str, frame: &Frame) -> Result<Answer, Answer> {
+    let limits = &server.cfg.limits;
+    if frame.payload.len() > limits.max_log_bytes {
+        return Err(err(
+            ErrorCode::MessageError,
+            format!(
+                "this log is {} bytes; the most this server takes is {} ([limits] max_log_bytes)",
+                frame.payload.len(),
+                limits.max_log_bytes
+            ),
+        ));
+    }
+    {
+        let every = std::time::Duration::from_secs(limits.log_min_interval_secs);
+        let mut last = server.log_uploads.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        if let Some(t) = last.get(mac).filter(|t| now.duration_since(**t) < every) {
+            let wait = every.saturating_sub(now.duration_since(*t));
+            return Err(err(
+                ErrorCode::MessageError,
+                format!(
+                    "a log from this terminal came {:?} ago; send the next in {} s ([limits] log_min_interval_secs)",
+                    now.duration_since(*t),
+                    wait.as_secs().max(1)
+                ),
+            ));
+        }
+        if last.len() > 65536 {
+            last.retain(|_, t| now.duration_since(*t) < every);
+        }
+        last.insert(mac.to_string(), now);
+    }
     let dir = server.cfg.data_dir.join("logs");
     let ip = server
         .store
@@ -667,5 +783,34 @@ fn upload_log(server: &Server, mac: &str, frame: &Frame) -> Result<Answer, Answe
     std::fs::create_dir_all(&dir)
         .and_then(|_| crate::fsutil::atomic_write(&dir.join(name), &frame.payload))
         .map_err(|e| err(ErrorCode::SystemError, e.to_string()))?;
+    rotate_logs(&dir, &mac.replace(':', ""), limits.max_logs_per_terminal);
     Ok(success())
+}
+
+/// Keeps the `keep` newest logs of one terminal (names sort by time).
+fn rotate_logs(dir: &std::path::Path, mac_prefix: &str, keep: usize) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let prefix = format!("{mac_prefix}_");
+    let mut mine: Vec<(String, std::path::PathBuf)> = rd
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            (name.starts_with(&prefix) && name.ends_with(".log")).then(|| {
+                // <mac>_<ip>_<timestamp>.log: sort by the timestamp.
+                let ts = name.rsplit('_').next().unwrap_or_default().to_string();
+                (ts, e.path())
+            })
+        })
+        .collect();
+    if mine.len() <= keep {
+        return;
+    }
+    mine.sort();
+    for (_, path) in &mine[..mine.len() - keep] {
+        if let Err(e) = std::fs::remove_file(path) {
+            log::warn!("rotating {}: {e}", path.display());
+        }
+    }
 }

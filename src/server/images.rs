@@ -14,10 +14,10 @@ use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::bt::engine::{Engine, EngineConfig, Phase, TaskStats};
 use crate::bt::manifest::LayerManifest;
@@ -107,7 +107,13 @@ pub struct Images {
     uploads: Mutex<BTreeMap<String, Upload>>,
     /// Serialises scans (the periodic one and the API's).
     scan_lock: tokio::sync::Mutex<()>,
+    /// Which terminal may upload which disk (by uuid), until when: granted
+    /// by a 9018 the server said yes to, or an operator's upload command.
+    upload_grants: Mutex<HashMap<String, Vec<(String, Instant)>>>,
 }
+
+/// How long an upload grant (9018, 1016/1022) stays good.
+pub const UPLOAD_GRANT: Duration = Duration::from_secs(15 * 60);
 
 fn mtime_ns(m: &std::fs::Metadata) -> i128 {
     use std::os::unix::fs::MetadataExt;
@@ -138,6 +144,7 @@ impl Images {
             known: Mutex::new(BTreeMap::new()),
             uploads: Mutex::new(BTreeMap::new()),
             scan_lock: tokio::sync::Mutex::new(()),
+            upload_grants: Mutex::new(HashMap::new()),
         });
         images.restore_uploads().await;
         images.scan().await?;
@@ -358,10 +365,50 @@ impl Images {
     }
 
     /// 9014: starts pulling a terminal's layer. Returns the torrent_id.
+    /// Lets `mac` upload layers of these disks for `UPLOAD_GRANT`.
+    pub fn grant_upload(&self, mac: &str, disk_uuids: impl IntoIterator<Item = String>) {
+        let until = Instant::now() + UPLOAD_GRANT;
+        let mut grants = self.upload_grants.lock().unwrap_or_else(|p| p.into_inner());
+        if grants.len() > 65536 {
+            let now = Instant::now();
+            grants.retain(|_, g| g.iter().any(|(_, t)| *t > now));
+        }
+        let mine = grants.entry(mac.to_string()).or_default();
+        mine.retain(|(_, t)| *t > Instant::now());
+        for uuid in disk_uuids.into_iter().take(64) {
+            mine.retain(|(u, _)| *u != uuid);
+            mine.push((uuid, until));
+        }
+        mine.truncate(64);
+    }
+
+    fn upload_granted(&self, mac: &str, disk_uuid: &str) -> bool {
+        let now = Instant::now();
+        self.upload_grants
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(mac)
+            .is_some_and(|g| g.iter().any(|(u, t)| u == disk_uuid && *t > now))
+    }
+
+    /// A terminal's 9014: taken only when the server asked that terminal
+    /// for that disk, and fetched through our own tracker alone (the
+    /// torrent's announce URLs are dropped: a terminal must not make the
+    /// server connect anywhere).
     pub async fn receive(&self, mac: &str, body: &UploadTorrent) -> Result<String, String> {
         let meta = TorrentMeta::parse(&body.torrent).map_err(|e| e.to_string())?;
         let layer = LayerName::parse(&meta.name)
             .map_err(|e| format!("torrent names {:?}: {e}", meta.name))?;
+        if !self.upload_granted(mac, &layer.uuid_str()) {
+            return Err(format!(
+                "the server did not ask {mac} to upload disk {}: a terminal uploads after a 9018 the server said yes to, or an operator's upload command",
+                layer.uuid_str()
+            ));
+        }
+        let torrent: bytes::Bytes =
+            crate::bt::bencode::with_only_tracker(&body.torrent, &self.announce)
+                .ok_or("the torrent has no info dictionary")?
+                .into();
         if layer.uuid_str() != body.uuid || i32::from(layer.level) != body.dif_level {
             return Err(format!(
                 "the torrent holds {layer}, the struct says uuid {} level {}",
@@ -380,8 +427,7 @@ impl Images {
         let dir = self.upload_dir(&name);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("data")).map_err(|e| e.to_string())?;
-        fsutil::atomic_write(&dir.join("meta.torrent"), &body.torrent)
-            .map_err(|e| e.to_string())?;
+        fsutil::atomic_write(&dir.join("meta.torrent"), &torrent).map_err(|e| e.to_string())?;
         let up = Upload {
             torrent_id: uuid::Uuid::new_v4().hyphenated().to_string(),
             mac: mac.to_string(),
@@ -393,7 +439,11 @@ impl Images {
         };
         self.save_upload(&up);
         self.engine
-            .add(body.torrent.clone(), &dir.join("data"), &[])
+            .add(
+                torrent,
+                &dir.join("data"),
+                std::slice::from_ref(&self.announce),
+            )
             .await
             .map_err(|e| format!("{e:#}"))?;
         log::info!(

@@ -70,6 +70,10 @@ pub struct Server {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     pub(crate) seq: AtomicU32,
     pub(crate) conn_ids: AtomicU64,
+    /// What is in use of each bounded resource (`limits.rs`).
+    pub counters: super::limits::Counters,
+    /// When each terminal last uploaded a log (9999), for its quota.
+    pub(crate) log_uploads: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
 }
 
 impl Server {
@@ -528,6 +532,26 @@ impl Server {
             return Err(PushError::Bad("params must be a JSON object".into()));
         };
         let str_of = |k: &str| map.get(k).and_then(|v| v.as_str()).map(str::to_string);
+        if matches!(
+            code,
+            ServiceCode::UploadDisk | ServiceCode::UploadDesktop | ServiceCode::SshUploadDesktop
+        ) {
+            // The operator asks for an upload: the terminal's 9014 for these
+            // disks will be taken.
+            let disks = map
+                .get("desktop")
+                .and_then(|d| d.get("disks"))
+                .or_else(|| map.get("disks"))
+                .and_then(|d| d.as_array())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|d| d.get("uuid").and_then(|u| u.as_str()))
+                        .map(str::to_string)
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default();
+            self.images.grant_upload(mac, disks);
+        }
         if code == ServiceCode::UpdateIp {
             // The agent's own checks, before anything is recorded or sent.
             let field = |k: &str| str_of(k).unwrap_or_default();

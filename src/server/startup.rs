@@ -10,6 +10,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::config::ServerConfig;
+use super::limits::{RefusedLog, Slot};
 use super::registry::Registry;
 use super::service::{announce_url, Server};
 use super::store::Store;
@@ -96,18 +97,24 @@ impl Server {
             (None, None) => None,
             _ => anyhow::bail!("tls_cert and tls_key go together"),
         };
+        let cfg_limits = cfg.limits.clone();
         let server = Arc::new(Server {
             cfg,
             tls,
             store,
             registry: Registry::default(),
             api_token,
-            tracker: Arc::new(tracker::Tracker::new(Duration::from_secs(30))),
+            tracker: Arc::new(tracker::Tracker::new(
+                Duration::from_secs(30),
+                cfg_limits.clone(),
+            )),
             tracker_addr,
             images,
             shutdown: CancellationToken::new(),
             seq: AtomicU32::new(0),
             conn_ids: AtomicU64::new(0),
+            counters: Default::default(),
+            log_uploads: Default::default(),
         });
         log::info!("terminal protocol on {addr}, operator API on http://{api_addr}, tracker on {tracker_addr}");
 
@@ -128,11 +135,14 @@ impl Server {
                     .unwrap_or(0)
             }),
         );
+        let limits = server.cfg.limits.clone();
         tasks.push(tokio::spawn(async move {
-            tracker::serve(t, tracker_listener, stop, torrents).await
+            tracker::serve(t, tracker_listener, stop, torrents, &limits).await
         }));
         let s = server.clone();
         tasks.push(tokio::spawn(async move { s.images_loop().await }));
+        let s = server.clone();
+        tasks.push(tokio::spawn(async move { s.pending_loop().await }));
         let s = server.clone();
         tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -173,6 +183,7 @@ impl Server {
     }
 
     async fn accept_loop(self: Arc<Self>, listener: TcpListener) {
+        let mut refused = RefusedLog::default();
         loop {
             let accepted = tokio::select! {
                 a = listener.accept() => a,
@@ -180,9 +191,24 @@ impl Server {
             };
             match accepted {
                 Ok((stream, peer)) => {
+                    let limits = &self.cfg.limits;
+                    let Some(slot) = Slot::take(&self.counters.connections, limits.max_connections)
+                    else {
+                        refused.note(peer, "max_connections");
+                        continue;
+                    };
+                    let Some(unauthenticated) =
+                        Slot::take(&self.counters.unauthenticated, limits.max_unauthenticated)
+                    else {
+                        refused.note(peer, "max_unauthenticated");
+                        continue;
+                    };
                     let id = self.conn_ids.fetch_add(1, Ordering::Relaxed);
                     let s = self.clone();
-                    tokio::spawn(async move { conn::accept(s, stream, peer, id).await });
+                    tokio::spawn(async move {
+                        conn::accept(s, stream, peer, id, Some(unauthenticated)).await;
+                        drop(slot);
+                    });
                 }
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
@@ -191,6 +217,53 @@ impl Server {
                 }
             }
         }
+    }
+
+    /// Counts pending records for `[limits] max_pending`, and forgets those
+    /// not seen for `pending_expire_secs` (not while online).
+    async fn pending_loop(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(30));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = self.shutdown.cancelled() => break,
+            }
+            self.sweep_pending();
+        }
+    }
+
+    pub fn sweep_pending(&self) {
+        let Ok(all) = self.store.terminals() else {
+            return;
+        };
+        let expire = chrono::Duration::seconds(
+            i64::try_from(self.cfg.limits.pending_expire_secs).unwrap_or(i64::MAX / 2),
+        );
+        let online = self.registry.status(self.cfg.offline_after());
+        let now = chrono::Local::now();
+        let mut pending = 0;
+        for r in all
+            .iter()
+            .filter(|r| r.admission == super::admission::Admission::Pending)
+        {
+            let seen = chrono::DateTime::parse_from_rfc3339(&r.last_login).ok();
+            let stale = seen.is_none_or(|t| now.signed_duration_since(t) > expire);
+            if stale && !online.contains_key(&r.config.mac) {
+                match self.store.delete_terminal(&r.config.mac) {
+                    Ok(_) => log::info!(
+                        "forgot pending terminal {}: not seen for {} s",
+                        r.config.mac,
+                        self.cfg.limits.pending_expire_secs
+                    ),
+                    Err(e) => log::warn!("forgetting pending {}: {e}", r.config.mac),
+                }
+            } else {
+                pending += 1;
+            }
+        }
+        self.counters
+            .pending
+            .store(pending, std::sync::atomic::Ordering::Release);
     }
 
     /// Settles uploads (then tells their terminals with 1021) every second

@@ -1,6 +1,10 @@
 //! The BitTorrent tracker built into voi-server: HTTP announce (BEP 3) with
 //! compact peer lists (BEP 23), IPv4, in memory. Peers that stop announcing
-//! expire after three intervals.
+//! expire after three intervals, in every swarm (a sweep runs once an
+//! interval, so a swarm nobody announces to any more empties too). Swarms,
+//! peers per swarm and peers per address per swarm are capped
+//! (`[limits] tracker_*`): one LAN host cannot fill a swarm with dead
+//! "seeders" that the terminals would try first.
 
 use crate::bt::bencode::{put_bytes, put_int};
 use axum::extract::{ConnectInfo, RawQuery, State};
@@ -44,7 +48,14 @@ struct Peer {
 
 pub struct Tracker {
     interval: Duration,
-    swarms: Mutex<HashMap<InfoHash, HashMap<[u8; 20], Peer>>>,
+    limits: crate::server::limits::Limits,
+    swarms: Mutex<Swarms>,
+}
+
+#[derive(Default)]
+struct Swarms {
+    by_hash: HashMap<InfoHash, HashMap<[u8; 20], Peer>>,
+    last_sweep: Option<Instant>,
 }
 
 fn percent_decode(s: &str) -> Result<Vec<u8>, String> {
@@ -132,22 +143,51 @@ pub fn failure(reason: &str) -> Vec<u8> {
 }
 
 impl Tracker {
-    pub fn new(interval: Duration) -> Tracker {
+    pub fn new(interval: Duration, limits: crate::server::limits::Limits) -> Tracker {
         Tracker {
             interval,
-            swarms: Mutex::new(HashMap::new()),
+            limits,
+            swarms: Mutex::new(Swarms::default()),
         }
     }
 
     /// Records the announce and returns the bencoded answer.
     pub fn announce(&self, a: &Announce, from: Ipv4Addr) -> Vec<u8> {
-        let mut swarms = self.swarms.lock().unwrap_or_else(|p| p.into_inner());
+        let mut all = self.swarms.lock().unwrap_or_else(|p| p.into_inner());
         let expiry = self.interval * 3;
+        if all.last_sweep.is_none_or(|t| t.elapsed() >= self.interval) {
+            all.by_hash.retain(|_, swarm| {
+                swarm.retain(|_, p| p.seen.elapsed() < expiry);
+                !swarm.is_empty()
+            });
+            all.last_sweep = Some(Instant::now());
+        }
+        let swarms = &mut all.by_hash;
+        if !swarms.contains_key(&a.info_hash) && swarms.len() >= self.limits.tracker_max_swarms {
+            return failure("this tracker keeps no more swarms ([limits] tracker_max_swarms)");
+        }
         let swarm = swarms.entry(a.info_hash).or_default();
         swarm.retain(|_, p| p.seen.elapsed() < expiry);
         if a.event == Event::Stopped {
             swarm.remove(&a.peer_id);
         } else {
+            let known = swarm.contains_key(&a.peer_id);
+            let from_address = || swarm.values().filter(|p| p.addr == from).count();
+            let refused = if known {
+                None
+            } else if swarm.len() >= self.limits.tracker_max_peers_per_swarm {
+                Some("this swarm is full ([limits] tracker_max_peers_per_swarm)")
+            } else if from_address() >= self.limits.tracker_max_peers_per_address {
+                Some("too many peers from this address ([limits] tracker_max_peers_per_address)")
+            } else {
+                None
+            };
+            if let Some(why) = refused {
+                if swarm.is_empty() {
+                    swarms.remove(&a.info_hash);
+                }
+                return failure(why);
+            }
             swarm.insert(
                 a.peer_id,
                 Peer {
@@ -200,6 +240,7 @@ impl Tracker {
         self.swarms
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+            .by_hash
             .get(info_hash)
             .map_or(0, |s| s.len())
     }
@@ -229,18 +270,13 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: CancellationToken,
     extra: Router,
+    limits: &crate::server::limits::Limits,
 ) {
     let app = Router::new()
         .route("/announce", get(announce))
         .with_state(tracker)
         .merge(extra);
-    let svc = app.into_make_service_with_connect_info::<SocketAddr>();
-    if let Err(e) = axum::serve(listener, svc)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
-    {
-        log::error!("tracker: {e}");
-    }
+    crate::server::http_serve::serve("tracker", listener, app, None, limits, shutdown).await;
 }
 
 #[cfg(test)]
@@ -258,7 +294,7 @@ mod tests {
 
     #[test]
     fn compact_peers_and_stop() {
-        let t = Tracker::new(Duration::from_secs(30));
+        let t = Tracker::new(Duration::from_secs(30), Default::default());
         let h = [7u8; 20];
         let seeder = parse_announce(&q(&h, &[1; 20], 6881, 0, "started")).expect("valid");
         let r = t.announce(&seeder, Ipv4Addr::new(10, 0, 0, 1));
@@ -275,6 +311,64 @@ mod tests {
         let stop = parse_announce(&q(&h, &[1; 20], 6881, 0, "stopped")).expect("valid");
         t.announce(&stop, Ipv4Addr::new(10, 0, 0, 1));
         assert_eq!(t.swarm_size(&h), 1);
+    }
+
+    /// The hostile-LAN finding: one host announced 5000 dead "seeders" on
+    /// as many ports, and a new agent tried them before the server.
+    #[test]
+    fn one_address_fills_no_swarm_and_the_tracker_keeps_few_swarms() {
+        let limits = crate::server::limits::Limits {
+            tracker_max_peers_per_address: 3,
+            tracker_max_peers_per_swarm: 5,
+            tracker_max_swarms: 2,
+            ..Default::default()
+        };
+        let t = Tracker::new(Duration::from_secs(30), limits);
+        let h = [7u8; 20];
+        let liar = Ipv4Addr::new(10, 0, 0, 66);
+        let mut refused = 0;
+        for n in 0..5000u16 {
+            let mut id = [0u8; 20];
+            id[..2].copy_from_slice(&n.to_be_bytes());
+            let a = parse_announce(&q(&h, &id, 1000 + n, 0, "started")).expect("valid");
+            if t.announce(&a, liar).starts_with(b"d14:failure reason") {
+                refused += 1;
+            }
+        }
+        assert_eq!(t.swarm_size(&h), 3);
+        assert_eq!(refused, 4997);
+        // An announce again from a known peer is not a new peer.
+        let again = parse_announce(&q(&h, &[0; 20], 1000, 0, "")).expect("valid");
+        assert!(!t.announce(&again, liar).starts_with(b"d14:failure"));
+        // Other addresses fill the rest, up to the swarm's cap.
+        for n in 0..4u8 {
+            let a = parse_announce(&q(&h, &[100 + n; 20], 6881, 0, "started")).expect("valid");
+            t.announce(&a, Ipv4Addr::new(10, 0, 1, n));
+        }
+        assert_eq!(t.swarm_size(&h), 5);
+        // Two swarms at most.
+        for (i, hash) in [[1u8; 20], [2; 20]].iter().enumerate() {
+            let a = parse_announce(&q(hash, &[9; 20], 6881, 0, "started")).expect("valid");
+            let r = t.announce(&a, Ipv4Addr::new(10, 0, 2, 1));
+            assert_eq!(r.starts_with(b"d14:failure"), i == 1, "swarm {i}");
+        }
+    }
+
+    #[test]
+    fn a_swarm_nobody_announces_to_is_swept() {
+        let t = Tracker::new(Duration::from_millis(20), Default::default());
+        let old = [3u8; 20];
+        let a = parse_announce(&q(&old, &[1; 20], 6881, 0, "started")).expect("valid");
+        t.announce(&a, Ipv4Addr::new(10, 0, 0, 1));
+        assert_eq!(t.swarm_size(&old), 1);
+        std::thread::sleep(Duration::from_millis(80));
+        let b = parse_announce(&q(&[4; 20], &[1; 20], 6881, 0, "started")).expect("valid");
+        t.announce(&b, Ipv4Addr::new(10, 0, 0, 1));
+        assert_eq!(
+            t.swarm_size(&old),
+            0,
+            "expired with nobody announcing to it"
+        );
     }
 
     #[test]

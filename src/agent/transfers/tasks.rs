@@ -250,16 +250,10 @@ impl Transfers {
                 return;
             };
             let Some(v) = guard.as_mut() else { return };
-            let Some(have) = me.engine.have_pieces(&hash) else {
+            let Some(view) = me.engine_view(&hash) else {
                 return;
             };
-            let digests = me.engine.piece_sha256(&hash).unwrap_or_default();
-            match v.advance(
-                &path,
-                &|i| have.get(i).copied().unwrap_or(false),
-                &|i| digests.get(i).copied().flatten(),
-                VERIFY_STEP,
-            ) {
+            match v.advance(&path, &view, false, VERIFY_STEP) {
                 // What was checked goes to the disk now, so the fsync before
                 // the layer joins its chain has only the last pieces left.
                 Ok(done) if done.pieces > 0 => {
@@ -271,6 +265,20 @@ impl Transfers {
                 Err(e) => log::debug!("{}: checking ahead: {e}", path.display()),
             }
         });
+    }
+
+    /// What the engine says of a layer's pieces now. The write counts are
+    /// taken first, so a write that lands while the pieces are read shows
+    /// as a changed count at the next look.
+    fn engine_view(&self, info_hash: &str) -> Option<crate::bt::meta::EngineView> {
+        let writes = self.engine.piece_writes(info_hash).unwrap_or_default();
+        let have = self.engine.have_pieces(info_hash)?;
+        let digests = self.engine.piece_sha256(info_hash).unwrap_or_default();
+        Some(crate::bt::meta::EngineView {
+            have,
+            digests,
+            writes,
+        })
     }
 
     /// Queues a report for the server.
@@ -783,13 +791,16 @@ impl Transfers {
         match self.engine.stats(&rec.info_hash) {
             // What the swarm cost this terminal: bytes received over bytes
             // needed shows pieces fetched twice (steals, end game).
-            Some(s) if s.total_bytes > 0 => log::info!(
-                "{layer}: every piece is here (received {} bytes for {}: {:.3} copies, {} steals); checking what is left and linking",
-                s.fetched_bytes,
-                s.total_bytes,
-                s.fetched_bytes as f64 / s.total_bytes as f64,
-                s.steals
-            ),
+            Some(s) if s.total_bytes > 0 => {
+                let (wasted, banned) = (s.wasted_bytes, s.banned_peers);
+                log::info!(
+                    "{layer}: every piece is here (received {} bytes for {}: {:.3} copies, {} steals; {wasted} bytes in pieces that failed their check, {banned} peers banned for them); checking what is left and linking",
+                    s.fetched_bytes,
+                    s.total_bytes,
+                    s.fetched_bytes as f64 / s.total_bytes as f64,
+                    s.steals
+                )
+            }
             _ => log::info!("{layer}: every piece is here; checking what is left and linking"),
         }
         let torrent = self.tasks().get(&layer).map(|l| l.torrent.clone());
@@ -973,11 +984,9 @@ impl Transfers {
                 .map(|v| (v.checked(), v.from_engine(), v.pieces()))
                 .unwrap_or((0, 0, meta.piece_count()));
             let started = Instant::now();
-            let digests = self.engine.piece_sha256(&rec.info_hash).unwrap_or_default();
+            let view = self.engine_view(&rec.info_hash).unwrap_or_default();
             let verdict = match ahead {
-                Some(v) => v
-                    .finish(&data, &|i| digests.get(i).copied().flatten())
-                    .map(|p| (Some(p), None)),
+                Some(v) => v.finish(&data, &view).map(|p| (Some(p), None)),
                 None => meta
                     .verify_file(&data, manifest.is_some())
                     .map(|h| (h.as_ref().map(|h| h.pieces.clone()), h.map(|h| h.whole))),

@@ -261,6 +261,14 @@ impl ChunkTracker {
         }
     }
 
+    /// voi-agent patch 15: forgets the chunks received for a piece that
+    /// stays reserved (a suspect piece is fetched whole by its thief).
+    pub(crate) fn reset_piece_chunks(&mut self, index: ValidPieceIndex) {
+        if let Some(s) = self.chunk_status.get_mut(self.lengths.chunk_range(index)) {
+            s.fill(false);
+        }
+    }
+
     /// voi-agent patch: whether this chunk was already received, so a
     /// peer that steals a half-done piece asks only for the rest of it.
     pub(crate) fn is_chunk_downloaded(&self, chunk: &ChunkInfo) -> bool {

@@ -6,7 +6,13 @@ use buffers::ByteBuf;
 use peer_binary_protocol::{
     Handshake, MessageBorrowed, MessageDeserializeError, PIECE_MESSAGE_DEFAULT_LEN,
 };
+use librqbit_core::constants::CHUNK_SIZE;
 use tokio::io::AsyncReadExt;
+
+/// voi-agent patch 14: see `ReadBuf::check_length_prefix`.
+const MAX_BITFIELD_BYTES: usize = (2 << 20) / 20 / 8 + 1;
+const MAX_EXTENDED_MESSAGE_BYTES: usize = 64 * 1024;
+const MAX_OTHER_MESSAGE_BYTES: usize = 16 * 1024;
 
 pub struct ReadBuf {
     buf: Vec<u8>,
@@ -67,6 +73,40 @@ impl ReadBuf {
         Ok(h)
     }
 
+    /// voi-agent patch 14: the most a message of this type can be, so a
+    /// peer's length prefix cannot make us allocate what it likes (upstream
+    /// zero-filled up to 4 GiB for one 5-byte message). A piece carries at
+    /// most one chunk; a bitfield at most one bit per piece of the largest
+    /// torrent a layer may have (2 MiB of SHA-1s); an extended message (the
+    /// ut_metadata and PEX dictionaries) a metadata block and some keys.
+    fn check_length_prefix(&self) -> anyhow::Result<()> {
+        let pending = &self.buf[self.processed..self.filled];
+        if pending.len() < 5 {
+            return Ok(());
+        }
+        let len = u32::from_be_bytes([pending[0], pending[1], pending[2], pending[3]]) as usize;
+        if len == 0 {
+            return Ok(());
+        }
+        let id = pending[4];
+        let max = match id {
+            0..=3 => 1,
+            4 => 5,
+            5 => 1 + MAX_BITFIELD_BYTES,
+            6 | 8 => 13,
+            7 => 9 + CHUNK_SIZE as usize,
+            9 => 3,
+            20 => MAX_EXTENDED_MESSAGE_BYTES,
+            _ => MAX_OTHER_MESSAGE_BYTES,
+        };
+        if len > max {
+            anyhow::bail!(
+                "peer sent a message of type {id} announcing {len} bytes; the most it can be is {max}"
+            );
+        }
+        Ok(())
+    }
+
     // Read a message into the buffer, try to deserialize it and call the callback on it.
     pub async fn read_message(
         &mut self,
@@ -88,6 +128,7 @@ impl ReadBuf {
                     }
                     Err(e) => return Err(e.into()),
                 };
+            self.check_length_prefix()?;
             self.prepare_for_read(need_additional_bytes);
             debug_assert!(!self.buf[self.filled..].is_empty());
             let size = with_timeout(timeout, conn.read(&mut self.buf[self.filled..]))

@@ -275,8 +275,21 @@ impl ManagedTorrent {
 
     /// voi-agent patch 12: the sha256 of each piece this process downloaded
     /// and checked (`SessionOptions::piece_sha256`); `None` unless live.
-    pub fn piece_sha256(&self) -> Option<Vec<Option<[u8; 32]>>> {
+    /// voi-agent patch 15: each with the piece's write count it describes.
+    pub fn piece_sha256(&self) -> Option<Vec<Option<([u8; 32], u32)>>> {
         self.live().map(|l| l.piece_sha256())
+    }
+
+    /// voi-agent patch 15: each piece's write count now; a digest from
+    /// `piece_sha256` whose count differs no longer describes the disk.
+    pub fn piece_writes(&self) -> Option<Vec<u32>> {
+        self.live().map(|l| l.piece_writes())
+    }
+
+    /// voi-agent patch 15: (bytes of pieces that failed their check, peers
+    /// banned for it), `None` unless live.
+    pub fn wasted_and_banned(&self) -> Option<(u64, u32)> {
+        self.live().map(|l| l.wasted_and_banned())
     }
 
     /// Get the live state if the torrent is live.

@@ -116,6 +116,47 @@ use super::{
 struct InflightPiece {
     peer: PeerHandle,
     started: Instant,
+    /// voi-agent patch 15: chunks of this piece came from more than one
+    /// peer (it was stolen half-done), so a failed check cannot say who
+    /// lied.
+    mixed: bool,
+}
+
+/// voi-agent patch 15: a peer whose pieces failed their SHA-1 this many
+/// times (each fetched whole from that peer alone) is banned for the
+/// torrent.
+pub(crate) const BAN_AFTER_BAD_PIECES: u32 = 2;
+/// voi-agent patch 15: at most this many banned addresses and peer ids
+/// are remembered per torrent; past it the oldest half is forgotten.
+const MAX_BANNED: usize = 4096;
+
+/// voi-agent patch 15: who is banned from a torrent.
+#[derive(Default)]
+struct Banned {
+    addrs: HashSet<SocketAddr>,
+    peer_ids: HashSet<Id20>,
+    order: std::collections::VecDeque<(SocketAddr, Option<Id20>)>,
+}
+
+impl Banned {
+    fn insert(&mut self, addr: SocketAddr, peer_id: Option<Id20>) {
+        if self.addrs.insert(addr) {
+            if let Some(id) = peer_id {
+                self.peer_ids.insert(id);
+            }
+            self.order.push_back((addr, peer_id));
+        }
+        if self.order.len() > MAX_BANNED {
+            for _ in 0..MAX_BANNED / 2 {
+                if let Some((a, id)) = self.order.pop_front() {
+                    self.addrs.remove(&a);
+                    if let Some(id) = id {
+                        self.peer_ids.remove(&id);
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn make_piece_bitfield(lengths: &Lengths) -> BF {
@@ -133,6 +174,11 @@ pub(crate) struct TorrentStateLocked {
     // At a moment in time, we are expecting a piece from only one peer.
     // inflight_pieces stores this information.
     inflight_pieces: HashMap<ValidPieceIndex, InflightPiece>,
+
+    // voi-agent patch 15: pieces that failed their check after chunks from
+    // several peers; a peer that steals one fetches it whole, so the next
+    // failure names its sender.
+    suspect_pieces: HashSet<ValidPieceIndex>,
 
     // If this is None, then it was already used
     fatal_errors_tx: Option<tokio::sync::oneshot::Sender<anyhow::Error>>,
@@ -191,7 +237,20 @@ pub struct TorrentStateLive {
 
     /// voi-agent patch 12: the sha256 of each piece this process downloaded
     /// and checked; empty unless the session asked for them.
-    piece_sha256: Box<[std::sync::OnceLock<[u8; 32]>]>,
+    piece_sha256: Box<[std::sync::OnceLock<([u8; 32], u32)>]>,
+
+    /// voi-agent patch 15: per piece, a seqlock-style count of chunk writes
+    /// (odd while one is in progress), so a digest can be told stale: a
+    /// digest taken at count `c` describes the bytes on disk only while the
+    /// count is still `c`.
+    piece_writes: Box<[AtomicU32]>,
+
+    /// voi-agent patch 15: peers banned for sending bad pieces.
+    banned: parking_lot::Mutex<Banned>,
+    /// voi-agent patch 15: bytes of pieces that failed their check.
+    pub(crate) wasted_bytes: AtomicU64,
+    /// voi-agent patch 15: peers banned so far.
+    pub(crate) banned_count: AtomicU32,
 
     stats: AtomicStats,
     lengths: Lengths,
@@ -275,6 +334,7 @@ impl TorrentStateLive {
                 chunks: Some(paused.chunk_tracker),
                 // TODO: move under per_piece_locks?
                 inflight_pieces: Default::default(),
+                suspect_pieces: Default::default(),
                 file_priorities,
                 fatal_errors_tx: Some(fatal_errors_tx),
                 unflushed_bitv_bytes: 0,
@@ -301,6 +361,12 @@ impl TorrentStateLive {
             availability: (0..lengths.total_pieces())
                 .map(|_| AtomicU32::new(0))
                 .collect(),
+            piece_writes: (0..lengths.total_pieces())
+                .map(|_| AtomicU32::new(0))
+                .collect(),
+            banned: Default::default(),
+            wasted_bytes: AtomicU64::new(0),
+            banned_count: AtomicU32::new(0),
             piece_sha256: if session.piece_sha256 {
                 (0..lengths.total_pieces())
                     .map(|_| std::sync::OnceLock::new())
@@ -376,6 +442,13 @@ impl TorrentStateLive {
         checked_peer: CheckedIncomingConnection,
     ) -> anyhow::Result<()> {
         use dashmap::mapref::entry::Entry;
+        if self.is_banned(
+            checked_peer.addr,
+            Some(Id20::new(checked_peer.handshake.peer_id)),
+        ) {
+            debug!(addr = %checked_peer.addr, "refusing a banned peer");
+            return Ok(());
+        }
         let (tx, rx) = unbounded_channel();
         let permit = match self.peer_semaphore.clone().try_acquire_owned() {
             Ok(permit) => permit,
@@ -685,8 +758,56 @@ impl TorrentStateLive {
     /// voi-agent patch 12: the sha256 of each piece this process downloaded
     /// and checked (`None` for the rest: pieces restored at start, pieces
     /// still missing, or a session that did not ask for them).
-    pub fn piece_sha256(&self) -> Vec<Option<[u8; 32]>> {
+    pub fn piece_sha256(&self) -> Vec<Option<([u8; 32], u32)>> {
         self.piece_sha256.iter().map(|d| d.get().copied()).collect()
+    }
+
+    /// voi-agent patch 15: each piece's write count now (see
+    /// `piece_writes`); a digest whose count differs is stale.
+    pub fn piece_writes(&self) -> Vec<u32> {
+        self.piece_writes
+            .iter()
+            .map(|c| c.load(Ordering::Acquire))
+            .collect()
+    }
+
+    /// voi-agent patch 15: (bytes of pieces that failed their check, peers
+    /// banned for it).
+    pub fn wasted_and_banned(&self) -> (u64, u32) {
+        (
+            self.wasted_bytes.load(Ordering::Relaxed),
+            self.banned_count.load(Ordering::Relaxed),
+        )
+    }
+
+    fn is_banned(&self, addr: SocketAddr, peer_id: Option<Id20>) -> bool {
+        let b = self.banned.lock();
+        b.addrs.contains(&addr) || peer_id.is_some_and(|id| b.peer_ids.contains(&id))
+    }
+
+    /// voi-agent patch 15: gives up the pieces `handle` owns (it died).
+    /// Each waits for chunk writes of that piece still in progress (they
+    /// passed the owner check before the death), so no byte of the dead
+    /// peer lands in a piece after someone else took it. Lock order is
+    /// piece lock, then state lock, as in `write_to_disk`.
+    fn release_pieces_of(&self, handle: PeerHandle) -> anyhow::Result<()> {
+        let owned: Vec<ValidPieceIndex> = self
+            .lock_read("release_pieces_of")
+            .inflight_pieces
+            .iter()
+            .filter(|(_, p)| p.peer == handle)
+            .map(|(i, _)| *i)
+            .collect();
+        for piece in owned {
+            let _writes_done = self.per_piece_locks.get(piece.get_usize()).map(|l| l.write());
+            let mut g = self.lock_write("release_pieces_of");
+            if g.inflight_pieces.get(&piece).map(|p| p.peer) == Some(handle) {
+                g.inflight_pieces.remove(&piece);
+                g.get_chunks_mut()?.mark_piece_broken_if_not_have(piece);
+            }
+        }
+        self.new_pieces_notify.notify_waiters();
+        Ok(())
     }
 
     /// voi-agent patch: whether `addr` is the origin, the seeder at the
@@ -768,6 +889,9 @@ impl TorrentStateLive {
     }
 
     pub(crate) fn add_peer_if_not_seen(&self, addr: SocketAddr) -> anyhow::Result<bool> {
+        if self.is_banned(addr, None) {
+            return Ok(false);
+        }
         match self.peers.add_if_not_seen(addr) {
             Some(handle) => handle,
             None => return Ok(false),
@@ -1291,23 +1415,21 @@ impl PeerHandler {
             }
         };
         let prev = pe.value_mut().take_state(peers);
+        let mut banned_id: Option<Id20> = None;
 
         match prev {
             PeerState::Connecting(_) => {}
             PeerState::Live(live) => {
                 // voi-agent patch: its pieces are no longer available here.
                 self.state.availability_apply(&live.bitfield, false);
-                let mut g = self.state.lock_write("mark_chunk_requests_canceled");
-                for req in live.inflight_requests {
-                    trace!(
-                        "peer dead, marking chunk request cancelled, index={}, chunk={}",
-                        req.piece_index.get(),
-                        req.chunk_index
-                    );
-                    g.get_chunks_mut()?
-                        .mark_piece_broken_if_not_have(req.piece_index);
-                    self.state.new_pieces_notify.notify_waiters();
-                }
+                // voi-agent patch 15: upstream marked broken every piece
+                // the dead peer had a request in flight for, even one
+                // another peer had stolen or that was being checked, so it
+                // could be handed out again while its bytes were checked,
+                // and a late chunk overwrote a verified piece. Only the
+                // pieces this peer owns are given up.
+                self.state.release_pieces_of(handle)?;
+                banned_id = Some(live.peer_id);
             }
             PeerState::NotNeeded => {
                 // Restore it as std::mem::take() replaced it above.
@@ -1333,6 +1455,21 @@ impl PeerHandler {
         };
 
         self.counters.errors.fetch_add(1, Ordering::Relaxed);
+
+        // voi-agent patch 15: a peer that sent BAN_AFTER_BAD_PIECES pieces
+        // that failed their check (each from it alone) is not reconnected,
+        // and is refused if it connects again or the tracker names it.
+        if self.counters.bad_pieces.load(Ordering::Relaxed) >= BAN_AFTER_BAD_PIECES {
+            warn!(
+                peer = handle.to_string(),
+                "banning the peer from this torrent: it sent pieces that failed their check"
+            );
+            self.state.banned.lock().insert(handle, banned_id);
+            self.state.banned_count.fetch_add(1, Ordering::Relaxed);
+            drop(pe);
+            self.state.peers.drop_peer(handle);
+            return Ok(());
+        }
 
         if self.state.is_finished_and_no_active_streams() {
             debug!("torrent finished, not re-queueing");
@@ -1476,6 +1613,7 @@ impl PeerHandler {
                     InflightPiece {
                         peer: self.addr,
                         started: Instant::now(),
+                        mixed: false,
                     },
                 );
                 g.get_chunks_mut()?.reserve_needed_piece(n);
@@ -1522,6 +1660,7 @@ impl PeerHandler {
                     let old = piece_req.peer;
                     piece_req.peer = self.addr;
                     piece_req.started = Instant::now();
+                    piece_req.mixed = true;
                     (*idx, old)
                 } else {
                     debug!(?idx, ?piece_req, "attempted to steal but peer was writing");
@@ -1531,6 +1670,23 @@ impl PeerHandler {
                 return None;
             }
         };
+
+        // voi-agent patch 15: a piece that already failed with chunks from
+        // several peers is fetched whole by the thief, so the next failure
+        // names one sender.
+        {
+            let mut g = self.state.lock_write("steal_suspect");
+            if g.suspect_pieces.contains(&stolen_idx)
+                && g.inflight_pieces.get(&stolen_idx).map(|p| p.peer) == Some(self.addr)
+            {
+                if let Ok(chunks) = g.get_chunks_mut() {
+                    chunks.reset_piece_chunks(stolen_idx);
+                }
+                if let Some(p) = g.inflight_pieces.get_mut(&stolen_idx) {
+                    p.mixed = false;
+                }
+            }
+        }
 
         // Send cancellations to old peer and bump counters.
         self.state.peers.on_steal(from_peer, self.addr, stolen_idx);
@@ -1925,18 +2081,22 @@ impl PeerHandler {
         ) -> anyhow::Result<()> {
             let index = piece.index;
 
-            // If someone stole the piece by now, ignore it.
-            // However if they didn't, don't let them steal it while we are writing.
-            // So that by the time we are done writing AND if it was the last piece,
-            // we can actually checksum etc.
-            // Otherwise it might get into some weird state.
+            // voi-agent patch 15: a chunk is written only into a piece the
+            // writing peer owns, and only while it keeps owning it: the
+            // piece's lock is held (read) from the owner check to the chunk's
+            // marking, and every change of owner takes it for writing (a
+            // steal tries it, a dead peer's release and a completed piece's
+            // check wait for it). Piece lock first, then the state lock,
+            // everywhere. Upstream checked the owner, then wrote, then marked
+            // without checking again, and a dead peer's release could hand a
+            // piece out while it was being checked: a late chunk then
+            // overwrote a verified piece.
             let ppl_guard = {
-                let g = state.lock_read("check_steal");
-
                 let ppl = state
                     .per_piece_locks
                     .get(piece.index as usize)
                     .map(|l| l.read());
+                let g = state.lock_read("check_steal");
 
                 match g.inflight_pieces.get(&chunk_info.piece_index) {
                     Some(InflightPiece { peer, .. }) if *peer == addr => {}
@@ -1955,14 +2115,23 @@ impl PeerHandler {
                         return Ok(());
                     }
                 };
+                // A chunk already received stays as it was written.
+                if g.get_chunks()?.is_chunk_downloaded(chunk_info) {
+                    return Ok(());
+                }
 
                 ppl
             };
 
-            // While we hold per piece lock, noone can steal it.
-            // So we can proceed writing knowing that the piece is ours now and will still be by the time
-            // the write is finished.
-            match state.file_ops().write_chunk(addr, piece, chunk_info) {
+            let writes = state.piece_writes.get(chunk_info.piece_index.get_usize());
+            if let Some(w) = writes {
+                w.fetch_add(1, Ordering::AcqRel);
+            }
+            let written = state.file_ops().write_chunk(addr, piece, chunk_info);
+            if let Some(w) = writes {
+                w.fetch_add(1, Ordering::AcqRel);
+            }
+            match written {
                 Ok(()) => {}
                 Err(e) => {
                     error!("FATAL: error writing chunk to disk: {e:#}");
@@ -1970,8 +2139,15 @@ impl PeerHandler {
                 }
             };
 
-            let full_piece_download_time = {
+            let completed = {
                 let mut g = state.lock_write("mark_chunk_downloaded");
+                match g.inflight_pieces.get(&chunk_info.piece_index) {
+                    Some(p) if p.peer == addr => {}
+                    _ => {
+                        debug!("piece={} was completed by another write, ignoring", piece.index);
+                        return Ok(());
+                    }
+                }
                 let chunk_marking_result = g.get_chunks_mut()?.mark_chunk_downloaded(piece);
                 trace!(?piece, chunk_marking_result=?chunk_marking_result);
 
@@ -1983,10 +2159,9 @@ impl PeerHandler {
                             let piece = chunk_info.piece_index;
                             g.inflight_pieces.remove(&piece)
                         }
-                        .map(|t| t.started.elapsed())
+                        .map(|t| (t.started.elapsed(), t.mixed))
                     }
                     Some(ChunkMarkingResult::PreviouslyCompleted) => {
-                        // TODO: we might need to send cancellations here.
                         debug!("piece={} was done by someone else, ignoring", piece.index);
                         return Ok(());
                     }
@@ -2000,14 +2175,20 @@ impl PeerHandler {
                 }
             };
 
-            // We don't care about per piece lock anymore, as it's removed from inflight pieces.
-            // It shouldn't impact perf anyway, but dropping just in case.
             drop(ppl_guard);
 
-            let full_piece_download_time = match full_piece_download_time {
+            let (full_piece_download_time, mixed) = match completed {
                 Some(t) => t,
                 None => return Ok(()),
             };
+
+            // voi-agent patch 15: other writes of this piece that passed
+            // the owner check before it completed end before it is read.
+            // The piece has no owner now, so none can start.
+            if let Some(l) = state.per_piece_locks.get(chunk_info.piece_index.get_usize()) {
+                drop(l.write());
+            }
+            let writes_at_check = writes.map_or(0, |w| w.load(Ordering::Acquire));
 
             let want_sha256 = !state.piece_sha256.is_empty();
             let (piece_ok, sha256) = state
@@ -2018,11 +2199,12 @@ impl PeerHandler {
                 true => {
                     // voi-agent patch 12: the digest is in place before the
                     // piece shows as had, so a reader sees both together.
+                    // voi-agent patch 15: with the write count it describes.
                     if let (Some(d), Some(slot)) = (
                         sha256,
                         state.piece_sha256.get(chunk_info.piece_index.get() as usize),
                     ) {
-                        let _ = slot.set(d);
+                        let _ = slot.set((d, writes_at_check));
                     }
                     {
                         let mut g = state.lock_write("mark_piece_downloaded");
@@ -2065,15 +2247,33 @@ impl PeerHandler {
                     state.transmit_haves(chunk_info.piece_index);
                 }
                 false => {
+                    let piece_len = state.lengths.piece_length(chunk_info.piece_index) as u64;
+                    state.wasted_bytes.fetch_add(piece_len, Ordering::Relaxed);
+                    {
+                        let mut g = state.lock_write("mark_piece_broken");
+                        g.get_chunks_mut()?
+                            .mark_piece_broken_if_not_have(chunk_info.piece_index);
+                        if mixed {
+                            g.suspect_pieces.insert(chunk_info.piece_index);
+                        } else {
+                            g.suspect_pieces.remove(&chunk_info.piece_index);
+                        }
+                    }
+                    state.new_pieces_notify.notify_waiters();
+                    // voi-agent patch 15: a piece from several peers names
+                    // nobody; it is fetched whole next time it is stolen.
+                    if mixed {
+                        debug!(
+                            "checksum for piece={} (chunks from several peers) did not validate",
+                            index
+                        );
+                        return Ok(());
+                    }
+                    counters.bad_pieces.fetch_add(1, Ordering::Relaxed);
                     warn!(
                         "checksum for piece={} did not validate. disconecting peer.",
                         index
                     );
-                    state
-                        .lock_write("mark_piece_broken")
-                        .get_chunks_mut()?
-                        .mark_piece_broken_if_not_have(chunk_info.piece_index);
-                    state.new_pieces_notify.notify_waiters();
                     anyhow::bail!("i am probably a bogus peer. dying.")
                 }
             };

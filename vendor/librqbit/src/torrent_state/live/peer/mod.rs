@@ -236,8 +236,8 @@ impl Peer {
 
 #[derive(Debug)]
 pub(crate) struct LivePeerState {
-    #[allow(dead_code)]
-    peer_id: Id20,
+    // voi-agent patch 15: read to ban a lying peer's id.
+    pub peer_id: Id20,
 
     pub peer_interested: bool,
 

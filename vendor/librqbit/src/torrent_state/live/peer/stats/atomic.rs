@@ -22,6 +22,9 @@ pub(crate) struct PeerCountersAtomic {
     pub total_piece_download_ms: AtomicU64,
     pub times_stolen_from_me: AtomicU32,
     pub times_i_stole: AtomicU32,
+    /// voi-agent patch 15: pieces from this peer alone that failed their
+    /// check.
+    pub bad_pieces: AtomicU32,
 }
 
 impl PeerCountersAtomic {

@@ -1,0 +1,162 @@
+//! A hostile LAN, at the BitTorrent port: lying peers announce themselves
+//! as seeders, claim every piece and answer every request with their own
+//! bytes. Whatever the interleaving, a keyed agent adopts exactly the
+//! server's bytes, and the liars are banned (librqbit patch 15). Run many
+//! times; `VOI_LIAR_TRIALS` sets how many (default 12).
+
+mod common;
+
+use common::*;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use voi::agent::transfers::tasks::Stage;
+use voi::agent::Agent;
+use voi::bt::meta::TorrentMeta;
+
+const U: &str = "5d0c3f2a-8e4b-4c61-9a57-2b8f4e6d1c30";
+const G: &str = "0b7e2c41-6a3d-4f58-8c19-d2e5f7a9b364";
+
+fn layer0() -> String {
+    format!("voi_0_{U}")
+}
+
+async fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < Duration::from_secs(secs),
+            "timed out after {secs} s waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn seeding(agent: &Agent, name: &str) -> bool {
+    agent
+        .transfers
+        .get()
+        .and_then(|t| t.get(name))
+        .is_some_and(|(r, _)| r.stage == Stage::Seeding)
+}
+
+fn qemu_img_check(path: &Path) {
+    let out = std::process::Command::new("qemu-img")
+        .args(["check", "-q"])
+        .arg(path)
+        .output()
+        .expect("qemu-img");
+    assert!(
+        out.status.success(),
+        "qemu-img check {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+async fn online(
+    h: &voi::server::ServerHandle,
+    cfg: voi::agent::config::AgentConfig,
+) -> (std::sync::Arc<Agent>, tokio::task::JoinHandle<()>) {
+    let mac = cfg.mac.clone().expect("mac");
+    let mut ev = h.server.registry.events.subscribe();
+    let (agent, task) = start_agent(cfg);
+    wait_event(&mut ev, 20, is_heartbeat(&mac)).await;
+    (agent, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lying_peers_never_get_a_byte_into_an_adopted_layer() {
+    let trials: usize = std::env::var("VOI_LIAR_TRIALS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(12);
+    let dir = tempfile::tempdir().expect("tmp");
+    let h = start_server(&dir.path().join("s")).await;
+    let lib = h.server.images.dir().to_path_buf();
+    make_base(&lib.join(layer0()), 8);
+    h.server.images.scan().await.expect("scan");
+    h.server
+        .store
+        .put_group(&layer_group("liars", G, U, &[0]))
+        .expect("group");
+    let key = h.server.images.manifest_public_key();
+    let want = std::fs::read(lib.join(layer0())).expect("library file");
+
+    // Two honest terminals already seed it.
+    let mut honest = Vec::new();
+    for i in 0..2 {
+        let mut cfg = agent_config(
+            &dir.path().join(format!("h{i}")),
+            h.addr.port(),
+            &format!("AA:00:00:00:0C:0{i}"),
+        );
+        cfg.bt.manifest_key = Some(key.clone());
+        let (a, t) = online(&h, cfg).await;
+        wait_for("an honest seeder", 60, || seeding(&a, &layer0())).await;
+        honest.push((a, t));
+    }
+
+    let torrent = reqwest::get(h.server.torrent_url(&layer0(), None))
+        .await
+        .expect("torrent")
+        .bytes()
+        .await
+        .expect("torrent bytes");
+    let meta = TorrentMeta::parse(&torrent).expect("meta");
+    let announce = meta.announce.first().expect("announce").clone();
+    let liars = liar::start(
+        30,
+        "127.0.0.1".parse().expect("ip"),
+        &announce,
+        &meta.info_hash,
+        meta.piece_count(),
+        0x5eed,
+    )
+    .await;
+
+    let started = Instant::now();
+    let (mut wasted, mut banned, mut fetched) = (0u64, 0u64, 0u64);
+    for t in 0..trials {
+        let mac = format!("AA:00:00:00:0D:{t:02X}");
+        let mut cfg = agent_config(&dir.path().join(format!("t{t}")), h.addr.port(), &mac);
+        cfg.bt.manifest_key = Some(key.clone());
+        let (agent, task) = online(&h, cfg).await;
+        wait_for("the layer, despite the liars", 120, || {
+            seeding(&agent, &layer0())
+        })
+        .await;
+        let path = agent.cfg.disk_dir().join(layer0());
+        let got = std::fs::read(&path).expect("adopted layer");
+        let first_diff = got.iter().zip(&want).position(|(a, b)| a != b);
+        assert!(
+            got.len() == want.len() && first_diff.is_none(),
+            "trial {t}: the adopted layer differs from the server's (first at byte {first_diff:?}, piece {:?})",
+            first_diff.map(|d| d as u64 / meta.piece_length)
+        );
+        qemu_img_check(&path);
+        if let Some((_, Some(s))) = agent.transfers.get().and_then(|x| x.get(&layer0())) {
+            wasted += s.wasted_bytes;
+            banned += u64::from(s.banned_peers);
+            fetched += s.fetched_bytes;
+        }
+        agent.shutdown.cancel();
+        let _ = task.await;
+    }
+    let lied = liars
+        .stats
+        .lied_bytes
+        .load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!(
+        "lying peers: {trials} trials in {:.1} s, all byte-identical; liars sent {lied} bytes over {} connections; the trial agents received {fetched} bytes for {} layers of {} bytes, {wasted} of them in pieces that failed their check, and banned {banned} liars",
+        started.elapsed().as_secs_f64(),
+        liars.stats.connections.load(std::sync::atomic::Ordering::Relaxed),
+        trials,
+        meta.length,
+    );
+    for (a, t) in honest {
+        a.shutdown.cancel();
+        let _ = t.await;
+    }
+    h.stop().await;
+}

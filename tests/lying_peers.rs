@@ -105,9 +105,13 @@ async fn lying_peers_never_get_a_byte_into_an_adopted_layer() {
         .expect("torrent bytes");
     let meta = TorrentMeta::parse(&torrent).expect("meta");
     let announce = meta.announce.first().expect("announce").clone();
+    // Each liar on an address of its own (127.0.0.2 and up), so they are
+    // peers to trade with and steal from, not the origin.
+    let binds: Vec<std::net::IpAddr> = (2..32u8)
+        .map(|i| std::net::IpAddr::from([127, 0, 0, i]))
+        .collect();
     let liars = liar::start(
-        30,
-        "127.0.0.1".parse().expect("ip"),
+        &binds,
         &announce,
         &meta.info_hash,
         meta.piece_count(),

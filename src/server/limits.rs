@@ -13,7 +13,9 @@ use std::time::Duration;
 pub struct Limits {
     /// Terminal sockets open at once, logged in or not.
     pub max_connections: usize,
-    /// Terminal sockets open at once that have not logged in.
+    /// Terminal sockets open at once that have not logged in. High enough
+    /// for a building whose power comes back (every terminal connects in the
+    /// same second); each holds at most `max_body_before_login`.
     pub max_unauthenticated: usize,
     /// A socket that has not logged in this long after it opened is closed,
     /// whatever it sent meanwhile.
@@ -59,9 +61,9 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_connections: 16384,
-            max_unauthenticated: 256,
+            max_unauthenticated: 8192,
             login_deadline_secs: 10,
-            max_body_before_login: 64 * 1024,
+            max_body_before_login: 8 * 1024,
             http_header_timeout_secs: 10,
             http_max_connections: 512,
             tracker_max_peers_per_swarm: 4096,

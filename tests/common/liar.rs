@@ -45,12 +45,12 @@ fn percent_encode(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("%{b:02x}")).collect()
 }
 
-/// Starts `count` liars on `bind` (an address of this machine), each on
+/// Starts a liar on each of `binds` (addresses of this machine), each on
 /// its own port, and announces each to `announce` as a seeder of
-/// `info_hash` (hex).
+/// `info_hash` (hex), from its own address: on loopback, 127.0.0.2 and up
+/// are peers of their own, not the origin (the server's 127.0.0.1).
 pub async fn start(
-    count: usize,
-    bind: std::net::IpAddr,
+    binds: &[std::net::IpAddr],
     announce: &str,
     info_hash_hex: &str,
     pieces: usize,
@@ -64,9 +64,12 @@ pub async fn start(
     let stats = Arc::new(LiarStats::default());
     let stop = CancellationToken::new();
     let mut ports = Vec::new();
-    let client = reqwest::Client::new();
     let mut urls = Vec::new();
-    for n in 0..count {
+    for (n, &bind) in binds.iter().enumerate() {
+        let client = reqwest::Client::builder()
+            .local_address(bind)
+            .build()
+            .expect("client");
         let listener = TcpListener::bind(SocketAddr::new(bind, 0))
             .await
             .expect("bind a liar");
@@ -81,7 +84,7 @@ pub async fn start(
         );
         let answer = client.get(&url).send().await.expect("announce");
         assert!(answer.status().is_success(), "tracker took the liar");
-        urls.push(url);
+        urls.push((client, url));
         let (stats, stop) = (stats.clone(), stop.clone());
         tokio::spawn(async move {
             let mut conn_no = 0u64;
@@ -114,7 +117,7 @@ pub async fn start(
                 _ = again.cancelled() => return,
                 _ = tokio::time::sleep(Duration::from_secs(20)) => {}
             }
-            for url in &urls {
+            for (client, url) in &urls {
                 let _ = client.get(url).send().await;
             }
         }
@@ -155,12 +158,8 @@ async fn lie(
     out.extend_from_slice(&1u32.to_be_bytes());
     out.push(1);
     sock.write_all(&out).await?;
-    // A slow liar hangs up after a few answers, with requests in flight.
-    let mut answers_left = if slow {
-        3 + xorshift(&mut rng) % 12
-    } else {
-        u64::MAX
-    };
+    // A liar hangs up after a few answers, with requests in flight.
+    let mut answers_left = 3 + xorshift(&mut rng) % 40;
     loop {
         let mut len = [0u8; 4];
         sock.read_exact(&mut len).await?;

@@ -72,7 +72,16 @@ async fn lying_peers_never_get_a_byte_into_an_adopted_layer() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(12);
     let dir = tempfile::tempdir().expect("tmp");
-    let h = start_server(&dir.path().join("s")).await;
+    // The tracker on an address of its own: nobody, not even the server's
+    // seeder, is "the origin" (librqbit patch 8), so every peer steals and
+    // is stolen from as on a LAN of distinct hosts.
+    init_log();
+    let mut scfg = server_config(&dir.path().join("s"), "127.0.0.1:0");
+    let tracker_port = free_port();
+    scfg.tracker_listen = format!("127.0.0.100:{tracker_port}");
+    scfg.tracker_url = Some(format!("http://127.0.0.100:{tracker_port}/announce"));
+    scfg.limits.tracker_max_peers_per_address = 64;
+    let h = voi::server::Server::start(scfg).await.expect("server");
     let lib = h.server.images.dir().to_path_buf();
     make_base(&lib.join(layer0()), 8);
     h.server.images.scan().await.expect("scan");
@@ -121,6 +130,7 @@ async fn lying_peers_never_get_a_byte_into_an_adopted_layer() {
 
     let started = Instant::now();
     let (mut wasted, mut banned, mut fetched) = (0u64, 0u64, 0u64);
+    let mut bad_trials = Vec::new();
     for t in 0..trials {
         let mac = format!("AA:00:00:00:0D:{t:02X}");
         let mut cfg = agent_config(&dir.path().join(format!("t{t}")), h.addr.port(), &mac);
@@ -133,11 +143,12 @@ async fn lying_peers_never_get_a_byte_into_an_adopted_layer() {
         let path = agent.cfg.disk_dir().join(layer0());
         let got = std::fs::read(&path).expect("adopted layer");
         let first_diff = got.iter().zip(&want).position(|(a, b)| a != b);
-        assert!(
-            got.len() == want.len() && first_diff.is_none(),
-            "trial {t}: the adopted layer differs from the server's (first at byte {first_diff:?}, piece {:?})",
-            first_diff.map(|d| d as u64 / meta.piece_length)
-        );
+        if got.len() != want.len() || first_diff.is_some() {
+            bad_trials.push(format!(
+                "trial {t}: the adopted layer differs from the server's (first at byte {first_diff:?}, piece {:?})",
+                first_diff.map(|d| d as u64 / meta.piece_length)
+            ));
+        }
         qemu_img_check(&path);
         if let Some((_, Some(s))) = agent.transfers.get().and_then(|x| x.get(&layer0())) {
             wasted += s.wasted_bytes;
@@ -152,8 +163,9 @@ async fn lying_peers_never_get_a_byte_into_an_adopted_layer() {
         .lied_bytes
         .load(std::sync::atomic::Ordering::Relaxed);
     eprintln!(
-        "lying peers: {trials} trials in {:.1} s, all byte-identical; liars sent {lied} bytes over {} connections; the trial agents received {fetched} bytes for {} layers of {} bytes, {wasted} of them in pieces that failed their check, and banned {banned} liars",
+        "lying peers: {trials} trials in {:.1} s, {} with the liars' bytes in the adopted layer; liars sent {lied} bytes over {} connections; the trial agents received {fetched} bytes for {} layers of {} bytes, {wasted} of them in pieces that failed their check, and banned {banned} liars",
         started.elapsed().as_secs_f64(),
+        bad_trials.len(),
         liars.stats.connections.load(std::sync::atomic::Ordering::Relaxed),
         trials,
         meta.length,
@@ -163,4 +175,5 @@ async fn lying_peers_never_get_a_byte_into_an_adopted_layer() {
         let _ = t.await;
     }
     h.stop().await;
+    assert!(bad_trials.is_empty(), "{bad_trials:#?}");
 }

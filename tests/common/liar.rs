@@ -158,45 +158,84 @@ async fn lie(
     out.extend_from_slice(&1u32.to_be_bytes());
     out.push(1);
     sock.write_all(&out).await?;
-    // A liar hangs up after a few answers, with requests in flight.
+    let (mut rd, mut wr) = sock.into_split();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<([u8; 8], usize)>();
+    // A liar hangs up after a few answers, with requests in flight; and a
+    // few milliseconds after it is told a piece was taken from it (a
+    // Cancel): that is when the thief completes and checks the piece.
     let mut answers_left = 3 + xorshift(&mut rng) % 40;
-    loop {
-        let mut len = [0u8; 4];
-        sock.read_exact(&mut len).await?;
-        let len = u32::from_be_bytes(len) as usize;
-        if len == 0 {
-            continue;
+    let hang_up_after_cancel = Duration::from_millis(1 + xorshift(&mut rng) % 15);
+    let mut writer_rng = xorshift(&mut rng) | 1;
+    let writer = async move {
+        while let Some((at, length)) = rx.recv().await {
+            if slow {
+                tokio::time::sleep(Duration::from_millis(20 + xorshift(&mut writer_rng) % 130))
+                    .await;
+            }
+            let mut piece = Vec::with_capacity(13 + length);
+            piece.extend_from_slice(&(9 + length as u32).to_be_bytes());
+            piece.push(7);
+            piece.extend_from_slice(&at);
+            for _ in 0..length {
+                piece.push(xorshift(&mut writer_rng) as u8);
+            }
+            wr.write_all(&piece).await?;
+            stats.lied_bytes.fetch_add(length as u64, Ordering::Relaxed);
+            answers_left = answers_left.saturating_sub(1);
+            if answers_left == 0 {
+                return Ok(());
+            }
         }
-        if len > 1 << 20 {
-            return Ok(());
+        Ok::<(), std::io::Error>(())
+    };
+    let (cancelled_tx, cancelled_rx) = tokio::sync::oneshot::channel::<()>();
+    let reader = async move {
+        let mut cancelled_tx = Some(cancelled_tx);
+        loop {
+            let mut len = [0u8; 4];
+            rd.read_exact(&mut len).await?;
+            let len = u32::from_be_bytes(len) as usize;
+            if len == 0 {
+                continue;
+            }
+            if len > 1 << 20 {
+                return Ok(());
+            }
+            let mut msg = vec![0u8; len];
+            rd.read_exact(&mut msg).await?;
+            match (msg[0], msg.len()) {
+                (6, 13) => {
+                    let length = u32::from_be_bytes([msg[9], msg[10], msg[11], msg[12]]) as usize;
+                    if length > 1 << 17 {
+                        return Ok(());
+                    }
+                    let mut at = [0u8; 8];
+                    at.copy_from_slice(&msg[1..9]);
+                    if tx.send((at, length)).is_err() {
+                        return Ok(());
+                    }
+                }
+                (8, 13) => {
+                    if let Some(t) = cancelled_tx.take() {
+                        let _ = t.send(());
+                    }
+                }
+                _ => {}
+            }
         }
-        let mut msg = vec![0u8; len];
-        sock.read_exact(&mut msg).await?;
-        if msg[0] != 6 || msg.len() != 13 {
-            continue;
+        #[allow(unreachable_code)]
+        Ok::<(), std::io::Error>(())
+    };
+    let die_after_cancel = async move {
+        if cancelled_rx.await.is_ok() {
+            tokio::time::sleep(hang_up_after_cancel).await;
+        } else {
+            std::future::pending::<()>().await;
         }
-        let index = &msg[1..5];
-        let begin = &msg[5..9];
-        let length = u32::from_be_bytes([msg[9], msg[10], msg[11], msg[12]]) as usize;
-        if length > 1 << 17 {
-            return Ok(());
-        }
-        if slow {
-            tokio::time::sleep(Duration::from_millis(20 + xorshift(&mut rng) % 130)).await;
-        }
-        let mut piece = Vec::with_capacity(13 + length);
-        piece.extend_from_slice(&(9 + length as u32).to_be_bytes());
-        piece.push(7);
-        piece.extend_from_slice(index);
-        piece.extend_from_slice(begin);
-        for _ in 0..length {
-            piece.push(xorshift(&mut rng) as u8);
-        }
-        sock.write_all(&piece).await?;
-        stats.lied_bytes.fetch_add(length as u64, Ordering::Relaxed);
-        answers_left = answers_left.saturating_sub(1);
-        if answers_left == 0 {
-            return Ok(());
-        }
+    };
+    tokio::select! {
+        r = writer => r,
+        r = reader => r,
+        _ = die_after_cancel => Ok(()),
     }
 }

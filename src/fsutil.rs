@@ -81,3 +81,61 @@ mod tests {
         assert!(atomic_write(Path::new("/nonexistent-dir-voi/x"), b"x").is_err());
     }
 }
+
+/// An exclusive lock on a program's data directory, held while the value
+/// lives: a second instance on the same directory is refused before it
+/// touches anything (it would rename the first's BitTorrent session aside,
+/// take its control socket, and fight it for the terminal's session).
+#[derive(Debug)]
+pub struct DirLock {
+    _file: nix::fcntl::Flock<File>,
+}
+
+/// Takes `<dir>/.lock` for `program`, or says who holds it.
+pub fn lock_dir(dir: &Path, program: &str) -> Result<DirLock, String> {
+    use std::io::{Read, Seek};
+    let path = dir.join(".lock");
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(mut locked) => {
+            // Who holds it, for the next one's message.
+            let _ = locked.set_len(0);
+            let _ = locked.seek(io::SeekFrom::Start(0));
+            let _ = write!(locked, "{}", std::process::id());
+            Ok(DirLock { _file: locked })
+        }
+        Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            let pid = pid.trim();
+            Err(format!(
+                "another {program} is running on {} (pid {}); stop it first, or give this one its own data_dir",
+                dir.display(),
+                if pid.is_empty() { "unknown" } else { pid }
+            ))
+        }
+        Err((_, e)) => Err(format!("locking {}: {e}", path.display())),
+    }
+}
+
+#[cfg(test)]
+mod lock_tests {
+    use super::*;
+
+    #[test]
+    fn a_second_lock_on_a_dir_is_refused_and_names_the_holder() {
+        let d = tempfile::tempdir().expect("tmp");
+        let first = lock_dir(d.path(), "voi-agent").expect("first");
+        let second = lock_dir(d.path(), "voi-agent").expect_err("second");
+        assert!(second.contains("another voi-agent"), "{second}");
+        assert!(second.contains(&std::process::id().to_string()), "{second}");
+        drop(first);
+        lock_dir(d.path(), "voi-agent").expect("free again");
+    }
+}

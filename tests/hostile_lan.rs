@@ -108,7 +108,10 @@ async fn start(extra: &str, with_layer: bool) -> Server {
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     let started = Instant::now();
     while TcpStream::connect(addr).await.is_err() {
-        assert!(started.elapsed() < Duration::from_secs(30), "never listened");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "never listened"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let s = Server {
@@ -337,9 +340,22 @@ async fn five_thousand_fake_tracker_entries_do_not_stall_a_download() {
         }
     }
     // The agent is told about its group by hand: put it through the API.
-    let group = layer_group("fake-seeders", "9a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d", U, &[0]);
+    let group = layer_group(
+        "fake-seeders",
+        "9a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d",
+        U,
+        &[0],
+    );
     let out = Command::new("curl")
-        .args(["-s", "-m", "10", "-X", "PUT", "-H", "Authorization: Bearer t"])
+        .args([
+            "-s",
+            "-m",
+            "10",
+            "-X",
+            "PUT",
+            "-H",
+            "Authorization: Bearer t",
+        ])
         .args(["-H", "content-type: application/json", "-d"])
         .arg(serde_json::to_string(&group).expect("json"))
         .arg(format!("http://{}/api/v1/desktop_groups", s.api))
@@ -392,8 +408,21 @@ async fn reports_strings_pending_records_and_logs_are_bounded() {
     let mut c = RawClient::connect(s.addr).await;
     assert!(c.login(mac).await.is_ok());
     let out = Command::new("curl")
-        .args(["-s", "-m", "10", "-X", "PUT", "-H", "Authorization: Bearer t"])
-        .args(["-H", "content-type: application/json", "-d", r#"{"admission":"accepted"}"#])
+        .args([
+            "-s",
+            "-m",
+            "10",
+            "-X",
+            "PUT",
+            "-H",
+            "Authorization: Bearer t",
+        ])
+        .args([
+            "-H",
+            "content-type: application/json",
+            "-d",
+            r#"{"admission":"accepted"}"#,
+        ])
         .arg(format!("http://{}/api/v1/terminals/{mac}/admission", s.api))
         .output()
         .expect("curl");
@@ -503,7 +532,9 @@ async fn the_server_takes_only_uploads_it_asked_for_and_connects_nowhere_else() 
     use bytes::BufMut;
     let mut s = start("", true).await;
     // Where the uploaded torrent says to announce: the test listens there.
-    let bait = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bait");
+    let bait = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bait");
     let bait_addr = bait.local_addr().expect("addr");
     let contacted = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = contacted.clone();
@@ -556,7 +587,15 @@ async fn the_server_takes_only_uploads_it_asked_for_and_connects_nowhere_else() 
     // only to the server's own tracker.
     let group = layer_group("up", "7e6d5c4b-3a29-4180-9f7e-6d5c4b3a2918", U, &[0]);
     let out = Command::new("curl")
-        .args(["-s", "-m", "10", "-X", "PUT", "-H", "Authorization: Bearer t"])
+        .args([
+            "-s",
+            "-m",
+            "10",
+            "-X",
+            "PUT",
+            "-H",
+            "Authorization: Bearer t",
+        ])
         .args(["-H", "content-type: application/json", "-d"])
         .arg(serde_json::to_string(&group).expect("json"))
         .arg(format!("http://{}/api/v1/desktop_groups", s.api))
@@ -585,10 +624,17 @@ async fn the_server_takes_only_uploads_it_asked_for_and_connects_nowhere_else() 
     );
     assert!(s.alive());
     assert_ne!(unsolicited.code, 0, "an unsolicited upload is refused");
-    assert!(unsolicited.msg.contains("did not ask"), "{}", unsolicited.msg);
+    assert!(
+        unsolicited.msg.contains("did not ask"),
+        "{}",
+        unsolicited.msg
+    );
     assert_eq!(check.code, 0, "{}", check.msg);
     assert_eq!(asked.code, 0, "{}", asked.msg);
-    assert!(!bait_hit, "the server connected to the torrent's announce URL");
+    assert!(
+        !bait_hit,
+        "the server connected to the torrent's announce URL"
+    );
 }
 
 /// Finding 4, HTTP: a connection that sends half a request head, or

@@ -11,6 +11,23 @@ use crate::agent::session::backoff::Backoff;
 use crate::agent::session::{self, SessionEnd};
 use crate::agent::terminal::Agent;
 
+/// How long the server has been unreachable, for the log.
+struct Unreachable {
+    first: Option<Instant>,
+    attempts: u64,
+    last_summary: Instant,
+}
+
+impl Default for Unreachable {
+    fn default() -> Self {
+        Unreachable {
+            first: None,
+            attempts: 0,
+            last_summary: Instant::now(),
+        }
+    }
+}
+
 impl Agent {
     /// Connects, runs sessions, and reconnects until `shutdown` fires.
     pub async fn run(self: Arc<Self>) {
@@ -50,6 +67,7 @@ impl Agent {
             Duration::from_millis(200),
             Duration::from_secs(self.cfg.backoff_cap_secs),
         );
+        let mut unreachable = Unreachable::default();
         while !self.shutdown.is_cancelled() {
             let addr = self.server_addr();
             self.set_live(|l| {
@@ -64,16 +82,28 @@ impl Agent {
             let stream = match stream {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
-                    log::debug!("connect {addr}: {e}");
+                    self.unreachable(&mut unreachable, &addr, e.to_string());
                     self.pause(connect_backoff.next_delay()).await;
                     continue;
                 }
                 Err(_) => {
-                    log::debug!("connect {addr}: timed out");
+                    self.unreachable(&mut unreachable, &addr, "no answer within 5 s".into());
                     self.pause(connect_backoff.next_delay()).await;
                     continue;
                 }
             };
+            if let Some(since) = unreachable.first.take() {
+                log::info!(
+                    "reached the server at {addr} after {} failed attempts over {:?}",
+                    unreachable.attempts,
+                    since.elapsed()
+                );
+            }
+            unreachable = Unreachable::default();
+            self.set_live(|l| {
+                l.last_error = None;
+                l.unreachable_since = None;
+            });
             connect_backoff.reset();
             let started = Instant::now();
             let end = session::run(self.clone(), stream, commands.clone()).await;
@@ -110,6 +140,35 @@ impl Agent {
             task.abort();
         }
         let _ = std::fs::remove_file(self.cfg.control_socket_path());
+        // Another agent may have this dir now.
+        drop(
+            self.dir_lock
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take(),
+        );
+    }
+
+    /// A failed connect, said at the default level: the first at once, then
+    /// one line a minute while it lasts, each with the address and error.
+    fn unreachable(&self, u: &mut Unreachable, addr: &str, error: String) {
+        u.attempts += 1;
+        let first = u.first.is_none();
+        let since = *u.first.get_or_insert_with(Instant::now);
+        if first {
+            log::warn!("cannot reach the server at {addr}: {error}; retrying");
+            u.last_summary = Instant::now();
+            let now = chrono::Local::now().to_rfc3339();
+            self.set_live(|l| l.unreachable_since = Some(now));
+        } else if u.last_summary.elapsed() >= Duration::from_secs(60) {
+            log::warn!(
+                "still cannot reach the server at {addr} ({} attempts over {:?}): {error}",
+                u.attempts,
+                since.elapsed()
+            );
+            u.last_summary = Instant::now();
+        }
+        self.set_live(|l| l.last_error = Some(format!("{addr}: {error}")));
     }
 
     async fn pause(&self, d: Duration) {

@@ -26,6 +26,10 @@ pub struct LiveStatus {
     pub last_heartbeat_answer: Option<String>,
     pub logins: u64,
     pub last_end: Option<String>,
+    /// Why the server could not be reached, while it cannot.
+    pub last_error: Option<String>,
+    /// Since when it cannot be reached (local time, RFC 3339).
+    pub unreachable_since: Option<String>,
 }
 
 pub struct Agent {
@@ -43,6 +47,8 @@ pub struct Agent {
     link: Mutex<Option<Link>>,
     /// Wakes the pending-change watchdog (a change was armed or confirmed).
     change_armed: tokio::sync::Notify,
+    /// This agent's hold on its data dir; `run` gives it up when it ends.
+    pub(crate) dir_lock: Mutex<Option<crate::fsutil::DirLock>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +61,8 @@ pub enum AgentError {
     DataDir(std::path::PathBuf, std::io::Error),
     #[error("disks: {0}")]
     Disks(#[from] crate::disk::DiskError),
+    #[error("{0}")]
+    Busy(String),
 }
 
 pub fn platform_name() -> &'static str {
@@ -70,6 +78,10 @@ impl Agent {
         cfg.validate()?;
         std::fs::create_dir_all(&cfg.data_dir)
             .map_err(|e| AgentError::DataDir(cfg.data_dir.clone(), e))?;
+        // Before anything else is opened: a second agent on this dir
+        // touches nothing.
+        let dir_lock =
+            crate::fsutil::lock_dir(&cfg.data_dir, "voi-agent").map_err(AgentError::Busy)?;
         let mac = match &cfg.mac {
             Some(m) => {
                 normalize_mac(m).ok_or_else(|| AgentError::Mac(format!("{m:?} is not a MAC")))?
@@ -107,6 +119,7 @@ impl Agent {
             }),
             link: Mutex::new(None),
             change_armed: tokio::sync::Notify::new(),
+            dir_lock: Mutex::new(Some(dir_lock)),
             cfg,
         }))
     }

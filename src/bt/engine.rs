@@ -98,6 +98,23 @@ pub struct Engine {
 /// 30 GB layer at a slow disk's 100 MB/s takes 5 minutes).
 const INITIAL_CHECK_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
 
+/// The BitTorrent port is held by another program (or another instance).
+#[derive(Debug, thiserror::Error)]
+#[error("BitTorrent port {port} is in use ({error}): another program holds it; retrying")]
+pub struct PortBusy {
+    pub port: u16,
+    pub error: std::io::Error,
+}
+
+/// Whether an engine start failed only because its port is taken.
+pub fn is_port_busy(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<PortBusy>().is_some()
+            || c.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::AddrInUse)
+    })
+}
+
 fn mib_to_bps(mbps: f64) -> u64 {
     (mbps * 1024.0 * 1024.0).max(0.0) as u64
 }
@@ -113,7 +130,13 @@ impl Engine {
                 .and_then(|l| l.local_addr())
                 .map(|a| a.port())
                 .context("finding a free port")?,
-            p => p,
+            p => {
+                // A busy port is a busy port, not damaged session state.
+                if let Err(e) = std::net::TcpListener::bind(("0.0.0.0", p)) {
+                    anyhow::bail!(PortBusy { port: p, error: e });
+                }
+                p
+            }
         };
         let options = |_: &EngineConfig| {
             let ports = port..port.saturating_add(1);
@@ -151,6 +174,7 @@ impl Engine {
         let default_dir = cfg.state_dir.join("unsorted");
         let session = match Session::new_with_opts(default_dir.clone(), options(cfg)).await {
             Ok(s) => s,
+            Err(e) if is_port_busy(&e) => return Err(e),
             Err(e) => {
                 // A session database damaged by a power cut must not keep
                 // the terminal from ever seeding again: set it aside and

@@ -133,7 +133,20 @@ impl Images {
         for d in [&dir, &torrents, &uploads_dir] {
             std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
         }
-        let engine = Engine::start(&engine_cfg).await?;
+        // A busy seeder port is waited for a while (a previous instance
+        // still closing), then reported as what it is.
+        let mut tries = 0;
+        let engine = loop {
+            match Engine::start(&engine_cfg).await {
+                Ok(e) => break e,
+                Err(e) if crate::bt::engine::is_port_busy(&e) && tries < 15 => {
+                    tries += 1;
+                    log::warn!("{e:#}");
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         let images = Arc::new(Images {
             dir,
             torrents,

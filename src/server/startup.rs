@@ -22,6 +22,8 @@ pub struct ServerHandle {
     pub addr: SocketAddr,
     pub api_addr: SocketAddr,
     tasks: Vec<JoinHandle<()>>,
+    /// This server's hold on its data dir, given up by `stop`.
+    _dir_lock: crate::fsutil::DirLock,
 }
 
 impl ServerHandle {
@@ -39,6 +41,8 @@ impl Server {
     pub async fn start(cfg: ServerConfig) -> anyhow::Result<ServerHandle> {
         std::fs::create_dir_all(&cfg.data_dir)
             .map_err(|e| anyhow::anyhow!("data dir {}: {e}", cfg.data_dir.display()))?;
+        let dir_lock =
+            crate::fsutil::lock_dir(&cfg.data_dir, "voi-server").map_err(anyhow::Error::msg)?;
         let store = Store::open(&cfg.data_dir.join("voi-server.redb"))?;
         let api_token = match &cfg.api_token {
             Some(t) => t.clone(),
@@ -179,6 +183,7 @@ impl Server {
             addr,
             api_addr,
             tasks,
+            _dir_lock: dir_lock,
         })
     }
 

@@ -338,6 +338,12 @@ async fn ctl(
             .trim()
             .to_string(),
     };
+    // `--api host:port` means plain HTTP there.
+    let api = if api.contains("://") {
+        api
+    } else {
+        format!("http://{api}")
+    };
     let c = ApiClient::new(api, token);
     let env = match what {
         CtlCmd::Terminals => c.get("/api/v1/terminals").await?,
@@ -350,7 +356,20 @@ async fn ctl(
         } => {
             let params: Value =
                 serde_json::from_str(&params).map_err(|e| anyhow::anyhow!("params: {e}"))?;
-            c.push(&mac, &command, params, timeout).await?
+            let env = c.push(&mac, &command, params, timeout).await?;
+            // The server's Success says the command went out; the
+            // terminal's own answer says whether it was done.
+            let reply = env.data.as_ref().and_then(|d| d.get("reply")).cloned();
+            if let Some(code) = reply.as_ref().and_then(|r| r["code"].as_i64()) {
+                if code != 0 {
+                    crate::cli_support::print_line(&serde_json::to_string_pretty(&env)?);
+                    anyhow::bail!(
+                        "{mac} answered {code} {}",
+                        reply.as_ref().and_then(|r| r["msg"].as_str()).unwrap_or("")
+                    );
+                }
+            }
+            env
         }
         CtlCmd::Groups => c.get("/api/v1/desktop_groups").await?,
         CtlCmd::GroupPut { file } => {

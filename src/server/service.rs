@@ -405,7 +405,7 @@ impl Server {
         let mac = crate::protocol::normalize_mac(mac)
             .ok_or_else(|| PushError::Bad(format!("{mac:?} is not a MAC")))?;
         let mut params = params;
-        self.before_push(&mac, code, &mut params)?;
+        let change = self.before_push(&mac, code, &mut params)?;
         // Register before sending so a fast reply is not missed; batch_no is
         // allocated here for that reason.
         let batch = match params.get("batch_no") {
@@ -423,7 +423,11 @@ impl Server {
         if let Some(g) = generation.filter(|g| !g.answers(code)) {
             // Sent all the same (v2.28 carries out 1030 without a word),
             // but nobody waits 30 s for a reply that never comes.
-            self.send_command(&mac, code, params).await?;
+            self.send_command(&mac, code, params.clone()).await?;
+            if change.is_some() {
+                // Never confirmed: kept apart, shown, not handed out.
+                self.keep_unconfirmed(&mac, code, &batch, &params);
+            }
             return Err(PushError::NoReply(batch, g.no_reply(code)));
         }
         let rx = self.registry.expect_reply(code as u32, &mac, &batch);
@@ -431,8 +435,51 @@ impl Server {
             self.registry.forget_reply(code as u32, &mac, &batch);
             return Err(e);
         }
-        let env = self.await_reply(rx, code, mac, &batch, timeout).await?;
+        let env = self
+            .await_reply(rx, code, mac.clone(), &batch, timeout)
+            .await?;
+        // What the record says changes only when the terminal did it.
+        if env.is_ok() {
+            if let Some(change) = change {
+                self.apply_confirmed(&mac, change)?;
+            }
+        }
         Ok((batch, env))
+    }
+
+    /// A record change the terminal confirmed.
+    fn apply_confirmed(&self, mac: &str, change: RecordChange) -> Result<(), PushError> {
+        match change {
+            RecordChange::Delete => {
+                self.store.delete_terminal(mac)?;
+                // The session goes with the record: nothing half-forgotten.
+                self.registry.with(mac, |o| o.close.cancel());
+                log::info!("{mac}: deleted by the operator (the terminal confirmed)");
+            }
+            RecordChange::Config(f) => {
+                self.store.update_terminal(mac, |r| {
+                    f(r);
+                    r.reports.retain(|k, _| !k.starts_with("unconfirmed:"));
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    fn keep_unconfirmed(&self, mac: &str, code: ServiceCode, batch: &BatchNo, params: &Value) {
+        let value = serde_json::json!({
+            "command": code.name(),
+            "batch_no": batch,
+            "params": params,
+            "at": chrono::Local::now().to_rfc3339(),
+            "why": "sent; this terminal's software does not confirm it, so the record keeps its old values",
+        });
+        if let Err(e) = self.store.update_terminal(mac, |r| {
+            r.reports
+                .insert(format!("unconfirmed:{}", code.name()), value);
+        }) {
+            log::warn!("{mac}: keeping an unconfirmed {}: {e}", code.name());
+        }
     }
 
     /// Sets a terminal's admission (creating its record, which is how a
@@ -527,7 +574,7 @@ impl Server {
         mac: &str,
         code: ServiceCode,
         params: &mut Value,
-    ) -> Result<(), PushError> {
+    ) -> Result<Option<RecordChange>, PushError> {
         let Value::Object(map) = params else {
             return Err(PushError::Bad("params must be a JSON object".into()));
         };
@@ -576,8 +623,14 @@ impl Server {
                 );
                 let mode = map.get("mode").cloned();
                 let program = map.get("program").cloned();
-                let rec = self.store.update_terminal(mac, |r| {
-                    r.config.conf_version += 1;
+                let next_version = self
+                    .store
+                    .terminal(mac)?
+                    .map_or(1, |r| r.config.conf_version + 1);
+                map.entry("conf_version")
+                    .or_insert(Value::from(next_version));
+                return Ok(Some(RecordChange::Config(Box::new(move |r| {
+                    r.config.conf_version = r.config.conf_version.max(next_version);
                     if code == ServiceCode::UpdateName {
                         if let Some(n) = name {
                             r.config.name = n;
@@ -601,17 +654,19 @@ impl Server {
                             r.config.setup_info.program = p;
                         }
                     }
-                })?;
-                map.entry("conf_version")
-                    .or_insert(Value::from(rec.config.conf_version));
+                }))));
             }
-            ServiceCode::Delete => {
-                self.store.delete_terminal(mac)?;
-            }
+            ServiceCode::Delete => return Ok(Some(RecordChange::Delete)),
             _ => {}
         }
-        Ok(())
+        Ok(None)
     }
+}
+
+/// What a command changes in the terminal's record once it confirms.
+pub(crate) enum RecordChange {
+    Config(Box<dyn FnOnce(&mut store::TerminalRecord) + Send>),
+    Delete,
 }
 
 /// The announce URL for torrents and 9019: configured, else this server's

@@ -1,0 +1,139 @@
+//! What the operator is told is true: a command the server or the terminal
+//! refuses changes no record; a delete takes the session with the record;
+//! `ctl push` fails when the terminal's answer is not success.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::process::Command;
+use std::time::Duration;
+
+use voi::protocol::ServiceCode;
+use voi::server::admission::AdmissionPolicy;
+use voi::server::Server;
+
+fn record_name(h: &voi::server::ServerHandle, mac: &str) -> Option<String> {
+    h.server
+        .store
+        .terminal(mac)
+        .ok()
+        .flatten()
+        .map(|r| r.config.name)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn refused_commands_change_no_record_and_a_delete_takes_the_session() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut cfg = server_config(&dir.path().join("s"), "127.0.0.1:0");
+    cfg.admission = AdmissionPolicy::Pending;
+    init_log();
+    let h = Server::start(cfg).await.expect("server");
+    let port = h.addr.port();
+    let mut ev = h.server.registry.events.subscribe();
+
+    // A pending terminal: a rename is refused, and its record keeps the
+    // old name, before and after it is accepted.
+    let mac = "AA:00:00:00:91:01";
+    let (a, ta) = start_agent(agent_config(&dir.path().join("a"), port, mac));
+    wait_event(&mut ev, 20, is_login(mac)).await;
+    let old = record_name(&h, mac).expect("record");
+    let pushed = api(&h)
+        .post(
+            &format!("/api/v1/terminals/{mac}/commands"),
+            &json!({"command": "update_name", "params": {"name": "sneaky"}}),
+        )
+        .await
+        .expect("api");
+    assert_ne!(pushed.code, 0, "{pushed:?}");
+    assert_eq!(
+        record_name(&h, mac).as_deref(),
+        Some(old.as_str()),
+        "refused, yet the record changed"
+    );
+    let env = api(&h)
+        .put(
+            &format!("/api/v1/terminals/{mac}/admission"),
+            &json!({"admission": "accepted"}),
+        )
+        .await
+        .expect("api");
+    assert_eq!(env.code, 0);
+    wait_event(&mut ev, 20, is_heartbeat(mac)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let name = a.state.read(|s| s.terminal.name.clone());
+    assert_ne!(name, "sneaky");
+    let old = record_name(&h, mac).expect("record");
+    assert_ne!(old, "sneaky", "the refused rename became the record's name");
+
+    // The terminal refuses a command (a body it cannot read): unchanged,
+    // and `ctl push` fails with the terminal's code.
+    let out = Command::new(env!("CARGO_BIN_EXE_voi-server"))
+        .args(["ctl", "--api"])
+        .arg(h.api_addr.to_string())
+        .args([
+            "--token",
+            &h.server.api_token,
+            "push",
+            mac,
+            "update_name",
+            r#"{"name": 7}"#,
+        ])
+        .output()
+        .expect("ctl");
+    let said = String::from_utf8_lossy(&out.stderr);
+    eprintln!("ctl push: {} {said}", out.status);
+    assert!(!out.status.success(), "ctl push exited 0 on a refusal");
+    assert!(said.contains("88888"), "{said}");
+    assert_eq!(record_name(&h, mac).as_deref(), Some(old.as_str()));
+
+    // A rename it confirms changes the record.
+    let (_, env) = h
+        .server
+        .push(
+            mac,
+            ServiceCode::UpdateName,
+            json!({"name": "room-1"}),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("push");
+    assert_eq!(env.code, 0);
+    assert_eq!(record_name(&h, mac).as_deref(), Some("room-1"));
+
+    // An offline terminal's delete is refused (409) and keeps its record.
+    let mac2 = "AA:00:00:00:91:02";
+    let (b, tb) = start_agent(agent_config(&dir.path().join("b"), port, mac2));
+    wait_event(&mut ev, 20, is_login(mac2)).await;
+    b.shutdown.cancel();
+    let _ = tb.await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let del = api(&h)
+        .post(
+            &format!("/api/v1/terminals/{mac2}/commands"),
+            &json!({"command": "delete", "params": {}}),
+        )
+        .await
+        .expect("api");
+    assert_ne!(del.code, 0, "{del:?}");
+    assert!(
+        record_name(&h, mac2).is_some(),
+        "a refused delete removed the record"
+    );
+
+    // An online terminal's delete: the record and the session go together.
+    let mut ev = h.server.registry.events.subscribe();
+    let (_, env) = h
+        .server
+        .push(mac, ServiceCode::Delete, json!({}), Duration::from_secs(10))
+        .await
+        .expect("delete");
+    assert_eq!(env.code, 0, "{}", env.msg);
+    wait_event(&mut ev, 10, |e| {
+        matches!(e, voi::server::registry::ServerEvent::Disconnected { mac: m, .. } if m == mac)
+    })
+    .await;
+    a.shutdown.cancel();
+    let _ = ta.await;
+    h.stop().await;
+}

@@ -195,3 +195,66 @@ fn a_second_server_is_refused_and_a_busy_seeder_port_is_named_not_treated_as_dam
         "the second server touched the data dir"
     );
 }
+
+/// The server's log at its default level: logins, an operator action, a
+/// disconnection, and two agents configured with one MAC, named as a
+/// conflict with both addresses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_server_log_names_logins_actions_departures_and_a_mac_conflict() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (port, api) = (free_port(), free_port());
+    let path = dir.path().join("server.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\napi_listen = \"127.0.0.1:{api}\"\ntracker_listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\napi_token = \"t\"\nbt_listen_port = 0\nheartbeat_secs = 1\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .expect("toml");
+    let log = dir.path().join("server.log");
+    let _server = spawn(env!("CARGO_BIN_EXE_voi-server"), &["run"], &path, &log);
+    let read = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_until("the server", 30, || read().contains("terminal protocol on"));
+    let mac = "AA:00:00:00:0F:21";
+    let (a, ta) = start_agent(agent_config(&dir.path().join("a"), port, mac));
+    wait_until("a login line", 30, || {
+        read().contains(&format!("{mac} logged in from"))
+    });
+    let (b, tb) = start_agent(agent_config(&dir.path().join("b"), port, mac));
+    wait_until("the conflict", 30, || {
+        read().contains("two terminals claim this MAC")
+    });
+    b.shutdown.cancel();
+    let _ = tb.await;
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-m",
+            "10",
+            "-X",
+            "PUT",
+            "-H",
+            "Authorization: Bearer t",
+        ])
+        .args([
+            "-H",
+            "content-type: application/json",
+            "-d",
+            r#"{"admission":"accepted"}"#,
+        ])
+        .arg(format!(
+            "http://127.0.0.1:{api}/api/v1/terminals/{mac}/admission"
+        ))
+        .output()
+        .expect("curl");
+    assert!(out.status.success());
+    wait_until("the operator's action", 30, || {
+        read().contains(&format!("PUT /api/v1/terminals/{mac}/admission -> 200"))
+    });
+    a.shutdown.cancel();
+    let _ = ta.await;
+    wait_until("the departure", 30, || {
+        read().contains(&format!("{mac} disconnected"))
+    });
+}

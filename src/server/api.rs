@@ -114,6 +114,29 @@ macro_rules! guard {
 /// Largest operator request body.
 pub const MAX_BODY: usize = 256 * 1024;
 
+/// Every operator action (anything but a read) is one line at INFO: what,
+/// on which path, and how it ended. There is one operator token, so "who"
+/// is the token holder, from the peer address.
+async fn log_action(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    if req.method() == axum::http::Method::GET {
+        return next.run(req).await;
+    }
+    let what = format!("{} {}", req.method(), req.uri().path());
+    let from = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.to_string())
+        .unwrap_or_default();
+    let started = std::time::Instant::now();
+    let resp = next.run(req).await;
+    log::info!(
+        "operator ({from}): {what} -> {} in {:?}",
+        resp.status(),
+        started.elapsed()
+    );
+    resp
+}
+
 /// A declared length over `MAX_BODY` gets 413 with the envelope at once; a
 /// body without one is cut off at the limit by `DefaultBodyLimit`.
 async fn refuse_oversized(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
@@ -176,6 +199,7 @@ fn router(server: Arc<Server>) -> Router {
         // refused (413) before it is read into memory.
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn(refuse_oversized))
+        .layer(axum::middleware::from_fn(log_action))
         .with_state(server)
 }
 

@@ -389,6 +389,7 @@ async fn login(
             offline_reported: false,
             close: close.clone(),
         },
+        server.cfg.offline_after(),
     );
     st.mac = Some(mac.clone());
     st.standing = standing;

@@ -66,6 +66,12 @@ pub enum ServerEvent {
     },
     /// The numbering session changed (started, a confirmation, cancelled).
     Order,
+    /// A login for a MAC whose other session was still heartbeating.
+    Conflict {
+        mac: String,
+        ip: String,
+        other_ip: String,
+    },
 }
 
 /// One command pushed to a terminal and, once it came, its reply.
@@ -165,7 +171,24 @@ impl Registry {
                     c.code = Some(*code);
                     c.msg = Some(msg.clone());
                 }
+                log::info!("{mac}: {command} ({batch_no:?}) answered {code} {msg}");
             }
+            // One line each at the default level: who came, went, or fell
+            // silent.
+            ServerEvent::Login {
+                mac,
+                ip,
+                client_type,
+            } => log::info!("{mac} logged in from {ip} (client type {client_type})"),
+            ServerEvent::Disconnected { mac, reason } => {
+                log::info!("{mac} disconnected: {reason}")
+            }
+            ServerEvent::Offline { mac } => {
+                log::warn!("{mac} went offline: no heartbeat for three intervals")
+            }
+            ServerEvent::Conflict { mac, ip, other_ip } => log::warn!(
+                "{mac}: two terminals claim this MAC: {ip} logged in while {other_ip} was online; the older session is closed (set a distinct `mac` in each agent's config)"
+            ),
             _ => {}
         }
         let _ = self.events.send(ev);
@@ -191,9 +214,25 @@ impl Registry {
 
     /// Binds `mac` to a connection; an older connection of the same MAC is
     /// closed (the terminal reconnected before we saw the old socket die).
-    pub fn bind(&self, mac: &str, entry: Online) {
-        if let Some(old) = self.online().insert(mac.to_string(), entry) {
+    /// Binds `mac` to this session. A live session of the same MAC from
+    /// another address is closed and reported as a conflict (two terminals
+    /// configured with one MAC kick each other off at every login).
+    pub fn bind(&self, mac: &str, entry: Online, offline_after: Duration) {
+        let ip = entry.ip.clone();
+        let old = self.online().insert(mac.to_string(), entry);
+        if let Some(old) = old {
             old.close.cancel();
+            // A terminal that reconnects has lost its old session, which
+            // then stops heartbeating; one still heartbeating is another
+            // machine with this MAC (or this one reconnecting within a
+            // heartbeat, which the log line then names too).
+            if old.last_heartbeat.elapsed() < offline_after.min(Duration::from_secs(10)) {
+                self.emit(ServerEvent::Conflict {
+                    mac: mac.to_string(),
+                    ip,
+                    other_ip: old.ip.clone(),
+                });
+            }
         }
     }
 

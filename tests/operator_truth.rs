@@ -137,3 +137,63 @@ async fn refused_commands_change_no_record_and_a_delete_takes_the_session() {
     let _ = ta.await;
     h.stop().await;
 }
+
+/// Groups follow the operator: a group put or deleted through the API
+/// reaches an online terminal at once (1024, then its 9007), not at its
+/// next login; a deleted group is gone from the terminal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_group_put_or_deleted_reaches_online_terminals_at_once() {
+    const U: &str = "6b2d8f14-3c5a-4e7b-9d1f-0a2b3c4d5e6f";
+    const G: &str = "1f2e3d4c-5b6a-4789-8abc-def012345678";
+    let dir = tempfile::tempdir().expect("tmp");
+    let h = start_server(&dir.path().join("s")).await;
+    let lib = h.server.images.dir().to_path_buf();
+    make_base(&lib.join(format!("voi_0_{U}")), 2);
+    h.server.images.scan().await.expect("scan");
+    let mac = "AA:00:00:00:92:01";
+    let mut ev = h.server.registry.events.subscribe();
+    let (a, ta) = start_agent(agent_config(&dir.path().join("a"), h.addr.port(), mac));
+    wait_event(&mut ev, 20, is_heartbeat(mac)).await;
+    let logins = a.live().logins;
+    let knows = |a: &voi::agent::Agent| {
+        a.state
+            .read(|s| s.desktop_groups.iter().any(|g| g.desktop_group_uuid == G))
+    };
+    assert!(!knows(&a));
+
+    let group = layer_group("lab", G, U, &[0]);
+    let env = api(&h)
+        .put("/api/v1/desktop_groups", &group)
+        .await
+        .expect("put");
+    assert_eq!(env.code, 0, "{env:?}");
+    let started = std::time::Instant::now();
+    while !knows(&a) {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the online terminal never heard of the new group"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "a new group reached the online terminal in {:?}",
+        started.elapsed()
+    );
+    let env = api(&h)
+        .delete(&format!("/api/v1/desktop_groups/{G}"))
+        .await
+        .expect("delete");
+    assert_eq!(env.code, 0, "{env:?}");
+    let started = std::time::Instant::now();
+    while knows(&a) {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the terminal kept a deleted group"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(a.live().logins, logins, "no new login was needed");
+    a.shutdown.cancel();
+    let _ = ta.await;
+    h.stop().await;
+}

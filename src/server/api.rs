@@ -582,7 +582,10 @@ async fn put_group(
         );
     }
     match server.store.put_group(&g) {
-        Ok(()) => ok(json!({ "desktop_group_uuid": g.desktop_group_uuid })),
+        Ok(()) => {
+            let told = server.tell_groups_changed();
+            ok(json!({ "desktop_group_uuid": g.desktop_group_uuid, "told_terminals": told }))
+        }
         Err(e) => store_fail(e),
     }
 }
@@ -590,7 +593,10 @@ async fn put_group(
 async fn delete_group(State(server): S, headers: HeaderMap, Path(uuid): Path<String>) -> Response {
     guard!(server, headers);
     match server.store.delete_group(&uuid) {
-        Ok(true) => ok(json!({ "deleted": uuid })),
+        Ok(true) => {
+            let told = server.tell_groups_changed();
+            ok(json!({ "deleted": uuid, "told_terminals": told }))
+        }
         Ok(false) => fail(
             StatusCode::NOT_FOUND,
             ErrorCode::TerminalDesktopNotExist,

@@ -447,6 +447,33 @@ impl Server {
         Ok((batch, env))
     }
 
+    /// The desktop groups changed: every online terminal hears 1024
+    /// update_desktop_group_info now (ours then asks 9007 again, and drops
+    /// a deleted group and its layers), instead of at its next login.
+    /// Returns how many were told; their answers are logged.
+    pub fn tell_groups_changed(self: &Arc<Self>) -> usize {
+        let macs = self.registry.macs();
+        for mac in &macs {
+            let (me, mac) = (self.clone(), mac.clone());
+            tokio::spawn(async move {
+                match me
+                    .push(
+                        &mac,
+                        ServiceCode::UpdateDesktopGroupInfo,
+                        serde_json::json!({}),
+                        Duration::from_secs(10),
+                    )
+                    .await
+                {
+                    Ok(_) => {}
+                    Err(PushError::NoReply(..)) => {}
+                    Err(e) => log::info!("{mac}: update_desktop_group_info not delivered: {e}"),
+                }
+            });
+        }
+        macs.len()
+    }
+
     /// A record change the terminal confirmed.
     fn apply_confirmed(&self, mac: &str, change: RecordChange) -> Result<(), PushError> {
         match change {

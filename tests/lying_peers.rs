@@ -2,7 +2,8 @@
 //! as seeders, claim every piece and answer every request with their own
 //! bytes. Whatever the interleaving, a keyed agent adopts exactly the
 //! server's bytes, and the liars are banned (librqbit patch 15). Run many
-//! times; `VOI_LIAR_TRIALS` sets how many (default 12).
+//! times; `VOI_LIAR_TRIALS` sets how many (default 12 on distinct
+//! addresses, 4 on the tracker's).
 
 mod common;
 
@@ -65,21 +66,44 @@ async fn online(
     (agent, task)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn lying_peers_never_get_a_byte_into_an_adopted_layer() {
-    let trials: usize = std::env::var("VOI_LIAR_TRIALS")
+fn trials(default: usize) -> usize {
+    std::env::var("VOI_LIAR_TRIALS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(12);
+        .unwrap_or(default)
+}
+
+/// Distinct addresses: the tracker on one of its own (nobody, not even the
+/// server's seeder, is "the origin" of librqbit patch 8, so every peer
+/// steals and is stolen from, as on a LAN of distinct hosts), each liar on
+/// its own (127.0.0.2 and up). This is the interleaving that got the
+/// liars' bytes into an adopted layer before patch 15.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lying_peers_on_addresses_of_their_own_never_get_a_byte_into_an_adopted_layer() {
+    let binds: Vec<std::net::IpAddr> = (2..32u8)
+        .map(|i| std::net::IpAddr::from([127, 0, 0, i]))
+        .collect();
+    run_trials(trials(12), Some([127, 0, 0, 100]), &binds).await;
+}
+
+/// Everyone on 127.0.0.1, the tracker's address: every peer is "the
+/// origin", so the origin rules (patch 8) shape the swarm.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lying_peers_on_the_trackers_address_never_get_a_byte_into_an_adopted_layer() {
+    let binds = vec![std::net::IpAddr::from([127, 0, 0, 1]); 30];
+    run_trials(trials(4), None, &binds).await;
+}
+
+async fn run_trials(trials: usize, tracker_ip: Option<[u8; 4]>, binds: &[std::net::IpAddr]) {
     let dir = tempfile::tempdir().expect("tmp");
-    // The tracker on an address of its own: nobody, not even the server's
-    // seeder, is "the origin" (librqbit patch 8), so every peer steals and
-    // is stolen from as on a LAN of distinct hosts.
     init_log();
     let mut scfg = server_config(&dir.path().join("s"), "127.0.0.1:0");
-    let tracker_port = free_port();
-    scfg.tracker_listen = format!("127.0.0.100:{tracker_port}");
-    scfg.tracker_url = Some(format!("http://127.0.0.100:{tracker_port}/announce"));
+    if let Some(ip) = tracker_ip {
+        let ip = std::net::Ipv4Addr::from(ip);
+        let tracker_port = free_port();
+        scfg.tracker_listen = format!("{ip}:{tracker_port}");
+        scfg.tracker_url = Some(format!("http://{ip}:{tracker_port}/announce"));
+    }
     scfg.limits.tracker_max_peers_per_address = 64;
     let h = voi::server::Server::start(scfg).await.expect("server");
     let lib = h.server.images.dir().to_path_buf();
@@ -114,13 +138,8 @@ async fn lying_peers_never_get_a_byte_into_an_adopted_layer() {
         .expect("torrent bytes");
     let meta = TorrentMeta::parse(&torrent).expect("meta");
     let announce = meta.announce.first().expect("announce").clone();
-    // Each liar on an address of its own (127.0.0.2 and up), so they are
-    // peers to trade with and steal from, not the origin.
-    let binds: Vec<std::net::IpAddr> = (2..32u8)
-        .map(|i| std::net::IpAddr::from([127, 0, 0, i]))
-        .collect();
     let liars = liar::start(
-        &binds,
+        binds,
         &announce,
         &meta.info_hash,
         meta.piece_count(),

@@ -171,6 +171,10 @@ impl Tracker {
         if a.event == Event::Stopped {
             swarm.remove(&a.peer_id);
         } else {
+            // The same address and port under a new peer id is the same
+            // peer restarted: it replaces its old entry instead of taking
+            // another of its address's places.
+            swarm.retain(|id, p| *id == a.peer_id || p.addr != from || p.port != a.port);
             let known = swarm.contains_key(&a.peer_id);
             let from_address = || swarm.values().filter(|p| p.addr == from).count();
             let refused = if known {
@@ -337,8 +341,12 @@ mod tests {
         }
         assert_eq!(t.swarm_size(&h), 3);
         assert_eq!(refused, 4997);
+        // A peer restarted (same address and port, new id) replaces itself.
+        let restarted = parse_announce(&q(&h, &[0xee; 20], 1000, 0, "started")).expect("valid");
+        assert!(!t.announce(&restarted, liar).starts_with(b"d14:failure"));
+        assert_eq!(t.swarm_size(&h), 3);
         // An announce again from a known peer is not a new peer.
-        let again = parse_announce(&q(&h, &[0; 20], 1000, 0, "")).expect("valid");
+        let again = parse_announce(&q(&h, &[0xee; 20], 1000, 0, "")).expect("valid");
         assert!(!t.announce(&again, liar).starts_with(b"d14:failure"));
         // Other addresses fill the rest, up to the swarm's cap.
         for n in 0..4u8 {

@@ -240,12 +240,13 @@ pub struct DesktopGroup {
     pub desktop_enable_bottom_ip: i64,
 }
 
-/// 9008 verify_admin_user. The document says `user_name`, the upper client
-/// `username`; both are read.
+/// 9008 verify_admin_user. The document says `user_name`; the vendor's
+/// server reads `username` (notes §11, 9008), so that is what we send. Both
+/// are read.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VerifyAdminUserReq {
     pub mac: String,
-    #[serde(alias = "username")]
+    #[serde(rename = "username", alias = "user_name")]
     pub user_name: String,
     pub password: String,
 }
@@ -858,6 +859,27 @@ mod string_u64 {
 
 #[cfg(test)]
 mod tests {
+    /// The vendor's server reads `username` (KeyError on `user_name`,
+    /// notes §11): we send that, and read either.
+    #[test]
+    fn verify_admin_user_sends_username_and_reads_both() {
+        let req = super::VerifyAdminUserReq {
+            mac: "AA:00:00:00:00:01".into(),
+            user_name: "admin".into(),
+            password: "x".into(),
+        };
+        let v = serde_json::to_value(&req).expect("json");
+        assert_eq!(v["username"], "admin");
+        assert!(v.get("user_name").is_none());
+        for key in ["username", "user_name"] {
+            let back: super::VerifyAdminUserReq = serde_json::from_value(
+                serde_json::json!({"mac": "m", key: "admin", "password": "x"}),
+            )
+            .expect(key);
+            assert_eq!(back.user_name, "admin");
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -6,7 +6,9 @@
 use serde_json::json;
 
 use super::context::{Applied, CmdResult, CommandError, Ctx};
-use crate::agent::transfers::tasks::{DownloadRequest, TransferError};
+use crate::agent::transfers::tasks::{
+    DownloadRequest, Kind, Report, Stage, TaskRecord, TransferError,
+};
 use crate::disk::name::LayerName;
 use crate::disk::DiskError;
 use crate::protocol::torrent_struct::SendTorrent as Struct;
@@ -84,6 +86,32 @@ impl SendTorrent {
         {
             log::info!("{layer} is already here with operate_id {}", b.operate_id);
             applied.extra.insert("already_present".into(), json!(true));
+            // The vendor's server made a task row when it sent this: it
+            // hears the same 9025 finished 100 and 9015 as for a download,
+            // or the row stays at 0% for good.
+            if let (Some(t), Ok(meta)) = (
+                agent.transfers.get(),
+                crate::bt::meta::TorrentMeta::parse(&b.torrent),
+            ) {
+                t.report(Report::Finished {
+                    record: TaskRecord {
+                        layer: layer.to_string(),
+                        kind: Kind::Download,
+                        stage: Stage::Seeding,
+                        info_hash: meta.info_hash,
+                        file_name: meta.name,
+                        length: meta.length,
+                        task_uuid: b.task_uuid.clone(),
+                        group_uuid: b.group_uuid.clone(),
+                        disk_type: i64::from(b.disk_type),
+                        operate_id: i64::from(b.operate_id),
+                        torrent_id: String::new(),
+                        result_unreported: false,
+                    },
+                    ok: true,
+                    why: String::new(),
+                });
+            }
             return Ok(applied);
         }
         let transfers = agent.transfers.get().ok_or_else(|| {

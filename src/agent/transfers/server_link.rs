@@ -147,7 +147,9 @@ fn final_state(agent: &Agent, rec: &TaskRecord, ok: bool) -> BtTaskStateReq {
         mac: agent.mac.clone(),
         progress: if ok { 100 } else { 0 },
         state: "finished".into(),
-        download_rate: 0,
+        // The vendor's server keeps the last rate it hears: the last one
+        // measured, not 0 (issue: every finished task showed rate 0).
+        download_rate: agent.transfers.get().map_or(0, |t| t.last_rate(&rec.layer)),
         upload_rate: 0,
         total_size: if ok { rec.length } else { 0 },
         file_size: rec.length,
@@ -200,7 +202,8 @@ async fn send_report(agent: &Arc<Agent>, link: &Link, report: &Report) -> bool {
                 disk: record.layer.clone(),
                 result: if *ok { 1 } else { 2 },
                 torrent_id: None,
-                msg: None,
+                // Why it failed, for the operator (API, console, --wait).
+                msg: (!*ok && !why.is_empty()).then(|| why.clone()),
             };
             match link.request(ServiceCode::TaskResult, &result).await {
                 Ok(_) => {

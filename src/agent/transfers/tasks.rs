@@ -154,6 +154,12 @@ struct Live {
     finishing: bool,
     failures: u32,
     retry_at: Option<Instant>,
+    /// The last download rate measured (bytes/s), for the final 9025: the
+    /// vendor's server keeps the last rate it hears.
+    rate: u64,
+    /// When this process took the transfer on, for a rate over the whole
+    /// transfer when none was measured (a layer done between two reports).
+    started: Instant,
 }
 
 pub struct Transfers {
@@ -278,6 +284,18 @@ impl Transfers {
             have,
             digests,
             writes,
+        })
+    }
+
+    /// The last download rate measured for a layer (bytes/s), 0 if none.
+    pub fn last_rate(&self, layer: &str) -> u64 {
+        self.tasks().get(layer).map_or(0, |l| {
+            if l.rate > 0 {
+                l.rate
+            } else {
+                let secs = l.started.elapsed().as_secs_f64().max(0.001);
+                (l.record.length as f64 / secs) as u64
+            }
         })
     }
 
@@ -427,6 +445,8 @@ impl Transfers {
                     finishing: false,
                     failures: 0,
                     retry_at: None,
+                    rate: 0,
+                    started: Instant::now(),
                 },
             );
         }
@@ -530,6 +550,8 @@ impl Transfers {
                 finishing: false,
                 failures: 0,
                 retry_at: None,
+                rate: 0,
+                started: Instant::now(),
             },
         );
         Ok(rec)
@@ -650,6 +672,8 @@ impl Transfers {
                 finishing: false,
                 failures: 0,
                 retry_at: None,
+                rate: 0,
+                started: Instant::now(),
             },
         );
         Ok((rec, torrent))
@@ -745,6 +769,9 @@ impl Transfers {
                     .is_none_or(|t| now.duration_since(t) >= self.progress_every)
                 {
                     l.last_report = Some(now);
+                    if stats.down_bps > 0 {
+                        l.rate = stats.down_bps;
+                    }
                     let progress = percent(stats.have_bytes, stats.total_bytes).min(99);
                     let _ = self.reports.send(Report::Progress {
                         record: l.record.clone(),

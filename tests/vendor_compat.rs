@@ -604,3 +604,72 @@ async fn a_100_gb_data_disk_is_thin_and_its_overcommit_is_reported() {
     let _ = task.await;
     h.stop().await;
 }
+
+/// Only a successful 9007 removes layers: the vendor's server (D) answers
+/// -1 without its yzy_server, and the agent then keeps every layer; the
+/// next 9007 that succeeds without the group removes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_9007_deletes_nothing_and_a_successful_one_does() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = agent_config(&dir.path().join("a"), 0, "AA:00:00:00:13:21");
+    let disks = cfg.disk_dir();
+    std::fs::create_dir_all(&disks).expect("disks");
+    make_base(&disks.join(layer(0)), 1);
+    let vendor = FakeServer::new().await;
+    let mut cfg = cfg;
+    cfg.server_port = vendor.port();
+    let (agent, task) = start_agent(cfg);
+    let mut conn = vendor.accept().await;
+    let mut lists = 0;
+    let start = Instant::now();
+    // Two failed 9007s (the login's and a 1024's), then one that works.
+    let mut sent_1024 = false;
+    loop {
+        assert!(start.elapsed() < Duration::from_secs(60), "no 9007s");
+        let f = tokio::time::timeout(Duration::from_secs(20), conn.next())
+            .await
+            .expect("traffic")
+            .expect("open")
+            .expect("frame");
+        if f.is_response() {
+            continue;
+        }
+        let answer = if f.service_code == 9007 {
+            lists += 1;
+            if lists <= 2 {
+                json!({"code": -1, "msg": "yzy_server unreachable"})
+            } else {
+                json!({"code": 0, "msg": "Success", "data": {"desktop_group_list": []}})
+            }
+        } else {
+            json!({"code": 0, "msg": "Success", "data": {"conf_version": -1, "batch_no": 0, "terminal_id": -1}})
+        };
+        conn.send(FakeServer::answer(&f, answer)).await.expect("answer");
+        if f.service_code == 9007 && lists <= 2 {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            assert!(
+                disks.join(layer(0)).exists(),
+                "a failed 9007 deleted the layer"
+            );
+            if !sent_1024 {
+                sent_1024 = true;
+                conn.send(command(1024, br#"{"batch_no": 5}"#)).await.expect("1024");
+            } else {
+                conn.send(command(1024, br#"{"batch_no": 6}"#)).await.expect("1024");
+            }
+        }
+        if lists == 3 {
+            break;
+        }
+    }
+    let start = Instant::now();
+    while disks.join(layer(0)).exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "a successful 9007 without the group kept its layer"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    agent.shutdown.cancel();
+    let _ = task.await;
+}

@@ -398,6 +398,8 @@ impl Agent {
     /// out its local part (merges, deletions) off the async threads.
     pub async fn desktop_groups_received(self: &Arc<Self>, groups: Vec<DesktopGroup>) {
         log::info!("server lists {} desktop group(s)", groups.len());
+        let before = self.state.read(|s| s.desktop_groups.clone());
+        let listed: Vec<String> = groups.iter().map(|g| g.desktop_group_uuid.clone()).collect();
         self.persist(|s| s.desktop_groups = groups.clone());
         let me = self.clone();
         let plan = tokio::task::spawn_blocking(move || {
@@ -413,6 +415,26 @@ impl Agent {
         .await;
         match plan {
             Ok(Ok(plan)) => {
+                // Which group's absence removed which layer, one line each.
+                for layer in &plan.delete {
+                    let uuid = crate::disk::name::LayerName::parse(layer)
+                        .map(|n| n.uuid_str())
+                        .unwrap_or_default();
+                    let gone: Vec<String> = before
+                        .iter()
+                        .filter(|g| g.disks.iter().any(|d| d.uuid == uuid))
+                        .filter(|g| !listed.contains(&g.desktop_group_uuid))
+                        .map(|g| format!("{:?} ({})", g.desktop_group_name, g.desktop_group_uuid))
+                        .collect();
+                    if gone.is_empty() {
+                        log::info!("deleted {layer}: no group the server lists has its disk");
+                    } else {
+                        log::info!(
+                            "deleted {layer}: the server no longer lists group {}",
+                            gone.join(", ")
+                        );
+                    }
+                }
                 if !plan.download.is_empty() {
                     log::info!("{} layer(s) to download", plan.download.len());
                 }

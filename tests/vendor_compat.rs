@@ -644,7 +644,9 @@ async fn a_failed_9007_deletes_nothing_and_a_successful_one_does() {
         } else {
             json!({"code": 0, "msg": "Success", "data": {"conf_version": -1, "batch_no": 0, "terminal_id": -1}})
         };
-        conn.send(FakeServer::answer(&f, answer)).await.expect("answer");
+        conn.send(FakeServer::answer(&f, answer))
+            .await
+            .expect("answer");
         if f.service_code == 9007 && lists <= 2 {
             tokio::time::sleep(Duration::from_millis(500)).await;
             assert!(
@@ -653,9 +655,13 @@ async fn a_failed_9007_deletes_nothing_and_a_successful_one_does() {
             );
             if !sent_1024 {
                 sent_1024 = true;
-                conn.send(command(1024, br#"{"batch_no": 5}"#)).await.expect("1024");
+                conn.send(command(1024, br#"{"batch_no": 5}"#))
+                    .await
+                    .expect("1024");
             } else {
-                conn.send(command(1024, br#"{"batch_no": 6}"#)).await.expect("1024");
+                conn.send(command(1024, br#"{"batch_no": 6}"#))
+                    .await
+                    .expect("1024");
             }
         }
         if lists == 3 {
@@ -670,6 +676,41 @@ async fn a_failed_9007_deletes_nothing_and_a_successful_one_does() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    agent.shutdown.cancel();
+    let _ = task.await;
+}
+
+/// 1018 push_task_result, as D's web side sends it (push_bt_result): taken
+/// and recorded, answered Success with its batch_no, not NotImplemented.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_task_result_is_recorded_and_answered_with_its_batch_no() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let vendor = FakeServer::new().await;
+    let (agent, task) = start_agent(agent_config(
+        &dir.path().join("a"),
+        vendor.port(),
+        "AA:00:00:00:13:31",
+    ));
+    let mut conn = vendor.accept().await;
+    FakeServer::serve_startup(&mut conn).await;
+    conn.send(command(
+        1018,
+        br#"{"batch_no": 1777, "torrent_id": "0d1c2b3a-voi_1", "result": 1, "msg": "finished"}"#,
+    ))
+    .await
+    .expect("1018");
+    let reply = loop {
+        let f = FakeServer::next_reply(&mut conn).await;
+        if f.service_code == 1018 {
+            break f;
+        }
+    };
+    let env: Envelope<Value> = reply.json().expect("env");
+    assert_eq!(env.code, 0, "{}", env.msg);
+    assert_eq!(env.data.as_ref().expect("data")["batch_no"], 1777);
+    assert!(agent
+        .state
+        .read(|s| s.notices.iter().any(|n| n.contains("0d1c2b3a-voi_1"))));
     agent.shutdown.cancel();
     let _ = task.await;
 }

@@ -399,7 +399,10 @@ impl Agent {
     pub async fn desktop_groups_received(self: &Arc<Self>, groups: Vec<DesktopGroup>) {
         log::info!("server lists {} desktop group(s)", groups.len());
         let before = self.state.read(|s| s.desktop_groups.clone());
-        let listed: Vec<String> = groups.iter().map(|g| g.desktop_group_uuid.clone()).collect();
+        let listed: Vec<String> = groups
+            .iter()
+            .map(|g| g.desktop_group_uuid.clone())
+            .collect();
         self.persist(|s| s.desktop_groups = groups.clone());
         let me = self.clone();
         let plan = tokio::task::spawn_blocking(move || {

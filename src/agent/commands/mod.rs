@@ -16,6 +16,7 @@ mod download_desktop;
 mod enter_maintain;
 mod enter_maintenance_mode;
 mod order;
+mod push_task_result;
 mod pxe_start;
 mod restart;
 mod send_desktop;
@@ -79,6 +80,7 @@ enum Command {
     SendDesktop(send_desktop::SendDesktop),
     BtTaskComplete(bt_task_complete::BtTaskComplete),
     UploadDisk(upload_disk::UploadDisk),
+    PushTaskResult(push_task_result::PushTaskResult),
     Unsupported(unsupported::Unsupported),
 }
 
@@ -128,6 +130,9 @@ impl Command {
                 Command::BtTaskComplete(bt_task_complete::BtTaskComplete::parse(frame)?)
             }
             S::UploadDisk => Command::UploadDisk(upload_disk::UploadDisk::parse(frame)?),
+            S::PushTaskResult => {
+                Command::PushTaskResult(push_task_result::PushTaskResult::parse(frame)?)
+            }
             other => Command::Unsupported(unsupported::Unsupported::parse(other, frame)),
         })
     }
@@ -156,6 +161,7 @@ impl Command {
             Command::SendDesktop(c) => c.apply(ctx).await,
             Command::BtTaskComplete(c) => c.apply(ctx).await,
             Command::UploadDisk(c) => c.apply(ctx).await,
+            Command::PushTaskResult(c) => c.apply(ctx).await,
             Command::Unsupported(c) => c.apply(ctx).await,
         }
     }

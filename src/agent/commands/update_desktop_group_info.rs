@@ -33,6 +33,11 @@ pub async fn refresh(agent: &Arc<Agent>, link: &Link) {
                 agent.report_desktops(link).await;
                 crate::agent::transfers::server_link::request_pending(agent, link).await;
             }
+            Ok(_) if !env.is_ok() => log::info!(
+                "get_desktop_group_list: the server answered {} {}; keeping every desktop as it is",
+                env.code,
+                env.msg
+            ),
             other => log::warn!(
                 "get_desktop_group_list: code {} {} ({other:?})",
                 env.code,

@@ -117,7 +117,13 @@ pub async fn sequence(agent: &Arc<Agent>, link: &Link) -> Result<(), SessionEnd>
             .await
             .map_err(transport)?;
         if !env.is_ok() {
-            log::warn!("update_config_info: code {} {}", env.code, env.msg);
+            // The vendor's server answers -1 at every login without its
+            // yzy_server: its state, not ours.
+            log::info!(
+                "update_config_info: the server answered {} {}; it keeps its record",
+                env.code,
+                env.msg
+            );
         }
     } else {
         log::debug!("config is current (local {local_version}, server {server_version})");
@@ -139,6 +145,11 @@ pub async fn sequence(agent: &Arc<Agent>, link: &Link) -> Result<(), SessionEnd>
             agent.desktop_groups_received(list.desktop_group_list).await
         }
         Ok(None) if env.is_ok() => agent.desktop_groups_received(Vec::new()).await,
+        Ok(_) if !env.is_ok() => log::info!(
+            "get_desktop_group_list: the server answered {} {}; keeping every desktop as it is",
+            env.code,
+            env.msg
+        ),
         other => log::warn!(
             "get_desktop_group_list: code {} {} ({other:?})",
             env.code,

@@ -164,6 +164,8 @@ struct Live {
 
 pub struct Transfers {
     engine: Engine,
+    /// "The server publishes no manifests" was logged.
+    said_no_manifest: std::sync::atomic::AtomicBool,
     desktops: Arc<Desktops>,
     root: PathBuf,
     tasks: Mutex<BTreeMap<String, Live>>,
@@ -206,6 +208,7 @@ impl Transfers {
         std::fs::create_dir_all(&root).map_err(io(&root))?;
         let (tx, rx) = mpsc::unbounded_channel();
         let t = Arc::new(Transfers {
+            said_no_manifest: Default::default(),
             engine,
             desktops,
             root,
@@ -948,7 +951,16 @@ impl Transfers {
         match manifest::fetch(&self.manifest_sources(torrent), layer).await {
             Fetched::Found(m) => Ok(Some(m)),
             Fetched::NotPublished if self.manifests == ManifestPolicy::IfPublished => {
-                log::warn!("{layer}: the server publishes no manifest; trusting the torrent");
+                // The vendor's server never publishes one: said once, at
+                // INFO (with a key configured this is refused above).
+                if !self
+                    .said_no_manifest
+                    .swap(true, std::sync::atomic::Ordering::Relaxed)
+                {
+                    log::info!("{layer}: the server publishes no manifests; layers are checked against their torrents (said once)");
+                } else {
+                    log::debug!("{layer}: no manifest; trusting the torrent");
+                }
                 Ok(None)
             }
             Fetched::NoPublisher(why) if self.manifests == ManifestPolicy::IfPublished => {

@@ -65,6 +65,11 @@ pub enum AgentError {
     Busy(String),
 }
 
+/// Bytes in the protocol's GB (2^30), to two decimals.
+pub fn gb(bytes: u64) -> f64 {
+    (bytes as f64 / (1u64 << 30) as f64 * 100.0).round() / 100.0
+}
+
 pub fn platform_name() -> &'static str {
     if cfg!(target_arch = "aarch64") || cfg!(target_arch = "arm") {
         "arm"
@@ -151,17 +156,18 @@ impl Agent {
             .unwrap_or_else(|| local_ip.to_string())
     }
 
-    /// Free space of the data dir in GB, as 9004 and 9006 report it.
-    /// Free space for the server's layers (9004): what the file system has,
-    /// less what the thin data disks may still grow into.
+    /// Free space of the data dir as 9004 and 9006 report it: the file
+    /// system's, in the protocol's GB (2^30 bytes, the unit of a data
+    /// disk's `size`). What thin data disks may still grow into is not
+    /// taken off: the vendor's server ignores a 0 and keeps a stale figure,
+    /// so an overcommit goes to the notices instead (add_data_disk).
     pub fn disk_residue_gb(&self) -> f64 {
         match nix::sys::statvfs::statvfs(&self.cfg.data_dir) {
             Ok(s) => {
                 // u64 here, narrower on 32-bit ARM.
                 #[allow(clippy::unnecessary_cast)]
                 let free = s.blocks_available() as u64 * s.fragment_size() as u64;
-                let bytes = free.saturating_sub(self.desktops.data_disk_growth());
-                (bytes as f64 / 1e9 * 100.0).round() / 100.0
+                gb(free)
             }
             Err(_) => 0.0,
         }

@@ -69,9 +69,9 @@ impl AddDataDisk {
                 .unwrap_or((0, u64::MAX));
                 if growth > free {
                     let text = format!(
-                        "data disk {name} is overcommitted: it may grow by {} GB, {} GB are free",
-                        growth >> 30,
-                        free >> 30
+                        "data disk {name} is overcommitted: it may grow by {:.2} GB, {:.2} GB are free (GB = 2^30 bytes, the protocol's unit)",
+                        crate::agent::terminal::gb(growth),
+                        crate::agent::terminal::gb(free)
                     );
                     log::warn!("{text}");
                     ctx.agent.persist(|s| s.notice(text));

@@ -723,3 +723,51 @@ async fn push_task_result_is_recorded_and_answered_with_its_batch_no() {
     agent.shutdown.cancel();
     let _ = task.await;
 }
+
+/// The first 9006 carries what D's check_config demands: a mask (else
+/// 60006) and program.server_ip (else 60014), from the interface and the
+/// session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_9006_carries_a_mask_and_the_server_ip() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let vendor = FakeServer::new().await;
+    let (agent, task) = start_agent(agent_config(
+        &dir.path().join("a"),
+        vendor.port(),
+        "AA:00:00:00:13:41",
+    ));
+    let mut conn = vendor.accept().await;
+    let start = Instant::now();
+    let body = loop {
+        assert!(start.elapsed() < Duration::from_secs(30), "no 9006");
+        let f = tokio::time::timeout(Duration::from_secs(20), conn.next())
+            .await
+            .expect("traffic")
+            .expect("open")
+            .expect("frame");
+        if f.is_response() {
+            continue;
+        }
+        let code = f.service_code;
+        conn.send(FakeServer::answer(
+            &f,
+            json!({"code": 0, "msg": "Success", "data": {"conf_version": -1, "batch_no": 0, "terminal_id": -1}}),
+        ))
+        .await
+        .expect("answer");
+        if code == 9006 {
+            break f.json::<Value>().expect("9006");
+        }
+    };
+    let has_interface = voi::agent::interfaces::detect(None).is_ok_and(|i| i.ipv4.is_some());
+    eprintln!("9006: {body}");
+    assert_eq!(
+        body["setup_info"]["program"]["server_ip"], "127.0.0.1",
+        "{body}"
+    );
+    if has_interface {
+        assert_ne!(body["mask"], "", "{body}");
+    }
+    agent.shutdown.cancel();
+    let _ = task.await;
+}

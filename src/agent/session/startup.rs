@@ -112,6 +112,32 @@ pub async fn sequence(agent: &Arc<Agent>, link: &Link) -> Result<(), SessionEnd>
         if mine.ip.is_empty() {
             mine.ip = agent.report_ip(link.local_ip());
         }
+        // The vendor's server refuses a 9006 without a mask (60006) or a
+        // server_ip (60014): fill them from the interface and the session.
+        if mine.mask.is_empty() || mine.gateway.is_empty() {
+            let name = agent
+                .cfg
+                .interface
+                .clone()
+                .or_else(|| crate::agent::interfaces::detect(None).ok().map(|i| i.name));
+            let net = name.and_then(|n| {
+                crate::agent::interfaces::current_network(&n, std::path::Path::new("/etc"))
+            });
+            if let Some(net) = net {
+                if mine.mask.is_empty() {
+                    mine.mask =
+                        std::net::Ipv4Addr::from(crate::ipv4::mask_of(net.prefix_len)).to_string();
+                }
+                if mine.gateway.is_empty() {
+                    if let Some(g) = net.gateway {
+                        mine.gateway = g.to_string();
+                    }
+                }
+            }
+        }
+        if mine.setup_info.program.server_ip.is_empty() {
+            mine.setup_info.program.server_ip = agent.server_ip();
+        }
         let (_, env) = link
             .request(ServiceCode::UpdateConfigInfo, &mine)
             .await

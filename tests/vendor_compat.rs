@@ -771,3 +771,81 @@ async fn the_first_9006_carries_a_mask_and_the_server_ip() {
     agent.shutdown.cancel();
     let _ = task.await;
 }
+
+/// 9005 as the vendor means it: its name becomes the host name, as 1004's
+/// does; its `ip` for a terminal without a static address is the server's
+/// record of the session's source, never made the terminal's address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_9005_name_becomes_the_hostname_and_its_ip_is_no_order() {
+    use voi::agent::platform::{JournalEntry, RecordingPlatform};
+    let dir = tempfile::tempdir().expect("tmp");
+    let vendor = FakeServer::new().await;
+    let (agent, task) = start_agent(agent_config(
+        &dir.path().join("a"),
+        vendor.port(),
+        "AA:00:00:00:13:51",
+    ));
+    let mut conn = vendor.accept().await;
+    let start = Instant::now();
+    let mut answered_9005 = false;
+    while !answered_9005 {
+        assert!(start.elapsed() < Duration::from_secs(30), "no 9005");
+        let f = tokio::time::timeout(Duration::from_secs(20), conn.next())
+            .await
+            .expect("traffic")
+            .expect("open")
+            .expect("frame");
+        if f.is_response() {
+            continue;
+        }
+        let answer = match f.service_code {
+            9004 => json!({"code": 0, "msg": "Success", "data": {"conf_version": 5}}),
+            9005 => {
+                answered_9005 = true;
+                json!({"code": 0, "msg": "Success", "data": {
+                    "mac": "AA:00:00:00:13:51", "name": "PC-7", "ip": "10.9.9.9", "is_dhcp": 1,
+                    "mask": "255.255.255.0", "gateway": "10.9.9.1", "dns1": "", "dns2": "",
+                    "conf_version": 5, "terminal_id": 7, "platform": "x86", "soft_version": "2.28",
+                    "disk_residue": 1.0,
+                    "setup_info": {"mode": {"show_desktop_type": 0, "auto_desktop": 0}, "program": {"server_ip": ""}}
+                }})
+            }
+            _ => {
+                json!({"code": 0, "msg": "Success", "data": {"conf_version": -1, "batch_no": 0, "terminal_id": -1}})
+            }
+        };
+        conn.send(FakeServer::answer(&f, answer))
+            .await
+            .expect("answer");
+    }
+    let journal = agent.cfg.journal_path();
+    let start = Instant::now();
+    loop {
+        let j = RecordingPlatform::read_journal(&journal);
+        if j.contains(&JournalEntry::SetHostname {
+            name: "PC-7".into(),
+        }) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no hostname: {j:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let j = RecordingPlatform::read_journal(&journal);
+    assert!(
+        !j.iter()
+            .any(|e| matches!(e, JournalEntry::ApplyNetwork { .. })),
+        "{j:?}"
+    );
+    let t = agent.state.read(|s| s.terminal.clone());
+    assert_eq!(t.name, "PC-7");
+    assert_eq!(t.terminal_id, 7);
+    assert_ne!(
+        t.ip, "10.9.9.9",
+        "the server's record became the terminal's address"
+    );
+    agent.shutdown.cancel();
+    let _ = task.await;
+}

@@ -65,6 +65,15 @@ pub enum AgentError {
     Busy(String),
 }
 
+/// A name that is also a valid host name label becomes the host name.
+pub fn is_hostname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
 /// Bytes in the protocol's GB (2^30), to two decimals.
 pub fn gb(bytes: u64) -> f64 {
     (bytes as f64 / (1u64 << 30) as f64 * 100.0).round() / 100.0
@@ -529,7 +538,34 @@ impl Agent {
             cfg.terminal_id,
             cfg.name
         );
+        // A name becomes the host name, as 1004's does.
+        let old_name = self.state.read(|s| s.terminal.name.clone());
+        if cfg.name != old_name && is_hostname(&cfg.name) {
+            if let Err(e) = self.platform.set_hostname(&cfg.name) {
+                log::warn!("9005 names this terminal {:?}; set hostname: {e}", cfg.name);
+            }
+        }
+        let mut cfg = cfg;
         self.persist(|s| {
+            // Without a static address set here (1012), the terminal's
+            // address is DHCP's: the `ip` in 9005 is the server's record of
+            // where the session came from, not an order.
+            if s.network.is_none() {
+                let mine = &s.terminal;
+                if cfg.ip != mine.ip && !cfg.ip.is_empty() {
+                    log::info!(
+                        "9005 names address {}; this terminal's address is not static, so it keeps {}",
+                        cfg.ip,
+                        if mine.ip.is_empty() { "what DHCP gives it" } else { &mine.ip }
+                    );
+                }
+                cfg.ip = mine.ip.clone();
+                cfg.is_dhcp = 1;
+                cfg.mask = mine.mask.clone();
+                cfg.gateway = mine.gateway.clone();
+                cfg.dns1 = mine.dns1.clone();
+                cfg.dns2 = mine.dns2.clone();
+            }
             s.terminal = cfg;
             if moved {
                 s.server_ip_override = Some(new_server.clone());

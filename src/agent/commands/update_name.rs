@@ -9,13 +9,7 @@ pub const MAX_NAME_BYTES: usize = 13;
 
 pub struct UpdateName(UpdateNameCmd);
 
-/// A name that is also a valid host name label becomes the host name.
-fn is_hostname(name: &str) -> bool {
-    !name.is_empty()
-        && !name.starts_with('-')
-        && !name.ends_with('-')
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-}
+use crate::agent::terminal::is_hostname;
 
 pub fn validate_name(name: &str) -> Result<(), CommandError> {
     if name.trim().is_empty() {

@@ -849,3 +849,58 @@ async fn a_9005_name_becomes_the_hostname_and_its_ip_is_no_order() {
     agent.shutdown.cancel();
     let _ = task.await;
 }
+
+/// For R >= 2.25, which sends no 9015, the last 9025 is the result: at
+/// 100 a success, at 0 a failure, filed as task_result so the API and
+/// `--wait` see it. Pinning such a terminal to 1015 (which it answers and
+/// then ignores) is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_v2_28_terminal_s_last_9025_is_its_result_and_1015_cannot_be_pinned() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let h = start_server(&dir.path().join("s")).await;
+    let mac = "AA:00:00:00:13:61";
+    let mut c = RawClient::connect(h.addr).await;
+    assert!(c.login(mac).await.is_ok());
+    let (_, env) = c
+        .request(
+            ServiceCode::GetConfigVersionId,
+            &json!({"mac": mac, "platform": "x86", "soft_version": "2.28", "disk_residue": 10}),
+        )
+        .await;
+    assert!(env.is_ok(), "{env:?}");
+    for (level, progress) in [(0u8, 100), (1, 0)] {
+        let (_, env) = c
+            .request(
+                ServiceCode::BtTaskState,
+                &json!({"mac": mac, "torrent_name": format!("{}.torrent", layer(level)),
+                        "progress": progress, "state": "finished", "download_rate": "0",
+                        "upload_rate": "0", "total_size": "0", "file_size": "0"}),
+            )
+            .await;
+        assert!(env.is_ok(), "{env:?}");
+    }
+    let rec = h
+        .server
+        .store
+        .terminal(mac)
+        .expect("store")
+        .expect("record");
+    assert_eq!(
+        rec.reports[&format!("task_result:{}", layer(0))]["result"],
+        1
+    );
+    assert_eq!(
+        rec.reports[&format!("task_result:{}", layer(1))]["result"],
+        2
+    );
+    let pinned = api(&h)
+        .put(
+            &format!("/api/v1/terminals/{mac}/delivery"),
+            &json!({"delivery": "1015"}),
+        )
+        .await
+        .expect("api");
+    assert_ne!(pinned.code, 0, "{pinned:?}");
+    assert!(pinned.msg.contains("1017"), "{}", pinned.msg);
+    h.stop().await;
+}

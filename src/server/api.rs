@@ -463,6 +463,21 @@ async fn set_delivery(
         }
     };
     match server.store.terminal(&mac) {
+        // v2.28 answers 1015 with 0 at once and downloads nothing (notes
+        // §11): pinning it there would report layers that never arrive.
+        Ok(Some(r))
+            if r.generation().url_generation
+                && choice == Some(super::generation::Delivery::TorrentPush) =>
+        {
+            return fail(
+                StatusCode::CONFLICT,
+                ErrorCode::MessageError,
+                format!(
+                    "{mac} runs {} (R >= 2.25): it answers 1015 and downloads nothing; it takes desktops by 1017 only",
+                    r.generation().soft_version
+                ),
+            );
+        }
         Ok(Some(_)) => {}
         Ok(None) => {
             return fail(

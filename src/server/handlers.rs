@@ -487,7 +487,38 @@ async fn answer(
                 layer_named(layer)?;
                 format!("bt_task:{layer}")
             };
-            keep_report(server, mac, key, json!(r))
+            // R >= 2.25 sends no 9015: its last 9025, "finished" at 100 or
+            // at 0, is the result. Filed as one, so the API and --wait see it.
+            let generation = server
+                .store
+                .terminal(mac)
+                .ok()
+                .flatten()
+                .map(|t| t.generation());
+            if r.state == "finished"
+                && !r.torrent_name.is_empty()
+                && generation.is_some_and(|g| g.url_generation)
+            {
+                let layer = key.trim_start_matches("bt_task:").to_string();
+                let ok = r.progress == 100;
+                let result = json!({
+                    "mac": mac,
+                    "disk": layer,
+                    "result": if ok { 1 } else { 2 },
+                    "msg": if ok {
+                        "finished (the terminal's last 9025; its software sends no 9015)"
+                    } else {
+                        "failed (the terminal's last 9025 said finished at 0%; its software sends no 9015)"
+                    },
+                });
+                let kept = keep_report(server, mac, key, json!(r));
+                if kept.code != 0 {
+                    return Ok(kept);
+                }
+                keep_report(server, mac, format!("task_result:{layer}"), result)
+            } else {
+                keep_report(server, mac, key, json!(r))
+            }
         }
         S::PutDesktopGroupList => {
             let r: PutDesktopGroupListReq = body(frame, mac)?;

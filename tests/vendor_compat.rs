@@ -904,3 +904,90 @@ async fn a_v2_28_terminal_s_last_9025_is_its_result_and_1015_cannot_be_pinned() 
     assert!(pinned.msg.contains("1017"), "{}", pinned.msg);
     h.stop().await;
 }
+
+/// The desktop in a 1017 is kept: a group that D delivered by 1017 boots
+/// although no 9007 lists it (D's 9007 may fail, or not know it yet).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_desktop_sent_by_1017_is_bootable_without_a_9007() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let seeder = start_server(&dir.path().join("seeder")).await;
+    let lib = seeder.server.images.dir().to_path_buf();
+    make_base(&lib.join(layer(0)), 2);
+    seeder.server.images.scan().await.expect("scan");
+    let url = seeder.server.torrent_url(&layer(0), None);
+    let vendor = FakeServer::new().await;
+    let (agent, task) = start_agent(agent_config(
+        &dir.path().join("a"),
+        vendor.port(),
+        "AA:00:00:00:13:71",
+    ));
+    let mut conn = vendor.accept().await;
+    // Its 9007 fails, as D's does without its yzy_server.
+    let start = Instant::now();
+    loop {
+        assert!(start.elapsed() < Duration::from_secs(30), "no startup");
+        let f = tokio::time::timeout(Duration::from_secs(20), conn.next())
+            .await
+            .expect("traffic")
+            .expect("open")
+            .expect("frame");
+        if f.is_response() {
+            continue;
+        }
+        let answer = if f.service_code == 9007 {
+            json!({"code": -1, "msg": "yzy_server unreachable"})
+        } else {
+            json!({"code": 0, "msg": "Success", "data": {"conf_version": -1, "batch_no": 0, "terminal_id": -1}})
+        };
+        conn.send(FakeServer::answer(&f, answer))
+            .await
+            .expect("answer");
+        if f.service_code == ServiceCode::OrderQuery as u32 {
+            break;
+        }
+    }
+    let send = json!({"batch_no": 88, "desktop": {
+        "desktop_group_name": "lab-1017", "desktop_group_uuid": G, "diff_mode": 1,
+        "desktop_group_restore": 1, "desktop_is_dhcp": 1, "default_desktop_group": true,
+        "os_sys_type": 3,
+        "disks": [{"uuid": U, "type": 0, "dif_level": 0, "prefix": "voi", "real_size": "4194304",
+                   "reserve_size": "0", "max_dif": 2, "operate_id": 0, "download_url": url}]
+    }});
+    conn.send(command(1017, send.to_string().as_bytes()))
+        .await
+        .expect("1017");
+    let start = Instant::now();
+    loop {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the layer never arrived"
+        );
+        // Answer whatever it asks meanwhile (9025, 9015).
+        if let Ok(Some(Ok(f))) = tokio::time::timeout(Duration::from_millis(200), conn.next()).await
+        {
+            if !f.is_response() {
+                let _ = conn
+                    .send(FakeServer::answer(&f, json!({"code": 0, "msg": "Success"})))
+                    .await;
+            }
+        }
+        if agent.cfg.disk_dir().join(layer(0)).exists() {
+            break;
+        }
+    }
+    let groups = agent.state.read(|s| s.desktop_groups.clone());
+    let g = groups
+        .iter()
+        .find(|g| g.desktop_group_uuid == G)
+        .expect("the 1017's group is kept");
+    assert_eq!(g.desktop_group_restore, 1);
+    assert_eq!(g.diff_mode, 1);
+    let plan = agent
+        .desktops
+        .boot_plan(&groups, G, false)
+        .expect("bootable without a 9007");
+    eprintln!("boot plan: {plan:?}");
+    agent.shutdown.cancel();
+    let _ = task.await;
+    seeder.stop().await;
+}

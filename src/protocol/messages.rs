@@ -749,6 +749,8 @@ pub struct SendDesktop {
     #[serde(default, deserialize_with = "flex::int")]
     pub diff_mode: i64,
     #[serde(default, deserialize_with = "flex::int")]
+    pub desktop_group_restore: i64,
+    #[serde(default, deserialize_with = "flex::int")]
     pub desktop_is_dhcp: i64,
     #[serde(default)]
     pub desktop_ip: String,
@@ -770,6 +772,30 @@ pub struct SendDesktop {
     pub desktop_group_desc: String,
     #[serde(default)]
     pub disks: Vec<DiskInfo>,
+}
+
+impl SendDesktop {
+    /// The desktop group this 1017 describes, as a 9007 would list it.
+    pub fn to_group(&self) -> DesktopGroup {
+        DesktopGroup {
+            desktop_group_name: self.desktop_group_name.clone(),
+            desktop_group_uuid: self.desktop_group_uuid.clone(),
+            default_desktop_group: self.default_desktop_group,
+            os_sys_type: self.os_sys_type,
+            desktop_group_desc: self.desktop_group_desc.clone(),
+            desktop_group_restore: self.desktop_group_restore,
+            desktop_name: self.desktop_name.clone(),
+            desktop_is_dhcp: self.desktop_is_dhcp,
+            desktop_ip: self.desktop_ip.clone(),
+            desktop_mask: self.desktop_mask.clone(),
+            desktop_gateway: self.desktop_gateway.clone(),
+            desktop_dns1: self.desktop_dns1.clone(),
+            desktop_dns2: self.desktop_dns2.clone(),
+            diff_mode: self.diff_mode,
+            disks: self.disks.clone(),
+            ..Default::default()
+        }
+    }
 }
 
 /// 1017 send_desktop and 1032 send_desktop_tcp.

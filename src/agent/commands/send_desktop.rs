@@ -14,6 +14,7 @@ use crate::protocol::Frame;
 
 pub struct SendDesktop {
     downloads: Vec<UrlDownload>,
+    group: crate::protocol::messages::DesktopGroup,
 }
 
 impl SendDesktop {
@@ -39,12 +40,33 @@ impl SendDesktop {
                 operate_id: d.operate_id,
             });
         }
-        Ok(SendDesktop { downloads })
+        Ok(SendDesktop {
+            downloads,
+            group: cmd.desktop.to_group(),
+        })
     }
 
     pub async fn apply(self, ctx: &Ctx<'_>) -> CmdResult {
         let names: Vec<String> = self.downloads.iter().map(|d| d.layer.to_string()).collect();
         let agent = ctx.agent.clone();
+        // The group is known from here on, so what is delivered can be
+        // booted before a 9007 lists it (a vendor server may never). A
+        // group the server's 9007 already listed stays as it said.
+        let group = self.group;
+        agent.persist(|s| {
+            if !s
+                .desktop_groups
+                .iter()
+                .any(|g| g.desktop_group_uuid == group.desktop_group_uuid)
+            {
+                log::info!(
+                    "keeping desktop group {:?} ({}) from its 1017",
+                    group.desktop_group_name,
+                    group.desktop_group_uuid
+                );
+                s.desktop_groups.push(group);
+            }
+        });
         tokio::spawn(async move {
             for d in self.downloads {
                 let layer = d.layer.to_string();

@@ -991,3 +991,102 @@ async fn a_desktop_sent_by_1017_is_bootable_without_a_9007() {
     let _ = task.await;
     seeder.stop().await;
 }
+
+/// v2.28's failed torrent fetch ("finished" at 0 with no torrent name) is
+/// filed against the layer its 1017 carried; and a 1005 it never answers
+/// does not become the server_ip that 9005 hands out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_v2_28_failure_names_its_layer_and_an_unanswered_1005_is_not_handed_out() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let h = start_server(&dir.path().join("s")).await;
+    let lib = h.server.images.dir().to_path_buf();
+    make_base(&lib.join(layer(0)), 1);
+    h.server.images.scan().await.expect("scan");
+    h.server
+        .store
+        .put_group(&layer_group("g", G, U, &[0]))
+        .expect("group");
+    let mac = "AA:00:00:00:13:81";
+    let mut c = RawClient::connect(h.addr).await;
+    assert!(c.login(mac).await.is_ok());
+    let (_, env) = c
+        .request(
+            ServiceCode::GetConfigVersionId,
+            &json!({"mac": mac, "platform": "x86", "soft_version": "2.28", "disk_residue": 10}),
+        )
+        .await;
+    assert!(env.is_ok());
+    // download-desktop: the terminal answers its 1017 with 0.
+    let server = h.server.clone();
+    let push = tokio::spawn(async move {
+        server
+            .download_desktop(mac, G, Duration::from_secs(10))
+            .await
+            .expect("download_desktop")
+    });
+    let f = loop {
+        let f = c.recv().await.expect("a command");
+        if f.service_code == 1017 {
+            break f;
+        }
+    };
+    let reply = Frame::response_json(
+        &f,
+        voi::protocol::ClientType::Linux,
+        &c.token,
+        &Envelope::ok(json!({"batch_no": f.json::<Value>().expect("1017")["batch_no"]})),
+    )
+    .expect("reply");
+    c.io.send(reply).await.expect("answer 1017");
+    push.await.expect("push");
+    // Its torrent fetch fails.
+    let (_, env) = c
+        .request(
+            ServiceCode::BtTaskState,
+            &json!({"mac": mac, "torrent_name": "", "progress": 0, "state": "finished",
+                    "download_rate": "0", "upload_rate": "0", "total_size": "0", "file_size": "0"}),
+        )
+        .await;
+    assert!(env.is_ok(), "{env:?}");
+    let rec = h
+        .server
+        .store
+        .terminal(mac)
+        .expect("store")
+        .expect("record");
+    let r = &rec.reports[&format!("task_result:{}", layer(0))];
+    assert_eq!(r["result"], 2, "{r}");
+
+    // A 1005 v2.28 never answers: sent, kept apart, not handed out.
+    let sent = h
+        .server
+        .push(
+            mac,
+            ServiceCode::UpdateConfig,
+            json!({"mode": {"show_desktop_type": 0, "auto_desktop": 1}, "program": {"server_ip": "10.66.66.66"}}),
+            Duration::from_secs(5),
+        )
+        .await;
+    assert!(
+        matches!(sent, Err(voi::server::PushError::NoReply(..))),
+        "{sent:?}"
+    );
+    let rec = h
+        .server
+        .store
+        .terminal(mac)
+        .expect("store")
+        .expect("record");
+    assert!(rec.reports.contains_key("unconfirmed:update_config"));
+    assert_ne!(rec.config.setup_info.program.server_ip, "10.66.66.66");
+    let (_, env) = c
+        .request(ServiceCode::GetConfigInfo, &json!({"mac": mac}))
+        .await;
+    assert!(
+        !env.data
+            .as_ref()
+            .is_some_and(|d| d.to_string().contains("10.66.66.66")),
+        "9005 handed out an unconfirmed server_ip: {env:?}"
+    );
+    h.stop().await;
+}

@@ -495,10 +495,44 @@ async fn answer(
                 .ok()
                 .flatten()
                 .map(|t| t.generation());
+            let url_generation = generation.is_some_and(|g| g.url_generation);
             if r.state == "finished"
-                && !r.torrent_name.is_empty()
-                && generation.is_some_and(|g| g.url_generation)
+                && r.torrent_name.is_empty()
+                && url_generation
+                && r.progress == 0
             {
+                // v2.28's torrent fetch failed: no layer named, so the
+                // layers last sent to it by 1017 that have no success yet
+                // are the ones that failed.
+                let rec = server.store.terminal(mac).ok().flatten();
+                let sent: Vec<String> = rec
+                    .as_ref()
+                    .and_then(|t| t.reports.get("sent_desktop"))
+                    .and_then(|v| v["layers"].as_array().cloned())
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(|l| l.as_str().map(str::to_string))
+                    .filter(|l| {
+                        !rec.as_ref().is_some_and(|t| {
+                            t.reports
+                                .get(&format!("task_result:{l}"))
+                                .is_some_and(|x| x["result"] == 1)
+                        })
+                    })
+                    .collect();
+                let kept = keep_report(server, mac, key, json!(r));
+                for layer in sent {
+                    keep_report(
+                        server,
+                        mac,
+                        format!("task_result:{layer}"),
+                        json!({"mac": mac, "disk": layer, "result": 2,
+                               "msg": "failed: the terminal's download reported finished at 0% without a torrent name (its torrent fetch failed)"}),
+                    );
+                }
+                return Ok(kept);
+            }
+            if r.state == "finished" && !r.torrent_name.is_empty() && url_generation {
                 let layer = key.trim_start_matches("bt_task:").to_string();
                 let ok = r.progress == 100;
                 let result = json!({

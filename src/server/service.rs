@@ -259,6 +259,19 @@ impl Server {
                 timeout,
             )
             .await?;
+        if env.is_ok() {
+            // What went out, so a failure the terminal reports without a
+            // layer name (v2.28's HTTP path) is filed against these.
+            let names: Vec<String> = layers.iter().map(|(_, i)| i.layer.to_string()).collect();
+            if let Err(e) = self.store.update_terminal(mac, |r| {
+                r.reports.insert(
+                    "sent_desktop".into(),
+                    serde_json::json!({"layers": names, "batch_no": batch}),
+                );
+            }) {
+                log::warn!("{mac}: recording the 1017: {e}");
+            }
+        }
         Ok(layers
             .iter()
             .map(|(_, img)| {

@@ -239,13 +239,27 @@ async fn the_console_in_chromium_shows_the_room_renames_and_sends_a_desktop() {
     c.goto(&format!("{base}/#terminals")).await.expect("room");
     for mac in macs {
         let pick = format!("#terminals tr[data-mac=\"{mac}\"] input.pick");
-        c.wait()
-            .for_element(Locator::Css(&pick))
-            .await
-            .expect("checkbox")
-            .click()
-            .await
-            .expect("select");
+        // The table is redrawn as live events come in (a group change now
+        // reaches the agents at once, and they report again): a row found
+        // can be replaced before the click lands. Click until it is checked.
+        let mut checked = false;
+        for _ in 0..20 {
+            if let Ok(el) = c.wait().for_element(Locator::Css(&pick)).await {
+                let _ = el.click().await;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let now = c
+                .execute(&format!("const e = document.querySelector('{}'); return !!(e && e.checked);", pick.replace('\'', "\\'")), vec![])
+                .await
+                .ok()
+                .and_then(|v| v.as_bool())
+                .unwrap_or(false);
+            if now {
+                checked = true;
+                break;
+            }
+        }
+        assert!(checked, "{mac}: its checkbox never stayed checked");
     }
     c.find(Locator::Id("room-send"))
         .await

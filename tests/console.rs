@@ -249,7 +249,13 @@ async fn the_console_in_chromium_shows_the_room_renames_and_sends_a_desktop() {
             }
             tokio::time::sleep(Duration::from_millis(300)).await;
             let now = c
-                .execute(&format!("const e = document.querySelector('{}'); return !!(e && e.checked);", pick.replace('\'', "\\'")), vec![])
+                .execute(
+                    &format!(
+                        "const e = document.querySelector('{}'); return !!(e && e.checked);",
+                        pick.replace('\'', "\\'")
+                    ),
+                    vec![],
+                )
                 .await
                 .ok()
                 .and_then(|v| v.as_bool())

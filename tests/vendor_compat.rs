@@ -1090,3 +1090,52 @@ async fn a_v2_28_failure_names_its_layer_and_an_unanswered_1005_is_not_handed_ou
     );
     h.stop().await;
 }
+
+/// 9008 from `voi-agent ctl verify-admin`, as D reads it: the body names
+/// the user `username` (D answers -1 with KeyError on `user_name`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_admin_sends_username_as_the_vendor_server_reads_it() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let vendor = FakeServer::new().await;
+    let cfg = agent_config(&dir.path().join("a"), vendor.port(), "AA:00:00:00:13:91");
+    let socket = cfg.control_socket_path();
+    let (agent, task) = start_agent(cfg);
+    let mut conn = vendor.accept().await;
+    FakeServer::serve_startup(&mut conn).await;
+    let ctl = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_voi-agent"))
+            .arg("ctl")
+            .arg("--socket")
+            .arg(&socket)
+            .args(["verify-admin", "admin", "secret"])
+            .output()
+            .expect("ctl")
+    });
+    let body = loop {
+        let f = tokio::time::timeout(Duration::from_secs(20), conn.next())
+            .await
+            .expect("traffic")
+            .expect("open")
+            .expect("frame");
+        if f.is_response() {
+            continue;
+        }
+        let code = f.service_code;
+        conn.send(FakeServer::answer(&f, json!({"code": 0, "msg": "Success"})))
+            .await
+            .expect("answer");
+        if code == 9008 {
+            break f.json::<Value>().expect("9008");
+        }
+    };
+    let out = ctl.await.expect("ctl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(body["username"], "admin", "{body}");
+    assert!(body.get("user_name").is_none(), "{body}");
+    agent.shutdown.cancel();
+    let _ = task.await;
+}

@@ -160,6 +160,8 @@ struct Live {
     /// When this process took the transfer on, for a rate over the whole
     /// transfer when none was measured (a layer done between two reports).
     started: Instant,
+    /// "Every piece is here" was logged for it.
+    said_complete: bool,
 }
 
 pub struct Transfers {
@@ -450,6 +452,7 @@ impl Transfers {
                     retry_at: None,
                     rate: 0,
                     started: Instant::now(),
+                    said_complete: false,
                 },
             );
         }
@@ -555,6 +558,7 @@ impl Transfers {
                 retry_at: None,
                 rate: 0,
                 started: Instant::now(),
+                said_complete: false,
             },
         );
         Ok(rec)
@@ -677,6 +681,7 @@ impl Transfers {
                 retry_at: None,
                 rate: 0,
                 started: Instant::now(),
+                said_complete: false,
             },
         );
         Ok((rec, torrent))
@@ -818,7 +823,14 @@ impl Transfers {
     /// qcow2 image, then put it into its chain and keep seeding it.
     async fn finish(self: Arc<Self>, rec: TaskRecord) {
         let layer = rec.layer.clone();
+        // A diff waiting for its parent is finished again on every tick
+        // until the parent is here: say "every piece is here" once.
+        let first = self
+            .tasks()
+            .get_mut(&layer)
+            .is_some_and(|l| !std::mem::replace(&mut l.said_complete, true));
         match self.engine.stats(&rec.info_hash) {
+            _ if !first => log::debug!("{layer}: every piece is here; checking again"),
             // What the swarm cost this terminal: bytes received over bytes
             // needed shows pieces fetched twice (steals, end game).
             Some(s) if s.total_bytes > 0 => {

@@ -197,3 +197,27 @@ async fn a_group_put_or_deleted_reaches_online_terminals_at_once() {
     let _ = ta.await;
     h.stop().await;
 }
+
+/// `ctl push --help` lists every command with its body, so an operator
+/// does not guess (issue: a guessed shape got 88888).
+#[test]
+fn ctl_push_help_lists_the_commands_and_their_bodies() {
+    let out = Command::new(env!("CARGO_BIN_EXE_voi-server"))
+        .args(["ctl", "push", "--help"])
+        .output()
+        .expect("help");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    for (name, body) in [
+        ("update_name", r#"{"name": "PC-1"}"#),
+        ("update_ip", r#""mask""#),
+        ("shutdown", "{}"),
+        ("update_desktop_group_info", "{}"),
+    ] {
+        let line = text
+            .lines()
+            .find(|l| l.trim_start().starts_with(name))
+            .unwrap_or_else(|| panic!("{name} missing from:\n{text}"));
+        assert!(line.contains(body), "{line}");
+    }
+}

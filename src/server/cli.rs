@@ -63,6 +63,73 @@ enum Cmd {
     },
 }
 
+/// `ctl push --help`: every command by name and code, and the bodies of
+/// those that take more than the batch_no the server adds.
+fn push_help() -> String {
+    use crate::protocol::ServiceCode;
+    const BODIES: &[(&str, &str)] = &[
+        ("update_name", r#"{"name": "PC-1"}   (at most 13 bytes)"#),
+        (
+            "update_ip",
+            r#"{"ip": "172.16.1.40", "mask": "255.255.255.0", "gateway": "172.16.1.1", "dns1": "114.114.114.114", "dns2": ""}"#,
+        ),
+        (
+            "update_config",
+            r#"{"mode": {"show_desktop_type": 0, "auto_desktop": 1}, "program": {"server_ip": "172.16.1.29"}}"#,
+        ),
+        (
+            "add_data_disk",
+            r#"{"size": 100, "enable": 1, "restore": 0}   (size in GB of 2^30 bytes)"#,
+        ),
+        (
+            "push_task_result",
+            r#"{"torrent_id": "<id>", "result": 1, "msg": ""}"#,
+        ),
+        (
+            "wakeup",
+            "not a TCP command: wake-on-LAN is a UDP magic packet",
+        ),
+        (
+            "send_torrent",
+            "a binary struct: use `ctl download-desktop`",
+        ),
+        (
+            "upload_disk",
+            r#"{"desktop": {"uuid": "<group uuid>", "disks": [{"uuid": "<disk uuid>", "type": 0, "dif_level": 1, "prefix": "voi"}]}}"#,
+        ),
+    ];
+    let mut out = String::from("Commands (name or code); the server adds batch_no:\n");
+    for c in ServiceCode::ALL.iter().filter(|c| c.is_command()) {
+        // Commands whose body is only the batch_no (`BatchCmd`).
+        const BATCH_ONLY: &[&str] = &[
+            "shutdown",
+            "restart",
+            "delete",
+            "enter_maintenance_mode",
+            "clear_all_desktop",
+            "pxe_start",
+            "enter_maintain",
+            "update_desktop_group_info",
+            "cancel_send_desktop",
+            "cancel_p_to_v",
+        ];
+        let body = BODIES
+            .iter()
+            .find(|(n, _)| *n == c.name())
+            .map(|(_, b)| *b)
+            .unwrap_or(if BATCH_ONLY.contains(&c.name()) {
+                "{}"
+            } else {
+                "(its body: ../shared/spec/voi-terminal-api.zh.md)"
+            });
+        out.push_str(&format!("  {:<28} {:>4}  {body}\n", c.name(), *c as u32));
+    }
+    out.push_str(
+        "Desktops go out with `ctl download-desktop`, which picks 1015 or 1017 per terminal.\n",
+    );
+    out
+}
+
 #[derive(Subcommand)]
 enum CtlCmd {
     /// All terminals with online state.
@@ -70,6 +137,7 @@ enum CtlCmd {
     /// One terminal with everything it reported.
     Terminal { mac: String },
     /// Push a command (name or code) and wait for the terminal's reply.
+    #[command(after_long_help = push_help())]
     Push {
         mac: String,
         command: String,

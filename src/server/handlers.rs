@@ -247,10 +247,18 @@ async fn answer(
                 return Err(err(ErrorCode::TerminalRecordNotExist, ""));
             };
             let cfg = rec.config;
-            let server_ip = if cfg.setup_info.program.server_ip.is_empty() {
+            // A terminal's own 9006 carries the address it reached us at;
+            // a loopback one (a terminal behind NAT, or a seed on this
+            // host) would strand a terminal elsewhere, as an empty one does.
+            let stored = cfg.setup_info.program.server_ip.clone();
+            let stranding = stored
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+                && is_elsewhere(st, &cfg.ip);
+            let server_ip = if stored.is_empty() || stranding {
                 our_address(server, st, &cfg.ip)
             } else {
-                Some(cfg.setup_info.program.server_ip.clone())
+                Some(stored)
             };
             let mut v = serde_json::to_value(&cfg).unwrap_or(Value::Null);
             // The v2.28 terminal copies `program.server_ip` into its config
@@ -606,15 +614,21 @@ async fn answer(
 /// loopback one while the terminal is elsewhere (NAT, QEMU user networking:
 /// the peer, or the address the terminal reported at login, is not a
 /// loopback), which would point the terminal at itself.
+/// Whether the terminal is on another host than this server: its socket
+/// is not loopback, or it reports an address that is not (NAT).
+fn is_elsewhere(st: &ConnState, reported_ip: &str) -> bool {
+    !st.peer.ip().is_loopback()
+        || reported_ip
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| !ip.is_loopback())
+}
+
 fn our_address(server: &Server, st: &ConnState, reported_ip: &str) -> Option<String> {
     if let Some(ip) = server.cfg.advertise_ip.clone().filter(|s| !s.is_empty()) {
         return Some(ip);
     }
     let local = st.local?.ip();
-    let elsewhere = !st.peer.ip().is_loopback()
-        || reported_ip
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| !ip.is_loopback());
+    let elsewhere = is_elsewhere(st, reported_ip);
     if local.is_unspecified() || (local.is_loopback() && elsewhere) {
         return None;
     }

@@ -237,6 +237,20 @@ async fn a_terminal_behind_nat_is_never_sent_an_address_that_strands_it() {
         .as_object()
         .expect("the program object stays");
     assert!(!program.contains_key("server_ip"), "{data}");
+    // A loopback server_ip stored from an earlier 9006 (an agent on the
+    // server's own host once used this MAC) strands it as well: not given.
+    h.server
+        .store
+        .update_terminal(MAC, |r| {
+            r.config.setup_info.program.server_ip = "127.0.0.1".into();
+        })
+        .expect("store");
+    let (_, env) = t.request(9005, &mac_body()).await;
+    let data = env.data.expect("data");
+    assert!(
+        data["setup_info"]["program"].get("server_ip").is_none(),
+        "a stored loopback server_ip was handed to a terminal behind NAT: {data}"
+    );
     h.stop().await;
 
     // With advertise_ip configured, that is what every terminal gets.

@@ -346,22 +346,10 @@ async fn five_thousand_fake_tracker_entries_do_not_stall_a_download() {
         U,
         &[0],
     );
-    let out = Command::new("curl")
-        .args([
-            "-s",
-            "-m",
-            "10",
-            "-X",
-            "PUT",
-            "-H",
-            "Authorization: Bearer t",
-        ])
-        .args(["-H", "content-type: application/json", "-d"])
-        .arg(serde_json::to_string(&group).expect("json"))
-        .arg(format!("http://{}/api/v1/desktop_groups", s.api))
-        .output()
-        .expect("curl");
-    assert!(out.status.success());
+    api_put(
+        &format!("http://{}/api/v1/desktop_groups", s.api),
+        &serde_json::to_string(&group).expect("json"),
+    );
     let dir = tempfile::tempdir().expect("tmp");
     let started = Instant::now();
     let (agent, task) = start_agent(agent_config(dir.path(), s.addr.port(), "AA:00:00:00:0E:11"));
@@ -407,26 +395,10 @@ async fn reports_strings_pending_records_and_logs_are_bounded() {
     // An accepted terminal (the operator lets it in).
     let mut c = RawClient::connect(s.addr).await;
     assert!(c.login(mac).await.is_ok());
-    let out = Command::new("curl")
-        .args([
-            "-s",
-            "-m",
-            "10",
-            "-X",
-            "PUT",
-            "-H",
-            "Authorization: Bearer t",
-        ])
-        .args([
-            "-H",
-            "content-type: application/json",
-            "-d",
-            r#"{"admission":"accepted"}"#,
-        ])
-        .arg(format!("http://{}/api/v1/terminals/{mac}/admission", s.api))
-        .output()
-        .expect("curl");
-    assert!(out.status.success());
+    api_put(
+        &format!("http://{}/api/v1/terminals/{mac}/admission", s.api),
+        r#"{"admission":"accepted"}"#,
+    );
     let mut c = RawClient::connect(s.addr).await;
     assert!(c.login(mac).await.is_ok());
 
@@ -586,22 +558,10 @@ async fn the_server_takes_only_uploads_it_asked_for_and_connects_nowhere_else() 
     // Asked for (9018 for a group of that disk): taken, but announced
     // only to the server's own tracker.
     let group = layer_group("up", "7e6d5c4b-3a29-4180-9f7e-6d5c4b3a2918", U, &[0]);
-    let out = Command::new("curl")
-        .args([
-            "-s",
-            "-m",
-            "10",
-            "-X",
-            "PUT",
-            "-H",
-            "Authorization: Bearer t",
-        ])
-        .args(["-H", "content-type: application/json", "-d"])
-        .arg(serde_json::to_string(&group).expect("json"))
-        .arg(format!("http://{}/api/v1/desktop_groups", s.api))
-        .output()
-        .expect("curl");
-    assert!(out.status.success());
+    api_put(
+        &format!("http://{}/api/v1/desktop_groups", s.api),
+        &serde_json::to_string(&group).expect("json"),
+    );
     let (_, check) = c
         .request(
             ServiceCode::CheckUploadState,

@@ -261,22 +261,10 @@ async fn lying_peers_in_namespaces_never_get_a_byte_into_an_adopted_layer() {
             .as_bytes(),
     );
     let group = layer_group("liars", G, U, &[0]);
-    let put = std::process::Command::new("curl")
-        .args([
-            "-s",
-            "-m",
-            "10",
-            "-X",
-            "PUT",
-            "-H",
-            "Authorization: Bearer t",
-        ])
-        .args(["-H", "content-type: application/json", "-d"])
-        .arg(serde_json::to_string(&group).expect("json"))
-        .arg(format!("http://{subnet}.1:50080/api/v1/desktop_groups"))
-        .output()
-        .expect("curl");
-    assert!(put.status.success());
+    api_put(
+        &format!("http://{subnet}.1:50080/api/v1/desktop_groups"),
+        &serde_json::to_string(&group).expect("json"),
+    );
 
     let agent_toml = |name: &str, mac: &str| {
         let home = dir.path().join(name);

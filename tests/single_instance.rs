@@ -227,28 +227,10 @@ async fn the_server_log_names_logins_actions_departures_and_a_mac_conflict() {
     });
     b.shutdown.cancel();
     let _ = tb.await;
-    let out = Command::new("curl")
-        .args([
-            "-s",
-            "-m",
-            "10",
-            "-X",
-            "PUT",
-            "-H",
-            "Authorization: Bearer t",
-        ])
-        .args([
-            "-H",
-            "content-type: application/json",
-            "-d",
-            r#"{"admission":"accepted"}"#,
-        ])
-        .arg(format!(
-            "http://127.0.0.1:{api}/api/v1/terminals/{mac}/admission"
-        ))
-        .output()
-        .expect("curl");
-    assert!(out.status.success());
+    api_put(
+        &format!("http://127.0.0.1:{api}/api/v1/terminals/{mac}/admission"),
+        r#"{"admission":"accepted"}"#,
+    );
     wait_until("the operator's action", 30, || {
         read().contains(&format!("PUT /api/v1/terminals/{mac}/admission -> 200"))
     });

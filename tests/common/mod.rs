@@ -281,6 +281,31 @@ pub fn make_base(path: &Path, mib: u64) {
     std::fs::remove_file(&raw).expect("rm raw");
 }
 
+/// `PUT <url>` with a JSON body and the operator token `t`, through curl
+/// (from this test's own namespace, so it also reaches a server in
+/// another one); the request must succeed.
+pub fn api_put(url: &str, body: &str) {
+    let out = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "-m",
+            "10",
+            "-X",
+            "PUT",
+            "-H",
+            "Authorization: Bearer t",
+        ])
+        .args(["-H", "content-type: application/json", "-d", body])
+        .arg(url)
+        .output()
+        .expect("curl");
+    assert!(
+        out.status.success(),
+        "PUT {url}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A port nothing listens on right now (for configs that need a number).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("0.0.0.0:0")

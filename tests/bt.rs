@@ -12,7 +12,6 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use voi::agent::transfers::tasks::Stage;
 use voi::agent::Agent;
 use voi::protocol::messages::DesktopGroup;
 use voi::protocol::torrent_struct::SendTorrent;
@@ -28,25 +27,6 @@ fn layer(level: u8) -> String {
 
 fn group(levels: &[i64]) -> DesktopGroup {
     layer_group("bt", G, U, levels)
-}
-
-async fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(
-            start.elapsed() < Duration::from_secs(secs),
-            "timed out after {secs} s waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn seeding(agent: &Agent, name: &str) -> bool {
-    agent
-        .transfers
-        .get()
-        .and_then(|t| t.get(name))
-        .is_some_and(|(r, _)| r.stage == Stage::Seeding)
 }
 
 fn same_bytes(a: &Path, b: &Path) -> bool {

@@ -11,7 +11,6 @@ use common::*;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use voi::agent::transfers::tasks::Stage;
 use voi::agent::Agent;
 use voi::bt::meta::TorrentMeta;
 
@@ -20,39 +19,6 @@ const G: &str = "0b7e2c41-6a3d-4f58-8c19-d2e5f7a9b364";
 
 fn layer0() -> String {
     format!("voi_0_{U}")
-}
-
-async fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(
-            start.elapsed() < Duration::from_secs(secs),
-            "timed out after {secs} s waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn seeding(agent: &Agent, name: &str) -> bool {
-    agent
-        .transfers
-        .get()
-        .and_then(|t| t.get(name))
-        .is_some_and(|(r, _)| r.stage == Stage::Seeding)
-}
-
-fn qemu_img_check(path: &Path) {
-    let out = std::process::Command::new("qemu-img")
-        .args(["check", "-q"])
-        .arg(path)
-        .output()
-        .expect("qemu-img");
-    assert!(
-        out.status.success(),
-        "qemu-img check {}: {}",
-        path.display(),
-        String::from_utf8_lossy(&out.stdout)
-    );
 }
 
 async fn online(
@@ -168,7 +134,7 @@ async fn run_trials(trials: usize, tracker_ip: Option<[u8; 4]>, binds: &[std::ne
                 first_diff.map(|d| d as u64 / meta.piece_length)
             ));
         }
-        qemu_img_check(&path);
+        voi::disk::qemu_img::check(&path).expect("qemu-img check");
         if let Some((_, Some(s))) = agent.transfers.get().and_then(|x| x.get(&layer0())) {
             wasted += s.wasted_bytes;
             banned += u64::from(s.banned_peers);
@@ -351,7 +317,7 @@ async fn lying_peers_in_namespaces_never_get_a_byte_into_an_adopted_layer() {
                 "trial {t}: the adopted layer differs (first at byte {first:?})"
             ));
         }
-        qemu_img_check(&layer);
+        voi::disk::qemu_img::check(&layer).expect("qemu-img check");
         drop(agent);
     }
     let lied = liars

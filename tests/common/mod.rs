@@ -281,6 +281,27 @@ pub fn make_base(path: &Path, mib: u64) {
     std::fs::remove_file(&raw).expect("rm raw");
 }
 
+/// Polls `f` until it holds, failing after `secs`.
+pub async fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < Duration::from_secs(secs),
+            "timed out after {secs} s waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Whether the agent's layer `name` is in its chain and seeding.
+pub fn seeding(agent: &Agent, name: &str) -> bool {
+    agent
+        .transfers
+        .get()
+        .and_then(|t| t.get(name))
+        .is_some_and(|(r, _)| r.stage == voi::agent::transfers::tasks::Stage::Seeding)
+}
+
 /// `PUT <url>` with a JSON body and the operator token `t`, through curl
 /// (from this test's own namespace, so it also reaches a server in
 /// another one); the request must succeed.

@@ -505,18 +505,32 @@ mod tests {
         }
     }
 
+    /// A four-piece layer of known bytes in `dir`, its torrent's meta and
+    /// its hashes.
+    fn four_pieces(
+        dir: &Path,
+    ) -> (
+        std::path::PathBuf,
+        Vec<u8>,
+        TorrentMeta,
+        crate::bt::torrent::LayerHashes,
+    ) {
+        let path = dir.join("voi_0_x");
+        let data: Vec<u8> = (0..(4 * 16384)).map(|i| (i * 13 % 241) as u8).collect();
+        std::fs::write(&path, &data).expect("write");
+        let (t, hashes) = crate::bt::torrent::create_with_sha256(&path, "http://x/announce", 16384)
+            .expect("torrent");
+        let meta = TorrentMeta::parse(&t.bytes).expect("meta");
+        (path, data, meta, hashes)
+    }
+
     /// A piece the engine checked in this process is taken with its digest
     /// and not read again; a piece without one (restored from a resume
     /// bitfield) is read and checked as before.
     #[test]
     fn pieces_the_engine_checked_are_not_read_again_and_the_others_are() {
         let d = tempfile::tempdir().expect("tmp");
-        let path = d.path().join("voi_0_x");
-        let data: Vec<u8> = (0..(4 * 16384)).map(|i| (i * 13 % 241) as u8).collect();
-        std::fs::write(&path, &data).expect("write");
-        let (t, hashes) = crate::bt::torrent::create_with_sha256(&path, "http://x/announce", 16384)
-            .expect("torrent");
-        let meta = TorrentMeta::parse(&t.bytes).expect("meta");
+        let (path, data, meta, hashes) = four_pieces(d.path());
         // The engine checked pieces 0 and 2.
         let engine = digest_view(&data, 4, |i| i % 2 == 0);
         let mut v = PieceVerifier::new(meta.clone());
@@ -567,12 +581,7 @@ mod tests {
     #[test]
     fn a_piece_written_after_its_digest_was_taken_is_read_again_and_caught() {
         let d = tempfile::tempdir().expect("tmp");
-        let path = d.path().join("voi_0_x");
-        let data: Vec<u8> = (0..(4 * 16384)).map(|i| (i * 13 % 241) as u8).collect();
-        std::fs::write(&path, &data).expect("write");
-        let (t, hashes) = crate::bt::torrent::create_with_sha256(&path, "http://x/announce", 16384)
-            .expect("torrent");
-        let meta = TorrentMeta::parse(&t.bytes).expect("meta");
+        let (path, data, meta, hashes) = four_pieces(d.path());
         let engine = digest_view(&data, 4, |_| true);
         let mut v = PieceVerifier::new(meta.clone());
         v.advance(&path, &engine, false, u64::MAX).expect("advance");

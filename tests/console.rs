@@ -364,3 +364,223 @@ async fn the_console_in_chromium_shows_the_room_renames_and_sends_a_desktop() {
     }
     h.stop().await;
 }
+
+/// What issue "operator truth" asked the console to show, each checked in
+/// the page: refused library files with reasons, undeliverable groups, the
+/// group editor's restore mode, diff mode and desktop address, failure
+/// reasons on bars, group names instead of disk uuids, no ghost rows, MAC
+/// conflicts, and forgetting a terminal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_console_shows_reasons_conflicts_and_edits_groups_fully() {
+    let test = "the_console_shows_reasons_conflicts_and_edits_groups_fully";
+    if !has(test, &[CHROMIUM, CHROMEDRIVER]) {
+        return;
+    }
+    const OTHER: &str = "7d1c0a9e-52b4-4b8e-9a57-0c6f3e1d2b45";
+    const BAD_G: &str = "c3b2a190-8d7e-4f6a-b5c4-d3e2f1a0b9c9";
+    init_log();
+    let dir = tempfile::tempdir().expect("tmp");
+    let h = start_server(&dir.path().join("s")).await;
+    let lib = h.server.images.dir().to_path_buf();
+    make_base(&lib.join(layer()), 1);
+    let misnamed = format!("voi_1_{OTHER}");
+    make_diff(&lib, &misnamed, &layer(), 1, 9);
+    h.server.images.scan().await.expect("scan");
+    h.server
+        .store
+        .put_group(&layer_group("classroom", G, U, &[0]))
+        .expect("group");
+    // Stored behind the API's back (as an older server would have): the
+    // console must warn that it cannot be delivered.
+    h.server
+        .store
+        .put_group(&layer_group("broken", BAD_G, OTHER, &[0, 1]))
+        .expect("group");
+
+    // A terminal that failed a layer with a reason, holds the classroom
+    // group, and once reported a layer nobody has any more.
+    let mac = "AA:00:00:00:0D:01";
+    let mut t = RawClient::connect(h.addr).await;
+    assert_eq!(t.login(mac).await.code, 0);
+    let ghost = "voi_0_7d1c0a9e-52b4-4b8e-9a57-0c6f3e1d2bff";
+    for name in [layer(), ghost.to_string()] {
+        let (_, env) = t
+            .request(
+                ServiceCode::BtTaskState,
+                &json!({"torrent_name": format!("{name}.torrent"), "mac": mac, "progress": 40, "state": "downloading"}),
+            )
+            .await;
+        assert_eq!(env.code, 0, "{env:?}");
+    }
+    let why = "refused (permanent, not retried for this copy): its backing file is wrong";
+    let (_, env) = t
+        .request(
+            ServiceCode::TaskResult,
+            &json!({"mac": mac, "ip": "127.0.0.1", "disk": layer(), "result": 2, "msg": why}),
+        )
+        .await;
+    assert_eq!(env.code, 0, "{env:?}");
+    let (_, env) = t
+        .request(
+            ServiceCode::PutDesktopGroupList,
+            &json!({"mac": mac, "sys_disk_uuids": U}),
+        )
+        .await;
+    assert_eq!(env.code, 0, "{env:?}");
+    // Two sessions claim one MAC.
+    let twin = "AA:00:00:00:0D:02";
+    let mut a1 = RawClient::connect(h.addr).await;
+    assert_eq!(a1.login(twin).await.code, 0);
+    let mut a2 = RawClient::connect(h.addr).await;
+    assert_eq!(a2.login(twin).await.code, 0);
+    // One that is gone, to be forgotten.
+    let gone = "AA:00:00:00:0D:03";
+    {
+        let mut g = RawClient::connect(h.addr).await;
+        assert_eq!(g.login(gone).await.code, 0);
+    }
+    wait_for("the gone terminal's session to end", 20, || {
+        h.server.registry.sender(gone).is_none()
+    })
+    .await;
+
+    let driver_port = free_port();
+    let _driver = chromedriver(driver_port, &dir.path().join("chromedriver.log"));
+    let c = browser(driver_port, &dir.path().join("profile")).await;
+    let base = format!("http://{}", h.api_addr);
+    c.goto(&format!("{base}/")).await.expect("open the console");
+    c.find(Locator::Id("token"))
+        .await
+        .expect("token field")
+        .send_keys(&h.server.api_token)
+        .await
+        .expect("type");
+    c.find(Locator::Id("login-button"))
+        .await
+        .expect("button")
+        .click()
+        .await
+        .expect("click");
+    let row = format!("#terminals tr[data-mac=\"{mac}\"]");
+    wait_js(
+        &c,
+        "the failed bar with its reason",
+        20,
+        &format!("const r = document.querySelector('{row} td.transfers'); return !!r && r.textContent.includes('its backing file is wrong')"),
+    )
+    .await;
+    let cells = js(
+        &c,
+        &format!("const r = document.querySelector('{row}'); return [r.querySelector('td.desktops').textContent, r.querySelector('td.transfers').textContent]"),
+    )
+    .await;
+    assert_eq!(
+        cells[0], "classroom",
+        "group names, not disk uuids: {cells}"
+    );
+    assert!(
+        !cells[1].as_str().unwrap_or_default().contains(ghost),
+        "a ghost row for a layer nobody has: {cells}"
+    );
+    wait_js(
+        &c,
+        "the MAC conflict",
+        20,
+        &format!("const r = document.querySelector('#terminals tr[data-mac=\"{twin}\"] .conflict'); return !!r && r.textContent.includes('127.0.0.1')"),
+    )
+    .await;
+
+    // The library lists the refused diff with its reason.
+    c.goto(&format!("{base}/#images")).await.expect("images");
+    wait_js(
+        &c,
+        "the refused file",
+        20,
+        &format!("const r = document.querySelector('#refused tr[data-file=\"{misnamed}\"]'); return !!r && r.textContent.includes('parent of another uuid')"),
+    )
+    .await;
+
+    // Groups: the broken one is marked; the editor sets restore, diff mode
+    // and a fixed desktop address.
+    c.goto(&format!("{base}/#groups")).await.expect("groups");
+    wait_js(
+        &c,
+        "the undeliverable warning",
+        20,
+        &format!("const r = document.querySelector('#groups tr[data-group=\"{BAD_G}\"] .undeliverable'); return !!r && r.textContent.includes('{misnamed}')"),
+    )
+    .await;
+    js(
+        &c,
+        &format!(
+            "document.querySelector('#groups tr[data-group=\"{G}\"] button').click();
+             document.getElementById('g-restore').checked = true;
+             document.getElementById('g-diff-mode').value = '1';
+             document.getElementById('g-dhcp').checked = false;
+             document.getElementById('g-ip').value = '10.1.2.3';
+             document.getElementById('g-mask').value = '255.255.255.0';
+             document.getElementById('g-gateway').value = '10.1.2.3';
+             document.getElementById('g-dns1').value = '10.1.2.1';
+             document.getElementById('g-save').click(); return true"
+        ),
+    )
+    .await;
+    wait_js(
+        &c,
+        "the bad desktop address refused in the page",
+        10,
+        "return document.getElementById('g-error').textContent.includes('gateway')",
+    )
+    .await;
+    js(
+        &c,
+        "document.getElementById('g-gateway').value = '10.1.2.254';
+         document.getElementById('g-save').click(); return true",
+    )
+    .await;
+    wait_for("the edited group in the store", 20, || {
+        h.server.store.groups().ok().is_some_and(|gs| {
+            gs.iter().any(|g| {
+                g.desktop_group_uuid == G
+                    && g.desktop_group_restore == 1
+                    && g.diff_mode == 1
+                    && g.desktop_is_dhcp == 0
+                    && g.desktop_ip == "10.1.2.3"
+                    && g.desktop_gateway == "10.1.2.254"
+            })
+        })
+    })
+    .await;
+    screenshot(&c, "console-groups.png").await;
+
+    // Forget the terminal that is gone; its row goes.
+    c.goto(&format!("{base}/#terminal/{gone}"))
+        .await
+        .expect("terminal page");
+    wait_js(
+        &c,
+        "the terminal page",
+        20,
+        &format!("return document.getElementById('t-title').textContent.includes('{gone}')"),
+    )
+    .await;
+    js(
+        &c,
+        "window.confirm = () => true; document.getElementById('t-forget').click(); return true",
+    )
+    .await;
+    wait_for("the record forgotten", 20, || {
+        h.server.store.terminal(gone).ok().flatten().is_none()
+    })
+    .await;
+    wait_js(
+        &c,
+        "the forgotten row gone",
+        20,
+        &format!("return location.hash.startsWith('#terminals') && document.querySelector('#terminals tr[data-mac=\"{gone}\"]') === null"),
+    )
+    .await;
+    c.close().await.expect("close");
+    drop((t, a1, a2));
+    h.stop().await;
+}

@@ -126,6 +126,14 @@ async fn handle(agent: &Arc<Agent>, req: ControlRequest) -> ControlResponse {
                 "trackers": s.trackers,
                 "last_commands": s.commands,
                 "notices": s.notices,
+                "refused_layers": agent
+                    .transfers
+                    .get()
+                    .map(|t| t.refusals())
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(layer, r)| json!({"layer": layer, "info_hash": r.info_hash, "operate_id": r.operate_id, "reason": r.reason}))
+                    .collect::<Vec<_>>(),
             }))
         }
         ControlRequest::OrderShow => ControlResponse::ok(

@@ -359,7 +359,8 @@ impl Desktops {
                 .map(|d| (d.uuid.clone(), d.disk_type))
                 .collect();
             for (uuid, ty) in uuids {
-                let Some(chain) = inv.chain(&uuid) else {
+                // Only what would boot: a chain with a gap is not reported.
+                let Some(chain) = inv.chain(&uuid).filter(|c| c.complete) else {
                     continue;
                 };
                 let Some(top) = chain.layers.last().and_then(|n| inv.layers.get(n)) else {

@@ -178,7 +178,10 @@ pub async fn serve(server: Arc<Server>, listener: TcpListener) {
 fn router(server: Arc<Server>) -> Router {
     Router::new()
         .route("/api/v1/terminals", get(terminals))
-        .route("/api/v1/terminals/:mac", get(terminal))
+        .route(
+            "/api/v1/terminals/:mac",
+            get(terminal).delete(forget_terminal),
+        )
         .route("/api/v1/terminals/:mac/commands", post(push))
         .route("/api/v1/terminals/:mac/delivery", put(set_delivery))
         .route("/api/v1/terminals/:mac/admission", put(set_admission))
@@ -263,7 +266,58 @@ async fn events(State(server): S, headers: HeaderMap) -> Response {
         .into_response()
 }
 
-fn terminal_view(server: &Server, rec: &super::store::TerminalRecord, with_reports: bool) -> Value {
+/// What the library and the stored groups hold now, for terminal views.
+struct Known {
+    layers: std::collections::HashSet<String>,
+    /// Each group's system disk uuids and its name.
+    groups: Vec<(Vec<String>, String)>,
+}
+
+fn known(server: &Server) -> Known {
+    let groups = server.store.groups().unwrap_or_default();
+    let mut layers: std::collections::HashSet<String> = server
+        .images
+        .status()
+        .into_iter()
+        .map(|i| i.layer)
+        .collect();
+    for g in &groups {
+        for d in &g.disks {
+            for level in 0..=d.dif_level.clamp(0, 2) {
+                if let Ok(n) = crate::disk::name::LayerName::new(&d.prefix, level, &d.uuid) {
+                    layers.insert(n.to_string());
+                }
+            }
+        }
+    }
+    Known {
+        layers,
+        groups: groups
+            .iter()
+            .map(|g| {
+                (
+                    g.disks
+                        .iter()
+                        .filter(|d| d.disk_type == 0)
+                        .map(|d| d.uuid.clone())
+                        .collect(),
+                    if g.desktop_group_name.is_empty() {
+                        g.desktop_group_uuid.clone()
+                    } else {
+                        g.desktop_group_name.clone()
+                    },
+                )
+            })
+            .collect(),
+    }
+}
+
+fn terminal_view(
+    server: &Server,
+    known: &Known,
+    rec: &super::store::TerminalRecord,
+    with_reports: bool,
+) -> Value {
     let status = server.registry.status(server.cfg.offline_after());
     let (connected, online, ip, client_type) = match status.get(&rec.config.mac) {
         Some((online, ip, ct)) => (true, *online, ip.clone(), *ct),
@@ -283,23 +337,47 @@ fn terminal_view(server: &Server, rec: &super::store::TerminalRecord, with_repor
         .heartbeat_ages()
         .get(&rec.config.mac)
         .copied());
-    // Layers in transfer, for the room's progress bars.
+    // Layers in transfer, for the room's progress bars: only layers the
+    // library or a group still has (no ghost rows for deleted ones), with
+    // the terminal's reason when one failed.
     v["transfers"] = json!(rec
         .reports
         .iter()
         .filter_map(|(k, r)| Some((k.strip_prefix("bt_task:")?, r)))
-        .map(|(layer, r)| json!({
-            "layer": layer,
-            "progress": r["progress"],
-            "state": r["state"],
-            "result": rec.reports.get(&format!("task_result:{layer}")).map(|t| t["result"].clone()),
-        }))
+        .filter(|(layer, _)| known.layers.contains(*layer))
+        .map(|(layer, r)| {
+            let result = rec.reports.get(&format!("task_result:{layer}"));
+            json!({
+                "layer": layer,
+                "progress": r["progress"],
+                "state": r["state"],
+                "result": result.map(|t| t["result"].clone()),
+                "msg": result.and_then(|t| t.get("msg").cloned()),
+            })
+        })
         .collect::<Vec<_>>());
     v["desktops"] = rec
         .reports
         .get("desktop_groups")
         .cloned()
         .unwrap_or(Value::Null);
+    // The groups those system disks belong to, by name.
+    let held: Vec<&str> = v["desktops"]
+        .as_str()
+        .unwrap_or_default()
+        .split(',')
+        .filter(|u| !u.is_empty())
+        .collect();
+    v["desktop_group_names"] = json!(known
+        .groups
+        .iter()
+        .filter(|(disks, _)| disks.iter().any(|d| held.contains(&d.as_str())))
+        .map(|(_, name)| name.clone())
+        .collect::<Vec<_>>());
+    v["conflict"] = match server.registry.conflict(&rec.config.mac) {
+        Some((ip, other_ip, at_ms)) => json!({ "ip": ip, "other_ip": other_ip, "at_ms": at_ms }),
+        None => Value::Null,
+    };
     if with_reports {
         v["reports"] = json!(rec.reports);
         v["recent_commands"] = json!(server.registry.recent_commands(&rec.config.mac));
@@ -311,9 +389,10 @@ async fn terminals(State(server): S, headers: HeaderMap) -> Response {
     guard!(server, headers);
     match server.store.terminals() {
         Ok(list) => {
+            let k = known(&server);
             let views: Vec<Value> = list
                 .iter()
-                .map(|r| terminal_view(&server, r, false))
+                .map(|r| terminal_view(&server, &k, r, false))
                 .collect();
             ok(json!({ "terminals": views }))
         }
@@ -331,8 +410,45 @@ async fn terminal(State(server): S, headers: HeaderMap, Path(mac): Path<String>)
         );
     };
     match server.store.terminal(&mac) {
-        Ok(Some(r)) => ok(terminal_view(&server, &r, true)),
+        Ok(Some(r)) => ok(terminal_view(&server, &known(&server), &r, true)),
         Ok(None) => fail(
+            StatusCode::NOT_FOUND,
+            ErrorCode::TerminalRecordNotExist,
+            mac,
+        ),
+        Err(e) => store_fail(e),
+    }
+}
+
+/// Forgets a terminal's record without telling the terminal (a retired or
+/// dead machine). A connected terminal is refused: delete it with 1003, so
+/// it forgets the server too, or wait until it is off.
+async fn forget_terminal(
+    State(server): S,
+    headers: HeaderMap,
+    Path(mac): Path<String>,
+) -> Response {
+    guard!(server, headers);
+    let Some(mac) = normalize_mac(&mac) else {
+        return fail(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::TerminalMacError,
+            "not a MAC",
+        );
+    };
+    if server.registry.sender(&mac).is_some() {
+        return fail(
+            StatusCode::CONFLICT,
+            ErrorCode::SystemError,
+            format!("{mac} is connected: send it delete (1003) so it forgets this server too, or forget it once it is off"),
+        );
+    }
+    match server.store.delete_terminal(&mac) {
+        Ok(true) => {
+            log::info!("{mac}: record forgotten by the operator");
+            ok(json!({ "forgotten": mac }))
+        }
+        Ok(false) => fail(
             StatusCode::NOT_FOUND,
             ErrorCode::TerminalRecordNotExist,
             mac,
@@ -550,6 +666,7 @@ async fn images(State(server): S, headers: HeaderMap) -> Response {
     }
     ok(json!({
         "images": server.images.status(),
+        "refused": server.images.refused_list(),
         "uploads": server.images.uploads_list(),
         "progress": progress,
         "bt_port": server.images.listen_port(),
@@ -559,7 +676,10 @@ async fn images(State(server): S, headers: HeaderMap) -> Response {
 async fn rescan_images(State(server): S, headers: HeaderMap) -> Response {
     guard!(server, headers);
     match server.images.scan().await {
-        Ok(()) => ok(json!({ "images": server.images.status() })),
+        Ok(()) => ok(json!({
+            "images": server.images.status(),
+            "refused": server.images.refused_list(),
+        })),
         Err(e) => fail(
             StatusCode::INTERNAL_SERVER_ERROR,
             ErrorCode::SystemError,
@@ -571,7 +691,18 @@ async fn rescan_images(State(server): S, headers: HeaderMap) -> Response {
 async fn groups(State(server): S, headers: HeaderMap) -> Response {
     guard!(server, headers);
     match server.store.groups() {
-        Ok(g) => ok(json!({ "desktop_group_list": g })),
+        Ok(g) => {
+            // Groups whose layers the library cannot serve (a file removed
+            // or refused after the group was stored), with the reasons.
+            let undeliverable: serde_json::Map<String, Value> = g
+                .iter()
+                .filter_map(|g| {
+                    let p = undeliverable_layers(&server, g);
+                    (!p.is_empty()).then(|| (g.desktop_group_uuid.clone(), json!(p)))
+                })
+                .collect();
+            ok(json!({ "desktop_group_list": g, "undeliverable": undeliverable }))
+        }
         Err(e) => store_fail(e),
     }
 }
@@ -596,6 +727,18 @@ async fn put_group(
             "desktop_group_uuid is not a uuid",
         );
     }
+    let problems = undeliverable_layers(&server, &g);
+    if !problems.is_empty() {
+        return fail(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::MessageError,
+            format!(
+                "group {} cannot be delivered: {}",
+                g.desktop_group_uuid,
+                problems.join("; ")
+            ),
+        );
+    }
     match server.store.put_group(&g) {
         Ok(()) => {
             let told = server.tell_groups_changed();
@@ -603,6 +746,20 @@ async fn put_group(
         }
         Err(e) => store_fail(e),
     }
+}
+
+/// Every layer a group names that the library cannot serve, with the
+/// reason: a terminal given such a group would ask for it forever.
+pub fn undeliverable_layers(server: &Server, g: &DesktopGroup) -> Vec<String> {
+    g.disks
+        .iter()
+        .filter_map(
+            |d| match crate::disk::name::LayerName::new(&d.prefix, d.dif_level, &d.uuid) {
+                Err(e) => Some(format!("disk {:?} level {}: {e}", d.uuid, d.dif_level)),
+                Ok(layer) => server.images.unservable(&layer.to_string()),
+            },
+        )
+        .collect()
 }
 
 async fn delete_group(State(server): S, headers: HeaderMap, Path(uuid): Path<String>) -> Response {

@@ -136,6 +136,9 @@ enum CtlCmd {
     Terminals,
     /// One terminal with everything it reported.
     Terminal { mac: String },
+    /// Forget a terminal's record without telling it (a retired machine);
+    /// refused while it is connected.
+    Forget { mac: String },
     /// Push a command (name or code) and wait for the terminal's reply.
     #[command(after_long_help = push_help())]
     Push {
@@ -227,7 +230,14 @@ async fn download_desktop(
     let mut failures = 0;
     // (mac, layer) -> still to come
     let mut expected: BTreeMap<(String, String), ()> = BTreeMap::new();
+    let mut snapshots = BTreeMap::new();
     for mac in &macs {
+        if wait {
+            snapshots.insert(
+                mac.clone(),
+                terminal_reports(c, mac).await.unwrap_or_default(),
+            );
+        }
         let env = c
             .post(
                 &format!("/api/v1/terminals/{mac}/download_desktop"),
@@ -260,54 +270,292 @@ async fn download_desktop(
             }
         }
     }
-    let Some(events) = events.as_mut() else {
+    let Some(events) = events.take() else {
         anyhow::ensure!(failures == 0, "{failures} terminal(s) refused");
         return Ok(());
     };
+    let mut wait = DeliveryWait::new(c, group_uuid, &macs, expected, snapshots).await;
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(wait_secs);
-    while !expected.is_empty() {
-        let ev = match tokio::time::timeout_at(deadline, events.next()).await {
-            Err(_) => anyhow::bail!(
-                "gave up after {wait_secs} s; still waiting for {}",
-                expected
-                    .keys()
-                    .map(|(m, l)| format!("{m} {l}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-            Ok(Ok(Some(ev))) => ev,
-            Ok(Ok(None)) => anyhow::bail!("the server ended the event stream"),
-            Ok(Err(e)) => return Err(e),
-        };
-        if ev["event"] != "report" {
-            continue;
+    let mut events = Some(events);
+    loop {
+        wait.settle(&mut board);
+        if wait.done() {
+            break;
         }
-        let (Some(mac), Some(key)) = (ev["mac"].as_str(), ev["key"].as_str()) else {
-            continue;
-        };
-        let (kind, layer) = key.split_once(':').unwrap_or((key, ""));
-        let id = (mac.to_string(), layer.to_string());
-        if !expected.contains_key(&id) {
-            continue;
-        }
-        let row = format!("{mac} {layer}");
-        match kind {
-            "bt_task" => board.update(
-                &row,
-                ev["value"]["progress"].as_u64().unwrap_or(0),
-                ev["value"]["state"].as_str().unwrap_or_default(),
-            ),
-            "task_result" => {
-                let ok = ev["value"]["result"] == 1;
-                board.finish(&row, ok, if ok { "" } else { "(see the terminal's log)" });
-                expected.remove(&id);
+        let Some(stream) = events.as_mut() else {
+            // The stream was lost (a server restart): reconnect, then read
+            // the records for whatever happened meanwhile.
+            if tokio::time::Instant::now() >= deadline {
+                anyhow::bail!("gave up after {wait_secs} s; {}", wait.still_waiting());
             }
-            _ => {}
-        }
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            match c.events().await {
+                Ok(s) => {
+                    eprintln!("reconnected to the server's event stream");
+                    events = Some(s);
+                    wait.catch_up(c, &mut board).await;
+                }
+                Err(e) => log::debug!("event stream: {e:#}"),
+            }
+            continue;
+        };
+        let tick = (tokio::time::Instant::now() + std::time::Duration::from_secs(1)).min(deadline);
+        let ev = match tokio::time::timeout_at(tick, stream.next()).await {
+            Err(_) if tick >= deadline => {
+                anyhow::bail!("gave up after {wait_secs} s; {}", wait.still_waiting())
+            }
+            Err(_) => continue,
+            Ok(Ok(Some(ev))) => ev,
+            Ok(Ok(None)) | Ok(Err(_)) => {
+                eprintln!("lost the server's event stream; reconnecting");
+                events = None;
+                continue;
+            }
+        };
+        wait.event(&ev, &mut board);
     }
     let failed = board.failed() + failures;
     anyhow::ensure!(failed == 0, "{failed} transfer(s) or terminal(s) failed");
     Ok(())
+}
+
+/// How long a terminal that never sent 9011 has, after its last layer, to
+/// report the group before its layer results are taken as the answer.
+const REPORT_GRACE: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// What `download-desktop --wait` still waits for, per terminal: each
+/// layer's result, then (for terminals that report their desktops with
+/// 9011, as ours does) the group held with every disk's chain complete at
+/// the group's levels — what `voi-agent boot-plan` would boot.
+struct DeliveryWait {
+    group_uuid: String,
+    /// disk uuid -> the group's highest level of it.
+    levels: std::collections::BTreeMap<String, i64>,
+    terminals: std::collections::BTreeMap<String, TerminalWait>,
+}
+
+struct TerminalWait {
+    layers: std::collections::BTreeSet<String>,
+    /// The terminal reports its desktops (9011), so its chain is awaited.
+    reports_desktops: bool,
+    holds_group: bool,
+    /// When its last layer came in: a terminal that has never reported
+    /// its desktops gets a while to do so before it is taken at its word.
+    layers_done_at: Option<std::time::Instant>,
+    /// Reports as they were before anything was sent: a stale result read
+    /// on catch-up is not taken for a new one.
+    before: serde_json::Map<String, Value>,
+    settled: bool,
+}
+
+impl DeliveryWait {
+    async fn new(
+        c: &ApiClient,
+        group_uuid: &str,
+        macs: &[String],
+        expected: std::collections::BTreeMap<(String, String), ()>,
+        snapshots: std::collections::BTreeMap<String, serde_json::Map<String, Value>>,
+    ) -> DeliveryWait {
+        let mut levels = std::collections::BTreeMap::new();
+        if let Ok(env) = c.get("/api/v1/desktop_groups").await {
+            let list = env
+                .data
+                .as_ref()
+                .and_then(|d| d["desktop_group_list"].as_array().cloned())
+                .unwrap_or_default();
+            for g in list
+                .iter()
+                .filter(|g| g["desktop_group_uuid"] == group_uuid)
+            {
+                for d in g["disks"].as_array().into_iter().flatten() {
+                    let (Some(u), Some(l)) = (d["uuid"].as_str(), d["dif_level"].as_i64()) else {
+                        continue;
+                    };
+                    let e = levels.entry(u.to_string()).or_insert(l);
+                    *e = (*e).max(l);
+                }
+            }
+        }
+        let mut terminals = std::collections::BTreeMap::new();
+        for mac in macs {
+            let Some(before) = snapshots.get(mac).cloned() else {
+                continue;
+            };
+            let layers = expected
+                .keys()
+                .filter(|(m, _)| m == mac)
+                .map(|(_, l)| l.clone())
+                .collect();
+            let reports_desktops = before.keys().any(|k| k.starts_with("desktop_info"));
+            let mut t = TerminalWait {
+                layers,
+                reports_desktops,
+                holds_group: false,
+                layers_done_at: None,
+                before,
+                settled: false,
+            };
+            let key = format!("desktop_info:{group_uuid}");
+            if let Some(info) = t.before.get(&key).cloned() {
+                t.holds_group = chain_complete(&levels, &info);
+            }
+            terminals.insert(mac.clone(), t);
+        }
+        DeliveryWait {
+            group_uuid: group_uuid.to_string(),
+            levels,
+            terminals,
+        }
+    }
+
+    fn done(&self) -> bool {
+        self.terminals.values().all(|t| t.settled)
+    }
+
+    fn still_waiting(&self) -> String {
+        let mut parts = Vec::new();
+        for (mac, t) in &self.terminals {
+            if t.settled {
+                continue;
+            }
+            if t.layers.is_empty() {
+                parts.push(format!(
+                    "{mac} has every layer but has not reported group {} with its chain complete",
+                    self.group_uuid
+                ));
+            } else {
+                let l: Vec<&str> = t.layers.iter().map(String::as_str).collect();
+                parts.push(format!("{mac} still owes {}", l.join(", ")));
+            }
+        }
+        parts.join("; ")
+    }
+
+    /// Marks terminals whose layers are all in and whose chain is held.
+    fn settle(&mut self, board: &mut crate::cli_support::ProgressBoard) {
+        for (mac, t) in &mut self.terminals {
+            if t.settled || !t.layers.is_empty() {
+                continue;
+            }
+            let row = format!("{mac} group {}", self.group_uuid);
+            let done_at = *t.layers_done_at.get_or_insert_with(std::time::Instant::now);
+            if t.holds_group {
+                t.settled = true;
+                board.finish(&row, true, "holds the group, chain complete: bootable");
+            } else if !t.reports_desktops && done_at.elapsed() > REPORT_GRACE {
+                t.settled = true;
+                board.finish(
+                    &row,
+                    true,
+                    "(layers delivered; this terminal's software does not report its desktops)",
+                );
+            } else {
+                board.update(&row, 99, "waiting for the terminal to report the group");
+            }
+        }
+    }
+
+    fn report(
+        &mut self,
+        mac: &str,
+        key: &str,
+        value: &Value,
+        board: &mut crate::cli_support::ProgressBoard,
+    ) {
+        let Some(t) = self.terminals.get_mut(mac) else {
+            return;
+        };
+        let (kind, what) = key.split_once(':').unwrap_or((key, ""));
+        match kind {
+            "bt_task" if t.layers.contains(what) => board.update(
+                &format!("{mac} {what}"),
+                value["progress"].as_u64().unwrap_or(0),
+                value["state"].as_str().unwrap_or_default(),
+            ),
+            "task_result" if t.layers.contains(what) => {
+                let ok = value["result"] == 1;
+                let why = value["msg"].as_str().filter(|m| !m.is_empty());
+                let msg = match (ok, why) {
+                    (true, _) => String::new(),
+                    (false, Some(m)) => m.to_string(),
+                    (false, None) => "(the terminal gave no reason; see its log)".into(),
+                };
+                board.finish(&format!("{mac} {what}"), ok, &msg);
+                t.layers.remove(what);
+                if !ok {
+                    // A failed layer: the group cannot be complete.
+                    t.settled = true;
+                    t.layers.clear();
+                }
+            }
+            "desktop_info" if what == self.group_uuid => {
+                t.reports_desktops = true;
+                t.holds_group = chain_complete(&self.levels, value);
+            }
+            _ => {}
+        }
+    }
+
+    fn event(&mut self, ev: &Value, board: &mut crate::cli_support::ProgressBoard) {
+        let Some(mac) = ev["mac"].as_str() else {
+            return;
+        };
+        match ev["event"].as_str() {
+            Some("report") => {
+                if let Some(key) = ev["key"].as_str() {
+                    self.report(mac, key, &ev["value"], board);
+                }
+            }
+            Some("offline") | Some("disconnected")
+                if self.terminals.get(mac).is_some_and(|t| !t.settled) =>
+            {
+                let why = ev["reason"].as_str().unwrap_or("no heartbeat");
+                eprintln!("{mac} dropped off ({why}); waiting for it to come back");
+            }
+            Some("login") if self.terminals.get(mac).is_some_and(|t| !t.settled) => {
+                eprintln!("{mac} is back online");
+            }
+            _ => {}
+        }
+    }
+
+    /// Reads each terminal's record after a lost stream: results that
+    /// arrived meanwhile count, results from before the command do not.
+    async fn catch_up(&mut self, c: &ApiClient, board: &mut crate::cli_support::ProgressBoard) {
+        let macs: Vec<String> = self.terminals.keys().cloned().collect();
+        for mac in macs {
+            let Some(reports) = terminal_reports(c, &mac).await else {
+                continue;
+            };
+            for (k, v) in reports {
+                let fresh = self
+                    .terminals
+                    .get(&mac)
+                    .is_some_and(|t| t.before.get(&k) != Some(&v));
+                if fresh {
+                    self.report(&mac, &k, &v, board);
+                }
+            }
+        }
+    }
+}
+
+/// Whether a 9011 report holds every disk of the group at its level.
+fn chain_complete(levels: &std::collections::BTreeMap<String, i64>, info: &Value) -> bool {
+    let disks = info["disks"].as_array().cloned().unwrap_or_default();
+    !levels.is_empty()
+        && levels.iter().all(|(uuid, level)| {
+            disks.iter().any(|d| {
+                d["uuid"] == uuid.as_str() && d["dif_level"].as_i64().is_some_and(|l| l >= *level)
+            })
+        })
+}
+
+async fn terminal_reports(c: &ApiClient, mac: &str) -> Option<serde_json::Map<String, Value>> {
+    let env = c.get(&format!("/api/v1/terminals/{mac}")).await.ok()?;
+    env.data
+        .as_ref()
+        .and_then(|d| d["reports"].as_object().cloned())
 }
 
 /// Runs `voi-server demo`: a server and an agent in one process. The binary
@@ -416,6 +664,7 @@ async fn ctl(
     let env = match what {
         CtlCmd::Terminals => c.get("/api/v1/terminals").await?,
         CtlCmd::Terminal { mac } => c.get(&format!("/api/v1/terminals/{mac}")).await?,
+        CtlCmd::Forget { mac } => c.delete(&format!("/api/v1/terminals/{mac}")).await?,
         CtlCmd::Push {
             mac,
             command,

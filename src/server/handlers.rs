@@ -357,6 +357,14 @@ async fn answer(
         }
         S::SyncDesktopInfo => {
             let d: DesktopInfo = body(frame, mac)?;
+            // Kept per group as well: `ctl download-desktop --wait` asks
+            // whether this terminal holds a group with its chain complete.
+            if strict_uuid("uuid", &d.uuid).is_ok() {
+                let kept = keep_report(server, mac, format!("desktop_info:{}", d.uuid), json!(d));
+                if kept.code != 0 {
+                    return Ok(kept);
+                }
+            }
             keep_report(server, mac, "desktop_info".into(), json!(d))
         }
         S::GetDesktopInfo => {

@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::library_check;
 use crate::bt::engine::{Engine, EngineConfig, Phase, TaskStats};
 use crate::bt::manifest::LayerManifest;
 use crate::bt::meta::TorrentMeta;
@@ -95,6 +96,12 @@ pub struct ImageStatus {
     pub parent: Option<String>,
 }
 
+#[derive(Debug, Clone, Serialize)]
+pub struct RefusedImage {
+    pub file: String,
+    pub reason: String,
+}
+
 pub struct Images {
     dir: PathBuf,
     torrents: PathBuf,
@@ -104,6 +111,8 @@ pub struct Images {
     /// Signs every manifest served (`bt::manifest`).
     signer: ed25519_dalek::SigningKey,
     known: Mutex<BTreeMap<String, Image>>,
+    /// Files of the image directory that are not served, with the reason.
+    refused: Mutex<BTreeMap<String, String>>,
     uploads: Mutex<BTreeMap<String, Upload>>,
     /// Serialises scans (the periodic one and the API's).
     scan_lock: tokio::sync::Mutex<()>,
@@ -155,6 +164,7 @@ impl Images {
             engine,
             signer,
             known: Mutex::new(BTreeMap::new()),
+            refused: Mutex::new(BTreeMap::new()),
             uploads: Mutex::new(BTreeMap::new()),
             scan_lock: tokio::sync::Mutex::new(()),
             upload_grants: Mutex::new(HashMap::new()),
@@ -185,6 +195,32 @@ impl Images {
         self.known.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn refused(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, String>> {
+        self.refused.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Files of the library that are not served, and why, by file name.
+    pub fn refused_list(&self) -> Vec<RefusedImage> {
+        self.refused()
+            .iter()
+            .map(|(file, reason)| RefusedImage {
+                file: file.clone(),
+                reason: reason.clone(),
+            })
+            .collect()
+    }
+
+    /// Why a layer cannot be served: refused with a reason, or absent.
+    pub fn unservable(&self, layer: &str) -> Option<String> {
+        if self.known().contains_key(layer) {
+            return None;
+        }
+        Some(match self.refused().get(layer) {
+            Some(reason) => format!("{layer} is refused by the image library: {reason}"),
+            None => format!("{layer} is not in the image library"),
+        })
+    }
+
     fn uploads(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Upload>> {
         self.uploads.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -201,17 +237,48 @@ impl Images {
     /// disappeared stop being seeded.
     pub async fn scan(&self) -> anyhow::Result<()> {
         let _g = self.scan_lock.lock().await;
-        let mut present = Vec::new();
+        // Headers first (cheap), then the library's rules over all of
+        // them; only what passes is hashed and seeded.
+        let mut dir_entries = Vec::new();
+        let mut checked = Vec::new();
         for entry in std::fs::read_dir(&self.dir)? {
             let Ok(entry) = entry else { continue };
-            let name = entry.file_name().to_string_lossy().into_owned();
+            let file = entry.file_name().to_string_lossy().into_owned();
+            let header = match entry.metadata() {
+                Ok(m) if m.is_file() => {
+                    Some(crate::disk::qcow2::read_header(&entry.path()).map_err(|e| e.to_string()))
+                }
+                _ => None,
+            };
+            dir_entries.push(entry);
+            checked.push(library_check::Entry { file, header });
+        }
+        let verdicts = library_check::check(&checked);
+        let mut refused = BTreeMap::new();
+        for (file, verdict) in &verdicts {
+            if let Err(reason) = verdict {
+                refused.insert(file.clone(), reason.clone());
+            }
+        }
+        {
+            let mut known_refused = self.refused();
+            for (file, reason) in &refused {
+                if known_refused.get(file) != Some(reason) {
+                    log::warn!("image library: {file} is refused: {reason}");
+                }
+            }
+            *known_refused = refused;
+        }
+        let mut present = Vec::new();
+        for (entry, checked) in dir_entries.into_iter().zip(checked) {
+            if !matches!(verdicts.get(&checked.file), Some(Ok(()))) {
+                continue;
+            }
+            let name = checked.file;
             let Ok(layer) = LayerName::parse(&name) else {
                 continue;
             };
             let Ok(meta) = entry.metadata() else { continue };
-            if !meta.is_file() {
-                continue;
-            }
             present.push(name.clone());
             let sidecar_path = self.torrents.join(format!("{name}.json"));
             let torrent_path = self.torrents.join(format!("{name}.torrent"));
@@ -240,11 +307,10 @@ impl Images {
             let (sidecar, torrent, meta_t) = match cached {
                 Some((s, t, m)) if !s.sha256.is_empty() && !s.piece_sha256.is_empty() => (s, t, m),
                 _ => {
-                    // Only images that are usable qcow2 layers are offered.
                     let header = match crate::disk::qcow2::read_header(&entry.path()) {
                         Ok(h) => h,
                         Err(e) => {
-                            log::warn!("image {name} is not a usable qcow2 layer: {e}");
+                            log::warn!("image {name} changed while it was scanned: {e}");
                             continue;
                         }
                     };

@@ -14,6 +14,7 @@ pub mod generation;
 mod handlers;
 mod http_serve;
 pub mod images;
+pub mod library_check;
 pub mod limits;
 pub mod order;
 pub mod registry;

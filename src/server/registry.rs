@@ -116,6 +116,9 @@ pub struct Registry {
     online: Mutex<HashMap<String, Online>>,
     pending: Mutex<HashMap<Key, oneshot::Sender<Envelope<serde_json::Value>>>>,
     recent: Mutex<HashMap<String, std::collections::VecDeque<RecentCommand>>>,
+    /// The last time two live sessions claimed a MAC, per MAC: (this
+    /// address, the other, when in ms).
+    conflicts: Mutex<HashMap<String, (String, String, u64)>>,
     pub events: broadcast::Sender<ServerEvent>,
 }
 
@@ -125,6 +128,7 @@ impl Default for Registry {
             online: Mutex::default(),
             pending: Mutex::default(),
             recent: Mutex::default(),
+            conflicts: Mutex::default(),
             events: broadcast::channel(4096).0,
         }
     }
@@ -227,6 +231,14 @@ impl Registry {
             // machine with this MAC (or this one reconnecting within a
             // heartbeat, which the log line then names too).
             if old.last_heartbeat.elapsed() < offline_after.min(Duration::from_secs(10)) {
+                {
+                    let mut c = self.conflicts.lock().unwrap_or_else(|p| p.into_inner());
+                    // One entry per MAC that ever connected; bounded anyway.
+                    if c.len() >= 65536 {
+                        c.clear();
+                    }
+                    c.insert(mac.to_string(), (ip.clone(), old.ip.clone(), now_ms()));
+                }
                 self.emit(ServerEvent::Conflict {
                     mac: mac.to_string(),
                     ip,
@@ -234,6 +246,15 @@ impl Registry {
                 });
             }
         }
+    }
+
+    /// The last MAC conflict seen for `mac`: (address, other address, ms).
+    pub fn conflict(&self, mac: &str) -> Option<(String, String, u64)> {
+        self.conflicts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(mac)
+            .cloned()
     }
 
     /// Removes the binding if it still belongs to `conn_id`.

@@ -4,7 +4,7 @@
 
 use serde_json::json;
 
-use super::context::{parse_json, Applied, CmdResult, CommandError, Ctx};
+use super::context::{parse_json, After, Applied, CmdResult, CommandError, Ctx};
 use crate::agent::update_plan::Download;
 use crate::disk::name::LayerName;
 use crate::protocol::messages::DownloadDesktopCmd;
@@ -12,6 +12,7 @@ use crate::protocol::Frame;
 
 pub struct DownloadDesktop {
     wanted: Vec<Download>,
+    group: crate::protocol::messages::DesktopGroup,
 }
 
 impl DownloadDesktop {
@@ -48,7 +49,17 @@ impl DownloadDesktop {
                 )));
             }
         }
-        Ok(DownloadDesktop { wanted })
+        let d = &cmd.desktop;
+        let group = crate::protocol::messages::DesktopGroup {
+            desktop_group_name: d.name.clone(),
+            desktop_group_uuid: d.uuid.clone(),
+            desktop_group_desc: d.desc.clone(),
+            os_sys_type: d.sys_type,
+            diff_mode: d.diff_mode,
+            disks: d.disks.clone(),
+            ..Default::default()
+        };
+        Ok(DownloadDesktop { wanted, group })
     }
 
     pub async fn apply(self, ctx: &Ctx<'_>) -> CmdResult {
@@ -59,7 +70,22 @@ impl DownloadDesktop {
             }
         }
         let n = wanted.len();
+        let group = self.group;
         ctx.agent.persist(|s| {
+            // Known before any layer arrives, so what is delivered boots
+            // even if no 9007 lists it; a listed group stays as listed.
+            if !s
+                .desktop_groups
+                .iter()
+                .any(|g| g.desktop_group_uuid == group.desktop_group_uuid)
+            {
+                log::info!(
+                    "keeping desktop group {:?} ({}) from its 1008",
+                    group.desktop_group_name,
+                    group.desktop_group_uuid
+                );
+                s.desktop_groups.push(group);
+            }
             for w in wanted {
                 if !s.pending_downloads.contains(&w) {
                     s.pending_downloads.push(w);
@@ -67,7 +93,9 @@ impl DownloadDesktop {
             }
         });
         log::info!("download_desktop: {n} layer(s) announced");
-        let mut applied = Applied::done();
+        // The server's list again, then 9011 for what is held: a layer
+        // already here sends no completion that would report it.
+        let mut applied = Applied::then(After::RefreshDesktops);
         applied.extra.insert("layers".into(), json!(n));
         Ok(applied)
     }

@@ -307,6 +307,13 @@ pub async fn request_pending(agent: &Arc<Agent>, link: &Link) {
         {
             continue;
         }
+        if let Some(why) = transfers.refusal(&layer.to_string(), None, p.operate_id) {
+            log::debug!(
+                "{layer}: not asked for again at operate_id {}: {why}",
+                p.operate_id
+            );
+            continue;
+        }
         let req = DiffDiskReq {
             mac: agent.mac.clone(),
             desktop_group_uuid: p.group_uuid.clone(),

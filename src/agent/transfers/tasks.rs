@@ -136,6 +136,9 @@ pub enum TransferError {
     Unknown(String),
     #[error("{0}: {1}")]
     Io(String, std::io::Error),
+    /// Refused for good before; see [`Refusal`].
+    #[error("{0}")]
+    Refused(String),
 }
 
 fn io(what: &Path) -> impl FnOnce(std::io::Error) -> TransferError {
@@ -189,7 +192,25 @@ pub struct Transfers {
     /// Runs a supervisor pass now: a download the engine just completed is
     /// finished at once instead of at the next quarter-second tick.
     wake: Arc<tokio::sync::Notify>,
+    /// Layers whose content was found wrong for good, by layer name: not
+    /// fetched again until the server offers another copy.
+    refused: Mutex<BTreeMap<String, Refusal>>,
 }
+
+/// A layer refused for its content (wrong backing, bad manifest, refused
+/// signature, not qcow2): a copy with the same info hash, or announced at
+/// the same operate_id, would be refused again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    pub info_hash: String,
+    pub operate_id: i64,
+    pub reason: String,
+}
+
+/// `<disk dir>/.bt/refused.json`.
+const REFUSED_FILE: &str = "refused.json";
+/// Most refusals remembered; the oldest is forgotten first.
+const MAX_REFUSED: usize = 64;
 
 type Verifier = Arc<Mutex<Option<PieceVerifier>>>;
 
@@ -224,7 +245,9 @@ impl Transfers {
             starting: tokio::sync::Mutex::new(()),
             verifiers: Mutex::new(BTreeMap::new()),
             wake: Arc::new(tokio::sync::Notify::new()),
+            refused: Mutex::new(BTreeMap::new()),
         });
+        t.load_refused();
         t.restore().await?;
         Ok((t, rx))
     }
@@ -388,11 +411,82 @@ impl Transfers {
             .map(|l| (l.record.clone(), self.engine.stats(&l.record.info_hash)))
     }
 
+    fn load_refused(&self) {
+        let path = self.root.join(REFUSED_FILE);
+        let loaded: Option<Vec<(String, Refusal)>> = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        if let Some(list) = loaded {
+            let mut r = self.refused_map();
+            for (layer, refusal) in list.into_iter().take(MAX_REFUSED) {
+                r.insert(layer, refusal);
+            }
+        }
+    }
+
+    fn refused_map(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Refusal>> {
+        self.refused.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Remembers a permanent refusal, durably (a restart must not fetch
+    /// the same wrong layer again).
+    fn remember_refusal(&self, layer: &str, refusal: Refusal) {
+        let list: Vec<(String, Refusal)> = {
+            let mut r = self.refused_map();
+            r.insert(layer.to_string(), refusal);
+            while r.len() > MAX_REFUSED {
+                let Some(first) = r.keys().next().cloned() else {
+                    break;
+                };
+                r.remove(&first);
+            }
+            r.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        };
+        let path = self.root.join(REFUSED_FILE);
+        if let Err(e) = crate::fsutil::write_json(&path, &list) {
+            log::error!("{}: {e}", path.display());
+        }
+    }
+
+    fn forget_refusal(&self, layer: &str) {
+        if self.refused_map().remove(layer).is_some() {
+            let list = self.refusals();
+            let path = self.root.join(REFUSED_FILE);
+            if let Err(e) = crate::fsutil::write_json(&path, &list) {
+                log::error!("{}: {e}", path.display());
+            }
+        }
+    }
+
+    /// Why a layer will not be fetched: it was refused for good, and the
+    /// server offers the same copy (the same info hash, or with none known
+    /// yet, the same operate_id).
+    pub fn refusal(&self, layer: &str, info_hash: Option<&str>, operate_id: i64) -> Option<String> {
+        let r = self.refused_map();
+        let refusal = r.get(layer)?;
+        let same = match info_hash {
+            Some(h) => h == refusal.info_hash,
+            None => operate_id == refusal.operate_id,
+        };
+        same.then(|| refusal.reason.clone())
+    }
+
+    /// Every remembered refusal, for `ctl status`.
+    pub fn refusals(&self) -> Vec<(String, Refusal)> {
+        self.refused_map()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
     async fn restore(&self) -> Result<(), TransferError> {
         let mut found = Vec::new();
         for entry in std::fs::read_dir(&self.root).map_err(io(&self.root))? {
             let Ok(entry) = entry else { continue };
             let name = entry.file_name().to_string_lossy().into_owned();
+            if name == REFUSED_FILE || name.starts_with(&format!("{REFUSED_FILE}.")) {
+                continue;
+            }
             let path = entry.path();
             let loaded = (|| {
                 LayerName::parse(&name).ok()?;
@@ -491,6 +585,12 @@ impl Transfers {
         let meta = TorrentMeta::parse(&req.torrent)?;
         let _one_at_a_time = self.starting.lock().await;
         let layer = req.layer.to_string();
+        if let Some(why) = self.refusal(&layer, Some(&meta.info_hash), req.operate_id) {
+            return Err(TransferError::Refused(format!(
+                "{layer} (info hash {}) was refused before and is not fetched again until the server offers another copy: {why}",
+                meta.info_hash
+            )));
+        }
         let existing = self.tasks().get(&layer).map(|l| l.record.clone());
         if let Some(old) = existing {
             if old.info_hash == meta.info_hash {
@@ -872,6 +972,7 @@ impl Transfers {
                     l.finishing = false;
                 }
                 log::info!("{layer}: verified and in its chain");
+                self.forget_refusal(&layer);
                 let _ = self.reports.send(Report::Finished {
                     record: rec,
                     ok: true,
@@ -920,6 +1021,25 @@ impl Transfers {
                     l.finishing = false;
                 }
             }
+            Err(Finish::Refused(why)) => {
+                log::error!(
+                    "{layer}: refused for good: {why}; not fetched again until the server offers another copy"
+                );
+                self.remember_refusal(
+                    &layer,
+                    Refusal {
+                        info_hash: rec.info_hash.clone(),
+                        operate_id: rec.operate_id,
+                        reason: why.clone(),
+                    },
+                );
+                let _ = self.remove(&layer).await;
+                let _ = self.reports.send(Report::Finished {
+                    record: rec,
+                    ok: false,
+                    why: format!("refused (permanent, not retried for this copy): {why}"),
+                });
+            }
             Err(Finish::Failed(why)) => {
                 log::error!("{layer}: download unusable: {why}");
                 let _ = self.remove(&layer).await;
@@ -945,7 +1065,7 @@ impl Transfers {
                 Fetched::Found(m) => {
                     match m.verify(key).and_then(|()| m.current_for(rec.operate_id)) {
                         Ok(()) => Ok(Some(m)),
-                        Err(e) => Err(Finish::Failed(e)),
+                        Err(e) => Err(Finish::Refused(e)),
                     }
                 }
                 Fetched::NotPublished => Err(Finish::Failed(
@@ -1052,7 +1172,7 @@ impl Transfers {
         };
         if let Some(m) = manifest {
             let header = crate::disk::qcow2::read_header(&data)
-                .map_err(|e| Finish::Failed(format!("not a qcow2 layer: {e}")))?;
+                .map_err(|e| Finish::Refused(format!("not a qcow2 layer: {e}")))?;
             let parent = header.backing_name();
             m.check(
                 &rec.layer,
@@ -1062,7 +1182,7 @@ impl Transfers {
                 pieces.as_deref(),
                 sha256.as_deref(),
             )
-            .map_err(Finish::Failed)?;
+            .map_err(Finish::Refused)?;
             log::info!("{}: matches the server's manifest", rec.layer);
         }
         let layer_meta = LayerMeta {
@@ -1078,7 +1198,12 @@ impl Transfers {
             Err(DiskError::Missing(parent)) if self.tasks().contains_key(&parent) => Err(
                 Finish::Wait(format!("its parent {parent} is still downloading")),
             ),
-            Err(e) => Err(Finish::Failed(e.to_string())),
+            // Space and I/O may pass; a layer that is not what its name
+            // says will not.
+            Err(e @ (DiskError::Io(..) | DiskError::NoSpace { .. } | DiskError::Missing(_))) => {
+                Err(Finish::Failed(e.to_string()))
+            }
+            Err(e) => Err(Finish::Refused(e.to_string())),
         }
     }
 
@@ -1116,8 +1241,12 @@ enum Finish {
     WaitManifest(String),
     /// The data does not match the torrent.
     BadData(String),
-    /// The layer cannot be used.
+    /// The layer cannot be used this time (disk full, I/O): a later offer
+    /// of the same copy is tried again.
     Failed(String),
+    /// The layer's content is wrong (backing, manifest, signature, not
+    /// qcow2): the same copy is never fetched again.
+    Refused(String),
 }
 
 pub use crate::bt::engine::percent;

@@ -277,6 +277,7 @@
     if (t.code === 0) setTerminals(t.data.terminals);
     if (g.code === 0) {
       S.groups = g.data.desktop_group_list || [];
+      S.undeliverable = g.data.undeliverable || {};
       renderGroupChoices();
       if (S.view === 'groups') renderGroups();
     }
@@ -315,8 +316,8 @@
     const cls = x.result === 2 ? 'bar failed' : (x.result === 1 || p === 100 ? 'bar done' : 'bar');
     const fill = el('span');
     fill.style.width = p + '%';
-    const label = x.result === 2 ? 'failed' : p + '%';
-    return el('div', {},
+    const label = x.result === 2 ? 'failed' + (x.msg ? ': ' + x.msg : '') : p + '%';
+    return el('div', { title: x.msg || '' },
       el('div', { class: 'bar-label' }, x.layer),
       el('div', { class: cls, dataset: { mac, layer: x.layer, progress: String(p) } }, fill, el('em', {}, label)));
   }
@@ -326,6 +327,7 @@
   }
 
   function desktopsText(t) {
+    if (t.desktop_group_names && t.desktop_group_names.length) return t.desktop_group_names.join(', ');
     if (!t.desktops) return '';
     return typeof t.desktops === 'string' ? t.desktops : JSON.stringify(t.desktops);
   }
@@ -341,7 +343,9 @@
     const st = standing(t);
     return el('tr', { dataset: { mac: t.mac } },
       el('td', {}, box),
-      el('td', {}, el('span', { class: 'state ' + st }, st)),
+      el('td', {}, el('span', { class: 'state ' + st }, st),
+        t.conflict ? el('div', { class: 'error conflict', title: 'two terminals use this MAC' },
+          `MAC conflict: ${t.conflict.ip} and ${t.conflict.other_ip}`) : ''),
       el('td', { class: 'name' }, el('a', { href: '#terminal/' + encodeURIComponent(t.mac) }, t.name || '(no name)')),
       el('td', {}, t.terminal_id >= 0 ? t.terminal_id : ''),
       el('td', { class: 'mac' }, t.mac),
@@ -572,10 +576,16 @@
     const body = clear(document.querySelector('#groups tbody'));
     for (const g of S.groups) {
       const layers = (g.disks || []).map((d) => `${d.prefix}_${d.dif_level}_${d.uuid}`).join('\n');
-      body.append(el('tr', {},
+      const problems = (S.undeliverable || {})[g.desktop_group_uuid];
+      const mode = `${Number(g.desktop_group_restore) === 1 ? 'restore' : 'persistent'}, diff mode ${Number(g.diff_mode) || 0}, ` +
+        (Number(g.desktop_is_dhcp) === 0 && g.desktop_ip ? `IP ${g.desktop_ip}` : 'DHCP');
+      body.append(el('tr', { dataset: { group: g.desktop_group_uuid } },
         el('td', {}, g.desktop_group_name),
         el('td', {}, g.desktop_group_uuid),
         el('td', { class: 'bar-label' }, layers),
+        el('td', { class: 'mode' }, mode),
+        el('td', { class: problems ? 'error undeliverable' : 'deliverable' },
+          problems ? 'cannot be delivered: ' + problems.join('; ') : 'ok'),
         el('td', {},
           el('button', { type: 'button', onclick: () => editGroup(g) }, 'Edit'),
           el('button', { type: 'button', onclick: () => deleteGroup(g) }, 'Delete'))));
@@ -608,6 +618,15 @@
     $('g-uuid').value = g ? g.desktop_group_uuid : newUuid();
     $('g-uuid').readOnly = !!g;
     $('g-default').checked = g ? !!g.default_desktop_group : false;
+    $('g-restore').checked = g ? Number(g.desktop_group_restore) === 1 : false;
+    $('g-diff-mode').value = String(g ? Number(g.diff_mode) || 0 : 0);
+    const fixed = g && Number(g.desktop_is_dhcp) === 0 && g.desktop_ip;
+    $('g-dhcp').checked = !fixed;
+    $('g-ip').value = fixed ? g.desktop_ip : '';
+    $('g-mask').value = (fixed && g.desktop_mask) || '255.255.255.0';
+    $('g-gateway').value = fixed ? g.desktop_gateway || '' : '';
+    $('g-dns1').value = fixed ? g.desktop_dns1 || '' : '';
+    $('g-dns2').value = fixed ? g.desktop_dns2 || '' : '';
     $('g-error').textContent = '';
     renderGroupLayers();
   }
@@ -630,10 +649,30 @@
       $('g-error').textContent = 'pick at least one layer';
       return;
     }
+    const dhcp = $('g-dhcp').checked;
+    const net = {
+      ip: $('g-ip').value.trim(), mask: $('g-mask').value.trim(), gateway: $('g-gateway').value.trim(),
+      dns1: $('g-dns1').value.trim(), dns2: $('g-dns2').value.trim(),
+    };
+    if (!dhcp) {
+      const bad = networkError(net);
+      if (bad) {
+        $('g-error').textContent = 'desktop address: ' + bad;
+        return;
+      }
+    }
     const group = Object.assign({}, editing || { os_sys_type: 3 }, {
       desktop_group_name: $('g-name').value.trim(),
       desktop_group_uuid: $('g-uuid').value.trim(),
       default_desktop_group: $('g-default').checked,
+      desktop_group_restore: $('g-restore').checked ? 1 : 0,
+      diff_mode: Number($('g-diff-mode').value),
+      desktop_is_dhcp: dhcp ? 1 : 0,
+      desktop_ip: dhcp ? '' : net.ip,
+      desktop_mask: dhcp ? '' : net.mask,
+      desktop_gateway: dhcp ? '' : net.gateway,
+      desktop_dns1: dhcp ? '' : net.dns1,
+      desktop_dns2: dhcp ? '' : net.dns2,
       disks,
     });
     const r = await api('PUT', '/api/v1/desktop_groups', group);
@@ -682,6 +721,10 @@
       body.append(el('tr', {},
         el('td', {}, img.layer), el('td', {}, size(img.length)), el('td', {}, img.parent || ''),
         el('td', {}, img.state), el('td', {}, size(img.uploaded_bytes)), el('td', {}, bars)));
+    }
+    const refused = clear(document.querySelector('#refused tbody'));
+    for (const r of S.images.refused || []) {
+      refused.append(el('tr', { dataset: { file: r.file } }, el('td', {}, r.file), el('td', { class: 'error' }, r.reason)));
     }
     const up = clear(document.querySelector('#uploads tbody'));
     for (const u of S.images.uploads || []) {
@@ -774,6 +817,17 @@
         detailCommand(cmd, b.dataset.params ? JSON.parse(b.dataset.params) : {});
       });
     }
+    $('t-forget').addEventListener('click', async () => {
+      const mac = S.detail;
+      if (!mac || !confirm(`Forget ${mac}? Its record, name and reports are dropped; the terminal is not told.`)) return;
+      const r = await api('DELETE', `/api/v1/terminals/${encodeURIComponent(mac)}`);
+      $('t-result').textContent = r.code === 0 ? `${mac} forgotten` : `${r.code} ${r.msg}`;
+      if (r.code === 0) {
+        S.terminals.delete(mac);
+        location.hash = '#terminals';
+        refreshAll();
+      }
+    });
     $('t-send').addEventListener('click', async () => {
       const g = $('t-group').value;
       $('t-result').textContent = 'send desktop: sent…';

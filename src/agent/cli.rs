@@ -74,6 +74,14 @@ enum CtlCmd {
     /// Upload a local layer to the server; it is seeded until the server
     /// confirms (1021).
     Upload { layer: String, group_uuid: String },
+    /// Boot a desktop group as a guest (the desktop runtime).
+    Boot { group_uuid: String },
+    /// Power the running desktop down (ACPI, hard after the timeout).
+    Stop,
+    /// The desktop runtime's state.
+    Desktop,
+    /// Save a PNG of the running desktop's screen (absolute path).
+    Screendump { path: String },
 }
 
 #[derive(Subcommand)]
@@ -283,6 +291,10 @@ fn ctl(config: &std::path::Path, socket: Option<PathBuf>, what: CtlCmd) -> std::
         CtlCmd::Transfers { watch: true } => return watch_transfers(&socket),
         CtlCmd::Transfers { watch: false } => ControlRequest::Transfers,
         CtlCmd::Upload { layer, group_uuid } => ControlRequest::Upload { layer, group_uuid },
+        CtlCmd::Boot { group_uuid } => ControlRequest::DesktopBoot { group_uuid },
+        CtlCmd::Stop => ControlRequest::DesktopStop,
+        CtlCmd::Desktop => ControlRequest::DesktopStatus,
+        CtlCmd::Screendump { path } => ControlRequest::Screendump { path },
     };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

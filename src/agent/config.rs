@@ -143,6 +143,9 @@ pub struct AgentConfig {
     pub platform: PlatformConfig,
     #[serde(default)]
     pub bt: BtConfig,
+    /// The desktop runtime: how desktops boot as QEMU guests.
+    #[serde(default)]
+    pub desktop: crate::agent::desktop::DesktopConfig,
     /// TLS on the terminal port; off unless the server speaks it too.
     #[serde(default)]
     pub tls: crate::tls::AgentTlsConfig,
@@ -286,6 +289,7 @@ impl AgentConfig {
             platform: PlatformConfig::default(),
             bt: BtConfig::default(),
             tls: Default::default(),
+            desktop: Default::default(),
         }
     }
 
@@ -311,6 +315,7 @@ impl AgentConfig {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.desktop.validate().map_err(ConfigError::Invalid)?;
         if let Some(k) = &self.bt.manifest_key {
             crate::bt::manifest::parse_public_key(k)
                 .map_err(|e| ConfigError::Invalid(format!("[bt] manifest_key: {e}")))?;

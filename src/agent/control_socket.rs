@@ -34,6 +34,17 @@ pub enum ControlRequest {
         layer: String,
         group_uuid: String,
     },
+    /// Boot a desktop group as a guest (the desktop runtime).
+    DesktopBoot {
+        group_uuid: String,
+    },
+    /// ACPI powerdown of the running desktop, hard after the timeout.
+    DesktopStop,
+    DesktopStatus,
+    /// A PNG of the guest's screen, written by QEMU to `path`.
+    Screendump {
+        path: String,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -126,6 +137,7 @@ async fn handle(agent: &Arc<Agent>, req: ControlRequest) -> ControlResponse {
                 "trackers": s.trackers,
                 "last_commands": s.commands,
                 "notices": s.notices,
+                "desktop": agent.desktop.status(),
                 "refused_layers": agent
                     .transfers
                     .get()
@@ -135,6 +147,33 @@ async fn handle(agent: &Arc<Agent>, req: ControlRequest) -> ControlResponse {
                     .map(|(layer, r)| json!({"layer": layer, "info_hash": r.info_hash, "operate_id": r.operate_id, "reason": r.reason}))
                     .collect::<Vec<_>>(),
             }))
+        }
+        ControlRequest::DesktopBoot { group_uuid } => {
+            let groups = agent.state.read(|s| s.desktop_groups.clone());
+            match agent.desktop.boot(groups, &group_uuid) {
+                Ok(()) => ControlResponse::ok(json!(agent.desktop.status())),
+                Err(e) => ControlResponse::err(e.to_string()),
+            }
+        }
+        ControlRequest::DesktopStop => {
+            agent.desktop.stop().await;
+            ControlResponse::ok(json!(agent.desktop.status()))
+        }
+        ControlRequest::DesktopStatus => ControlResponse::ok(json!(agent.desktop.status())),
+        ControlRequest::Screendump { path } => {
+            // Only a plain absolute .png path: QEMU writes it as the agent.
+            let p = std::path::Path::new(&path);
+            if !p.is_absolute()
+                || p.extension().and_then(|e| e.to_str()) != Some("png")
+                || p.components()
+                    .any(|c| matches!(c, std::path::Component::ParentDir))
+            {
+                return ControlResponse::err("screendump: give an absolute path ending in .png");
+            }
+            match agent.desktop.screendump(p).await {
+                Ok(()) => ControlResponse::ok(json!({ "path": path })),
+                Err(e) => ControlResponse::err(e.to_string()),
+            }
         }
         ControlRequest::OrderShow => ControlResponse::ok(
             json!({ "pending_order": agent.state.read(|s| s.pending_order.clone()) }),

@@ -18,6 +18,9 @@ pub struct Desktops {
     /// an flock on `<disk dir>/.lock` across processes (the boot launcher's
     /// `boot-plan --prepare` may run beside the agent).
     lock: Mutex<()>,
+    /// Layers the running desktop has open: never deleted, merged or
+    /// cleared under it.
+    in_use: Mutex<std::collections::BTreeSet<String>>,
 }
 
 pub struct Guard<'a> {
@@ -30,6 +33,7 @@ impl Desktops {
         let d = Desktops {
             store,
             lock: Mutex::new(()),
+            in_use: Mutex::new(Default::default()),
         };
         {
             let _g = d.guard()?;
@@ -38,6 +42,40 @@ impl Desktops {
             }
         }
         Ok(d)
+    }
+
+    /// What the desktop runtime has open now (file names in the disk dir).
+    pub fn set_in_use(&self, layers: impl IntoIterator<Item = String>) {
+        *self.in_use.lock().unwrap_or_else(|p| p.into_inner()) = layers.into_iter().collect();
+    }
+
+    pub fn in_use(&self) -> Vec<String> {
+        self.in_use
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    /// Refuses a change to a layer the running desktop has open.
+    fn refuse_in_use<'a>(
+        &self,
+        names: impl IntoIterator<Item = &'a String>,
+    ) -> Result<(), DiskError> {
+        let used = self.in_use.lock().unwrap_or_else(|p| p.into_inner());
+        let busy: Vec<&String> = names.into_iter().filter(|n| used.contains(*n)).collect();
+        if busy.is_empty() {
+            Ok(())
+        } else {
+            Err(DiskError::Invalid(format!(
+                "{} is open by the running desktop; the change waits until the desktop is off",
+                busy.iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )))
+        }
     }
 
     fn guard(&self) -> Result<Guard<'_>, DiskError> {
@@ -94,7 +132,25 @@ impl Desktops {
     ) -> Result<Plan, DiskError> {
         let _g = self.guard()?;
         let inv = self.store.inventory()?;
-        let plan = update_plan::decide(&self.local_layers(&inv), groups);
+        let mut plan = update_plan::decide(&self.local_layers(&inv), groups);
+        // What the running desktop has open is not deleted or merged under
+        // it: deferred to the next decision after the desktop is off (the
+        // next boot starts its user layer over the new level anyway).
+        // Downloads go on: a new level is fetched and seeded now.
+        let used: std::collections::BTreeSet<String> = self.in_use().into_iter().collect();
+        if !used.is_empty() {
+            let before = (plan.delete.len(), plan.merge.len());
+            plan.delete.retain(|n| !used.contains(n));
+            plan.merge
+                .retain(|m| !used.contains(&m.child) && !used.contains(&m.into));
+            if before != (plan.delete.len(), plan.merge.len()) {
+                log::info!(
+                    "the running desktop has layers open: {} deletion(s) and {} merge(s) wait until it is off",
+                    before.0 - plan.delete.len(),
+                    before.1 - plan.merge.len()
+                );
+            }
+        }
         let touched: Vec<String> = plan
             .delete
             .iter()
@@ -245,6 +301,7 @@ impl Desktops {
     /// 1007: every layer and the catalog go.
     pub fn clear_all(&self) -> Result<Vec<String>, DiskError> {
         let _g = self.guard()?;
+        self.refuse_in_use(&self.in_use())?;
         let removed = self.store.clear_all()?;
         self.save_catalog(&Catalog::default())?;
         Ok(removed)
@@ -429,18 +486,28 @@ impl Desktops {
             let Some(chain) = inv.chain(&uuid).filter(|c| c.complete).cloned() else {
                 continue;
             };
-            // The top server layer: the highest level ≤ 2 on the chain.
-            let server_top = chain
+            // The top server layer: the highest level ≤ 2 of this disk. A
+            // level that arrived while a user layer sat on the one below is
+            // not on the chain yet (the chain is read from its top down);
+            // the user layer then starts again over it.
+            let server_top = inv
                 .layers
-                .iter()
-                .filter_map(|n| LayerName::parse(n).ok())
-                .filter(|n| n.level <= 2)
+                .values()
+                .map(|l| l.parsed.clone())
+                .filter(|n| n.uuid_str() == uuid && n.prefix == chain.prefix && n.level <= 2)
                 .max_by_key(|n| n.level);
             let Some(server_top) = server_top else {
                 continue;
             };
             let user = server_top.with_level(USER_LEVEL);
-            if prepare && (restore || !inv.has(&user)) {
+            // A user layer over an older server level (a new level came
+            // since) is started again over the new one.
+            let stale_user = inv.has(&user)
+                && crate::disk::qcow2::read_header(&self.store.path(&user))
+                    .ok()
+                    .and_then(|h| h.backing_name())
+                    .is_some_and(|b| b != server_top.to_string());
+            if prepare && (restore || !inv.has(&user) || stale_user) {
                 self.store.reset_user_layer(&server_top)?;
             }
             let inv = self.store.inventory()?;
@@ -484,6 +551,10 @@ impl Desktops {
     /// Merges one diff into its parent (offline maintenance).
     pub fn merge(&self, child: &LayerName) -> Result<LayerName, DiskError> {
         let _g = self.guard()?;
+        self.refuse_in_use(&[
+            child.to_string(),
+            child.with_level(child.level.saturating_sub(1)).to_string(),
+        ])?;
         let into = self.store.merge(child)?;
         let mut cat = self.catalog();
         cat.prune(self.store.dir());

@@ -18,6 +18,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod control_socket;
+pub mod desktop;
 pub mod desktops;
 pub mod interfaces;
 pub mod performance_report;

@@ -29,6 +29,151 @@ impl Default for Unreachable {
 }
 
 impl Agent {
+    /// Tells the server what the desktop runtime did: 9024 when a desktop
+    /// runs, 9015 (failed, with the reason) against a layer that did not
+    /// boot. Kept while the server is away, the last 16.
+    async fn report_desktop_events(self: Arc<Self>) {
+        use crate::agent::desktop::DesktopEvent;
+        use crate::protocol::messages::{DesktopLoginReq, TaskResultReq};
+        use crate::protocol::ServiceCode;
+        let Some(mut rx) = self.desktop.take_events() else {
+            return;
+        };
+        let mut queue: std::collections::VecDeque<DesktopEvent> = Default::default();
+        loop {
+            tokio::select! {
+                ev = rx.recv() => match ev {
+                    Some(ev) => {
+                        if queue.len() >= 16 {
+                            queue.pop_front();
+                        }
+                        queue.push_back(ev);
+                    }
+                    None => return,
+                },
+                _ = tokio::time::sleep(Duration::from_secs(2)), if !queue.is_empty() => {}
+                _ = self.shutdown.cancelled() => return,
+            }
+            let Some(link) = self.link() else { continue };
+            while let Some(ev) = queue.front().cloned() {
+                let sent = match &ev {
+                    DesktopEvent::Running {
+                        group_uuid,
+                        accelerator,
+                        since_ms,
+                    } => {
+                        let g = self.state.read(|s| {
+                            s.desktop_groups
+                                .iter()
+                                .find(|g| &g.desktop_group_uuid == group_uuid)
+                                .cloned()
+                        });
+                        let g = g.unwrap_or_default();
+                        let body = DesktopLoginReq {
+                            mac: self.mac.clone(),
+                            desktop_group_uuid: group_uuid.clone(),
+                            is_dhcp: if g.desktop_ip.is_empty() {
+                                1
+                            } else {
+                                g.desktop_is_dhcp
+                            },
+                            ip: g.desktop_ip.clone(),
+                            netmask: g.desktop_mask.clone(),
+                            gateway: g.desktop_gateway.clone(),
+                            dns1: g.desktop_dns1.clone(),
+                            dns2: g.desktop_dns2.clone(),
+                            accelerator: Some(accelerator.clone()),
+                            since_ms: Some(*since_ms),
+                        };
+                        link.request(ServiceCode::DesktopLogin, &body)
+                            .await
+                            .map(drop)
+                    }
+                    DesktopEvent::Failed {
+                        layer,
+                        reason,
+                        rolled_back_to,
+                        ..
+                    } if !layer.is_empty() => {
+                        let msg = match rolled_back_to {
+                            Some(prev) => format!("desktop failed to boot on {layer}: {reason}; rolled back: booting {prev} instead"),
+                            None => format!("desktop failed to boot on {layer}: {reason}"),
+                        };
+                        let body = TaskResultReq {
+                            mac: self.mac.clone(),
+                            ip: self.report_ip(link.local_ip()),
+                            disk: layer.clone(),
+                            torrent_id: None,
+                            msg: Some(msg),
+                            result: 2,
+                        };
+                        link.request(ServiceCode::TaskResult, &body).await.map(drop)
+                    }
+                    _ => Ok(()),
+                };
+                match sent {
+                    Ok(()) => {
+                        queue.pop_front();
+                    }
+                    Err(e) => {
+                        log::warn!("desktop report: {e}");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Boots the default desktop by itself when the config or the server
+    /// (1005 mode.auto_desktop = 1) says so, after a countdown, with or
+    /// without the server: a classroom whose server is down still boots.
+    async fn auto_boot(self: Arc<Self>) {
+        let wanted = self.cfg.desktop.auto_boot
+            || self
+                .state
+                .read(|s| s.terminal.setup_info.mode.auto_desktop == 1);
+        if !wanted {
+            return;
+        }
+        let secs = self.cfg.desktop.countdown_secs;
+        log::info!("desktop: booting the default desktop in {secs} s");
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(secs)) => {}
+            _ = self.shutdown.cancelled() => return,
+        }
+        let groups = self.state.read(|s| s.desktop_groups.clone());
+        let d = self.desktops.clone();
+        let g2 = groups.clone();
+        let ready = tokio::task::spawn_blocking(move || d.system_disk_uuids(&g2))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        let bootable = |g: &&crate::protocol::messages::DesktopGroup| {
+            g.disks
+                .iter()
+                .any(|d| d.disk_type == 0 && ready.contains(&d.uuid))
+        };
+        let pick = groups
+            .iter()
+            .filter(bootable)
+            .find(|g| g.default_desktop_group)
+            .or_else(|| groups.iter().find(bootable));
+        match pick {
+            Some(g) => {
+                log::info!(
+                    "desktop: auto-boot of {:?} ({})",
+                    g.desktop_group_name,
+                    g.desktop_group_uuid
+                );
+                if let Err(e) = self.desktop.boot(groups.clone(), &g.desktop_group_uuid) {
+                    log::error!("desktop: auto-boot: {e}");
+                }
+            }
+            None => log::warn!("desktop: auto-boot: no desktop group has a complete chain yet"),
+        }
+    }
+
     /// Connects, runs sessions, and reconnects until `shutdown` fires.
     pub async fn run(self: Arc<Self>) {
         let commands: Arc<dyn session::CommandHandler> = Dispatcher::new(self.clone());
@@ -45,6 +190,8 @@ impl Agent {
         };
         let watchdog = tokio::spawn(self.clone().watch_pending_change());
         let distribution = tokio::spawn(crate::agent::transfers::server_link::start(self.clone()));
+        let desktop_reports = tokio::spawn(self.clone().report_desktop_events());
+        let auto_boot = tokio::spawn(self.clone().auto_boot());
         // The agent can serve its control socket and retry the server from
         // here on: that is "ready" for systemd.
         crate::sdnotify::notify_logged("READY=1");
@@ -129,6 +276,10 @@ impl Agent {
             self.pause(delay).await;
         }
         watchdog.abort();
+        desktop_reports.abort();
+        auto_boot.abort();
+        // A desktop does not outlive its agent: powered down as for 1001.
+        self.desktop.stop().await;
         // The engine stops with the shutdown token; give it a moment to
         // save its resume data.
         let _ = tokio::time::timeout(Duration::from_secs(3), distribution).await;

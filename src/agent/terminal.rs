@@ -38,6 +38,8 @@ pub struct Agent {
     pub state: StateStore,
     pub platform: Arc<dyn Platform>,
     pub desktops: Arc<Desktops>,
+    /// Boots and supervises the desktop guest.
+    pub desktop: Arc<crate::agent::desktop::DesktopRuntime>,
     /// Set once the BitTorrent engine runs (see `distribution::start`).
     pub transfers: std::sync::OnceLock<Arc<crate::agent::transfers::tasks::Transfers>>,
     pub shutdown: CancellationToken,
@@ -118,12 +120,21 @@ impl Agent {
             log::error!("{w}");
         }
         let platform = SelectedPlatform::from_config(&cfg);
-        let desktops = Desktops::open(DiskStore::new(cfg.disk_dir(), cfg.disk_margin_mb << 20)?)?;
+        let desktops = Arc::new(Desktops::open(DiskStore::new(
+            cfg.disk_dir(),
+            cfg.disk_margin_mb << 20,
+        )?)?);
+        let desktop = crate::agent::desktop::DesktopRuntime::new(
+            cfg.desktop.clone(),
+            &cfg.data_dir,
+            desktops.clone(),
+        );
         Ok(Arc::new(Agent {
+            desktop,
             mac,
             state,
             platform,
-            desktops: Arc::new(desktops),
+            desktops,
             transfers: std::sync::OnceLock::new(),
             shutdown: CancellationToken::new(),
             command_lock: tokio::sync::Mutex::new(()),

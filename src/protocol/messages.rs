@@ -499,6 +499,12 @@ pub struct DesktopLoginReq {
     pub dns1: String,
     #[serde(default)]
     pub dns2: String,
+    /// Ours: "kvm" or "tcg" (the vendor's terminals send none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accelerator: Option<String>,
+    /// Ours: when the desktop started, ms since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since_ms: Option<u64>,
 }
 
 /// 9025 bt_task_state. Rates and sizes are strings on the wire.

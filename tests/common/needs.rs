@@ -15,6 +15,8 @@ pub enum Need {
     Root,
     /// A program on the PATH, and the Debian package that has it.
     Program(&'static str, &'static str),
+    /// A kernel in /boot for the test guest (linux-image-amd64).
+    Kernel,
 }
 
 pub const ARIA2C: Need = Need::Program("aria2c", "aria2");
@@ -22,11 +24,23 @@ pub const SYSTEMD_ANALYZE: Need = Need::Program("systemd-analyze", "systemd");
 pub const IP: Need = Need::Program("ip", "iproute2");
 pub const TC: Need = Need::Program("tc", "iproute2");
 pub const CHROMIUM: Need = Need::Program("chromium", "chromium");
+pub const QEMU_SYSTEM: Need = Need::Program("qemu-system-x86_64", "qemu-system-x86");
+pub const SYSLINUX: Need = Need::Program("syslinux", "syslinux");
+pub const MTOOLS: Need = Need::Program("mcopy", "mtools");
+pub const BUSYBOX: Need = Need::Program("busybox", "busybox-static");
+pub const KERNEL: Need = Need::Kernel;
 pub const CHROMEDRIVER: Need = Need::Program("chromedriver", "chromium-driver");
 
 fn unmet(need: Need) -> Option<String> {
     match need {
         Need::Root => (!is_root()).then(|| "root".to_string()),
+        Need::Kernel => {
+            let found = std::fs::read_dir("/boot").is_ok_and(|d| {
+                d.flatten()
+                    .any(|e| e.file_name().to_string_lossy().starts_with("vmlinuz-"))
+            });
+            (!found).then(|| "a kernel in /boot (apt-get install linux-image-amd64)".to_string())
+        }
         Need::Program(prog, pkg) => {
             let found = Command::new("sh")
                 .args(["-c", &format!("command -v {prog}")])

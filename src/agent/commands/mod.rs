@@ -394,6 +394,9 @@ async fn worker(
                 let agent = agent.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep(POWER_DELAY).await;
+                    // The guest first: ACPI powerdown, so a persistent
+                    // desktop flushes what it wrote, then hard after a while.
+                    agent.desktop.stop().await;
                     let r = if after == After::PowerOff {
                         agent.platform.power_off()
                     } else {

@@ -1,0 +1,550 @@
+//! The desktop runtime: a desktop group boots as a QEMU guest on the
+//! terminal's own Linux (the IDV model), supervised, with QMP for power and
+//! screendumps, restore and persistent modes, and rollback after a failed
+//! boot. See `STATE.md` beside this file.
+//!
+//! * `config`: `[desktop]` in agent.toml;
+//! * `cmdline`: the QEMU command line (pure);
+//! * `qmp`: the QMP client;
+//! * `supervise`: the child process and its output;
+//! * `modes`: the disks of one boot (restore / persistent);
+//! * `rollback`: booting the previous level after failed boots.
+
+pub mod cmdline;
+pub mod config;
+pub mod modes;
+pub mod qmp;
+pub mod rollback;
+pub mod supervise;
+
+pub use config::DesktopConfig;
+
+use serde::Serialize;
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, Notify};
+
+use crate::agent::desktops::Desktops;
+use crate::protocol::messages::DesktopGroup;
+
+/// What the runtime tells the rest of the agent (and through it, the
+/// server).
+#[derive(Debug, Clone, PartialEq)]
+pub enum DesktopEvent {
+    /// The guest runs (9024 desktop_login).
+    Running {
+        group_uuid: String,
+        accelerator: String,
+        since_ms: u64,
+    },
+    /// A boot failed; with `rolled_back`, the previous level runs instead
+    /// (9015 with the reason, against the failing layer).
+    Failed {
+        group_uuid: String,
+        layer: String,
+        reason: String,
+        rolled_back_to: Option<String>,
+    },
+    Off {
+        group_uuid: String,
+    },
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DesktopStatus {
+    /// off, preparing, starting, running, stopping, failed.
+    pub state: String,
+    pub group_uuid: String,
+    pub accelerator: String,
+    pub since_ms: u64,
+    pub boots: u32,
+    pub reason: String,
+    pub rolled_back: Option<rollback::RolledBack>,
+    /// The layers the guest has open.
+    pub in_use: Vec<String>,
+    pub serial_log: String,
+}
+
+pub struct DesktopRuntime {
+    cfg: DesktopConfig,
+    dir: PathBuf,
+    desktops: Arc<Desktops>,
+    status: Mutex<DesktopStatus>,
+    qmp: tokio::sync::Mutex<Option<qmp::Qmp>>,
+    stop: Notify,
+    stopping: std::sync::atomic::AtomicBool,
+    events: mpsc::UnboundedSender<DesktopEvent>,
+    events_rx: Mutex<Option<mpsc::UnboundedReceiver<DesktopEvent>>>,
+    /// KVM opened but could not run the guest (nested virtualisation, an
+    /// old CPU): TCG from then on.
+    kvm_broken: std::sync::atomic::AtomicBool,
+    rollback: rollback::Rollback,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DesktopError {
+    #[error("a desktop is already {0}")]
+    Busy(String),
+    #[error(transparent)]
+    Disk(#[from] crate::disk::DiskError),
+    #[error("{0}")]
+    Other(String),
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// How one run of QEMU ended.
+#[derive(Debug, Clone, PartialEq)]
+enum Ended {
+    /// The guest powered itself off, or we stopped it.
+    Off,
+    /// The guest reset (QEMU runs with -no-reboot) or panicked.
+    Reset(String),
+    /// QEMU failed.
+    Error(String),
+    /// KVM could not run it.
+    KvmFailed(String),
+}
+
+impl DesktopRuntime {
+    pub fn new(
+        cfg: DesktopConfig,
+        data_dir: &Path,
+        desktops: Arc<Desktops>,
+    ) -> Arc<DesktopRuntime> {
+        let dir = data_dir.join("desktop");
+        let _ = std::fs::create_dir_all(&dir);
+        let (tx, rx) = mpsc::unbounded_channel();
+        Arc::new(DesktopRuntime {
+            rollback: rollback::Rollback::new(&dir),
+            cfg,
+            dir,
+            desktops,
+            status: Mutex::new(DesktopStatus {
+                state: "off".into(),
+                ..Default::default()
+            }),
+            qmp: tokio::sync::Mutex::new(None),
+            stop: Notify::new(),
+            stopping: Default::default(),
+            events: tx,
+            events_rx: Mutex::new(Some(rx)),
+            kvm_broken: Default::default(),
+        })
+    }
+
+    /// The event stream; taken once, by whoever reports to the server.
+    pub fn take_events(&self) -> Option<mpsc::UnboundedReceiver<DesktopEvent>> {
+        self.events_rx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+
+    pub fn status(&self) -> DesktopStatus {
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn set(&self, f: impl FnOnce(&mut DesktopStatus)) {
+        let mut s = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        let before = s.state.clone();
+        f(&mut s);
+        if s.state != before {
+            log::info!("desktop: {before} -> {}", s.state);
+        }
+    }
+
+    pub fn serial_log(&self) -> PathBuf {
+        self.dir.join("serial.log")
+    }
+
+    fn accelerator(&self) -> &'static str {
+        match self.cfg.accel.as_str() {
+            "kvm" => "kvm",
+            "tcg" => "tcg",
+            _ if !self.kvm_broken.load(std::sync::atomic::Ordering::Relaxed)
+                && supervise::kvm_available() =>
+            {
+                "kvm"
+            }
+            _ => "tcg",
+        }
+    }
+
+    /// Boots `group_uuid` and supervises it until it is off. Returns once
+    /// the first start is under way.
+    pub fn boot(
+        self: &Arc<Self>,
+        groups: Vec<DesktopGroup>,
+        group_uuid: &str,
+    ) -> Result<(), DesktopError> {
+        {
+            let mut s = self.status.lock().unwrap_or_else(|p| p.into_inner());
+            if !matches!(s.state.as_str(), "off" | "failed") {
+                return Err(DesktopError::Busy(s.state.clone()));
+            }
+            if !groups.iter().any(|g| g.desktop_group_uuid == group_uuid) {
+                return Err(DesktopError::Other(format!(
+                    "desktop group {group_uuid} is not on this terminal"
+                )));
+            }
+            // `boots` counts every start of this process, across groups.
+            *s = DesktopStatus {
+                state: "preparing".into(),
+                group_uuid: group_uuid.into(),
+                serial_log: self.serial_log().display().to_string(),
+                boots: s.boots,
+                ..Default::default()
+            };
+        }
+        self.stopping
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        let me = self.clone();
+        let group_uuid = group_uuid.to_string();
+        tokio::spawn(async move { me.supervise(groups, group_uuid).await });
+        Ok(())
+    }
+
+    async fn supervise(self: Arc<Self>, groups: Vec<DesktopGroup>, group_uuid: String) {
+        let os_sys_type = groups
+            .iter()
+            .find(|g| g.desktop_group_uuid == group_uuid)
+            .map_or(0, |g| g.os_sys_type);
+        let mut failed_boots = 0u32;
+        loop {
+            if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                break;
+            }
+            self.set(|s| s.state = "preparing".into());
+            let prepared = {
+                let d = self.desktops.clone();
+                let g = groups.clone();
+                let u = group_uuid.clone();
+                tokio::task::spawn_blocking(move || modes::prepare(&d, &g, &u, None)).await
+            };
+            let mut prepared = match prepared {
+                Ok(Ok(p)) => p,
+                Ok(Err(e)) => {
+                    self.fail(&group_uuid, "", format!("cannot prepare the disks: {e}"));
+                    return;
+                }
+                Err(e) => {
+                    self.fail(&group_uuid, "", e.to_string());
+                    return;
+                }
+            };
+            let rolled = self.rollback.active(&group_uuid, &prepared.server_top);
+            if let Some(r) = &rolled {
+                match self.rollback.fresh_overlay(self.desktops.store.dir(), r) {
+                    Ok(p) => {
+                        prepared.disks[0].path = p;
+                        prepared.in_use.retain(|l| l != &r.broken);
+                        log::warn!(
+                            "desktop: {} failed to boot ({}); booting {} instead",
+                            r.broken,
+                            r.reason,
+                            r.booted
+                        );
+                    }
+                    Err(e) => {
+                        self.fail(&group_uuid, &r.broken, format!("rollback overlay: {e}"));
+                        return;
+                    }
+                }
+            } else {
+                self.rollback.clear();
+            }
+            self.desktops.set_in_use(prepared.in_use.clone());
+            let accel = self.accelerator();
+            let started = Instant::now();
+            let ended = self
+                .run_once(&group_uuid, os_sys_type, &prepared, accel, rolled.clone())
+                .await;
+            self.desktops.set_in_use(Vec::new());
+            let quick = started.elapsed() < Duration::from_secs(self.cfg.healthy_secs);
+            match ended {
+                Ended::Off => break,
+                Ended::KvmFailed(why) => {
+                    log::warn!(
+                        "desktop: KVM could not run the guest ({why}); using TCG from now on"
+                    );
+                    self.kvm_broken
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                    continue;
+                }
+                Ended::Reset(why) | Ended::Error(why) if quick => {
+                    failed_boots += 1;
+                    log::warn!("desktop: boot {failed_boots} failed: {why}");
+                    if failed_boots < self.cfg.max_failed_boots {
+                        continue;
+                    }
+                    failed_boots = 0;
+                    if rolled.is_none() {
+                        if let Some(r) = self.rollback.engage(
+                            self.desktops.store.dir(),
+                            &group_uuid,
+                            &prepared.server_top,
+                            &why,
+                        ) {
+                            let _ = self.events.send(DesktopEvent::Failed {
+                                group_uuid: group_uuid.clone(),
+                                layer: r.broken.clone(),
+                                reason: why.clone(),
+                                rolled_back_to: Some(r.booted.clone()),
+                            });
+                            continue;
+                        }
+                    }
+                    self.fail(&group_uuid, &prepared.server_top, why);
+                    return;
+                }
+                // A reset after a healthy start is the student rebooting:
+                // boot again (a restore group comes back clean).
+                Ended::Reset(why) => {
+                    log::info!("desktop: the guest restarted ({why}); booting it again");
+                    failed_boots = 0;
+                }
+                Ended::Error(why) => {
+                    failed_boots = 0;
+                    log::warn!("desktop: QEMU ended: {why}; booting again");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+        self.set(|s| {
+            s.state = "off".into();
+            s.in_use.clear();
+        });
+        let _ = self.events.send(DesktopEvent::Off { group_uuid });
+    }
+
+    fn fail(&self, group_uuid: &str, layer: &str, reason: String) {
+        log::error!("desktop {group_uuid}: {reason}");
+        self.set(|s| {
+            s.state = "failed".into();
+            s.reason = reason.clone();
+            s.in_use.clear();
+        });
+        let _ = self.events.send(DesktopEvent::Failed {
+            group_uuid: group_uuid.into(),
+            layer: layer.into(),
+            reason,
+            rolled_back_to: None,
+        });
+    }
+
+    async fn run_once(
+        &self,
+        group_uuid: &str,
+        os_sys_type: i64,
+        prepared: &modes::Prepared,
+        accel: &'static str,
+        rolled: Option<rollback::RolledBack>,
+    ) -> Ended {
+        let (vcpus, memory_mib) = cmdline::sizing(&self.cfg);
+        let qmp_path = self.dir.join("qmp.sock");
+        let qmp_commands = self.dir.join("qmp-commands.sock");
+        let _ = std::fs::remove_file(&qmp_path);
+        let _ = std::fs::remove_file(&qmp_commands);
+        let launch = cmdline::Launch {
+            name: format!("voi-{group_uuid}"),
+            disks: prepared.disks.clone(),
+            os_sys_type,
+            accel,
+            vcpus,
+            memory_mib,
+            qmp: qmp_path.clone(),
+            qmp_commands: qmp_commands.clone(),
+            serial: self.serial_log(),
+            vnc_socket: self.dir.join("vnc.sock"),
+            usb: cmdline::allowed_usb(&self.cfg),
+        };
+        // One boot's console per file: nobody reads the last boot's lines
+        // as this one's.
+        let _ = std::fs::remove_file(self.serial_log());
+        let args = cmdline::args(&self.cfg, &launch);
+        let qemu = self.cfg.qemu.clone().unwrap_or_else(cmdline::default_qemu);
+        log::info!(
+            "desktop: starting {group_uuid} on {accel} ({vcpus} vCPU, {memory_mib} MiB): {} {}",
+            qemu.display(),
+            args.join(" ")
+        );
+        self.set(|s| {
+            s.state = "starting".into();
+            s.accelerator = accel.into();
+            s.in_use = prepared.in_use.clone();
+            s.rolled_back = rolled;
+            s.boots += 1;
+        });
+        let mut guest = match supervise::spawn(&qemu, &args, "qemu") {
+            Ok(g) => g,
+            Err(e) => return Ended::Error(format!("cannot run {}: {e}", qemu.display())),
+        };
+        let qmp = tokio::select! {
+            q = qmp::Qmp::connect(&qmp_path, Duration::from_secs(15)) => q,
+            status = guest.child.wait() => {
+                // Give the output readers a moment to drain.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                return classify_exit(status.ok(), &guest.last_output(), accel);
+            }
+        };
+        let mut events = match qmp {
+            Ok(q) => q,
+            Err(e) => {
+                let _ = guest.child.kill().await;
+                return Ended::Error(format!("QMP: {e}"));
+            }
+        };
+        // A second connection for commands (powerdown, screendump); this
+        // one reads events.
+        match qmp::Qmp::connect(&qmp_commands, Duration::from_secs(5)).await {
+            Ok(cmd) => *self.qmp.lock().await = Some(cmd),
+            Err(e) => log::warn!("desktop: second QMP connection: {e}"),
+        }
+        let since = now_ms();
+        self.set(|s| {
+            s.state = "running".into();
+            s.since_ms = since;
+        });
+        log::info!("desktop: {group_uuid} runs on {accel}");
+        let _ = self.events.send(DesktopEvent::Running {
+            group_uuid: group_uuid.into(),
+            accelerator: accel.into(),
+            since_ms: since,
+        });
+        let mut reset: Option<String> = None;
+        let ended = loop {
+            tokio::select! {
+                status = guest.child.wait() => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    let out = guest.last_output();
+                    break match (reset.take(), classify_exit(status.ok(), &out, accel)) {
+                        (_, Ended::KvmFailed(w)) => Ended::KvmFailed(w),
+                        (Some(r), _) => Ended::Reset(r),
+                        (None, e) => e,
+                    };
+                }
+                ev = events.next_event() => match ev {
+                    Ok(ev) => match ev["event"].as_str() {
+                        Some("SHUTDOWN") => {
+                            let why = ev["data"]["reason"].as_str().unwrap_or_default().to_string();
+                            if why == "guest-reset" {
+                                reset = Some("the guest reset".into());
+                            }
+                        }
+                        Some("GUEST_PANICKED") => {
+                            reset = Some("the guest kernel panicked".into());
+                            let _ = guest.child.kill().await;
+                        }
+                        _ => {}
+                    },
+                    Err(_) => {
+                        // QEMU is going away; its exit tells the rest.
+                        let status = guest.child.wait().await;
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        let out = guest.last_output();
+                        break match (reset.take(), classify_exit(status.ok(), &out, accel)) {
+                            (_, Ended::KvmFailed(w)) => Ended::KvmFailed(w),
+                            (Some(r), _) => Ended::Reset(r),
+                            (None, e) => e,
+                        };
+                    }
+                },
+                _ = self.stop.notified() => {
+                    let _ = self.powerdown_and_wait(&mut guest).await;
+                    break Ended::Off;
+                }
+            }
+        };
+        *self.qmp.lock().await = None;
+        if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ended::Off;
+        }
+        ended
+    }
+
+    async fn powerdown_and_wait(&self, guest: &mut supervise::Guest) -> bool {
+        self.set(|s| s.state = "stopping".into());
+        let wait = Duration::from_secs(self.cfg.stop_timeout_secs);
+        let deadline = tokio::time::Instant::now() + wait;
+        // Pressed again every few seconds: a guest still booting has no
+        // one listening to the power button yet.
+        let ended = loop {
+            if let Some(q) = self.qmp.lock().await.as_mut() {
+                if let Err(e) = q.execute("system_powerdown", json!({})).await {
+                    log::warn!("desktop: system_powerdown: {e}");
+                }
+            }
+            let next = (tokio::time::Instant::now() + Duration::from_secs(5)).min(deadline);
+            match tokio::time::timeout_at(next, guest.child.wait()).await {
+                Ok(_) => break true,
+                Err(_) if next >= deadline => break false,
+                Err(_) => {}
+            }
+        };
+        match ended {
+            true => {
+                log::info!("desktop: the guest powered off");
+                true
+            }
+            false => {
+                log::warn!(
+                    "desktop: the guest did not power off within {wait:?} of ACPI powerdown; stopping it"
+                );
+                let _ = guest.child.kill().await;
+                false
+            }
+        }
+    }
+
+    /// Powers the guest down through ACPI, then hard after the configured
+    /// time; returns when it is off. Nothing to do when none runs.
+    pub async fn stop(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        if matches!(self.status().state.as_str(), "off" | "failed") {
+            return;
+        }
+        self.stop.notify_one();
+        let limit = Duration::from_secs(self.cfg.stop_timeout_secs + 10);
+        let start = Instant::now();
+        while !matches!(self.status().state.as_str(), "off" | "failed") && start.elapsed() < limit {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// QMP screendump of the guest's screen (PNG).
+    pub async fn screendump(&self, path: &Path) -> Result<(), DesktopError> {
+        let mut q = self.qmp.lock().await;
+        let q = q
+            .as_mut()
+            .ok_or_else(|| DesktopError::Other("no desktop is running".into()))?;
+        q.execute(
+            "screendump",
+            json!({ "filename": path.display().to_string(), "format": "png" }),
+        )
+        .await
+        .map(drop)
+        .map_err(|e| DesktopError::Other(e.to_string()))
+    }
+}
+
+fn classify_exit(status: Option<std::process::ExitStatus>, output: &str, accel: &str) -> Ended {
+    if accel == "kvm" && output.contains("KVM internal error") {
+        return Ended::KvmFailed(output.chars().take(200).collect());
+    }
+    match status {
+        Some(s) if s.success() => Ended::Off,
+        Some(s) => Ended::Error(format!("QEMU exited with {s}: {output}")),
+        None => Ended::Error(format!("QEMU ended: {output}")),
+    }
+}

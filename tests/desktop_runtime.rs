@@ -189,6 +189,13 @@ async fn a_delivered_desktop_boots_restores_persists_updates_and_rolls_back() {
             })
     })
     .await;
+    let env = api(&h)
+        .get(&format!("/api/v1/terminals/{mac}"))
+        .await
+        .expect("terminal");
+    let running = &env.data.expect("data")["running_desktop"];
+    assert_eq!(running["desktop_group_name"], "lesson", "{running}");
+    assert_eq!(running["accelerator"], "tcg", "{running}");
     // A picture for the README.
     let png = root().join("docs/desktop-guest.png");
     agent.desktop.screendump(&png).await.expect("screendump");

@@ -221,3 +221,33 @@ fn ctl_push_help_lists_the_commands_and_their_bodies() {
         assert!(line.contains(body), "{line}");
     }
 }
+
+/// Two agents configured with one MAC kick each other off; each side says
+/// why: the server logs the conflict (console: `conflict`), and the agents
+/// say another terminal may use their MAC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_agents_with_one_mac_are_told_on_both_sides() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let h = start_server(&dir.path().join("s")).await;
+    let mac = "AA:00:00:00:95:01";
+    let (a, ta) = start_agent(agent_config(&dir.path().join("a"), h.addr.port(), mac));
+    let (b, tb) = start_agent(agent_config(&dir.path().join("b"), h.addr.port(), mac));
+    let said = |x: &voi::agent::Agent| {
+        x.live()
+            .last_error
+            .is_some_and(|e| e.contains("another terminal may use MAC"))
+    };
+    wait_for("an agent to name the MAC conflict", 60, || {
+        said(&a) || said(&b)
+    })
+    .await;
+    assert!(
+        h.server.registry.conflict(mac).is_some(),
+        "the server saw no conflict"
+    );
+    for (x, t) in [(a, ta), (b, tb)] {
+        x.shutdown.cancel();
+        let _ = t.await;
+    }
+    h.stop().await;
+}

@@ -215,6 +215,7 @@ impl Agent {
             Duration::from_secs(self.cfg.backoff_cap_secs),
         );
         let mut unreachable = Unreachable::default();
+        let mut quick_closes = 0u32;
         while !self.shutdown.is_cancelled() {
             let addr = self.server_addr();
             self.set_live(|l| {
@@ -270,6 +271,24 @@ impl Agent {
             }
             if started.elapsed() > Duration::from_secs(60) {
                 session_backoff.reset();
+                quick_closes = 0;
+            } else if text.contains("Eof") {
+                // The server closing a fresh session again and again is
+                // what a second terminal with this MAC looks like from here
+                // (the server logs "two terminals claim this MAC").
+                quick_closes += 1;
+                if quick_closes == 3 {
+                    log::warn!(
+                        "the server closed {quick_closes} sessions in a row within a minute of login: another terminal may be using this MAC ({}); set a distinct `mac` in each agent's config",
+                        self.mac
+                    );
+                    self.set_live(|l| {
+                        l.last_error = Some(format!(
+                            "sessions closed by the server right after login: another terminal may use MAC {}",
+                            self.mac
+                        ))
+                    });
+                }
             }
             let delay = session_backoff.next_delay();
             log::warn!("session ended: {text}; reconnecting in {delay:?}");

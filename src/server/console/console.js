@@ -327,6 +327,14 @@
   }
 
   function desktopsText(t) {
+    const held = desktopsHeld(t);
+    const r = t.running_desktop;
+    if (!r) return held;
+    const since = r.since_ms ? new Date(r.since_ms).toLocaleTimeString() : '';
+    return `running ${r.desktop_group_name}${r.accelerator ? ' on ' + r.accelerator : ''}${since ? ' since ' + since : ''}` + (held ? ' — ' + held : '');
+  }
+
+  function desktopsHeld(t) {
     if (t.desktop_group_names && t.desktop_group_names.length) return t.desktop_group_names.join(', ');
     if (!t.desktops) return '';
     return typeof t.desktops === 'string' ? t.desktops : JSON.stringify(t.desktops);

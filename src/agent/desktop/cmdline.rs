@@ -35,18 +35,7 @@ pub struct Launch {
     pub usb: Vec<(u32, u32)>,
 }
 
-/// `usb_classes` names to USB interface class codes.
-pub fn usb_class_code(name: &str) -> Option<u8> {
-    Some(match name {
-        "audio" => 0x01,
-        "hid" => 0x03,
-        "printer" => 0x07,
-        "storage" => 0x08,
-        "smartcard" => 0x0b,
-        "video" => 0x0e,
-        _ => return None,
-    })
-}
+pub use super::config::usb_class_code;
 
 pub fn uses_sata(cfg: &DesktopConfig, os_sys_type: i64) -> bool {
     match cfg.disk_bus.as_str() {

@@ -136,7 +136,7 @@ impl DesktopConfig {
             }
         }
         for c in &self.usb_classes {
-            if super::cmdline::usb_class_code(c).is_none() {
+            if usb_class_code(c).is_none() {
                 return Err(format!("[desktop] usb_classes: unknown class {c:?}"));
             }
         }
@@ -145,4 +145,17 @@ impl DesktopConfig {
         }
         Ok(())
     }
+}
+
+/// `usb_classes` names to USB interface class codes.
+pub fn usb_class_code(name: &str) -> Option<u8> {
+    Some(match name {
+        "audio" => 0x01,
+        "hid" => 0x03,
+        "printer" => 0x07,
+        "storage" => 0x08,
+        "smartcard" => 0x0b,
+        "video" => 0x0e,
+        _ => return None,
+    })
 }

@@ -33,15 +33,6 @@ fn same_bytes(a: &Path, b: &Path) -> bool {
     std::fs::read(a).expect("a") == std::fs::read(b).expect("b")
 }
 
-fn report(h: &ServerHandle, mac: &str, key: &str) -> Option<serde_json::Value> {
-    h.server
-        .store
-        .terminal(mac)
-        .ok()
-        .flatten()
-        .and_then(|r| r.reports.get(key).cloned())
-}
-
 fn disk_path(agent: &Agent, name: &str) -> PathBuf {
     agent.cfg.disk_dir().join(name)
 }

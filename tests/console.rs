@@ -97,6 +97,22 @@ async fn browser(driver_port: u16, profile: &Path) -> Client {
     }
 }
 
+/// Types the API token into the login form and submits it.
+async fn log_in(c: &Client, token: &str) {
+    c.find(Locator::Id("token"))
+        .await
+        .expect("token field")
+        .send_keys(token)
+        .await
+        .expect("type");
+    c.find(Locator::Id("login-button"))
+        .await
+        .expect("button")
+        .click()
+        .await
+        .expect("click");
+}
+
 fn layer() -> String {
     format!("voi_0_{U}")
 }
@@ -148,18 +164,7 @@ async fn the_console_in_chromium_shows_the_room_renames_and_sends_a_desktop() {
     c.goto(&format!("{base}/")).await.expect("open the console");
 
     // The token, once.
-    c.find(Locator::Id("token"))
-        .await
-        .expect("token field")
-        .send_keys(&h.server.api_token)
-        .await
-        .expect("type");
-    c.find(Locator::Id("login-button"))
-        .await
-        .expect("button")
-        .click()
-        .await
-        .expect("click");
+    log_in(&c, &h.server.api_token).await;
     let online = format!(
         "return {:?}.every(m => document.querySelector(`#terminals tr[data-mac=\"${{m}}\"] .state.online`) !== null)",
         macs
@@ -449,18 +454,7 @@ async fn the_console_shows_reasons_conflicts_and_edits_groups_fully() {
     let c = browser(driver_port, &dir.path().join("profile")).await;
     let base = format!("http://{}", h.api_addr);
     c.goto(&format!("{base}/")).await.expect("open the console");
-    c.find(Locator::Id("token"))
-        .await
-        .expect("token field")
-        .send_keys(&h.server.api_token)
-        .await
-        .expect("type");
-    c.find(Locator::Id("login-button"))
-        .await
-        .expect("button")
-        .click()
-        .await
-        .expect("click");
+    log_in(&c, &h.server.api_token).await;
     let row = format!("#terminals tr[data-mac=\"{mac}\"]");
     wait_js(
         &c,

@@ -89,13 +89,7 @@ impl Drill {
     }
 
     fn report(&self, mac: &str, key: &str) -> Option<Value> {
-        self.h
-            .server
-            .store
-            .terminal(mac)
-            .ok()
-            .flatten()
-            .and_then(|r| r.reports.get(key).cloned())
+        report(&self.h, mac, key)
     }
 
     /// Drives the script against the agent until it is done or the agent

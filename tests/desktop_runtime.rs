@@ -133,17 +133,7 @@ async fn a_delivered_desktop_boots_restores_persists_updates_and_rolls_back() {
         .arg("course v1"));
     let base_size = std::fs::metadata(&base).expect("base").len();
     assert!(base_size < 64 << 20, "the test guest is {base_size} bytes");
-    run(Command::new("qemu-img").current_dir(&lib).args([
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-b",
-        &format!("voi_0_{U}"),
-        "-F",
-        "qcow2",
-        &format!("voi_1_{U}"),
-    ]));
+    make_overlay(&lib, &format!("voi_1_{U}"), &format!("voi_0_{U}"));
     write_content(&lib.join(format!("voi_1_{U}")), "course v2");
     h.server.images.scan().await.expect("scan");
     let mac = "AA:00:00:00:D0:01";
@@ -177,16 +167,7 @@ async fn a_delivered_desktop_boots_restores_persists_updates_and_rolls_back() {
     assert_eq!(status.accelerator, "tcg");
     // The server hears which desktop runs, on which accelerator.
     wait_for("9024 on the server", 20, || {
-        h.server
-            .store
-            .terminal(mac)
-            .ok()
-            .flatten()
-            .is_some_and(|r| {
-                r.reports
-                    .get(&format!("desktop_login:{G}"))
-                    .is_some_and(|v| v["accelerator"] == "tcg")
-            })
+        report(&h, mac, &format!("desktop_login:{G}")).is_some_and(|v| v["accelerator"] == "tcg")
     })
     .await;
     let env = api(&h)
@@ -264,17 +245,7 @@ async fn a_delivered_desktop_boots_restores_persists_updates_and_rolls_back() {
     // running chain is untouched. This level is broken (its boot sector
     // zeroed), so the next boot fails and the runtime rolls back.
     let l2 = lib.join(format!("voi_2_{U}"));
-    run(Command::new("qemu-img").current_dir(&lib).args([
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-b",
-        &format!("voi_1_{U}"),
-        "-F",
-        "qcow2",
-        &format!("voi_2_{U}"),
-    ]));
+    make_overlay(&lib, &format!("voi_2_{U}"), &format!("voi_1_{U}"));
     run(Command::new("qemu-io")
         .args(["-f", "qcow2", "-c", "write -z 0 4096"])
         .arg(&l2));
@@ -306,22 +277,13 @@ async fn a_delivered_desktop_boots_restores_persists_updates_and_rolls_back() {
     assert_eq!(rolled.broken, format!("voi_2_{U}"));
     assert_eq!(rolled.booted, format!("voi_1_{U}"));
     wait_for("the failure reported to the server", 30, || {
-        h.server
-            .store
-            .terminal(mac)
-            .ok()
-            .flatten()
-            .is_some_and(|r| {
-                r.reports
-                    .get(&format!("task_result:voi_2_{U}"))
-                    .is_some_and(|v| {
-                        v["result"] == 2
-                            && v["msg"]
-                                .as_str()
-                                .unwrap_or_default()
-                                .contains("rolled back")
-                    })
-            })
+        report(&h, mac, &format!("task_result:voi_2_{U}")).is_some_and(|v| {
+            v["result"] == 2
+                && v["msg"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("rolled back")
+        })
     })
     .await;
     agent.desktop.stop().await;

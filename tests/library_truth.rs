@@ -173,14 +173,7 @@ async fn a_layer_refused_for_its_content_is_not_fetched_again() {
     let mut cfg = agent_config(&dir.path().join("a"), h.addr.port(), mac);
     cfg.bt.manifest_key = Some(voi::bt::manifest::to_hex(other.verifying_key().as_bytes()));
     let (a, ta) = start_agent(cfg);
-    let result = |h: &voi::server::ServerHandle| {
-        h.server
-            .store
-            .terminal(mac)
-            .ok()
-            .flatten()
-            .and_then(|r| r.reports.get(&format!("task_result:{layer}")).cloned())
-    };
+    let result = |h: &voi::server::ServerHandle| report(h, mac, &format!("task_result:{layer}"));
     wait_for("the terminal's failed task_result", 60, || {
         result(&h).is_some_and(|r| r["result"] == 2)
     })

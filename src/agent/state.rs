@@ -165,6 +165,25 @@ impl AgentState {
         })
     }
 
+    /// Keeps a group a command announced (1008, 1017), so what it delivers
+    /// boots before any 9007 lists it (a vendor server may never). A group
+    /// the server's 9007 already listed stays as it said.
+    pub fn keep_announced_group(&mut self, group: DesktopGroup, command: &str) {
+        if self
+            .desktop_groups
+            .iter()
+            .any(|g| g.desktop_group_uuid == group.desktop_group_uuid)
+        {
+            return;
+        }
+        log::info!(
+            "keeping desktop group {:?} ({}) from its {command}",
+            group.desktop_group_name,
+            group.desktop_group_uuid
+        );
+        self.desktop_groups.push(group);
+    }
+
     pub fn notice(&mut self, text: impl Into<String>) {
         self.notices.push_back(text.into());
         while self.notices.len() > 16 {

@@ -318,6 +318,17 @@ fn known(server: &Server) -> Known {
     }
 }
 
+/// A MAC from the URL, normalised, or the 400 that refuses it.
+fn mac_param(mac: &str) -> Result<String, Box<Response>> {
+    normalize_mac(mac).ok_or_else(|| {
+        Box::new(fail(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::TerminalMacError,
+            "not a MAC",
+        ))
+    })
+}
+
 fn terminal_view(
     server: &Server,
     known: &Known,
@@ -432,12 +443,9 @@ async fn terminals(State(server): S, headers: HeaderMap) -> Response {
 
 async fn terminal(State(server): S, headers: HeaderMap, Path(mac): Path<String>) -> Response {
     guard!(server, headers);
-    let Some(mac) = normalize_mac(&mac) else {
-        return fail(
-            StatusCode::BAD_REQUEST,
-            ErrorCode::TerminalMacError,
-            "not a MAC",
-        );
+    let mac = match mac_param(&mac) {
+        Ok(m) => m,
+        Err(refused) => return *refused,
     };
     match server.store.terminal(&mac) {
         Ok(Some(r)) => ok(terminal_view(&server, &known(&server), &r, true)),
@@ -459,12 +467,9 @@ async fn forget_terminal(
     Path(mac): Path<String>,
 ) -> Response {
     guard!(server, headers);
-    let Some(mac) = normalize_mac(&mac) else {
-        return fail(
-            StatusCode::BAD_REQUEST,
-            ErrorCode::TerminalMacError,
-            "not a MAC",
-        );
+    let mac = match mac_param(&mac) {
+        Ok(m) => m,
+        Err(refused) => return *refused,
     };
     if server.registry.sender(&mac).is_some() {
         return fail(
@@ -581,12 +586,9 @@ async fn set_delivery(
     body: Option<Json<DeliveryRequest>>,
 ) -> Response {
     guard!(server, headers);
-    let Some(mac) = normalize_mac(&mac) else {
-        return fail(
-            StatusCode::BAD_REQUEST,
-            ErrorCode::TerminalMacError,
-            "not a MAC",
-        );
+    let mac = match mac_param(&mac) {
+        Ok(m) => m,
+        Err(refused) => return *refused,
     };
     let choice = match body.as_ref().map(|b| b.delivery.as_str()) {
         Some("auto") => None,

@@ -274,6 +274,9 @@ impl Images {
             if !matches!(verdicts.get(&checked.file), Some(Ok(()))) {
                 continue;
             }
+            let Some(Ok(header)) = checked.header else {
+                continue;
+            };
             let name = checked.file;
             let Ok(layer) = LayerName::parse(&name) else {
                 continue;
@@ -307,13 +310,6 @@ impl Images {
             let (sidecar, torrent, meta_t) = match cached {
                 Some((s, t, m)) if !s.sha256.is_empty() && !s.piece_sha256.is_empty() => (s, t, m),
                 _ => {
-                    let header = match crate::disk::qcow2::read_header(&entry.path()) {
-                        Ok(h) => h,
-                        Err(e) => {
-                            log::warn!("image {name} changed while it was scanned: {e}");
-                            continue;
-                        }
-                    };
                     log::info!(
                         "hashing {name} ({} bytes) for its torrent and manifest",
                         meta.len()

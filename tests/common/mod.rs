@@ -49,6 +49,16 @@ pub async fn start_server(dir: &Path) -> ServerHandle {
         .expect("server starts")
 }
 
+/// The latest report of one kind on a terminal's record.
+pub fn report(h: &ServerHandle, mac: &str, key: &str) -> Option<Value> {
+    h.server
+        .store
+        .terminal(mac)
+        .ok()
+        .flatten()
+        .and_then(|r| r.reports.get(key).cloned())
+}
+
 pub fn api(h: &ServerHandle) -> ApiClient {
     ApiClient::new(format!("http://{}", h.api_addr), h.server.api_token.clone())
 }
@@ -347,12 +357,17 @@ pub fn run(cmd: &mut std::process::Command) {
 
 /// A diff over `parent` (relative name, same directory) with `mib` MiB
 /// written.
-pub fn make_diff(dir: &Path, name: &str, parent: &str, mib: u64, pattern: u8) {
+/// An empty qcow2 `name` in `dir`, backed by `parent` (named relatively).
+pub fn make_overlay(dir: &Path, name: &str, parent: &str) {
     run(std::process::Command::new("qemu-img")
         .current_dir(dir)
         .args([
             "create", "-q", "-f", "qcow2", "-b", parent, "-F", "qcow2", name,
         ]));
+}
+
+pub fn make_diff(dir: &Path, name: &str, parent: &str, mib: u64, pattern: u8) {
+    make_overlay(dir, name, parent);
     run(std::process::Command::new("qemu-io")
         .current_dir(dir)
         .args(["-f", "qcow2", "-c"])

@@ -72,20 +72,7 @@ impl DownloadDesktop {
         let n = wanted.len();
         let group = self.group;
         ctx.agent.persist(|s| {
-            // Known before any layer arrives, so what is delivered boots
-            // even if no 9007 lists it; a listed group stays as listed.
-            if !s
-                .desktop_groups
-                .iter()
-                .any(|g| g.desktop_group_uuid == group.desktop_group_uuid)
-            {
-                log::info!(
-                    "keeping desktop group {:?} ({}) from its 1008",
-                    group.desktop_group_name,
-                    group.desktop_group_uuid
-                );
-                s.desktop_groups.push(group);
-            }
+            s.keep_announced_group(group, "1008");
             for w in wanted {
                 if !s.pending_downloads.contains(&w) {
                     s.pending_downloads.push(w);

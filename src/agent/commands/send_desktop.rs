@@ -49,24 +49,8 @@ impl SendDesktop {
     pub async fn apply(self, ctx: &Ctx<'_>) -> CmdResult {
         let names: Vec<String> = self.downloads.iter().map(|d| d.layer.to_string()).collect();
         let agent = ctx.agent.clone();
-        // The group is known from here on, so what is delivered can be
-        // booted before a 9007 lists it (a vendor server may never). A
-        // group the server's 9007 already listed stays as it said.
         let group = self.group;
-        agent.persist(|s| {
-            if !s
-                .desktop_groups
-                .iter()
-                .any(|g| g.desktop_group_uuid == group.desktop_group_uuid)
-            {
-                log::info!(
-                    "keeping desktop group {:?} ({}) from its 1017",
-                    group.desktop_group_name,
-                    group.desktop_group_uuid
-                );
-                s.desktop_groups.push(group);
-            }
-        });
+        agent.persist(|s| s.keep_announced_group(group, "1017"));
         tokio::spawn(async move {
             for d in self.downloads {
                 let layer = d.layer.to_string();

@@ -392,9 +392,7 @@ impl DesktopRuntime {
         let qmp = tokio::select! {
             q = qmp::Qmp::connect(&qmp_path, Duration::from_secs(15)) => q,
             status = guest.child.wait() => {
-                // Give the output readers a moment to drain.
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                return classify_exit(status.ok(), &guest.last_output(), accel);
+                return exited(&guest, status.ok(), None, accel).await;
             }
         };
         let mut events = match qmp {
@@ -425,13 +423,7 @@ impl DesktopRuntime {
         let ended = loop {
             tokio::select! {
                 status = guest.child.wait() => {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    let out = guest.last_output();
-                    break match (reset.take(), classify_exit(status.ok(), &out, accel)) {
-                        (_, Ended::KvmFailed(w)) => Ended::KvmFailed(w),
-                        (Some(r), _) => Ended::Reset(r),
-                        (None, e) => e,
-                    };
+                    break exited(&guest, status.ok(), reset.take(), accel).await;
                 }
                 ev = events.next_event() => match ev {
                     Ok(ev) => match ev["event"].as_str() {
@@ -450,13 +442,7 @@ impl DesktopRuntime {
                     Err(_) => {
                         // QEMU is going away; its exit tells the rest.
                         let status = guest.child.wait().await;
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                        let out = guest.last_output();
-                        break match (reset.take(), classify_exit(status.ok(), &out, accel)) {
-                            (_, Ended::KvmFailed(w)) => Ended::KvmFailed(w),
-                            (Some(r), _) => Ended::Reset(r),
-                            (None, e) => e,
-                        };
+                        break exited(&guest, status.ok(), reset.take(), accel).await;
                     }
                 },
                 _ = self.stop.notified() => {
@@ -535,6 +521,23 @@ impl DesktopRuntime {
         .await
         .map(drop)
         .map_err(|e| DesktopError::Other(e.to_string()))
+    }
+}
+
+/// How a run ended, once QEMU has exited: a reset or panic seen on QMP
+/// before the exit names it, unless KVM itself failed.
+async fn exited(
+    guest: &supervise::Guest,
+    status: Option<std::process::ExitStatus>,
+    reset: Option<String>,
+    accel: &str,
+) -> Ended {
+    // Give the output readers a moment to drain.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    match (reset, classify_exit(status, &guest.last_output(), accel)) {
+        (_, Ended::KvmFailed(w)) => Ended::KvmFailed(w),
+        (Some(r), _) => Ended::Reset(r),
+        (None, e) => e,
     }
 }
 

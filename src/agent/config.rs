@@ -28,6 +28,10 @@ pub struct PlatformConfig {
     pub hostname: EffectMode,
     #[serde(default)]
     pub network: EffectMode,
+    /// Arming wake-on-LAN on the NIC, and sending magic packets for the
+    /// server (1900). `recording` journals both and only reads the NIC.
+    #[serde(default)]
+    pub wake: EffectMode,
     /// Where the recording implementation journals its calls; defaults to
     /// `<data_dir>/platform-journal.jsonl`.
     #[serde(default)]
@@ -65,6 +69,7 @@ impl Default for PlatformConfig {
             boot: EffectMode::Linux,
             hostname: EffectMode::Linux,
             network: EffectMode::Linux,
+            wake: EffectMode::Linux,
             journal: None,
             pxe_boot_entry: None,
             maintenance_boot_entry: None,
@@ -82,6 +87,7 @@ impl PlatformConfig {
             boot: mode,
             hostname: mode,
             network: mode,
+            wake: mode,
             ..Default::default()
         }
     }

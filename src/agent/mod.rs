@@ -12,6 +12,7 @@
 //!   what the agent tells the server about them;
 //! * `terminal`: the agent's shared state (identity, persisted state, platform,
 //!   desktops, the current link);
+//! * `power`: powering down armed for wake-on-LAN, and relaying a wake;
 //! * `desktops`, `update_plan`, `state`, `config`, `platform/`, `interfaces`,
 //!   `performance_report`: the parts `terminal` is made of.
 pub mod cli;
@@ -23,6 +24,7 @@ pub mod desktops;
 pub mod interfaces;
 pub mod performance_report;
 pub mod platform;
+pub mod power;
 pub mod session;
 pub mod state;
 pub mod supervisor;

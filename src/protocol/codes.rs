@@ -58,6 +58,10 @@ service_codes! {
     TerminalUpgrade = 1030 => "terminal_upgrade",
     ClearTargetDesktop = 1031 => "clear_target_desktop",
     SendDesktopTcp = 1032 => "send_desktop_tcp",
+    // Ours, outside the vendor's ranges, sent only to terminals that
+    // announced them (9004 `wake`); notes §12.
+    WakeRelay = 1900 => "voi_wake_relay",
+    PowerNotice = 1901 => "voi_power_notice",
     Heartbeat = 9000 => "heartbeat",
     TerminalLogin = 9001 => "terminal_login",
     TerminalLogout = 9002 => "terminal_logout",
@@ -108,6 +112,12 @@ impl ServiceCode {
     /// Server→terminal command (1xxx).
     pub fn is_command(self) -> bool {
         (1000..2000).contains(&(self as u32))
+    }
+
+    /// A command of ours that the vendor's terminals do not know; sent only
+    /// to a terminal that announced it.
+    pub fn is_ours(self) -> bool {
+        (1900..2000).contains(&(self as u32))
     }
 }
 
@@ -207,8 +217,8 @@ mod tests {
     #[test]
     fn covers_every_table_row() {
         let cmds = ServiceCode::ALL.iter().filter(|c| c.is_command()).count();
-        // 1000–1026 plus 1030, 1031, 1032.
-        assert_eq!(cmds, 30);
+        // 1000–1026 plus 1030, 1031, 1032, and our 1900 and 1901.
+        assert_eq!(cmds, 32);
         let reqs = ServiceCode::ALL.len() - cmds;
         // 9000–9029 plus 9999.
         assert_eq!(reqs, 31);

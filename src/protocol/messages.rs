@@ -57,6 +57,26 @@ pub struct ConfigVersionReq {
     pub disk_residue: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resolutions: Option<String>,
+    /// Ours: the NIC's wake-on-LAN and the subnet it is on. Its presence
+    /// also says the terminal carries out 1900 and 1901.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wake: Option<WakeInfo>,
+}
+
+/// What a terminal of ours reports about waking it (in 9004).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct WakeInfo {
+    pub interface: String,
+    /// The NIC can wake on a magic packet.
+    pub supported: bool,
+    /// Why not, or how it was checked ("ethtool: Operation not supported").
+    #[serde(default)]
+    pub detail: String,
+    /// Its address and prefix, for the subnet a relay must be on.
+    #[serde(default)]
+    pub ip: String,
+    #[serde(default)]
+    pub prefix: u8,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -612,6 +632,34 @@ pub struct UpdatePerformanceReq {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BatchCmd {
     pub batch_no: BatchNo,
+}
+
+/// 1900 voi_wake_relay (ours): send the magic packet for each MAC on the
+/// terminal's own subnet, where a router would drop the server's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WakeRelayCmd {
+    pub batch_no: BatchNo,
+    pub macs: Vec<String>,
+}
+
+/// The answer's `data` for 1900.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct WakeRelayResp {
+    /// MACs whose packets left, and the broadcast they went to.
+    pub sent: Vec<String>,
+    pub broadcast: String,
+}
+
+/// 1901 voi_power_notice (ours): the terminal will be told to `action` in
+/// `in_secs`, for `reason`; it tells whoever sits at it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PowerNoticeCmd {
+    pub batch_no: BatchNo,
+    pub action: String,
+    #[serde(deserialize_with = "flex::int")]
+    pub in_secs: i64,
+    #[serde(default)]
+    pub reason: String,
 }
 
 /// 1004 update_name.

@@ -197,6 +197,9 @@ fn router(server: Arc<Server>) -> Router {
             get(order_show).post(order_start).delete(order_cancel),
         )
         .route("/api/v1/events", get(events))
+        .route("/api/v1/wake", get(wake_results).post(wake))
+        .route("/api/v1/terminals/:mac/room", put(set_room))
+        .route("/api/v1/schedule", get(schedule_show).put(schedule_put))
         .merge(super::console::routes())
         // Every operator body is a small JSON document; a bigger one is
         // refused (413) before it is read into memory.
@@ -841,6 +844,162 @@ async fn order_cancel(State(server): S, headers: HeaderMap) -> Response {
     guard!(server, headers);
     match order::cancel(&server).await {
         Ok(s) => ok(json!({ "cancelled": s })),
+        Err(e) => push_fail(e),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WakeRequest {
+    #[serde(default)]
+    pub macs: Vec<String>,
+    /// A room: every terminal whose `room` is this.
+    #[serde(default)]
+    pub room: Option<String>,
+    #[serde(default)]
+    pub all: bool,
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+}
+
+/// Sends the magic packets at once; the answer says by which routes.
+/// `GET /api/v1/wake` then tells "online after N s" or "did not come up".
+async fn wake(State(server): S, headers: HeaderMap, body: Option<Json<WakeRequest>>) -> Response {
+    guard!(server, headers);
+    let Some(Json(req)) = body else {
+        return fail(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::MessageError,
+            "body must be {macs: [..]} or {room: \"..\"} or {all: true}",
+        );
+    };
+    use super::wake::Selection;
+    let sel = match (req.macs.is_empty(), req.room, req.all) {
+        (false, None, false) => Selection::Macs(req.macs),
+        (true, Some(room), false) => Selection::Room(room),
+        (true, None, true) => Selection::All,
+        _ => {
+            return fail(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::MessageError,
+                "give exactly one of macs, room or all",
+            )
+        }
+    };
+    let macs = match server.select_terminals(&sel) {
+        Ok(m) => m,
+        Err(e) => return push_fail(e),
+    };
+    let timeout = req
+        .timeout_secs
+        .unwrap_or(server.cfg.wake.timeout_secs)
+        .clamp(1, 3600);
+    let results = server.wake(&macs, timeout).await;
+    ok(json!({ "results": results }))
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct WakeQuery {
+    /// Comma-separated MACs; all wakes when absent.
+    macs: Option<String>,
+}
+
+async fn wake_results(
+    State(server): S,
+    headers: HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<WakeQuery>,
+) -> Response {
+    guard!(server, headers);
+    let macs: Vec<String> = q
+        .macs
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(normalize_mac)
+        .collect();
+    ok(json!({ "results": server.wakes.results(&macs, super::registry::now_ms()) }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RoomRequest {
+    room: String,
+}
+
+/// Puts a terminal in a room (empty: in none).
+async fn set_room(
+    State(server): S,
+    headers: HeaderMap,
+    Path(mac): Path<String>,
+    body: Option<Json<RoomRequest>>,
+) -> Response {
+    guard!(server, headers);
+    let mac = match mac_param(&mac) {
+        Ok(m) => m,
+        Err(refused) => return *refused,
+    };
+    let Some(Json(RoomRequest { room })) = body else {
+        return fail(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::MessageError,
+            "body must be {room}",
+        );
+    };
+    let room = room.trim().to_string();
+    if room.len() > 64 || room.chars().any(|c| c.is_control()) {
+        return fail(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::MessageError,
+            "room must be at most 64 printable characters",
+        );
+    }
+    match server.store.terminal(&mac) {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            return fail(
+                StatusCode::NOT_FOUND,
+                ErrorCode::TerminalRecordNotExist,
+                mac,
+            )
+        }
+        Err(e) => return store_fail(e),
+    }
+    match server.store.update_terminal(&mac, |r| r.room = room.clone()) {
+        Ok(_) => ok(json!({ "mac": mac, "room": room })),
+        Err(e) => store_fail(e),
+    }
+}
+
+async fn schedule_show(State(server): S, headers: HeaderMap) -> Response {
+    guard!(server, headers);
+    match server.store.schedule() {
+        Ok(entries) => ok(json!({
+            "entries": entries,
+            "runs": server.schedule_runs.runs(),
+            "now": server.clock.now().format("%Y-%m-%d %H:%M:%S").to_string(),
+        })),
+        Err(e) => store_fail(e),
+    }
+}
+
+/// Replaces the whole schedule; nothing is stored when an entry is wrong.
+async fn schedule_put(
+    State(server): S,
+    headers: HeaderMap,
+    body: Result<Json<Vec<super::wake::schedule::ScheduleEntry>>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    guard!(server, headers);
+    let entries = match body {
+        Ok(Json(e)) => e,
+        Err(e) => {
+            return fail(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::MessageError,
+                format!("body must be a list of schedule entries: {e}"),
+            )
+        }
+    };
+    match server.put_schedule(entries) {
+        Ok(entries) => ok(json!({ "entries": entries })),
         Err(e) => push_fail(e),
     }
 }

@@ -193,6 +193,29 @@ enum CtlCmd {
         #[arg(long, default_value_t = 3600)]
         wait_secs: u64,
     },
+    /// Power terminals on by wake-on-LAN: MACs (comma-separated), a room,
+    /// or all. Prints the routes each packet took.
+    Wake {
+        macs: Option<String>,
+        /// Every terminal of this room (group of terminals).
+        #[arg(long, alias = "group")]
+        room: Option<String>,
+        #[arg(long)]
+        all: bool,
+        /// Then wait for each to log in ("online after N s") or time out.
+        #[arg(long)]
+        wait: bool,
+        /// Seconds a terminal has to log in (default `[wake] timeout_secs`).
+        #[arg(long)]
+        timeout: Option<u64>,
+    },
+    /// Put terminals (comma-separated MACs) in a room; "" takes them out.
+    Room { macs: String, room: String },
+    /// The class schedule: wake and shut down rooms by the clock.
+    Schedule {
+        #[command(subcommand)]
+        what: Option<crate::server::wake::cli::ScheduleCmd>,
+    },
 }
 
 async fn admission(
@@ -723,6 +746,38 @@ async fn ctl(
             wait,
             wait_secs,
         } => return download_desktop(&c, &mac, &group_uuid, timeout, wait, wait_secs).await,
+        CtlCmd::Wake {
+            macs,
+            room,
+            all,
+            wait,
+            timeout,
+        } => {
+            let macs: Vec<String> = macs
+                .unwrap_or_default()
+                .split(',')
+                .filter(|m| !m.is_empty())
+                .map(str::to_string)
+                .collect();
+            let mut body = serde_json::json!({ "macs": macs, "all": all });
+            if let Some(r) = room {
+                body["room"] = serde_json::json!(r);
+            }
+            if let Some(t) = timeout {
+                body["timeout_secs"] = serde_json::json!(t);
+            }
+            return crate::server::wake::cli::wake(&c, body, wait).await;
+        }
+        CtlCmd::Room { macs, room } => {
+            return crate::server::wake::cli::room(&c, &macs, &room).await
+        }
+        CtlCmd::Schedule { what } => {
+            return crate::server::wake::cli::schedule(
+                &c,
+                what.unwrap_or(crate::server::wake::cli::ScheduleCmd::Show),
+            )
+            .await
+        }
     };
     crate::cli_support::print_line(&serde_json::to_string_pretty(&env)?);
     if env.is_ok() {

@@ -84,6 +84,47 @@ pub struct ServerConfig {
     /// (`limits.rs`).
     #[serde(default)]
     pub limits: super::limits::Limits,
+    /// Wake-on-LAN and the class schedule.
+    #[serde(default)]
+    pub wake: WakeConfig,
+}
+
+/// `[wake]`. Nothing is sent until an operator asks or a schedule entry
+/// that an operator wrote falls due.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WakeConfig {
+    /// How long a woken terminal has to log in before the wake is
+    /// reported as "did not come up".
+    #[serde(default = "default_wake_timeout")]
+    pub timeout_secs: u64,
+    /// Ask an online agent of ours on a terminal's subnet to send the
+    /// packet there (1900) when the server has no interface on it.
+    #[serde(default = "default_true")]
+    pub relay: bool,
+    /// How often the class schedule is looked at.
+    #[serde(default = "default_tick_ms")]
+    pub schedule_tick_ms: u64,
+}
+
+impl Default for WakeConfig {
+    fn default() -> Self {
+        WakeConfig {
+            timeout_secs: default_wake_timeout(),
+            relay: true,
+            schedule_tick_ms: default_tick_ms(),
+        }
+    }
+}
+
+fn default_wake_timeout() -> u64 {
+    180
+}
+fn default_true() -> bool {
+    true
+}
+fn default_tick_ms() -> u64 {
+    10_000
 }
 
 fn default_bt_port() -> u16 {

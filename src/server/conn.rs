@@ -406,6 +406,7 @@ async fn login(
     );
     // The token goes in the header too: that is where terminals read it.
     answer(tx, frame, &st.token, &env).await;
+    server.wakes.logged_in(&mac, super::registry::now_ms());
     server.registry.emit(ServerEvent::Login {
         mac,
         ip,

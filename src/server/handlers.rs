@@ -234,6 +234,9 @@ async fn answer(
                     if let Some(d) = req.disk_residue {
                         r.config.disk_residue = d;
                     }
+                    if req.wake.is_some() {
+                        r.wake = req.wake;
+                    }
                 })
                 .map_err(store_err)?;
             ok(ConfigVersionResp {

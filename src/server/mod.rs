@@ -22,8 +22,9 @@ mod service;
 mod startup;
 pub mod store;
 pub mod tracker;
+pub mod wake;
 
 pub use crate::protocol::md5_hex;
-pub use config::ServerConfig;
+pub use config::{ServerConfig, WakeConfig};
 pub use service::{announce_url, env_error, PushError, Server};
 pub use startup::ServerHandle;

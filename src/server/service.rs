@@ -74,6 +74,12 @@ pub struct Server {
     pub counters: super::limits::Counters,
     /// When each terminal last uploaded a log (9999), for its quota.
     pub(crate) log_uploads: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    /// What became of each wake-on-LAN (`wake/`).
+    pub wakes: super::wake::book::WakeBook,
+    /// The wall clock the class schedule reads.
+    pub clock: Arc<dyn super::wake::Clock>,
+    /// What the class schedule did lately.
+    pub schedule_runs: super::wake::ScheduleLog,
 }
 
 impl Server {
@@ -432,7 +438,14 @@ impl Server {
                 serde_json::to_value(&batch).unwrap_or(Value::Null),
             );
         }
-        let generation = self.store.terminal(&mac)?.map(|r| r.generation());
+        let record = self.store.terminal(&mac)?;
+        if code.is_ours() && !record.as_ref().is_some_and(|r| r.wake.is_some()) {
+            return Err(PushError::Bad(format!(
+                "{} is a command of voi-agent; {mac} has not announced it (the vendor's terminals do not know it)",
+                code.name()
+            )));
+        }
+        let generation = record.map(|r| r.generation());
         if let Some(g) = generation.filter(|g| !g.answers(code)) {
             // Sent all the same (v2.28 carries out 1030 without a word),
             // but nobody waits 30 s for a reply that never comes.

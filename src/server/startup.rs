@@ -39,6 +39,14 @@ impl ServerHandle {
 impl Server {
     /// Binds both listeners and starts serving.
     pub async fn start(cfg: ServerConfig) -> anyhow::Result<ServerHandle> {
+        Self::start_with_clock(cfg, Arc::new(super::wake::SystemClock)).await
+    }
+
+    /// As `start`, with the wall clock the class schedule reads.
+    pub async fn start_with_clock(
+        cfg: ServerConfig,
+        clock: Arc<dyn super::wake::Clock>,
+    ) -> anyhow::Result<ServerHandle> {
         std::fs::create_dir_all(&cfg.data_dir)
             .map_err(|e| anyhow::anyhow!("data dir {}: {e}", cfg.data_dir.display()))?;
         let dir_lock =
@@ -119,6 +127,9 @@ impl Server {
             conn_ids: AtomicU64::new(0),
             counters: Default::default(),
             log_uploads: Default::default(),
+            wakes: Default::default(),
+            clock,
+            schedule_runs: Default::default(),
         });
         log::info!("terminal protocol on {addr}, operator API on http://{api_addr}, tracker on {tracker_addr}");
 
@@ -147,6 +158,8 @@ impl Server {
         tasks.push(tokio::spawn(async move { s.images_loop().await }));
         let s = server.clone();
         tasks.push(tokio::spawn(async move { s.pending_loop().await }));
+        let s = server.clone();
+        tasks.push(tokio::spawn(async move { s.schedule_loop().await }));
         let s = server.clone();
         tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));

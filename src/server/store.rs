@@ -47,6 +47,14 @@ pub struct TerminalRecord {
     /// Whether it may join (`admission.rs`).
     #[serde(default)]
     pub admission: super::admission::Admission,
+    /// Our agent's report on waking it (9004 `wake`); none from the
+    /// vendor's terminals.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wake: Option<crate::protocol::messages::WakeInfo>,
+    /// The room (group of terminals) an operator put it in: what a class
+    /// schedule and `ctl wake --room` select.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub room: String,
 }
 
 impl TerminalRecord {
@@ -72,6 +80,8 @@ impl TerminalRecord {
             reports: BTreeMap::new(),
             delivery: None,
             admission: Default::default(),
+            wake: None,
+            room: String::new(),
         }
     }
 }
@@ -295,6 +305,23 @@ impl Store {
             *cur = Some(n);
             n
         })
+    }
+
+    /// The class schedule (`wake/schedule.rs`).
+    pub fn schedule(&self) -> Result<Vec<super::wake::schedule::ScheduleEntry>, StoreError> {
+        Ok(self.get(META, "schedule")?.unwrap_or_default())
+    }
+
+    pub fn put_schedule(
+        &self,
+        entries: &[super::wake::schedule::ScheduleEntry],
+    ) -> Result<(), StoreError> {
+        let entries = entries.to_vec();
+        self.modify(
+            META,
+            "schedule",
+            |cur: &mut Option<Vec<super::wake::schedule::ScheduleEntry>>| *cur = Some(entries),
+        )
     }
 
     pub fn order(&self) -> Result<Option<OrderSession>, StoreError> {

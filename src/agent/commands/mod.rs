@@ -16,6 +16,7 @@ mod download_desktop;
 mod enter_maintain;
 mod enter_maintenance_mode;
 mod order;
+mod power_notice;
 mod push_task_result;
 mod pxe_start;
 mod restart;
@@ -29,6 +30,7 @@ mod update_difference_disk;
 mod update_ip;
 mod update_name;
 mod upload_disk;
+mod wake_relay;
 mod watermark_switch;
 
 use std::collections::BTreeMap;
@@ -81,6 +83,8 @@ enum Command {
     BtTaskComplete(bt_task_complete::BtTaskComplete),
     UploadDisk(upload_disk::UploadDisk),
     PushTaskResult(push_task_result::PushTaskResult),
+    WakeRelay(wake_relay::WakeRelay),
+    PowerNotice(power_notice::PowerNotice),
     Unsupported(unsupported::Unsupported),
 }
 
@@ -133,6 +137,8 @@ impl Command {
             S::PushTaskResult => {
                 Command::PushTaskResult(push_task_result::PushTaskResult::parse(frame)?)
             }
+            S::WakeRelay => Command::WakeRelay(wake_relay::WakeRelay::parse(frame)?),
+            S::PowerNotice => Command::PowerNotice(power_notice::PowerNotice::parse(frame)?),
             other => Command::Unsupported(unsupported::Unsupported::parse(other, frame)),
         })
     }
@@ -162,6 +168,8 @@ impl Command {
             Command::BtTaskComplete(c) => c.apply(ctx).await,
             Command::UploadDisk(c) => c.apply(ctx).await,
             Command::PushTaskResult(c) => c.apply(ctx).await,
+            Command::WakeRelay(c) => c.apply(ctx).await,
+            Command::PowerNotice(c) => c.apply(ctx).await,
             Command::Unsupported(c) => c.apply(ctx).await,
         }
     }
@@ -394,14 +402,8 @@ async fn worker(
                 let agent = agent.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep(POWER_DELAY).await;
-                    // The guest first: ACPI powerdown, so a persistent
-                    // desktop flushes what it wrote, then hard after a while.
-                    agent.desktop.stop().await;
-                    let r = if after == After::PowerOff {
-                        agent.platform.power_off()
-                    } else {
-                        agent.platform.reboot()
-                    };
+                    let r =
+                        crate::agent::power::power_down(&agent, after == After::PowerOff).await;
                     if let Err(e) = r {
                         log::error!("{after:?}: {e}");
                         agent.persist(|s| s.notice(format!("{after:?} failed: {e}")));

@@ -42,10 +42,23 @@ impl PlatformError {
 
 pub type PlatformResult = Result<(), PlatformError>;
 
+/// What a NIC can do about wake-on-LAN. A NIC without it (a veth, many USB
+/// adapters) is a fact to report, not an error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WakeSupport {
+    pub supported: bool,
+    /// Armed, or why not.
+    pub detail: String,
+}
+
 pub trait Platform: Send + Sync {
     fn power_off(&self) -> PlatformResult;
     fn reboot(&self) -> PlatformResult;
     fn set_next_boot(&self, target: BootTarget) -> PlatformResult;
     fn set_hostname(&self, name: &str) -> PlatformResult;
     fn apply_network(&self, net: &NetworkConfig) -> PlatformResult;
+    /// Enables magic-packet wake on `interface` (before a power-off).
+    fn arm_wake_on_lan(&self, interface: &str) -> Result<WakeSupport, PlatformError>;
+    /// Broadcasts the magic packet for `mac` to `broadcast`, from `source`.
+    fn send_wake(&self, mac: [u8; 6], broadcast: Ipv4Addr, source: Ipv4Addr) -> PlatformResult;
 }

@@ -3,7 +3,9 @@
 use std::path::Path;
 use std::process::Command;
 
-use super::effects::{BootTarget, NetworkConfig, Platform, PlatformError, PlatformResult};
+use super::effects::{
+    BootTarget, NetworkConfig, Platform, PlatformError, PlatformResult, WakeSupport,
+};
 use crate::agent::config::PlatformConfig;
 use crate::fsutil;
 
@@ -77,6 +79,118 @@ fn run(prog: &str, args: &[&str]) -> PlatformResult {
                 String::from_utf8_lossy(&out.stderr).trim()
             ),
         ))
+    }
+}
+
+/// Wake-on-LAN through the ethtool ioctl (`SIOCETHTOOL`), what `ethtool
+/// -s IF wol g` does, without needing the ethtool program on the image.
+mod ethtool {
+    use nix::libc;
+    use std::os::fd::AsRawFd;
+
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    const ETHTOOL_GWOL: u32 = 0x05;
+    const ETHTOOL_SWOL: u32 = 0x06;
+    pub const WAKE_MAGIC: u32 = 1 << 5;
+
+    /// `struct ethtool_wolinfo`.
+    #[repr(C)]
+    #[derive(Default, Clone, Copy)]
+    pub struct WolInfo {
+        cmd: u32,
+        pub supported: u32,
+        pub wolopts: u32,
+        sopass: [u8; 6],
+    }
+
+    /// `struct ifreq` with its union as `ifr_data`, padded to its size.
+    #[repr(C)]
+    struct IfReq {
+        name: [libc::c_char; libc::IFNAMSIZ],
+        data: *mut libc::c_void,
+        _pad: [u8; 16],
+    }
+
+    fn call(interface: &str, info: &mut WolInfo) -> std::io::Result<()> {
+        let bytes = interface.as_bytes();
+        // Linux interface names: 1 to 15 bytes, no '/', no whitespace.
+        if bytes.is_empty()
+            || bytes.len() >= libc::IFNAMSIZ
+            || bytes.iter().any(|b| *b == b'/' || *b == 0 || b.is_ascii_whitespace())
+        {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("{interface:?} is no interface name"),
+            ));
+        }
+        use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
+        let sock = socket(
+            AddressFamily::Inet,
+            SockType::Datagram,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )?;
+        let mut req = IfReq {
+            name: [0; libc::IFNAMSIZ],
+            data: info as *mut WolInfo as *mut libc::c_void,
+            _pad: [0; 16],
+        };
+        for (d, s) in req.name.iter_mut().zip(bytes) {
+            *d = *s as libc::c_char;
+        }
+        // SAFETY: `req` is a valid ifreq whose data points at a live
+        // ethtool_wolinfo for the whole call; the kernel reads the name
+        // and reads or writes only that struct.
+        let r = unsafe { libc::ioctl(sock.as_raw_fd(), SIOCETHTOOL as _, &mut req) };
+        if r < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    pub fn get(interface: &str) -> std::io::Result<WolInfo> {
+        let mut info = WolInfo {
+            cmd: ETHTOOL_GWOL,
+            ..Default::default()
+        };
+        call(interface, &mut info)?;
+        Ok(info)
+    }
+
+    pub fn set(interface: &str, wolopts: u32) -> std::io::Result<()> {
+        let mut info = WolInfo {
+            cmd: ETHTOOL_SWOL,
+            wolopts,
+            ..Default::default()
+        };
+        call(interface, &mut info)
+    }
+}
+
+/// What `interface` can do about wake-on-LAN, read without changing it.
+pub fn wake_support(interface: &str) -> WakeSupport {
+    match ethtool::get(interface) {
+        Ok(info) if info.supported & ethtool::WAKE_MAGIC == 0 => WakeSupport {
+            supported: false,
+            detail: "the NIC does not wake on a magic packet".into(),
+        },
+        Ok(info) => WakeSupport {
+            supported: true,
+            detail: if info.wolopts & ethtool::WAKE_MAGIC != 0 {
+                "magic-packet wake armed".into()
+            } else {
+                "magic-packet wake supported, not armed".into()
+            },
+        },
+        Err(e) if e.raw_os_error() == Some(nix::libc::EOPNOTSUPP) => WakeSupport {
+            supported: false,
+            detail: format!("the NIC has no wake-on-LAN (ethtool: {e})"),
+        },
+        Err(e) => WakeSupport {
+            supported: false,
+            detail: format!("cannot read wake-on-LAN of {interface}: {e}"),
+        },
     }
 }
 
@@ -174,11 +288,48 @@ impl Platform for LinuxPlatform {
         }
         Ok(())
     }
+
+    fn arm_wake_on_lan(&self, interface: &str) -> Result<WakeSupport, PlatformError> {
+        let support = wake_support(interface);
+        if !support.supported {
+            return Ok(support);
+        }
+        let current = ethtool::get(interface)
+            .map_err(|e| PlatformError::failed("ethtool get wol", e.to_string()))?;
+        if current.wolopts & ethtool::WAKE_MAGIC == 0 {
+            ethtool::set(interface, current.wolopts | ethtool::WAKE_MAGIC)
+                .map_err(|e| PlatformError::failed("ethtool set wol", e.to_string()))?;
+        }
+        Ok(WakeSupport {
+            supported: true,
+            detail: "magic-packet wake armed".into(),
+        })
+    }
+
+    fn send_wake(
+        &self,
+        mac: [u8; 6],
+        broadcast: std::net::Ipv4Addr,
+        source: std::net::Ipv4Addr,
+    ) -> PlatformResult {
+        crate::wake_on_lan::send(mac, broadcast, Some(source))?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loopback_has_no_wake_on_lan_and_that_is_no_error() {
+        let s = wake_support("lo");
+        assert!(!s.supported, "{s:?}");
+        assert!(s.detail.contains("wake-on-LAN"), "{s:?}");
+        let bad = wake_support("../../etc");
+        assert!(!bad.supported);
+        assert!(bad.detail.contains("no interface name"), "{bad:?}");
+    }
 
     #[test]
     fn unit_text() {

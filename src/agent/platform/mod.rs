@@ -7,8 +7,10 @@ mod effects;
 mod linux;
 mod recording;
 
-pub use effects::{BootTarget, NetworkConfig, Platform, PlatformError, PlatformResult};
-pub use linux::LinuxPlatform;
+pub use effects::{
+    BootTarget, NetworkConfig, Platform, PlatformError, PlatformResult, WakeSupport,
+};
+pub use linux::{wake_support, LinuxPlatform};
 pub use recording::{JournalEntry, RecordingPlatform};
 
 use std::sync::Arc;
@@ -23,6 +25,7 @@ pub struct SelectedPlatform {
     boot: EffectMode,
     hostname: EffectMode,
     network: EffectMode,
+    wake: EffectMode,
 }
 
 impl SelectedPlatform {
@@ -35,6 +38,7 @@ impl SelectedPlatform {
             boot: p.boot,
             hostname: p.hostname,
             network: p.network,
+            wake: p.wake,
         })
     }
 
@@ -61,5 +65,16 @@ impl Platform for SelectedPlatform {
     }
     fn apply_network(&self, net: &NetworkConfig) -> PlatformResult {
         self.pick(self.network).apply_network(net)
+    }
+    fn arm_wake_on_lan(&self, interface: &str) -> Result<WakeSupport, PlatformError> {
+        self.pick(self.wake).arm_wake_on_lan(interface)
+    }
+    fn send_wake(
+        &self,
+        mac: [u8; 6],
+        broadcast: std::net::Ipv4Addr,
+        source: std::net::Ipv4Addr,
+    ) -> PlatformResult {
+        self.pick(self.wake).send_wake(mac, broadcast, source)
     }
 }

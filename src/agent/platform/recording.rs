@@ -8,7 +8,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use super::effects::{BootTarget, NetworkConfig, Platform, PlatformResult};
+use super::effects::{
+    BootTarget, NetworkConfig, Platform, PlatformError, PlatformResult, WakeSupport,
+};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "effect", rename_all = "snake_case")]
@@ -18,6 +20,8 @@ pub enum JournalEntry {
     SetNextBoot { target: BootTarget },
     SetHostname { name: String },
     ApplyNetwork { net: NetworkConfig },
+    ArmWakeOnLan { interface: String },
+    SendWake { mac: String, broadcast: std::net::Ipv4Addr },
 }
 
 pub struct RecordingPlatform {
@@ -76,6 +80,27 @@ impl Platform for RecordingPlatform {
     }
     fn apply_network(&self, net: &NetworkConfig) -> PlatformResult {
         self.record(JournalEntry::ApplyNetwork { net: net.clone() })
+    }
+    /// Journals the arming; what it reports is the NIC's real support,
+    /// read (never changed) through the same ethtool call.
+    fn arm_wake_on_lan(&self, interface: &str) -> Result<WakeSupport, PlatformError> {
+        self.record(JournalEntry::ArmWakeOnLan {
+            interface: interface.into(),
+        })?;
+        Ok(super::linux::wake_support(interface))
+    }
+    fn send_wake(
+        &self,
+        mac: [u8; 6],
+        broadcast: std::net::Ipv4Addr,
+        _source: std::net::Ipv4Addr,
+    ) -> PlatformResult {
+        let mac = mac
+            .iter()
+            .map(|b| format!("{b:02X}"))
+            .collect::<Vec<_>>()
+            .join(":");
+        self.record(JournalEntry::SendWake { mac, broadcast })
     }
 }
 

@@ -61,6 +61,7 @@ pub async fn sequence(agent: &Arc<Agent>, link: &Link) -> Result<(), SessionEnd>
         soft_version: Some(agent.cfg.soft_version.clone()),
         disk_residue: Some(agent.disk_residue_gb()),
         resolutions: None,
+        wake: crate::agent::power::wake_info(agent),
     };
     let (_, env) = link
         .request(ServiceCode::GetConfigVersionId, &req)

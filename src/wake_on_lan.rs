@@ -166,8 +166,14 @@ mod tests {
     #[test]
     fn broadcasts() {
         let ip: Ipv4Addr = "10.7.2.33".parse().expect("ip");
-        assert_eq!(broadcast_of(ip, 24), Some("10.7.2.255".parse().expect("ip")));
-        assert_eq!(broadcast_of(ip, 16), Some("10.7.255.255".parse().expect("ip")));
+        assert_eq!(
+            broadcast_of(ip, 24),
+            Some("10.7.2.255".parse().expect("ip"))
+        );
+        assert_eq!(
+            broadcast_of(ip, 16),
+            Some("10.7.255.255".parse().expect("ip"))
+        );
         assert_eq!(broadcast_of(ip, 31), None);
     }
 }

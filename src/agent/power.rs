@@ -113,9 +113,6 @@ pub fn relay(agent: &Agent, macs: &[String]) -> Result<(Vec<String>, Ipv4Addr), 
             .map_err(|e| RelayError::Send(broadcast, e.to_string()))?;
         sent.push(text.to_ascii_uppercase());
     }
-    log::info!(
-        "relayed wake-on-LAN for {} on {broadcast}",
-        sent.join(", ")
-    );
+    log::info!("relayed wake-on-LAN for {} on {broadcast}", sent.join(", "));
     Ok((sent, broadcast))
 }

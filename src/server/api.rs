@@ -352,6 +352,15 @@ fn terminal_view(
     let generation = rec.generation();
     v["delivery"] = json!(generation.delivery);
     v["admission"] = json!(rec.admission);
+    v["room"] = json!(rec.room);
+    v["wake"] = json!(rec.wake);
+    v["last_wake"] = json!(server
+        .wakes
+        .results(
+            std::slice::from_ref(&rec.config.mac),
+            super::registry::now_ms()
+        )
+        .first());
     v["last_heartbeat_secs"] = json!(server
         .registry
         .heartbeat_ages()
@@ -963,7 +972,10 @@ async fn set_room(
         }
         Err(e) => return store_fail(e),
     }
-    match server.store.update_terminal(&mac, |r| r.room = room.clone()) {
+    match server
+        .store
+        .update_terminal(&mac, |r| r.room = room.clone())
+    {
         Ok(_) => ok(json!({ "mac": mac, "room": room })),
         Err(e) => store_fail(e),
     }
@@ -985,7 +997,10 @@ async fn schedule_show(State(server): S, headers: HeaderMap) -> Response {
 async fn schedule_put(
     State(server): S,
     headers: HeaderMap,
-    body: Result<Json<Vec<super::wake::schedule::ScheduleEntry>>, axum::extract::rejection::JsonRejection>,
+    body: Result<
+        Json<Vec<super::wake::schedule::ScheduleEntry>>,
+        axum::extract::rejection::JsonRejection,
+    >,
 ) -> Response {
     guard!(server, headers);
     let entries = match body {

@@ -25,7 +25,13 @@ impl Lan {
     }
 
     pub fn create(subnet: &str, hosts: usize) -> Result<Lan, String> {
-        let tag = format!("vc{}", std::process::id() % 100000);
+        Self::create_tagged("", subnet, hosts)
+    }
+
+    /// A second LAN of the same test process needs a `suffix` of its own
+    /// (one letter: interface names have 15 bytes).
+    pub fn create_tagged(suffix: &str, subnet: &str, hosts: usize) -> Result<Lan, String> {
+        let tag = format!("vc{}{suffix}", std::process::id() % 100000);
         let mut lan = Lan {
             switch: format!("voi-chaos-{tag}-sw"),
             root_if: format!("{tag}r"),

@@ -19,6 +19,7 @@ use voi::server::client::ApiClient;
 use voi::server::registry::ServerEvent;
 use voi::server::{Server, ServerConfig, ServerHandle};
 
+pub mod capture;
 pub mod lan;
 pub mod liar;
 mod needs;

@@ -402,8 +402,7 @@ async fn worker(
                 let agent = agent.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep(POWER_DELAY).await;
-                    let r =
-                        crate::agent::power::power_down(&agent, after == After::PowerOff).await;
+                    let r = crate::agent::power::power_down(&agent, after == After::PowerOff).await;
                     if let Err(e) = r {
                         log::error!("{after:?}: {e}");
                         agent.persist(|s| s.notice(format!("{after:?} failed: {e}")));

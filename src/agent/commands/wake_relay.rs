@@ -21,7 +21,8 @@ impl WakeRelay {
             Ok((sent, broadcast)) => {
                 let mut a = Applied::done();
                 a.extra.insert("sent".into(), json!(sent));
-                a.extra.insert("broadcast".into(), json!(broadcast.to_string()));
+                a.extra
+                    .insert("broadcast".into(), json!(broadcast.to_string()));
                 Ok(a)
             }
             Err(e @ RelayError::Send(..)) | Err(e @ RelayError::NoSubnet) => {

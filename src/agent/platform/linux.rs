@@ -116,7 +116,9 @@ mod ethtool {
         // Linux interface names: 1 to 15 bytes, no '/', no whitespace.
         if bytes.is_empty()
             || bytes.len() >= libc::IFNAMSIZ
-            || bytes.iter().any(|b| *b == b'/' || *b == 0 || b.is_ascii_whitespace())
+            || bytes
+                .iter()
+                .any(|b| *b == b'/' || *b == 0 || b.is_ascii_whitespace())
         {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,

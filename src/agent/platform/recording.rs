@@ -17,11 +17,22 @@ use super::effects::{
 pub enum JournalEntry {
     PowerOff,
     Reboot,
-    SetNextBoot { target: BootTarget },
-    SetHostname { name: String },
-    ApplyNetwork { net: NetworkConfig },
-    ArmWakeOnLan { interface: String },
-    SendWake { mac: String, broadcast: std::net::Ipv4Addr },
+    SetNextBoot {
+        target: BootTarget,
+    },
+    SetHostname {
+        name: String,
+    },
+    ApplyNetwork {
+        net: NetworkConfig,
+    },
+    ArmWakeOnLan {
+        interface: String,
+    },
+    SendWake {
+        mac: String,
+        broadcast: std::net::Ipv4Addr,
+    },
 }
 
 pub struct RecordingPlatform {

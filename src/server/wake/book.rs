@@ -69,7 +69,7 @@ impl WakeResult {
         self.text = match self.state {
             WakeState::Sent => format!("sent ({routes})"),
             WakeState::Online => format!(
-                "online after {:.0} s",
+                "online after {:.1} s",
                 self.online_after_secs.unwrap_or(0.0)
             ),
             WakeState::TimedOut => format!(
@@ -109,11 +109,7 @@ impl WakeBook {
     pub fn record(&self, r: WakeResult) {
         let mut w = self.lock();
         if w.len() >= MAX_WAKES && !w.contains_key(&r.mac) {
-            if let Some(oldest) = w
-                .values()
-                .min_by_key(|x| x.sent_ms)
-                .map(|x| x.mac.clone())
-            {
+            if let Some(oldest) = w.values().min_by_key(|x| x.sent_ms).map(|x| x.mac.clone()) {
                 w.remove(&oldest);
             }
         }
@@ -164,20 +160,32 @@ mod tests {
         let r = b.results(&[], 12_000);
         let a = r.iter().find(|r| r.mac == "A").expect("A");
         assert_eq!(a.state, WakeState::Online);
-        assert_eq!(a.text, "online after 14 s");
+        assert_eq!(a.text, "online after 14.0 s");
         let bb = r.iter().find(|r| r.mac == "B").expect("B");
         assert_eq!(bb.state, WakeState::TimedOut);
-        assert!(bb.text.starts_with("did not come up within 10 s"), "{}", bb.text);
+        assert!(
+            bb.text.starts_with("did not come up within 10 s"),
+            "{}",
+            bb.text
+        );
         // A login after the timeout does not turn it into a success.
         b.logged_in("B", 20_000);
-        assert_eq!(b.results(&["B".into()], 20_000)[0].state, WakeState::TimedOut);
+        assert_eq!(
+            b.results(&["B".into()], 20_000)[0].state,
+            WakeState::TimedOut
+        );
     }
 
     #[test]
     fn bounded() {
         let b = WakeBook::default();
         for i in 0..(MAX_WAKES + 5) {
-            b.record(WakeResult::new(&format!("M{i}"), WakeState::Sent, i as u64, 10));
+            b.record(WakeResult::new(
+                &format!("M{i}"),
+                WakeState::Sent,
+                i as u64,
+                10,
+            ));
         }
         let all = b.results(&[], 0);
         assert_eq!(all.len(), MAX_WAKES);

@@ -118,7 +118,10 @@ pub async fn wake(c: &ApiClient, body: Value, wait: bool) -> anyhow::Result<()> 
 pub async fn room(c: &ApiClient, macs: &str, room: &str) -> anyhow::Result<()> {
     for mac in macs.split(',').filter(|m| !m.is_empty()) {
         let env = c
-            .put(&format!("/api/v1/terminals/{mac}/room"), &json!({ "room": room }))
+            .put(
+                &format!("/api/v1/terminals/{mac}/room"),
+                &json!({ "room": room }),
+            )
             .await?;
         if !env.is_ok() {
             anyhow::bail!("{mac}: server answered {} {}", env.code, env.msg);

@@ -320,7 +320,10 @@ impl Server {
     }
 
     /// Checks and stores a whole schedule; entries without an id get one.
-    pub fn put_schedule(&self, mut entries: Vec<ScheduleEntry>) -> Result<Vec<ScheduleEntry>, PushError> {
+    pub fn put_schedule(
+        &self,
+        mut entries: Vec<ScheduleEntry>,
+    ) -> Result<Vec<ScheduleEntry>, PushError> {
         if entries.len() > schedule::MAX_ENTRIES {
             return Err(PushError::Bad(format!(
                 "{} entries; at most {}",
@@ -434,12 +437,19 @@ impl Server {
                         continue;
                     }
                     let rec = self.store.terminal(mac).ok().flatten();
-                    if e.unless.contains(&Unless::Downloading) && rec.as_ref().is_some_and(downloading) {
+                    if e.unless.contains(&Unless::Downloading)
+                        && rec.as_ref().is_some_and(downloading)
+                    {
                         terminals.push((mac.clone(), "downloading: left on".into()));
                         continue;
                     }
                     let r = self
-                        .push(mac, ServiceCode::Shutdown, json!({}), Duration::from_secs(10))
+                        .push(
+                            mac,
+                            ServiceCode::Shutdown,
+                            json!({}),
+                            Duration::from_secs(10),
+                        )
                         .await;
                     terminals.push((mac.clone(), outcome(r, "shutting down")));
                 }
@@ -469,7 +479,13 @@ impl Server {
 }
 
 fn outcome(
-    r: Result<(crate::protocol::BatchNo, crate::protocol::Envelope<serde_json::Value>), PushError>,
+    r: Result<
+        (
+            crate::protocol::BatchNo,
+            crate::protocol::Envelope<serde_json::Value>,
+        ),
+        PushError,
+    >,
     ok: &str,
 ) -> String {
     match r {

@@ -86,9 +86,9 @@ pub fn routes(
     let Some(broadcast) = broadcast_of(t.ip, t.prefix) else {
         return out;
     };
-    let relay = relays.iter().find(|r| {
-        r.mac != target_mac && r.subnet.prefix == t.prefix && t.contains(r.subnet.ip)
-    });
+    let relay = relays
+        .iter()
+        .find(|r| r.mac != target_mac && r.subnet.prefix == t.prefix && t.contains(r.subnet.ip));
     out.push(match relay {
         Some(r) => Route::Relay {
             mac: r.mac.clone(),

@@ -97,7 +97,9 @@ impl ScheduleEntry {
         }
         for d in &self.days {
             if parse_day(d).is_none() {
-                p.push(format!("day {d:?} is not mon, tue, wed, thu, fri, sat or sun"));
+                p.push(format!(
+                    "day {d:?} is not mon, tue, wed, thu, fri, sat or sun"
+                ));
             }
         }
         if self.warn_secs > 3600 {
@@ -114,7 +116,9 @@ impl ScheduleEntry {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Due {
     /// Tell the room a shutdown comes in `in_secs`.
-    Warn { in_secs: u32 },
+    Warn {
+        in_secs: u32,
+    },
     Act,
 }
 
@@ -142,9 +146,12 @@ pub fn due(entries: &[ScheduleEntry], from: NaiveDateTime, to: NaiveDateTime) ->
             if e.action == Action::Shutdown && e.warn_secs > 0 {
                 let warn_at = at - Duration::seconds(i64::from(e.warn_secs));
                 if e.on(day.weekday()) && from < warn_at && warn_at <= to {
-                    out.push((i, Due::Warn {
-                        in_secs: e.warn_secs,
-                    }));
+                    out.push((
+                        i,
+                        Due::Warn {
+                            in_secs: e.warn_secs,
+                        },
+                    ));
                 }
             }
         }

@@ -578,3 +578,122 @@ async fn the_console_shows_reasons_conflicts_and_edits_groups_fully() {
     drop((t, a1, a2));
     h.stop().await;
 }
+
+/// Rooms, wake-on-LAN and the class schedule from the page. The terminal is
+/// online, so its Wake sends nothing ("already online"): no packet leaves
+/// this machine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_console_puts_terminals_in_rooms_wakes_and_edits_the_schedule() {
+    let test = "the_console_puts_terminals_in_rooms_wakes_and_edits_the_schedule";
+    if !has(test, &[CHROMIUM, CHROMEDRIVER]) {
+        return;
+    }
+    init_log();
+    let dir = tempfile::tempdir().expect("tmp");
+    let h = start_server(&dir.path().join("s")).await;
+    let mac = "AA:00:00:00:0C:31";
+    let mut ev = h.server.registry.events.subscribe();
+    let _agent = start_agent(agent_config(&dir.path().join("a"), h.addr.port(), mac));
+    wait_event(&mut ev, 20, is_heartbeat(mac)).await;
+
+    let driver_port = free_port();
+    let _driver = chromedriver(driver_port, &dir.path().join("chromedriver.log"));
+    let c = browser(driver_port, &dir.path().join("profile")).await;
+    let base = format!("http://{}", h.api_addr);
+    c.goto(&format!("{base}/")).await.expect("open the console");
+    log_in(&c, &h.server.api_token).await;
+    let pick = format!("#terminals tr[data-mac=\"{mac}\"] input.pick");
+    wait_js(
+        &c,
+        "the terminal picked",
+        20,
+        &format!("const e = document.querySelector('{pick}'); if (e && !e.checked) e.click(); return !!(e && e.checked)"),
+    )
+    .await;
+    js(&c, "document.getElementById('room-name').value = '301'; document.getElementById('room-set').click(); return 1").await;
+    wait_js(
+        &c,
+        "the room shown in its row",
+        20,
+        &format!("const r = document.querySelector('#terminals tr[data-mac=\"{mac}\"] td.room'); return !!r && r.textContent === '301'"),
+    )
+    .await;
+    assert_eq!(
+        h.server.store.terminal(mac).ok().flatten().map(|r| r.room),
+        Some("301".to_string())
+    );
+    wait_js(
+        &c,
+        "the terminal still picked",
+        20,
+        &format!("const e = document.querySelector('{pick}'); if (e && !e.checked) e.click(); return !!(e && e.checked)"),
+    )
+    .await;
+    js(&c, "document.getElementById('room-wake').click(); return 1").await;
+    wait_js(
+        &c,
+        "the wake's result",
+        20,
+        &format!("return [...document.querySelectorAll('#room-results li')].some(l => l.textContent === '{mac}: wake already online: nothing sent')"),
+    )
+    .await;
+
+    c.goto(&format!("{base}/#schedule"))
+        .await
+        .expect("schedule page");
+    wait_js(
+        &c,
+        "the server's clock",
+        20,
+        "return document.getElementById('s-clock').textContent.includes('Server clock')",
+    )
+    .await;
+    let fill = |room: &str, days: &str, at: &str, action: &str| {
+        format!(
+            "document.getElementById('s-room').value = '{room}'; document.getElementById('s-days').value = '{days}'; document.getElementById('s-at').value = '{at}'; document.getElementById('s-action').value = '{action}'; document.getElementById('s-add').click(); return 1"
+        )
+    };
+    js(&c, &fill("301", "mon,fri", "07:50", "wake")).await;
+    wait_js(
+        &c,
+        "the entry listed",
+        20,
+        "return [...document.querySelectorAll('#schedule tbody tr')].some(r => r.textContent.includes('07:50') && r.textContent.includes('mon, fri'))",
+    )
+    .await;
+    js(&c, &fill("301", "funday", "17:30", "shutdown")).await;
+    wait_js(
+        &c,
+        "a wrong day refused with its reason",
+        20,
+        "return document.getElementById('s-error').textContent.includes('funday')",
+    )
+    .await;
+    js(&c, &fill("301", "", "17:30", "shutdown")).await;
+    wait_js(
+        &c,
+        "two entries",
+        20,
+        "return document.querySelectorAll('#schedule tbody tr').length === 2",
+    )
+    .await;
+    let stored = h.server.store.schedule().expect("schedule");
+    assert_eq!(stored.len(), 2, "{stored:?}");
+    assert_eq!(stored[1].days, Vec::<String>::new(), "every day");
+    screenshot(&c, "console-schedule.png").await;
+    js(
+        &c,
+        "document.querySelector('#schedule tbody tr button').click(); return 1",
+    )
+    .await;
+    wait_js(
+        &c,
+        "one entry left",
+        20,
+        "return document.querySelectorAll('#schedule tbody tr').length === 1",
+    )
+    .await;
+    assert_eq!(h.server.store.schedule().expect("schedule").len(), 1);
+    c.close().await.expect("close");
+    h.stop().await;
+}

@@ -73,7 +73,7 @@ impl Terminal {
     }
 }
 
-fn start_server(dir: &Path, ns: &str, server_ip: &str) -> Proc {
+fn start_server_in(dir: &Path, ns: &str, server_ip: &str) -> Proc {
     let data = dir.join("server");
     let toml = dir.join("server.toml");
     std::fs::write(
@@ -158,7 +158,7 @@ async fn a_terminal_that_is_off_gets_the_magic_packet_and_comes_online() {
     let lan = Lan::create(&subnet, 2).unwrap_or_else(|e| panic!("cannot build the LAN: {e}"));
     let server_ip = format!("{subnet}.1");
     let dir = tempfile::tempdir().expect("tmp");
-    let _server = start_server(dir.path(), &lan.hosts[0], &server_ip);
+    let _server = start_server_in(dir.path(), &lan.hosts[0], &server_ip);
     let api_url = format!("http://{server_ip}:50080");
     let api = ApiClient::new(api_url.clone(), TOKEN);
     let mac = "52:54:00:29:00:01";
@@ -351,7 +351,7 @@ async fn a_router_drops_the_directed_broadcast_and_a_relay_on_the_subnet_wakes_t
     }
     let server_ip = format!("{sa}.1");
     let dir = tempfile::tempdir().expect("tmp");
-    let _server = start_server(dir.path(), &lan_a.hosts[0], &server_ip);
+    let _server = start_server_in(dir.path(), &lan_a.hosts[0], &server_ip);
     let api_url = format!("http://{server_ip}:50080");
     let api = ApiClient::new(api_url.clone(), TOKEN);
     let (rmac, tmac) = ("52:54:00:29:01:01", "52:54:00:29:01:02");
@@ -424,4 +424,365 @@ async fn a_router_drops_the_directed_broadcast_and_a_relay_on_the_subnet_wakes_t
     );
     assert!(out.contains("online after"), "{out}");
     drop(router);
+}
+
+fn at(s: &str) -> chrono::NaiveDateTime {
+    chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S").expect("time")
+}
+
+fn runs(h: &voi::server::ServerHandle, what: &str) -> Vec<voi::server::wake::ScheduleRun> {
+    h.server
+        .schedule_runs
+        .runs()
+        .into_iter()
+        .filter(|r| r.what == what)
+        .collect()
+}
+
+fn power_offs(agent: &voi::agent::Agent) -> usize {
+    RecordingPlatform::read_journal(&agent.cfg.journal_path())
+        .iter()
+        .filter(|e| **e == JournalEntry::PowerOff)
+        .count()
+}
+
+/// The schedule with a clock the test sets: a wake at 07:50 reaches the
+/// room's terminal that is off (and not the other room), a shutdown at 17:30
+/// is announced 5 min before to our agents and then skips the terminal that
+/// is off, and after a restart across 17:30, or a jump of the clock, nothing
+/// is replayed. Server and agents run in this process, inside a network
+/// namespace of the test's own, so the wake's broadcast goes only to the
+/// namespace link the test watches.
+#[test]
+fn the_class_schedule_wakes_warns_and_shuts_down_by_a_clock_the_test_sets() {
+    let test = "the_class_schedule_wakes_warns_and_shuts_down_by_a_clock_the_test_sets";
+    if !has(test, &[Need::Root, IP]) {
+        return;
+    }
+    // SAFETY: moves only this thread (and what it starts from now on) into
+    // a new network namespace.
+    if unsafe { nix::libc::unshare(nix::libc::CLONE_NEWNET) } != 0 {
+        panic!("unshare: {}", std::io::Error::last_os_error());
+    }
+    let pid = std::process::id() % 100000;
+    let subnet = format!("10.209.{}", 100 + pid % 100);
+    let room_ns = format!("voi-wake-{pid}-room");
+    sh(&["ip", "link", "set", "lo", "up"]).expect("lo");
+    sh(&["ip", "netns", "add", &room_ns]).expect("room ns");
+    struct Gone(String);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            let _ = sh(&["ip", "netns", "del", &self.0]);
+        }
+    }
+    let _gone = Gone(room_ns.clone());
+    for a in [
+        vec![
+            "ip", "link", "add", "wk0", "type", "veth", "peer", "name", "eth0", "netns", &room_ns,
+        ],
+        vec!["ip", "addr", "add", &format!("{subnet}.1/24"), "dev", "wk0"],
+        vec!["ip", "link", "set", "wk0", "up"],
+        vec![
+            "ip",
+            "-n",
+            &room_ns,
+            "addr",
+            "add",
+            &format!("{subnet}.2/24"),
+            "dev",
+            "eth0",
+        ],
+        vec!["ip", "-n", &room_ns, "link", "set", "eth0", "up"],
+    ] {
+        sh(&a).expect("link");
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(schedule_run(&subnet, &room_ns));
+}
+
+async fn schedule_run(subnet: &str, room_ns: &str) {
+    use voi::server::wake::ManualClock;
+    use voi::server::Server;
+    init_log();
+    let dir = tempfile::tempdir().expect("tmp");
+    let port = free_port();
+    let mut cfg = server_config(&dir.path().join("server"), &format!("127.0.0.1:{port}"));
+    cfg.wake.schedule_tick_ms = 100;
+    cfg.wake.timeout_secs = 30;
+    // Monday.
+    let clock = std::sync::Arc::new(ManualClock::new(at("2026-11-30 07:49:00")));
+    let h = Server::start_with_clock(cfg.clone(), clock.clone())
+        .await
+        .expect("server");
+    let (a_mac, b_mac, c_mac) = (
+        "52:54:00:29:02:01",
+        "52:54:00:29:02:02",
+        "52:54:00:29:02:03",
+    );
+    let (a, _a_task) = start_agent(agent_config(&dir.path().join("a"), port, a_mac));
+    let (b, b_task) = start_agent(agent_config(&dir.path().join("b"), port, b_mac));
+    let (c, _c_task) = start_agent(agent_config(&dir.path().join("c"), port, c_mac));
+    wait_for("three terminals with their wake reports", 30, || {
+        [a_mac, b_mac, c_mac].iter().all(|m| {
+            h.server
+                .store
+                .terminal(m)
+                .ok()
+                .flatten()
+                .is_some_and(|r| r.wake.is_some())
+        })
+    })
+    .await;
+    // B is switched off.
+    b.shutdown.cancel();
+    let _ = b_task.await;
+    wait_for("B offline", 30, || {
+        !h.server.registry.macs().contains(&b_mac.to_string())
+    })
+    .await;
+
+    let api = api(&h);
+    for (m, room) in [(a_mac, "301"), (b_mac, "301"), (c_mac, "302")] {
+        let env = api
+            .put(
+                &format!("/api/v1/terminals/{m}/room"),
+                &json!({ "room": room }),
+            )
+            .await
+            .expect("room");
+        assert_eq!(env.code, 0, "{env:?}");
+    }
+    let bad = api
+        .put(
+            "/api/v1/schedule",
+            &json!([{"room": "301", "at": "7:5x", "action": "wake", "days": ["mon"]}]),
+        )
+        .await
+        .expect("bad schedule");
+    assert_ne!(bad.code, 0);
+    assert!(bad.msg.contains("HH:MM"), "{bad:?}");
+    let env = api
+        .put(
+            "/api/v1/schedule",
+            &json!([
+                {"room": "301", "at": "07:50", "action": "wake", "days": ["mon", "tue", "wed", "thu", "fri"]},
+                {"room": "301", "at": "17:30", "action": "shutdown", "warn_secs": 300},
+            ]),
+        )
+        .await
+        .expect("schedule");
+    assert_eq!(env.code, 0, "{env:?}");
+
+    // 07:50: B, which is off, gets its magic packet on its link.
+    let mut cap = Capture::start(room_ns, "eth0", 30).expect("capture");
+    clock.set(at("2026-11-30 07:49:59"));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(runs(&h, "wake").is_empty(), "not before its time");
+    clock.set(at("2026-11-30 07:50:03"));
+    wait_for("the 07:50 wake", 10, || !runs(&h, "wake").is_empty()).await;
+    let wake = &runs(&h, "wake")[0];
+    let text_of = |run: &voi::server::wake::ScheduleRun, m: &str| {
+        run.terminals
+            .iter()
+            .find(|(mac, _)| mac == m)
+            .map(|(_, t)| t.clone())
+            .unwrap_or_default()
+    };
+    assert!(
+        text_of(wake, b_mac).starts_with(&format!("sent (broadcast {subnet}.255 on wk0)")),
+        "{wake:?}"
+    );
+    assert_eq!(text_of(wake, a_mac), "already online: nothing sent");
+    assert!(
+        text_of(wake, c_mac).is_empty(),
+        "room 302 is not woken: {wake:?}"
+    );
+    let packet = cap
+        .wait_for(5, is_magic_for(b_mac))
+        .expect("B's magic packet on its link");
+    assert_eq!(packet.dst.to_string(), format!("{subnet}.255"));
+
+    // 17:25: our agents of room 301 are told; 17:30: they are shut down,
+    // the one that is off is skipped, room 302 is left alone.
+    // A jump of hours fires nothing (below): come up to 17:25 first.
+    clock.set(at("2026-11-30 17:24:59"));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(runs(&h, "warn").is_empty());
+    clock.set(at("2026-11-30 17:25:01"));
+    wait_for("the warning", 10, || !runs(&h, "warn").is_empty()).await;
+    wait_for("A's notice", 10, || {
+        a.state.read(|s| {
+            s.notices
+                .iter()
+                .any(|n| n.contains("will shut down in 5 min: class schedule (301 17:30)"))
+        })
+    })
+    .await;
+    assert!(
+        c.state.read(|s| s.notices.is_empty()),
+        "room 302 was not warned"
+    );
+    clock.set(at("2026-11-30 17:30:01"));
+    wait_for("the 17:30 shutdown", 10, || {
+        !runs(&h, "shutdown").is_empty()
+    })
+    .await;
+    let shut = &runs(&h, "shutdown")[0];
+    assert_eq!(text_of(shut, a_mac), "shutting down", "{shut:?}");
+    assert_eq!(text_of(shut, b_mac), "off: skipped", "{shut:?}");
+    wait_for("A's power-off", 10, || power_offs(&a) == 1).await;
+    assert_eq!(power_offs(&c), 0, "room 302 stays on");
+
+    // Tuesday: the server is down from 17:29 to 17:31. The 17:30 shutdown
+    // is not replayed when it comes back, nor is what a jump of the clock
+    // passes over.
+    h.stop().await;
+    let clock = std::sync::Arc::new(ManualClock::new(at("2026-12-01 17:31:00")));
+    let h = Server::start_with_clock(cfg, clock.clone())
+        .await
+        .expect("server again");
+    wait_for("A back", 30, || {
+        h.server.registry.macs().contains(&a_mac.to_string())
+    })
+    .await;
+    clock.set(at("2026-12-01 17:31:30"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    clock.set(at("2026-12-02 07:55:00"));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        h.server.schedule_runs.runs().is_empty(),
+        "{:?}",
+        h.server.schedule_runs.runs()
+    );
+    assert_eq!(power_offs(&a), 1, "no second shutdown");
+    let kept = common::api(&h)
+        .get("/api/v1/schedule")
+        .await
+        .expect("schedule");
+    assert_eq!(
+        kept.data
+            .as_ref()
+            .and_then(|d| d["entries"].as_array().map(|e| e.len())),
+        Some(2),
+        "the schedule survived the restart: {kept:?}"
+    );
+    h.stop().await;
+}
+
+/// 1900 and 1901 are checked before anything is done, reach only terminals
+/// that announced them, and every power-off is preceded by arming the NIC.
+/// In this process, with the platform recording: nothing is sent.
+#[tokio::test]
+async fn our_commands_are_checked_and_sent_only_to_terminals_that_announced_them() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let h = start_server(&dir.path().join("s")).await;
+    let mac = "AA:00:00:00:29:01";
+    let mut cfg = agent_config(&dir.path().join("a"), h.addr.port(), mac);
+    cfg.interface = Some("lo".into());
+    let (agent, task) = start_agent(cfg);
+    wait_for("its wake report", 20, || {
+        h.server
+            .store
+            .terminal(mac)
+            .ok()
+            .flatten()
+            .is_some_and(|r| r.wake.is_some_and(|w| w.interface == "lo" && !w.supported))
+    })
+    .await;
+    let api = common::api(&h);
+    let push = |command: &'static str, params: Value| {
+        let api = &api;
+        async move {
+            let r = api.push(mac, command, params, 10).await.expect("api");
+            if r.is_ok() {
+                r.data.expect("data")["reply"].clone()
+            } else {
+                json!({"code": r.code, "msg": r.msg})
+            }
+        }
+    };
+    let journal = || RecordingPlatform::read_journal(&agent.cfg.journal_path());
+    for bad in [
+        json!({"macs": []}),
+        json!({"macs": ["zz"]}),
+        json!({"macs": ["01:00:5e:00:00:01"]}),
+        json!({}),
+    ] {
+        let r = push("voi_wake_relay", bad.clone()).await;
+        assert_eq!(r["code"], 88888, "{bad} → {r}");
+    }
+    assert!(
+        journal().is_empty(),
+        "nothing sent for a bad request: {:?}",
+        journal()
+    );
+    let r = push("voi_wake_relay", json!({"macs": ["52:54:00:29:03:01"]})).await;
+    assert_eq!(r["code"], 0, "{r}");
+    assert_eq!(r["data"]["sent"], json!(["52:54:00:29:03:01"]));
+    assert_eq!(r["data"]["broadcast"], "127.255.255.255");
+    assert_eq!(
+        journal(),
+        vec![JournalEntry::SendWake {
+            mac: "52:54:00:29:03:01".into(),
+            broadcast: "127.255.255.255".parse().expect("ip"),
+        }]
+    );
+    let r = push(
+        "voi_power_notice",
+        json!({"action": "explode", "in_secs": 5}),
+    )
+    .await;
+    assert_eq!(r["code"], 88888, "{r}");
+    let r = push(
+        "voi_power_notice",
+        json!({"action": "shutdown", "in_secs": 120, "reason": "end of class"}),
+    )
+    .await;
+    assert_eq!(r["code"], 0, "{r}");
+    assert!(agent.state.read(|s| s
+        .notices
+        .iter()
+        .any(|n| n == "this terminal will shut down in 2 min: end of class")));
+
+    // A terminal that never announced them (the vendor's) is not sent them.
+    let vendor = "AA:00:00:00:29:02";
+    let mut raw = RawClient::connect(h.addr).await;
+    assert_eq!(raw.login(vendor).await.code, 0);
+    let r = api
+        .push(
+            vendor,
+            "voi_wake_relay",
+            json!({"macs": ["52:54:00:29:03:01"]}),
+            5,
+        )
+        .await
+        .expect("api");
+    assert_eq!(r.code, 88888, "{r:?}");
+    assert!(r.msg.contains("has not announced it"), "{r:?}");
+
+    // 1001: the NIC is armed, then the machine goes off.
+    let r = push("shutdown", json!({})).await;
+    assert_eq!(r["code"], 0, "{r}");
+    wait_for("the power-off", 10, || {
+        journal().contains(&JournalEntry::PowerOff)
+    })
+    .await;
+    let j = journal();
+    let arm = j.iter().position(|e| {
+        *e == JournalEntry::ArmWakeOnLan {
+            interface: "lo".into(),
+        }
+    });
+    let off = j.iter().position(|e| *e == JournalEntry::PowerOff);
+    assert!(
+        arm.is_some() && arm < off,
+        "armed before the power-off: {j:?}"
+    );
+    agent.shutdown.cancel();
+    let _ = task.await;
+    h.stop().await;
 }

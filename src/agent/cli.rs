@@ -82,6 +82,9 @@ enum CtlCmd {
     Desktop,
     /// Save a PNG of the running desktop's screen (absolute path).
     Screendump { path: String },
+    /// Power the terminal off as 1001 does: the desktop first, wake-on-LAN
+    /// armed, then the machine.
+    Poweroff,
 }
 
 #[derive(Subcommand)]
@@ -295,6 +298,7 @@ fn ctl(config: &std::path::Path, socket: Option<PathBuf>, what: CtlCmd) -> std::
         CtlCmd::Stop => ControlRequest::DesktopStop,
         CtlCmd::Desktop => ControlRequest::DesktopStatus,
         CtlCmd::Screendump { path } => ControlRequest::Screendump { path },
+        CtlCmd::Poweroff => ControlRequest::PowerOff,
     };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -45,6 +45,8 @@ pub enum ControlRequest {
     Screendump {
         path: String,
     },
+    /// Power off as 1001 does (desktop, wake-on-LAN armed, machine).
+    PowerOff,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -160,6 +162,13 @@ async fn handle(agent: &Arc<Agent>, req: ControlRequest) -> ControlResponse {
             ControlResponse::ok(json!(agent.desktop.status()))
         }
         ControlRequest::DesktopStatus => ControlResponse::ok(json!(agent.desktop.status())),
+        ControlRequest::PowerOff => {
+            log::info!("power-off asked on the control socket");
+            match crate::agent::power::power_down(agent, true).await {
+                Ok(()) => ControlResponse::ok(json!({ "powering_off": true })),
+                Err(e) => ControlResponse::err(format!("power-off: {e}")),
+            }
+        }
         ControlRequest::Screendump { path } => {
             // Only a plain absolute .png path: QEMU writes it as the agent.
             let p = std::path::Path::new(&path);

@@ -77,9 +77,9 @@ pub struct Server {
     /// What became of each wake-on-LAN (`wake/`).
     pub wakes: super::wake::book::WakeBook,
     /// The wall clock the class schedule reads.
-    pub clock: Arc<dyn super::wake::Clock>,
+    pub clock: Arc<dyn super::wake::clock::Clock>,
     /// What the class schedule did lately.
-    pub schedule_runs: super::wake::ScheduleLog,
+    pub schedule_runs: super::wake::schedule::ScheduleLog,
 }
 
 impl Server {
@@ -439,7 +439,7 @@ impl Server {
             );
         }
         let record = self.store.terminal(&mac)?;
-        if code.is_ours() && !record.as_ref().is_some_and(|r| r.wake.is_some()) {
+        if code.is_ours() && record.as_ref().is_none_or(|r| r.wake.is_none()) {
             return Err(PushError::Bad(format!(
                 "{} is a command of voi-agent; {mac} has not announced it (the vendor's terminals do not know it)",
                 code.name()

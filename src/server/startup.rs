@@ -39,13 +39,13 @@ impl ServerHandle {
 impl Server {
     /// Binds both listeners and starts serving.
     pub async fn start(cfg: ServerConfig) -> anyhow::Result<ServerHandle> {
-        Self::start_with_clock(cfg, Arc::new(super::wake::SystemClock)).await
+        Self::start_with_clock(cfg, Arc::new(super::wake::clock::SystemClock)).await
     }
 
     /// As `start`, with the wall clock the class schedule reads.
     pub async fn start_with_clock(
         cfg: ServerConfig,
-        clock: Arc<dyn super::wake::Clock>,
+        clock: Arc<dyn super::wake::clock::Clock>,
     ) -> anyhow::Result<ServerHandle> {
         std::fs::create_dir_all(&cfg.data_dir)
             .map_err(|e| anyhow::anyhow!("data dir {}: {e}", cfg.data_dir.display()))?;

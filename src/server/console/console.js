@@ -195,6 +195,7 @@
         break;
       case 'order':
         if (S.view === 'numbering') loadOrder();
+    if (S.view === 'schedule') loadSchedule();
         scheduleRefresh();
         break;
       case 'lagged':
@@ -358,6 +359,7 @@
       el('td', {}, t.terminal_id >= 0 ? t.terminal_id : ''),
       el('td', { class: 'mac' }, t.mac),
       el('td', {}, t.ip),
+      el('td', { class: 'room' }, t.room || ''),
       el('td', {}, (CLIENT_TYPES[t.client_type] || t.client_type) + ' / ' + (t.soft_version || '?')),
       el('td', {}, t.conf_version),
       el('td', { class: 'desktops' }, desktopsText(t)),
@@ -418,7 +420,11 @@
   }
 
   function showOutcome(li, mac, r) {
-    if (r.code === 0 && r.data && r.data.no_reply) {
+    if (r.code === 0 && r.data && r.data.results) {
+      const w = r.data.results[0] || { state: 'failed', text: 'no result' };
+      li.className = w.state === 'failed' ? 'fail' : 'ok';
+      li.textContent = `${mac}: wake ${w.text}`;
+    } else if (r.code === 0 && r.data && r.data.no_reply) {
       li.className = 'note';
       li.textContent = `${mac}: ${r.data.no_reply}`;
     } else if (r.code === 0 && r.data && r.data.reply) {
@@ -451,6 +457,14 @@
 
   function push(mac, command, params) {
     return api('POST', `/api/v1/terminals/${encodeURIComponent(mac)}/commands`, { command, params: params || {} });
+  }
+
+  function wake(mac) {
+    return api('POST', '/api/v1/wake', { macs: [mac] });
+  }
+
+  function setRoom(mac, room) {
+    return api('PUT', `/api/v1/terminals/${encodeURIComponent(mac)}/room`, { room });
   }
 
   function sendDesktop(mac, group) {
@@ -759,13 +773,41 @@
     }
   }
 
+  // ---- class schedule ----------------------------------------------------
+
+  async function loadSchedule() {
+    const r = await api('GET', '/api/v1/schedule');
+    if (r.code !== 0) { $('s-error').textContent = `${r.code} ${r.msg}`; return; }
+    S.schedule = r.data.entries;
+    $('s-clock').textContent = `Server clock: ${r.data.now}. Times are the server's local time; what falls while it is down is not replayed.`;
+    const body = clear(document.querySelector('#schedule tbody'));
+    for (const e of S.schedule) {
+      const rm = el('button', { type: 'button', onclick: () => saveSchedule(S.schedule.filter((x) => x.id !== e.id)) }, 'Remove');
+      body.append(el('tr', { dataset: { id: e.id } },
+        el('td', {}, e.room), el('td', {}, e.days.length ? e.days.join(', ') : 'every day'), el('td', {}, e.at),
+        el('td', {}, e.action === 'shutdown' ? 'shut down' : 'wake'), el('td', {}, (e.unless || []).join(', ')),
+        el('td', {}, e.action === 'shutdown' ? `${e.warn_secs} s before` : ''), el('td', {}, rm)));
+    }
+    const runs = clear($('s-runs'));
+    for (const run of [...r.data.runs].reverse()) {
+      runs.append(el('li', {}, `${run.at} ${run.room} ${run.what}: ` + run.terminals.map(([m, t]) => `${m} ${t}`).join('; ')));
+    }
+  }
+
+  async function saveSchedule(entries) {
+    const r = await api('PUT', '/api/v1/schedule', entries);
+    $('s-error').textContent = r.code === 0 ? '' : r.msg;
+    if (r.code === 0) loadSchedule();
+    return r.code === 0;
+  }
+
   // ---- views -----------------------------------------------------------
 
   function route() {
     if (!S.token) return;
     const hash = decodeURIComponent(location.hash.slice(1)) || 'terminals';
     const [view, arg] = hash.split('/');
-    S.view = view === 'terminal' && arg ? 'terminal' : (['terminals', 'groups', 'images', 'numbering', 'events'].includes(view) ? view : 'terminals');
+    S.view = view === 'terminal' && arg ? 'terminal' : (['terminals', 'groups', 'images', 'numbering', 'schedule', 'events'].includes(view) ? view : 'terminals');
     S.detail = S.view === 'terminal' ? arg : null;
     for (const v of document.querySelectorAll('.view')) v.hidden = v.id !== 'view-' + S.view;
     for (const a of document.querySelectorAll('nav a')) a.classList.toggle('active', a.dataset.view === (S.view === 'terminal' ? 'terminals' : S.view));
@@ -777,6 +819,7 @@
     if (S.view === 'groups') { editGroup(null); loadImages(); renderGroups(); }
     if (S.view === 'images') loadImages();
     if (S.view === 'numbering') loadOrder();
+    if (S.view === 'schedule') loadSchedule();
     if (S.view === 'events') {
       const list = clear($('events'));
       for (const e of [...S.events].reverse()) list.append(eventItem(e));
@@ -811,6 +854,26 @@
     });
     $('room-watermark-on').addEventListener('click', () => roomAction('watermark on', (mac) => push(mac, 'watermark_switch', { switch: 1 })));
     $('room-watermark-off').addEventListener('click', () => roomAction('watermark off', (mac) => push(mac, 'watermark_switch', { switch: 0 })));
+    $('room-wake').addEventListener('click', () => roomAction('wake', wake));
+    $('room-set').addEventListener('click', () => {
+      const room = $('room-name').value.trim();
+      roomAction(`room ${room || '(none)'}`, (mac) => setRoom(mac, room).then((r) => { refreshAll(); return r; }));
+    });
+    $('t-wake').addEventListener('click', async () => {
+      $('t-result').textContent = 'wake: sent…';
+      const li = el('li');
+      showOutcome(li, S.detail, await wake(S.detail));
+      $('t-result').textContent = li.textContent;
+    });
+    $('schedule-form').addEventListener('submit', async (e) => {
+      e.preventDefault();
+      const days = $('s-days').value.split(',').map((d) => d.trim()).filter((d) => d);
+      const entry = {
+        room: $('s-room').value.trim(), days, at: $('s-at').value.trim(), action: $('s-action').value,
+        unless: $('s-unless').checked ? ['downloading'] : [],
+      };
+      if (await saveSchedule([...(S.schedule || []), entry])) $('schedule-form').reset();
+    });
     $('t-rename-form').addEventListener('submit', (e) => {
       e.preventDefault();
       const name = $('t-name').value.trim();

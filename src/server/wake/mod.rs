@@ -10,15 +10,18 @@
 
 pub mod book;
 pub mod cli;
+pub mod clock;
 pub mod plan;
 pub mod schedule;
 
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use schedule::{ScheduleLog, ScheduleRun};
+
 use chrono::NaiveDateTime;
-use serde::Serialize;
 use serde_json::json;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use self::book::{WakeResult, WakeState};
@@ -29,81 +32,12 @@ use super::service::{PushError, Server};
 use super::store::TerminalRecord;
 use crate::protocol::ServiceCode;
 
-/// The server's wall clock, local time. The schedule reads it through this
-/// so a test can move time instead of waiting for 07:50.
-pub trait Clock: Send + Sync {
-    fn now(&self) -> NaiveDateTime;
-}
-
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> NaiveDateTime {
-        chrono::Local::now().naive_local()
-    }
-}
-
-/// A clock that stands still until it is set.
-pub struct ManualClock(Mutex<NaiveDateTime>);
-
-impl ManualClock {
-    pub fn new(at: NaiveDateTime) -> Self {
-        ManualClock(Mutex::new(at))
-    }
-    pub fn set(&self, at: NaiveDateTime) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = at;
-    }
-}
-
-impl Clock for ManualClock {
-    fn now(&self) -> NaiveDateTime {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
 /// Which terminals an operator means.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Selection {
     Macs(Vec<String>),
     Room(String),
     All,
-}
-
-/// What one schedule entry did when it fell due, per terminal.
-#[derive(Debug, Clone, Serialize)]
-pub struct ScheduleRun {
-    pub entry_id: String,
-    pub room: String,
-    /// "wake", "shutdown" or "warn".
-    pub what: String,
-    /// The schedule's clock when it fired.
-    pub at: String,
-    /// MAC → what happened to it.
-    pub terminals: Vec<(String, String)>,
-}
-
-/// Runs kept for the API, newest last.
-pub const MAX_RUNS: usize = 100;
-
-#[derive(Default)]
-pub struct ScheduleLog(Mutex<VecDeque<ScheduleRun>>);
-
-impl ScheduleLog {
-    pub fn push(&self, run: ScheduleRun) {
-        let mut q = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if q.len() >= MAX_RUNS {
-            q.pop_front();
-        }
-        q.push_back(run);
-    }
-    pub fn runs(&self) -> Vec<ScheduleRun> {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .cloned()
-            .collect()
-    }
 }
 
 /// The subnet a terminal was last on: what our agent reported, else its

@@ -11,6 +11,8 @@
 
 use chrono::{Datelike, Duration, NaiveDateTime, NaiveTime, Weekday};
 use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
+use std::sync::Mutex;
 
 /// At most this many entries (each is one line of a timetable).
 pub const MAX_ENTRIES: usize = 256;
@@ -157,6 +159,43 @@ pub fn due(entries: &[ScheduleEntry], from: NaiveDateTime, to: NaiveDateTime) ->
         }
     }
     out
+}
+
+/// What one schedule entry did when it fell due, per terminal.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScheduleRun {
+    pub entry_id: String,
+    pub room: String,
+    /// "wake", "shutdown" or "warn".
+    pub what: String,
+    /// The schedule's clock when it fired.
+    pub at: String,
+    /// MAC → what happened to it.
+    pub terminals: Vec<(String, String)>,
+}
+
+/// Runs kept for the API, newest last.
+pub const MAX_RUNS: usize = 100;
+
+#[derive(Default)]
+pub struct ScheduleLog(Mutex<VecDeque<ScheduleRun>>);
+
+impl ScheduleLog {
+    pub fn push(&self, run: ScheduleRun) {
+        let mut q = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if q.len() >= MAX_RUNS {
+            q.pop_front();
+        }
+        q.push_back(run);
+    }
+    pub fn runs(&self) -> Vec<ScheduleRun> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
 }
 
 #[cfg(test)]

@@ -215,6 +215,10 @@ async fn a_terminal_that_is_off_gets_the_magic_packet_and_comes_online() {
     let first = cap
         .wait_for(20, is_magic_for(mac))
         .expect("the magic packet reached the terminal's link");
+    println!(
+        "magic packet on the terminal's link {} ms after ctl wake started",
+        started.elapsed().as_millis()
+    );
     // The NIC "powers the machine on".
     t.start();
     assert_eq!(
@@ -408,10 +412,15 @@ async fn a_router_drops_the_directed_broadcast_and_a_relay_on_the_subnet_wakes_t
     relay.start();
     wait_until("the relay online", 60, || online(&api, rmac)).await;
     let mut at_target = Capture::start(&lan_b.hosts[1], "eth0", 60).expect("capture at T");
+    let relay_started = Instant::now();
     let ctl = ctl_wake(&api_url, &[tmac, "--wait", "--timeout", "60"]);
     let relayed = at_target
         .wait_for(20, is_magic_for(tmac))
         .expect("the relayed magic packet reached T's link");
+    println!(
+        "relayed magic packet on T's link {} ms after ctl wake started",
+        relay_started.elapsed().as_millis()
+    );
     target.start();
     assert_eq!(relayed.src.to_string(), format!("{sb}.1"), "sent by R");
     assert_eq!(relayed.dst.to_string(), format!("{sb}.255"));

@@ -2,7 +2,57 @@
 
 /// Logging to stderr, `RUST_LOG` style, default info.
 pub fn init_logging() {
-    let _ = logger("info").format_timestamp_millis().try_init();
+    let inner = logger("info").format_timestamp_millis().build();
+    let max = inner.filter();
+    if log::set_boxed_logger(Box::new(Tee { inner })).is_ok() {
+        log::set_max_level(max);
+    }
+}
+
+/// Lines kept for `recent_log_lines` (the terminal's screen shows 50).
+const RECENT_LINES: usize = 200;
+
+static RECENT: std::sync::Mutex<std::collections::VecDeque<String>> =
+    std::sync::Mutex::new(std::collections::VecDeque::new());
+
+/// The logger as configured, and a copy of each line it writes in a bounded
+/// ring, so a local screen can show the last lines without reading files.
+struct Tee {
+    inner: env_logger::Logger,
+}
+
+impl log::Log for Tee {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        self.inner.enabled(metadata)
+    }
+
+    fn log(&self, record: &log::Record) {
+        if !self.inner.matches(record) {
+            return;
+        }
+        self.inner.log(record);
+        let line = format!(
+            "{} {:<5} {}",
+            chrono::Local::now().format("%H:%M:%S"),
+            record.level(),
+            record.args()
+        );
+        let mut q = RECENT.lock().unwrap_or_else(|p| p.into_inner());
+        if q.len() >= RECENT_LINES {
+            q.pop_front();
+        }
+        q.push_back(line);
+    }
+
+    fn flush(&self) {
+        self.inner.flush();
+    }
+}
+
+/// The last `n` lines this process logged, oldest first.
+pub fn recent_log_lines(n: usize) -> Vec<String> {
+    let q = RECENT.lock().unwrap_or_else(|p| p.into_inner());
+    q.iter().skip(q.len().saturating_sub(n)).cloned().collect()
 }
 
 /// `RUST_LOG` when set, else `default`. (The BitTorrent engine logs through

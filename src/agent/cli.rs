@@ -39,6 +39,13 @@ enum Cmd {
         #[command(subcommand)]
         what: DiskCmd,
     },
+    /// The terminal's own full-screen menu: desktops, downloads, the
+    /// server, and settings behind the administrator's password.
+    Screen {
+        /// Control socket; default: from the config.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
     /// Query or drive a running agent over its control socket.
     Ctl {
         /// Control socket; default: from the config.
@@ -109,6 +116,16 @@ pub fn main() -> std::process::ExitCode {
     match cli.cmd.unwrap_or(Cmd::Run) {
         Cmd::Run => run(&cli.config),
         Cmd::Ctl { socket, what } => ctl(&cli.config, socket, what),
+        Cmd::Screen { socket } => match socket
+            .map(Ok)
+            .unwrap_or_else(|| AgentConfig::load(&cli.config).map(|c| c.control_socket_path()))
+        {
+            Ok(path) => crate::agent::screen::run(path),
+            Err(e) => {
+                eprintln!("voi-agent screen: {e}");
+                std::process::ExitCode::from(2)
+            }
+        },
         Cmd::BootPlan {
             desktop_group_uuid,
             prepare,

@@ -145,6 +145,11 @@ pub struct AgentConfig {
     /// Reported as `soft_version` in 9004.
     #[serde(default = "default_soft_version")]
     pub soft_version: String,
+    /// md5 (hex) of the administrator password the terminal's screen
+    /// accepts when the server cannot be reached; the one the server last
+    /// accepted (9008) is kept and used first.
+    #[serde(default)]
+    pub admin_password_md5: Option<String>,
     #[serde(default)]
     pub platform: PlatformConfig,
     #[serde(default)]
@@ -292,6 +297,7 @@ impl AgentConfig {
             control_socket: None,
             worker_threads: default_threads(),
             soft_version: default_soft_version(),
+            admin_password_md5: None,
             platform: PlatformConfig::default(),
             bt: BtConfig::default(),
             tls: Default::default(),

@@ -10,10 +10,10 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinHandle;
 
 use crate::agent::terminal::Agent;
-use crate::protocol::messages::{DateTimeResp, MacReq, OrderConfirmReq, VerifyAdminUserReq};
+use crate::protocol::messages::{DateTimeResp, MacReq, OrderConfirmReq};
 use crate::protocol::ServiceCode;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
 pub enum ControlRequest {
     Status,
@@ -47,6 +47,26 @@ pub enum ControlRequest {
     },
     /// Power off as 1001 does (desktop, wake-on-LAN armed, machine).
     PowerOff,
+    /// Everything the terminal's screen shows, in one answer.
+    Screen,
+    /// Stop the auto-boot countdown (a key pressed at the terminal).
+    CancelAutoBoot,
+    /// The last lines the agent logged (at most 200).
+    Logs {
+        lines: usize,
+    },
+    /// Move to another server (rolled back if no login succeeds there).
+    SetServer {
+        ip: String,
+        port: u16,
+    },
+    /// Try a server's port from the terminal.
+    TestServer {
+        ip: String,
+        port: u16,
+    },
+    /// A static address (validated and rolled back as 1012) or DHCP.
+    SetNetwork(crate::agent::local_admin::NetworkRequest),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -189,18 +209,26 @@ async fn handle(agent: &Arc<Agent>, req: ControlRequest) -> ControlResponse {
         ),
         ControlRequest::OrderConfirm { terminal_id } => order_confirm(agent, terminal_id).await,
         ControlRequest::VerifyAdmin { user, password } => {
-            let body = VerifyAdminUserReq {
-                mac: agent.mac.clone(),
-                user_name: user,
-                password,
-            };
-            forward(
-                agent,
-                ServiceCode::VerifyAdminUser,
-                &body,
-                |_| json!({"verified": true}),
-            )
-            .await
+            answer(crate::agent::local_admin::verify_admin(agent, user, password).await)
+        }
+        ControlRequest::Screen => {
+            ControlResponse::ok(crate::agent::local_admin::screen_status(agent))
+        }
+        ControlRequest::CancelAutoBoot => {
+            agent.auto_boot_cancel.cancel();
+            ControlResponse::ok(json!({ "auto_boot": "stopped" }))
+        }
+        ControlRequest::Logs { lines } => ControlResponse::ok(json!({
+            "lines": crate::cli_support::recent_log_lines(lines.min(200)),
+        })),
+        ControlRequest::SetServer { ip, port } => {
+            answer(crate::agent::local_admin::set_server(agent, &ip, port))
+        }
+        ControlRequest::TestServer { ip, port } => {
+            answer(crate::agent::local_admin::test_server(&ip, port).await)
+        }
+        ControlRequest::SetNetwork(req) => {
+            answer(crate::agent::local_admin::set_network(agent, req).await)
         }
         ControlRequest::Disks => {
             let a = agent.clone();
@@ -282,6 +310,13 @@ async fn handle(agent: &Arc<Agent>, req: ControlRequest) -> ControlResponse {
 }
 
 /// Sends a request on the live session; a non-zero code is an error.
+fn answer(r: Result<Value, String>) -> ControlResponse {
+    match r {
+        Ok(v) => ControlResponse::ok(v),
+        Err(e) => ControlResponse::err(e),
+    }
+}
+
 async fn forward<T: Serialize>(
     agent: &Arc<Agent>,
     code: ServiceCode,

@@ -4,6 +4,8 @@
 //!
 //! * `cli`, `supervisor`: the process; connects and reconnects, starts
 //!   everything else;
+//! * `screen/`: the terminal's own full-screen menu (a separate process on
+//!   the control socket);
 //! * `control_socket`: the local `voi-agent ctl` interface;
 //! * `commands/`: one file per server command (1000–1032), parse + apply;
 //! * `session/`: one logged-in session (login, startup requests, heartbeats);
@@ -22,9 +24,11 @@ pub mod control_socket;
 pub mod desktop;
 pub mod desktops;
 pub mod interfaces;
+pub mod local_admin;
 pub mod performance_report;
 pub mod platform;
 pub mod power;
+pub mod screen;
 pub mod session;
 pub mod state;
 pub mod supervisor;

@@ -50,6 +50,11 @@ pub enum PendingChange {
         old: Option<String>,
         new: String,
         deadline: i64,
+        /// The port override before and after (the screen can change it).
+        #[serde(default)]
+        old_port: Option<u16>,
+        #[serde(default)]
+        new_port: Option<u16>,
     },
 }
 
@@ -79,6 +84,13 @@ pub struct AgentState {
     /// config file's when present.
     #[serde(default)]
     pub server_ip_override: Option<String>,
+    /// Server port set on the terminal's screen; overrides the config's.
+    #[serde(default)]
+    pub server_port_override: Option<u16>,
+    /// md5 of the administrator password the server last accepted (9008),
+    /// so the screen's settings open when the server cannot be reached.
+    #[serde(default)]
+    pub admin_md5: Option<String>,
     #[serde(default)]
     pub desktop_groups: Vec<DesktopGroup>,
     #[serde(default)]
@@ -119,6 +131,8 @@ impl Default for AgentState {
                 ..Default::default()
             },
             server_ip_override: None,
+            server_port_override: None,
+            admin_md5: None,
             desktop_groups: Vec::new(),
             trackers: Vec::new(),
             watermark: false,

@@ -137,9 +137,25 @@ impl Agent {
         }
         let secs = self.cfg.desktop.countdown_secs;
         log::info!("desktop: booting the default desktop in {secs} s");
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_secs(secs)) => {}
-            _ = self.shutdown.cancelled() => return,
+        let deadline = crate::agent::desktop::now_ms() + secs * 1000;
+        *self
+            .auto_boot_deadline_ms
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(deadline);
+        let go = tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(secs)) => true,
+            _ = self.shutdown.cancelled() => false,
+            _ = self.auto_boot_cancel.cancelled() => {
+                log::info!("desktop: auto-boot stopped at the terminal");
+                false
+            }
+        };
+        *self
+            .auto_boot_deadline_ms
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = None;
+        if !go {
+            return;
         }
         let groups = self.state.read(|s| s.desktop_groups.clone());
         let d = self.desktops.clone();

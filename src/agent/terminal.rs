@@ -30,6 +30,8 @@ pub struct LiveStatus {
     pub last_error: Option<String>,
     /// Since when it cannot be reached (local time, RFC 3339).
     pub unreachable_since: Option<String>,
+    /// Logged in, but an operator has not accepted this terminal yet.
+    pub pending_admission: bool,
 }
 
 pub struct Agent {
@@ -51,6 +53,10 @@ pub struct Agent {
     change_armed: tokio::sync::Notify,
     /// This agent's hold on its data dir; `run` gives it up when it ends.
     pub(crate) dir_lock: Mutex<Option<crate::fsutil::DirLock>>,
+    /// The auto-boot countdown, while it runs: when it ends (ms since the
+    /// epoch), and how the terminal's screen stops it (any key).
+    pub auto_boot_deadline_ms: Mutex<Option<u64>>,
+    pub auto_boot_cancel: CancellationToken,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -145,6 +151,8 @@ impl Agent {
             link: Mutex::new(None),
             change_armed: tokio::sync::Notify::new(),
             dir_lock: Mutex::new(Some(dir_lock)),
+            auto_boot_deadline_ms: Mutex::new(None),
+            auto_boot_cancel: CancellationToken::new(),
             cfg,
         }))
     }
@@ -157,11 +165,18 @@ impl Agent {
             .unwrap_or_else(|| self.cfg.server_ip.clone())
     }
 
+    pub fn server_port(&self) -> u16 {
+        self.state
+            .read(|s| s.server_port_override)
+            .unwrap_or(self.cfg.server_port)
+    }
+
     pub fn server_addr(&self) -> String {
         let ip = self.server_ip();
+        let port = self.server_port();
         match ip.parse::<IpAddr>() {
-            Ok(IpAddr::V6(v6)) => format!("[{v6}]:{}", self.cfg.server_port),
-            _ => format!("{ip}:{}", self.cfg.server_port),
+            Ok(IpAddr::V6(v6)) => format!("[{v6}]:{port}"),
+            _ => format!("{ip}:{port}"),
         }
     }
 
@@ -316,16 +331,24 @@ impl Agent {
 
     /// update_config with a new server: switch, and come back unless a
     /// login on the new server confirms it.
-    pub fn move_server(&self, new_ip: String) {
-        let old = self.state.read(|s| s.server_ip_override.clone());
+    /// Moves to another server (and port, from the screen), rolled back
+    /// when no login there succeeds within `change_confirm_secs`.
+    pub fn move_server(&self, new_ip: String, new_port: Option<u16>) {
+        let (old, old_port) = self
+            .state
+            .read(|s| (s.server_ip_override.clone(), s.server_port_override));
+        let new_port = new_port.or(old_port);
         let deadline = chrono::Utc::now().timestamp() + self.cfg.change_confirm_secs as i64;
         self.persist(|s| {
             s.server_ip_override = Some(new_ip.clone());
+            s.server_port_override = new_port;
             s.terminal.setup_info.program.server_ip = new_ip.clone();
             s.pending_change = Some(PendingChange::Server {
                 old,
                 new: new_ip,
                 deadline,
+                old_port,
+                new_port,
             });
         });
         self.change_armed.notify_one();
@@ -355,11 +378,12 @@ impl Agent {
             PendingChange::Network { old: None, .. } => {
                 log::error!("the previous network is unknown; keeping the new one");
             }
-            PendingChange::Server { old, .. } => {
-                let old = old.clone();
+            PendingChange::Server { old, old_port, .. } => {
+                let (old, old_port) = (old.clone(), *old_port);
                 self.persist(|s| {
                     s.terminal.setup_info.program.server_ip = old.clone().unwrap_or_default();
                     s.server_ip_override = old;
+                    s.server_port_override = old_port;
                 });
             }
         }
@@ -591,6 +615,9 @@ fn describe(c: &PendingChange) -> String {
         PendingChange::Network { new, .. } => {
             format!("network change to {}/{}", new.address, new.prefix_len)
         }
-        PendingChange::Server { new, .. } => format!("move to server {new}"),
+        PendingChange::Server { new, new_port, .. } => match new_port {
+            Some(p) => format!("move to server {new}:{p}"),
+            None => format!("move to server {new}"),
+        },
     }
 }

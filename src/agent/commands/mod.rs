@@ -428,7 +428,7 @@ async fn worker(
                 Err(e) => log::error!("update_ip: {e}"),
             },
             After::MoveServer(ip) => {
-                agent.move_server(ip.clone());
+                agent.move_server(ip.clone(), None);
                 let _ = end_tx
                     .send(SessionEnd::Reconnect(format!("server moved to {ip}")))
                     .await;

@@ -57,6 +57,8 @@ pub trait Platform: Send + Sync {
     fn set_next_boot(&self, target: BootTarget) -> PlatformResult;
     fn set_hostname(&self, name: &str) -> PlatformResult;
     fn apply_network(&self, net: &NetworkConfig) -> PlatformResult;
+    /// Puts `interface` back on DHCP (the terminal's screen).
+    fn apply_dhcp(&self, interface: &str) -> PlatformResult;
     /// Enables magic-packet wake on `interface` (before a power-off).
     fn arm_wake_on_lan(&self, interface: &str) -> Result<WakeSupport, PlatformError>;
     /// Broadcasts the magic packet for `mac` to `broadcast`, from `source`.

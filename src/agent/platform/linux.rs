@@ -291,6 +291,27 @@ impl Platform for LinuxPlatform {
         Ok(())
     }
 
+    /// The networkd unit for DHCP replaces the static one; networkd then
+    /// takes the interface over (dhclient where networkd does not run).
+    fn apply_dhcp(&self, interface: &str) -> PlatformResult {
+        let unit_dir = self.cfg.etc_dir.join("systemd").join("network");
+        std::fs::create_dir_all(&unit_dir)?;
+        fsutil::atomic_write(
+            &unit_dir.join(format!("10-voi-{interface}.network")),
+            format!(
+                "# Written by voi-agent (terminal screen); changes are overwritten.\n[Match]\nName={interface}\n\n[Network]\nDHCP=ipv4\n"
+            )
+            .as_bytes(),
+        )?;
+        run(
+            "ip",
+            &["addr", "flush", "dev", interface, "scope", "global"],
+        )?;
+        run("networkctl", &["reload"])
+            .and_then(|_| run("networkctl", &["reconfigure", interface]))
+            .or_else(|_| run("dhclient", &[interface]))
+    }
+
     fn arm_wake_on_lan(&self, interface: &str) -> Result<WakeSupport, PlatformError> {
         let support = wake_support(interface);
         if !support.supported {

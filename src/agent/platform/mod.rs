@@ -66,6 +66,9 @@ impl Platform for SelectedPlatform {
     fn apply_network(&self, net: &NetworkConfig) -> PlatformResult {
         self.pick(self.network).apply_network(net)
     }
+    fn apply_dhcp(&self, interface: &str) -> PlatformResult {
+        self.pick(self.network).apply_dhcp(interface)
+    }
     fn arm_wake_on_lan(&self, interface: &str) -> Result<WakeSupport, PlatformError> {
         self.pick(self.wake).arm_wake_on_lan(interface)
     }

@@ -26,6 +26,9 @@ pub enum JournalEntry {
     ApplyNetwork {
         net: NetworkConfig,
     },
+    ApplyDhcp {
+        interface: String,
+    },
     ArmWakeOnLan {
         interface: String,
     },
@@ -91,6 +94,11 @@ impl Platform for RecordingPlatform {
     }
     fn apply_network(&self, net: &NetworkConfig) -> PlatformResult {
         self.record(JournalEntry::ApplyNetwork { net: net.clone() })
+    }
+    fn apply_dhcp(&self, interface: &str) -> PlatformResult {
+        self.record(JournalEntry::ApplyDhcp {
+            interface: interface.into(),
+        })
     }
     /// Journals the arming; what it reports is the NIC's real support,
     /// read (never changed) through the same ethtool call.

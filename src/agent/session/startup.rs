@@ -167,6 +167,8 @@ pub async fn sequence(agent: &Arc<Agent>, link: &Link) -> Result<(), SessionEnd>
         )
         .await
         .map_err(transport)?;
+    let pending = !env.is_ok() && env.msg.starts_with("pending");
+    agent.set_live(|l| l.pending_admission = pending);
     match env.data_as::<DesktopGroupListResp>() {
         Ok(Some(list)) if env.is_ok() => {
             agent.desktop_groups_received(list.desktop_group_list).await

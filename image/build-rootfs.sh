@@ -11,6 +11,8 @@ install -D -m 0755 "$AGENT" "$ROOT/usr/bin/voi-agent"
 install -D -m 0644 "$HERE/systemd/voi-agent.service" "$ROOT/usr/lib/systemd/system/voi-agent.service"
 install -d "$ROOT/etc/systemd/system/multi-user.target.wants"
 ln -sf /usr/lib/systemd/system/voi-agent.service "$ROOT/etc/systemd/system/multi-user.target.wants/voi-agent.service"
+install -D -m 0644 "$HERE/systemd/voi-screen.service" "$ROOT/usr/lib/systemd/system/voi-screen.service"
+ln -sf /usr/lib/systemd/system/voi-screen.service "$ROOT/etc/systemd/system/multi-user.target.wants/voi-screen.service"
 install -D -m 0600 "$HERE/systemd/agent.toml" "$ROOT/etc/voi-agent/agent.toml"
 install -d -m 0700 "$ROOT/var/lib/voi-agent"
 # grub's stock 41_custom includes custom.cfg from the grub directory.

@@ -40,6 +40,11 @@ fn units_pass_systemd_analyze_verify() {
             env!("CARGO_BIN_EXE_voi-server"),
             "/usr/bin/voi-server",
         ),
+        (
+            "voi-screen.service",
+            env!("CARGO_BIN_EXE_voi-agent"),
+            "/usr/bin/voi-agent",
+        ),
     ] {
         let path =
             unit_with_local_binary(&root.join("systemd").join(unit), d.path(), bin, installed);

@@ -74,7 +74,11 @@ pub fn screen_status(agent: &Agent) -> Value {
         "mac": agent.mac,
         "name": s.terminal.name,
         "terminal_id": s.terminal.terminal_id,
-        "ip": agent.report_ip(""),
+        "ip": crate::agent::interfaces::detect(agent.cfg.interface.as_deref())
+            .ok()
+            .and_then(|i| i.ipv4)
+            .map(|ip| ip.to_string())
+            .unwrap_or_default(),
         "interface": agent.interface_name().ok(),
         "version": agent.cfg.soft_version,
         "client_type": agent.cfg.client_type,

@@ -182,7 +182,7 @@ impl Model {
             let at = since.get(11..19).unwrap_or(since);
             let why = s(&live["last_error"]);
             format!(
-                "Server {server}: cannot be reached since {at} ({why}). Desktops on this terminal still start; check the cable, or the server address in Settings."
+                "Server {server}: cannot be reached since {at}.\nDesktops on this terminal still start. Check the cable, or the server address in Settings (s). ({why})"
             )
         } else {
             format!("Server {server}: {session}")
@@ -311,6 +311,49 @@ impl Model {
         out
     }
 
+    /// In maintenance mode (client_type 5) the screen shows what is being
+    /// prepared: each transfer with its progress.
+    pub fn maintenance_rows(&self) -> Vec<GroupRow> {
+        let transfers = self.st("transfers");
+        let empty = Vec::new();
+        transfers
+            .as_array()
+            .unwrap_or(&empty)
+            .iter()
+            .map(|t| {
+                let have = t["have_bytes"].as_u64().unwrap_or(0);
+                let len = t["length"].as_u64().unwrap_or(0).max(1);
+                let bps = t["down_bps"].as_u64().unwrap_or(0);
+                let (state, progress) = match (s(&t["stage"]).as_str(), s(&t["phase"]).as_str()) {
+                    (_, "error") => (format!("failed: {}", s(&t["error"])), None),
+                    ("seeding", _) => ("done".to_string(), None),
+                    (_, "checking") => (
+                        "verifying".to_string(),
+                        Some((have as f64 / len as f64, bps)),
+                    ),
+                    _ => (
+                        format!(
+                            "{} {}% at {}",
+                            s(&t["kind"]),
+                            (have * 100 / len).min(100),
+                            human_rate(bps)
+                        ),
+                        Some((have as f64 / len as f64, bps)),
+                    ),
+                };
+                GroupRow {
+                    uuid: String::new(),
+                    name: s(&t["layer"]),
+                    default: false,
+                    levels: "-".into(),
+                    state,
+                    progress,
+                    bootable: false,
+                }
+            })
+            .collect()
+    }
+
     fn settings_from_status(&self) -> Settings {
         let server = s(&self.st("server"));
         let (host, port) = match server.rsplit_once(':') {
@@ -363,6 +406,11 @@ impl Model {
                 match key {
                     Key::Up => self.selected = self.selected.saturating_sub(1),
                     Key::Down if n > 0 => self.selected = (self.selected + 1).min(n - 1),
+                    Key::Enter if self.maintenance() => {
+                        self.message =
+                            "Maintenance mode: desktops start once the terminal is back in normal mode."
+                                .into()
+                    }
                     Key::Enter if self.guest_on() => {
                         self.message = "A desktop is running; press x to stop it.".into()
                     }
@@ -651,6 +699,19 @@ mod tests {
             panic!("settings")
         };
         assert_eq!(st.values[0], "10.0.0.9rm-rf", "no ';', ' ' or '/'");
+    }
+
+    #[test]
+    fn maintenance_mode_lists_transfers_not_desktops() {
+        let mut m = model();
+        if let Some(st) = m.status.as_mut() {
+            st["client_type"] = json!(5);
+        }
+        assert!(m.maintenance());
+        let rows = m.maintenance_rows();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].name, format!("voi_1_{U}"));
+        assert_eq!(rows[0].state, "download 50% at 2 KiB/s");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use ratatui::layout::{Constraint, Layout};
 use ratatui::style::{Modifier, Style};
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Block, Borders, Cell, LineGauge, Paragraph, Row, Table, Wrap};
+use ratatui::widgets::{Block, Borders, Cell, Gauge, Paragraph, Row, Table, Wrap};
 use ratatui::Frame;
 
 use super::model::{Model, Page, ROWS};
@@ -24,7 +24,7 @@ pub fn draw(f: &mut Frame, m: &Model) {
     let area = f.area();
     let [head, server, body, foot] = Layout::vertical([
         Constraint::Length(3),
-        Constraint::Length(3),
+        Constraint::Length(4),
         Constraint::Min(6),
         Constraint::Length(2),
     ])
@@ -142,7 +142,11 @@ pub fn draw(f: &mut Frame, m: &Model) {
 }
 
 fn menu(f: &mut Frame, m: &Model, body: ratatui::layout::Rect) {
-    let groups = m.groups();
+    let groups = if m.maintenance() {
+        m.maintenance_rows()
+    } else {
+        m.groups()
+    };
     let mut lines: Vec<Line> = Vec::new();
     if let Some(secs) = m.countdown().filter(|_| !m.countdown_stopped) {
         let name = groups
@@ -189,13 +193,17 @@ fn menu(f: &mut Frame, m: &Model, body: ratatui::layout::Rect) {
             break;
         }
         let marker = if i == m.selected { "> " } else { "  " };
-        let text = format!(
-            "{marker}{}{}  levels {}  {}",
-            g.name,
-            if g.default { " (default)" } else { "" },
-            g.levels,
-            g.state
-        );
+        let text = if m.maintenance() {
+            format!("{marker}{}  {}", g.name, g.state)
+        } else {
+            format!(
+                "{marker}{}{}  levels {}  {}",
+                g.name,
+                if g.default { " (default)" } else { "" },
+                g.levels,
+                g.state
+            )
+        };
         let style = if i == m.selected {
             Style::default().add_modifier(Modifier::REVERSED)
         } else {
@@ -209,7 +217,10 @@ fn menu(f: &mut Frame, m: &Model, body: ratatui::layout::Rect) {
         if let Some((ratio, _)) = g.progress {
             if y < inner.y + inner.height {
                 f.render_widget(
-                    LineGauge::default().ratio(ratio.clamp(0.0, 1.0)),
+                    Gauge::default()
+                        .ratio(ratio.clamp(0.0, 1.0))
+                        .use_unicode(true)
+                        .label(format!("{:.0}%", ratio * 100.0)),
                     ratatui::layout::Rect::new(inner.x + 4, y, inner.width.saturating_sub(6), 1),
                 );
                 y += 1;

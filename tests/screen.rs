@@ -1,0 +1,277 @@
+//! The terminal's own screen in a real terminal: `voi-agent screen` runs in
+//! tmux against a real agent and two real servers. The test types with
+//! `send-keys` and reads with `capture-pane`: the countdown and a key that
+//! stops it, a download's bar moving, a wrong administrator password
+//! refused and the right one accepted, the server moved to the second
+//! server (the agent logs in there), and the offline state once that one
+//! is gone. The captures go to `docs/terminal-screen*.txt`.
+//!
+//! Needs tmux; skips with one line without it.
+
+mod common;
+
+use common::*;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use voi::server::Server;
+
+const U: &str = "5c0a5b1e-1d7e-4c36-9c43-3f0c7b7b0c24";
+const G: &str = "0c4a5e2b-7f4e-4d8e-8f53-4a5bb0e0c024";
+const TMUX: Need = Need::Program("tmux", "tmux");
+
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    fn start(cmd: &str) -> Tmux {
+        let t = Tmux {
+            socket: format!("voi-screen-{}", std::process::id()),
+        };
+        let ok = Command::new("tmux")
+            .args([
+                "-L",
+                &t.socket,
+                "-f",
+                "/dev/null",
+                "new-session",
+                "-d",
+                "-s",
+                "s",
+                "-x",
+                "110",
+                "-y",
+                "30",
+                cmd,
+            ])
+            .status()
+            .expect("tmux");
+        assert!(ok.success(), "tmux new-session");
+        t
+    }
+
+    fn keys(&self, keys: &[&str]) {
+        let ok = Command::new("tmux")
+            .args(["-L", &self.socket, "send-keys", "-t", "s"])
+            .args(keys)
+            .status()
+            .expect("send-keys");
+        assert!(ok.success());
+    }
+
+    fn text(&self, text: &str) {
+        let ok = Command::new("tmux")
+            .args(["-L", &self.socket, "send-keys", "-t", "s", "-l", text])
+            .status()
+            .expect("send-keys");
+        assert!(ok.success());
+    }
+
+    fn capture(&self) -> String {
+        let out = Command::new("tmux")
+            .args(["-L", &self.socket, "capture-pane", "-p", "-t", "s"])
+            .output()
+            .expect("capture-pane");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    async fn wait(&self, what: &str, secs: u64, pred: impl Fn(&str) -> bool) -> String {
+        let start = Instant::now();
+        loop {
+            let screen = self.capture();
+            if pred(&screen) {
+                return screen;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(secs),
+                "timed out after {secs} s waiting for {what}; the screen:\n{screen}"
+            );
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["-L", &self.socket, "kill-server"])
+            .status();
+    }
+}
+
+/// The first "downloading N%" on the screen.
+fn percent(screen: &str) -> Option<u64> {
+    let i = screen.find("downloading ")?;
+    screen[i + 12..].split('%').next()?.trim().parse().ok()
+}
+
+/// The countdown's seconds.
+fn countdown(screen: &str) -> Option<u64> {
+    let i = screen.find(" in ")?;
+    let rest = &screen[i + 4..];
+    rest.split(" s.").next()?.trim().parse().ok()
+}
+
+fn save(name: &str, screen: &str) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("docs")
+        .join(name);
+    let trimmed: Vec<&str> = screen.lines().map(str::trim_end).collect();
+    std::fs::write(&path, trimmed.join("\n").trim_end().to_string() + "\n").expect("save capture");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_screen_in_tmux_counts_down_downloads_asks_the_password_moves_server_and_goes_offline()
+{
+    let test =
+        "the_screen_in_tmux_counts_down_downloads_asks_the_password_moves_server_and_goes_offline";
+    if !has(test, &[TMUX]) {
+        return;
+    }
+    init_log();
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut cfg = server_config(&dir.path().join("a"), "127.0.0.1:0");
+    // Slow, so the bar is seen moving.
+    cfg.bt_upload_limit = 256 << 10;
+    let a = Server::start(cfg).await.expect("server A");
+    let lib = a.server.images.dir().to_path_buf();
+    make_base(&lib.join(format!("voi_0_{U}")), 16);
+    a.server.images.scan().await.expect("scan");
+    a.server
+        .store
+        .put_group(&layer_group("Math lab", G, U, &[0]))
+        .expect("group");
+    // The second server knows the same group (a school's second server):
+    // the terminal keeps its desktop when it moves.
+    let b = start_server(&dir.path().join("b")).await;
+    b.server
+        .store
+        .put_group(&layer_group("Math lab", G, U, &[0]))
+        .expect("group on B");
+
+    let mac = "AA:00:00:00:24:01";
+    let mut acfg = agent_config(&dir.path().join("agent"), a.addr.port(), mac);
+    acfg.desktop.auto_boot = true;
+    acfg.desktop.countdown_secs = 300;
+    let socket = acfg.control_socket_path();
+    let mut ev = a.server.registry.events.subscribe();
+    let (agent, task) = start_agent(acfg);
+    wait_event(&mut ev, 20, is_login(mac)).await;
+
+    let screen = Tmux::start(&format!(
+        "{} screen --socket {}",
+        env!("CARGO_BIN_EXE_voi-agent"),
+        socket.display()
+    ));
+    // Who and where, and the countdown counting.
+    let first = screen
+        .wait("the countdown", 20, |s| {
+            countdown(s).is_some() && s.contains(mac) && s.contains(": connected")
+        })
+        .await;
+    let n1 = countdown(&first).expect("seconds");
+    let later = screen
+        .wait("the countdown to move", 10, |s| {
+            countdown(s).is_some_and(|n| n < n1)
+        })
+        .await;
+    assert!(later.contains("Starting Math lab in"), "{later}");
+    // The download, its bar moving.
+    let d1 = screen
+        .wait("the download", 30, |s| percent(s).is_some_and(|p| p < 90))
+        .await;
+    let p1 = percent(&d1).expect("percent");
+    let d2 = screen
+        .wait("the bar to move", 30, |s| {
+            percent(s).is_some_and(|p| p > p1)
+        })
+        .await;
+    assert!(d2.contains("█"), "a gauge is drawn: {d2}");
+    assert!(d2.contains("KiB/s") || d2.contains("MiB/s"), "{d2}");
+    save("terminal-screen.txt", &d2);
+    // Any key stops the countdown.
+    screen.keys(&["Space"]);
+    screen
+        .wait("the countdown stopped", 10, |s| {
+            s.contains("Automatic start stopped") && countdown(s).is_none()
+        })
+        .await;
+    assert!(
+        agent
+            .auto_boot_deadline_ms
+            .lock()
+            .map(|d| d.is_none())
+            .unwrap_or(false),
+        "the agent's countdown ended too"
+    );
+
+    // Settings: a wrong password, then the right one (9008 at server A).
+    screen.keys(&["s"]);
+    screen
+        .wait("the password page", 10, |s| {
+            s.contains("Administrator password")
+        })
+        .await;
+    screen.text("wrong");
+    screen.keys(&["Enter"]);
+    screen
+        .wait("the refusal", 10, |s| {
+            s.contains("Refused: wrong user or password")
+        })
+        .await;
+    screen.text("admin");
+    screen.keys(&["Enter"]);
+    screen
+        .wait("the settings", 10, |s| {
+            s.contains("Server address") && s.contains("Apply network")
+        })
+        .await;
+
+    // Point it at server B: address, port, test, apply.
+    screen.keys(&["BSpace"; 20]);
+    screen.text("127.0.0.1");
+    screen.keys(&["Down"]);
+    screen.keys(&["BSpace"; 8]);
+    screen.text(&b.addr.port().to_string());
+    screen.keys(&["Down", "Enter"]);
+    screen
+        .wait("the port test", 10, |s| {
+            s.contains(&format!("127.0.0.1:{} answers", b.addr.port()))
+        })
+        .await;
+    let mut evb = b.server.registry.events.subscribe();
+    screen.keys(&["Down", "Enter"]);
+    wait_event(&mut evb, 30, is_login(mac)).await;
+    screen
+        .wait("the new server shown", 10, |s| {
+            s.contains("Now connecting to 127.0.0.1")
+        })
+        .await;
+    screen.keys(&["Escape"]);
+    screen
+        .wait("the menu on server B", 15, |s| {
+            s.contains(&format!("Server 127.0.0.1:{}: connected", b.addr.port()))
+        })
+        .await;
+    assert_eq!(agent.server_addr(), format!("127.0.0.1:{}", b.addr.port()));
+
+    // Server B goes away: the screen says so, and since when.
+    b.stop().await;
+    let offline = screen
+        .wait("the offline state", 30, |s| {
+            s.contains("cannot be reached since")
+        })
+        .await;
+    assert!(
+        offline.contains("Math lab"),
+        "the local desktops are still listed: {offline}"
+    );
+    save("terminal-screen-offline.txt", &offline);
+    println!("{offline}");
+
+    drop(screen);
+    agent.shutdown.cancel();
+    let _ = task.await;
+    a.stop().await;
+}

@@ -92,6 +92,38 @@ impl Tmux {
     }
 }
 
+impl Tmux {
+    /// The screen process's resident memory (KiB) and CPU ticks so far.
+    fn usage(&self) -> Option<(u64, u64)> {
+        let out = Command::new("tmux")
+            .args([
+                "-L",
+                &self.socket,
+                "list-panes",
+                "-t",
+                "s",
+                "-F",
+                "#{pane_pid}",
+            ])
+            .output()
+            .ok()?;
+        let pid = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let rss = status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let after = stat.rsplit_once(')')?.1;
+        let f: Vec<&str> = after.split_whitespace().collect();
+        let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+        Some((rss, ticks))
+    }
+}
+
 impl Drop for Tmux {
     fn drop(&mut self) {
         let _ = Command::new("tmux")
@@ -190,6 +222,16 @@ async fn the_screen_in_tmux_counts_down_downloads_asks_the_password_moves_server
     assert!(d2.contains("█"), "a gauge is drawn: {d2}");
     assert!(d2.contains("KiB/s") || d2.contains("MiB/s"), "{d2}");
     save("terminal-screen.txt", &d2);
+    // What the screen costs the terminal while it shows a download.
+    if let Some((_, t0)) = screen.usage() {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        if let Some((rss, t1)) = screen.usage() {
+            println!(
+                "voi-agent screen: {rss} KiB resident, {:.1} % of one core over 5 s",
+                (t1 - t0) as f64 / 5.0
+            );
+        }
+    }
     // Any key stops the countdown.
     screen.keys(&["Space"]);
     screen

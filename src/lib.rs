@@ -19,6 +19,7 @@ pub mod ipv4;
 pub mod protocol;
 pub mod sdnotify;
 pub mod tls;
+pub mod upgrade_package;
 pub mod wake_on_lan;
 
 // The two programs.

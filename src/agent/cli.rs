@@ -189,6 +189,12 @@ fn run(path: &std::path::Path) -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    // The version `current` names runs, unless it is this binary; a
+    // version on trial has its starts counted here first.
+    if let Err(e) = crate::agent::upgrade::launch(&cfg) {
+        eprintln!("voi-agent: {e}");
+        return std::process::ExitCode::FAILURE;
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cfg.worker_threads)
         // The BitTorrent engine reads and writes pieces on blocking
@@ -218,8 +224,14 @@ fn run(path: &std::path::Path) -> std::process::ExitCode {
             log::info!("stopping");
             stop.cancel();
         });
-        agent.run().await;
-        std::process::ExitCode::SUCCESS
+        agent.clone().run().await;
+        if agent.restart_requested() {
+            // The service manager starts the agent again (a new version, or
+            // the previous one after a rollback).
+            std::process::ExitCode::from(crate::agent::upgrade::RESTART_EXIT)
+        } else {
+            std::process::ExitCode::SUCCESS
+        }
     })
 }
 

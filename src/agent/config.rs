@@ -160,6 +160,9 @@ pub struct AgentConfig {
     /// TLS on the terminal port; off unless the server speaks it too.
     #[serde(default)]
     pub tls: crate::tls::AgentTlsConfig,
+    /// Self-upgrade (1030): where versions live, how a new one is proven.
+    #[serde(default)]
+    pub upgrade: crate::agent::upgrade::config::UpgradeConfig,
 }
 
 /// BitTorrent: layers come from the server and from the other terminals of
@@ -258,8 +261,7 @@ fn default_threads() -> usize {
     2
 }
 fn default_soft_version() -> String {
-    let mut it = env!("CARGO_PKG_VERSION").split('.');
-    format!("{}.{}", it.next().unwrap_or("0"), it.next().unwrap_or("1"))
+    crate::agent::version::soft_version()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -301,6 +303,7 @@ impl AgentConfig {
             platform: PlatformConfig::default(),
             bt: BtConfig::default(),
             tls: Default::default(),
+            upgrade: Default::default(),
             desktop: Default::default(),
         }
     }

@@ -35,5 +35,7 @@ pub mod supervisor;
 pub mod terminal;
 pub mod transfers;
 pub mod update_plan;
+pub mod upgrade;
+pub mod version;
 
 pub use terminal::Agent;

@@ -208,6 +208,7 @@ impl Agent {
         let distribution = tokio::spawn(crate::agent::transfers::server_link::start(self.clone()));
         let desktop_reports = tokio::spawn(self.clone().report_desktop_events());
         let auto_boot = tokio::spawn(self.clone().auto_boot());
+        let upgrade = tokio::spawn(crate::agent::upgrade::resume(self.clone()));
         // The agent can serve its control socket and retry the server from
         // here on: that is "ready" for systemd.
         crate::sdnotify::notify_logged("READY=1");
@@ -313,6 +314,7 @@ impl Agent {
         watchdog.abort();
         desktop_reports.abort();
         auto_boot.abort();
+        upgrade.abort();
         // A desktop does not outlive its agent: powered down as for 1001.
         self.desktop.stop().await;
         // The engine stops with the shutdown token; give it a moment to

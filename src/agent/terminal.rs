@@ -57,6 +57,8 @@ pub struct Agent {
     /// epoch), and how the terminal's screen stops it (any key).
     pub auto_boot_deadline_ms: Mutex<Option<u64>>,
     pub auto_boot_cancel: CancellationToken,
+    /// Set when the agent stops to be started again (an upgrade).
+    restart: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -153,6 +155,7 @@ impl Agent {
             dir_lock: Mutex::new(Some(dir_lock)),
             auto_boot_deadline_ms: Mutex::new(None),
             auto_boot_cancel: CancellationToken::new(),
+            restart: std::sync::atomic::AtomicBool::new(false),
             cfg,
         }))
     }
@@ -163,6 +166,17 @@ impl Agent {
         self.state
             .read(|s| s.server_ip_override.clone())
             .unwrap_or_else(|| self.cfg.server_ip.clone())
+    }
+
+    /// Stops the agent so that the service manager starts it again.
+    pub fn request_restart(&self) {
+        self.restart
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.shutdown.cancel();
+    }
+
+    pub fn restart_requested(&self) -> bool {
+        self.restart.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn server_port(&self) -> u16 {

@@ -61,6 +61,9 @@ pub struct ConfigVersionReq {
     /// also says the terminal carries out 1900 and 1901.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wake: Option<WakeInfo>,
+    /// Ours: the last agent upgrade's outcome.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrade: Option<UpgradeReport>,
 }
 
 /// What a terminal of ours reports about waking it (in 9004).
@@ -905,6 +908,27 @@ pub struct TerminalUpgradeCmd {
     pub os_name: String,
     #[serde(default)]
     pub platform: String,
+    /// Ours: the signed package's manifest URL (the vendor's terminal
+    /// fetches `upgrade_package` by TFTP instead).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest_url: Option<String>,
+    /// Ours: install even when `version` is older than the running one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force: bool,
+}
+
+/// Ours (9004 `upgrade`): how the last agent upgrade went.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct UpgradeReport {
+    /// The version the upgrade was to.
+    pub version: String,
+    /// installing, trial, installed, rolled_back or failed.
+    pub state: String,
+    #[serde(default)]
+    pub reason: String,
+    /// The full version this agent runs now.
+    #[serde(default)]
+    pub running: String,
 }
 
 /// 1031 clear_target_desktop.

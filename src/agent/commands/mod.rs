@@ -23,6 +23,7 @@ mod restart;
 mod send_desktop;
 mod send_torrent;
 mod shutdown;
+mod terminal_upgrade;
 mod unsupported;
 mod update_config;
 mod update_desktop_group_info;
@@ -84,6 +85,7 @@ enum Command {
     UploadDisk(upload_disk::UploadDisk),
     PushTaskResult(push_task_result::PushTaskResult),
     WakeRelay(wake_relay::WakeRelay),
+    TerminalUpgrade(terminal_upgrade::TerminalUpgrade),
     PowerNotice(power_notice::PowerNotice),
     Unsupported(unsupported::Unsupported),
 }
@@ -138,6 +140,9 @@ impl Command {
                 Command::PushTaskResult(push_task_result::PushTaskResult::parse(frame)?)
             }
             S::WakeRelay => Command::WakeRelay(wake_relay::WakeRelay::parse(frame)?),
+            S::TerminalUpgrade => {
+                Command::TerminalUpgrade(terminal_upgrade::TerminalUpgrade::parse(frame)?)
+            }
             S::PowerNotice => Command::PowerNotice(power_notice::PowerNotice::parse(frame)?),
             other => Command::Unsupported(unsupported::Unsupported::parse(other, frame)),
         })
@@ -169,6 +174,7 @@ impl Command {
             Command::UploadDisk(c) => c.apply(ctx).await,
             Command::PushTaskResult(c) => c.apply(ctx).await,
             Command::WakeRelay(c) => c.apply(ctx).await,
+            Command::TerminalUpgrade(c) => c.apply(ctx).await,
             Command::PowerNotice(c) => c.apply(ctx).await,
             Command::Unsupported(c) => c.apply(ctx).await,
         }

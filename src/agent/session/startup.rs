@@ -62,6 +62,7 @@ pub async fn sequence(agent: &Arc<Agent>, link: &Link) -> Result<(), SessionEnd>
         disk_residue: Some(agent.disk_residue_gb()),
         resolutions: None,
         wake: crate::agent::power::wake_info(agent),
+        upgrade: crate::agent::upgrade::report(&agent.cfg),
     };
     let (_, env) = link
         .request(ServiceCode::GetConfigVersionId, &req)

@@ -94,9 +94,11 @@ pub fn is_downgrade(from: &str, to: &str) -> bool {
 
 /// A version fit for a slot and a directory name: digits and dots.
 pub fn check_version(v: &str) -> Result<(), String> {
-    parse_version(v)
-        .map(|_| ())
-        .ok_or_else(|| format!("version {v:?} must be numbers and dots (e.g. 0.2.0), at most {VERSION_SLOT_LEN} bytes"))
+    parse_version(v).map(|_| ()).ok_or_else(|| {
+        format!(
+            "version {v:?} must be numbers and dots (e.g. 0.2.0), at most {VERSION_SLOT_LEN} bytes"
+        )
+    })
 }
 
 /// Where the version slots are: the prefix followed by a version and NUL
@@ -106,10 +108,16 @@ fn slots(binary: &[u8]) -> Vec<usize> {
     let n = VERSION_SLOT_PREFIX.len();
     let mut out = Vec::new();
     let mut from = 0;
-    while let Some(i) = binary[from..].windows(n).position(|w| w == VERSION_SLOT_PREFIX) {
+    while let Some(i) = binary[from..]
+        .windows(n)
+        .position(|w| w == VERSION_SLOT_PREFIX)
+    {
         let start = from + i + n;
         if let Some(slot) = binary.get(start..start + VERSION_SLOT_LEN) {
-            let end = slot.iter().position(|b| *b == 0).unwrap_or(VERSION_SLOT_LEN);
+            let end = slot
+                .iter()
+                .position(|b| *b == 0)
+                .unwrap_or(VERSION_SLOT_LEN);
             let padded = slot[end..].iter().all(|b| *b == 0);
             let valid = std::str::from_utf8(&slot[..end])
                 .ok()
@@ -206,7 +214,10 @@ mod tests {
         named.extend(&bin);
         let n = stamp_version(&named, "0.3.0").expect("stamp");
         assert_eq!(slot_version(&n).as_deref(), Some("0.3.0"));
-        assert!(n.starts_with(VERSION_SLOT_PREFIX) && n[VERSION_SLOT_PREFIX.len()..].starts_with(b"garbage"));
+        assert!(
+            n.starts_with(VERSION_SLOT_PREFIX)
+                && n[VERSION_SLOT_PREFIX.len()..].starts_with(b"garbage")
+        );
         assert!(stamp_version(&bin, "9;rm").is_err());
     }
 }

@@ -90,11 +90,7 @@ pub fn gb(bytes: u64) -> f64 {
 }
 
 pub fn platform_name() -> &'static str {
-    if cfg!(target_arch = "aarch64") || cfg!(target_arch = "arm") {
-        "arm"
-    } else {
-        "x86"
-    }
+    crate::upgrade_package::this_platform()
 }
 
 impl Agent {

@@ -145,7 +145,15 @@ async fn refuse_oversized(req: axum::extract::Request, next: axum::middleware::N
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+    // An agent package is the one body that is big.
+    let limit = if req.uri().path().starts_with("/api/v1/upgrades/")
+        && req.method() == axum::http::Method::PUT
+    {
+        super::upgrades::MAX_PACKAGE as u64
+    } else {
+        MAX_BODY as u64
+    };
+    if declared.is_some_and(|n| n > limit) {
         return fail(
             StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::MessageError,
@@ -200,6 +208,14 @@ fn router(server: Arc<Server>) -> Router {
         .route("/api/v1/wake", get(wake_results).post(wake))
         .route("/api/v1/terminals/:mac/room", put(set_room))
         .route("/api/v1/schedule", get(schedule_show).put(schedule_put))
+        .route("/api/v1/upgrades", get(upgrades_list))
+        .route("/api/v1/upgrades/push", post(upgrades_push))
+        .route(
+            "/api/v1/upgrades/:platform/:version",
+            put(upgrades_publish).layer(axum::extract::DefaultBodyLimit::max(
+                super::upgrades::MAX_PACKAGE,
+            )),
+        )
         .merge(super::console::routes())
         // Every operator body is a small JSON document; a bigger one is
         // refused (413) before it is read into memory.
@@ -1017,4 +1033,119 @@ async fn schedule_put(
         Ok(entries) => ok(json!({ "entries": entries })),
         Err(e) => push_fail(e),
     }
+}
+
+/// Packages, and which terminal runs which version.
+async fn upgrades_list(State(server): S, headers: HeaderMap) -> Response {
+    guard!(server, headers);
+    let terminals = match server.store.terminals() {
+        Ok(t) => t,
+        Err(e) => return store_fail(e),
+    };
+    let online = server.registry.status(server.cfg.offline_after());
+    let rows: Vec<Value> = terminals
+        .iter()
+        .map(|r| {
+            let running = r
+                .upgrade
+                .as_ref()
+                .map(|u| u.running.clone())
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| r.config.soft_version.clone());
+            json!({
+                "mac": r.config.mac,
+                "name": r.config.name,
+                "platform": r.config.platform,
+                "version": running,
+                "online": online.get(&r.config.mac).is_some_and(|o| o.0),
+                "upgrade": r.upgrade,
+            })
+        })
+        .collect();
+    ok(json!({
+        "packages": server.upgrades.list(),
+        "release_key": server.upgrades.public_key(),
+        "terminals": rows,
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+struct PublishQuery {
+    #[serde(default)]
+    raw: bool,
+}
+
+/// The body is the agent binary; it is stamped with the version and signed.
+async fn upgrades_publish(
+    State(server): S,
+    headers: HeaderMap,
+    Path((platform, version)): Path<(String, String)>,
+    axum::extract::Query(q): axum::extract::Query<PublishQuery>,
+    body: axum::body::Bytes,
+) -> Response {
+    guard!(server, headers);
+    let up = server.upgrades.clone();
+    match tokio::task::spawn_blocking(move || up.publish(&body, &platform, &version, q.raw)).await {
+        Ok(Ok(m)) => ok(json!({ "manifest": m })),
+        Ok(Err(e)) => fail(StatusCode::BAD_REQUEST, ErrorCode::MessageError, e),
+        Err(e) => fail(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::SystemError,
+            e.to_string(),
+        ),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpgradePush {
+    #[serde(default)]
+    macs: Vec<String>,
+    #[serde(default)]
+    all: bool,
+    version: String,
+    #[serde(default)]
+    force: bool,
+}
+
+/// 1030 to each terminal; the answer has each one's reply.
+async fn upgrades_push(
+    State(server): S,
+    headers: HeaderMap,
+    body: Option<Json<UpgradePush>>,
+) -> Response {
+    guard!(server, headers);
+    let Some(Json(req)) = body else {
+        return fail(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::MessageError,
+            "body must be {macs: [..] | all: true, version, force?}",
+        );
+    };
+    let macs = match (req.macs.is_empty(), req.all) {
+        (false, false) => req
+            .macs
+            .iter()
+            .filter_map(|m| normalize_mac(m))
+            .collect::<Vec<_>>(),
+        (true, true) => server.registry.macs(),
+        _ => {
+            return fail(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::MessageError,
+                "give macs or all",
+            )
+        }
+    };
+    let mut results = Vec::new();
+    for mac in macs {
+        let r = server.upgrade_terminal(&mac, &req.version, req.force).await;
+        results.push(match r {
+            Ok((_, env)) if env.is_ok() => json!({"mac": mac, "ok": true, "text": format!("installing {}", req.version)}),
+            Ok((_, env)) => json!({"mac": mac, "ok": false, "text": format!("refused: {} {}", env.code, env.msg)}),
+            Err(PushError::NoReply(_, why)) => json!({"mac": mac, "ok": true, "text": why}),
+            Err(e) => json!({"mac": mac, "ok": false, "text": e.to_string()}),
+        });
+    }
+    ok(json!({ "results": results }))
 }

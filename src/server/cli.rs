@@ -211,6 +211,40 @@ enum CtlCmd {
     },
     /// Put terminals (comma-separated MACs) in a room; "" takes them out.
     Room { macs: String, room: String },
+    /// Put an agent build in the library for terminals (stamped with the
+    /// version, signed with the release key).
+    UpgradePublish {
+        file: PathBuf,
+        #[arg(long)]
+        platform: String,
+        #[arg(long)]
+        version: String,
+        /// Store a file that has no version slot as it is.
+        #[arg(long)]
+        raw: bool,
+    },
+    /// Agent packages, and which terminal runs which version.
+    Upgrades,
+    /// Upgrade terminals' agent (1030), a batch at a time; each batch must
+    /// run the version (or roll back) before the next is sent.
+    Upgrade {
+        /// MACs, comma-separated (or --all).
+        macs: Option<String>,
+        version: String,
+        /// Every online terminal not running the version yet.
+        #[arg(long)]
+        all: bool,
+        #[arg(long, default_value_t = 5)]
+        batch: usize,
+        /// Allow a downgrade.
+        #[arg(long)]
+        force: bool,
+        /// Send and return, without waiting for the outcomes.
+        #[arg(long)]
+        no_wait: bool,
+        #[arg(long, default_value_t = 300)]
+        wait_secs: u64,
+    },
     /// The class schedule: wake and shut down rooms by the clock.
     Schedule {
         #[command(subcommand)]
@@ -767,6 +801,38 @@ async fn ctl(
                 body["timeout_secs"] = serde_json::json!(t);
             }
             return crate::server::wake::cli::wake(&c, body, wait).await;
+        }
+        CtlCmd::UpgradePublish {
+            file,
+            platform,
+            version,
+            raw,
+        } => {
+            return crate::server::upgrades::cli::publish(&c, &file, &platform, &version, raw).await
+        }
+        CtlCmd::Upgrades => c.get("/api/v1/upgrades").await?,
+        CtlCmd::Upgrade {
+            macs,
+            version,
+            all,
+            batch,
+            force,
+            no_wait,
+            wait_secs,
+        } => {
+            return crate::server::upgrades::cli::rollout(
+                &c,
+                crate::server::upgrades::cli::Rollout {
+                    macs,
+                    all,
+                    version,
+                    batch,
+                    force,
+                    no_wait,
+                    wait_secs,
+                },
+            )
+            .await
         }
         CtlCmd::Room { macs, room } => {
             return crate::server::wake::cli::room(&c, &macs, &room).await

@@ -47,6 +47,17 @@ impl ApiClient {
             .await
     }
 
+    /// PUT of raw bytes (an agent package).
+    pub async fn put_bytes(&self, path: &str, body: Vec<u8>) -> anyhow::Result<Envelope<Value>> {
+        self.send(
+            self.http
+                .put(format!("{}{path}", self.base))
+                .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+                .body(body),
+        )
+        .await
+    }
+
     pub async fn delete(&self, path: &str) -> anyhow::Result<Envelope<Value>> {
         self.send(self.http.delete(format!("{}{path}", self.base)))
             .await

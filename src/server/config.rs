@@ -43,6 +43,10 @@ pub struct ServerConfig {
     /// file); default `<data_dir>/manifest-signing.key`, made at first start.
     #[serde(default)]
     pub manifest_signing_key: Option<PathBuf>,
+    /// Signs agent packages; default the manifest key. Terminals check
+    /// packages with `[upgrade] key` (or `[bt] manifest_key`).
+    #[serde(default)]
+    pub release_signing_key: Option<PathBuf>,
     #[serde(default = "default_admin_user")]
     pub admin_user: String,
     /// md5 hex of the admin password (9008 / 9016 compare md5 of what the

@@ -237,6 +237,9 @@ async fn answer(
                     if req.wake.is_some() {
                         r.wake = req.wake;
                     }
+                    if req.upgrade.is_some() {
+                        r.upgrade = req.upgrade;
+                    }
                 })
                 .map_err(store_err)?;
             ok(ConfigVersionResp {

@@ -22,6 +22,7 @@ mod service;
 mod startup;
 pub mod store;
 pub mod tracker;
+pub mod upgrades;
 pub mod wake;
 
 pub use crate::protocol::md5_hex;

@@ -74,6 +74,8 @@ pub struct Server {
     pub counters: super::limits::Counters,
     /// When each terminal last uploaded a log (9999), for its quota.
     pub(crate) log_uploads: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    /// Agent packages (`upgrades/`).
+    pub upgrades: Arc<super::upgrades::Upgrades>,
     /// What became of each wake-on-LAN (`wake/`).
     pub wakes: super::wake::book::WakeBook,
     /// The wall clock the class schedule reads.
@@ -108,6 +110,70 @@ impl Server {
             "http://{host}:{}/torrents/{layer}.torrent",
             self.tracker_addr.port()
         )
+    }
+
+    /// Where a terminal fetches an agent package's manifest (tracker port).
+    pub fn upgrade_url(&self, platform: &str, version: &str, local: Option<SocketAddr>) -> String {
+        let torrent = self.torrent_url("x", local);
+        match torrent.find("/torrents/") {
+            Some(i) => format!(
+                "{}/upgrades/{platform}/{version}/manifest.json",
+                &torrent[..i]
+            ),
+            None => torrent,
+        }
+    }
+
+    /// Sends 1030 for a published package: refused here when there is no
+    /// package for the terminal's platform, or it is older than what the
+    /// terminal runs and `force` is not given.
+    pub async fn upgrade_terminal(
+        &self,
+        mac: &str,
+        version: &str,
+        force: bool,
+    ) -> Result<(BatchNo, Envelope<Value>), PushError> {
+        let rec = self
+            .store
+            .terminal(mac)?
+            .ok_or_else(|| PushError::Bad(format!("{mac} is not a known terminal")))?;
+        let platform = if rec.config.platform.is_empty() {
+            "x86".to_string()
+        } else {
+            rec.config.platform.clone()
+        };
+        if self.upgrades.manifest(&platform, version).is_none() {
+            return Err(PushError::Bad(format!(
+                "no package {version} for {platform}: publish it first (ctl upgrade-publish)"
+            )));
+        }
+        let running = rec
+            .upgrade
+            .as_ref()
+            .map(|u| u.running.clone())
+            .filter(|r| !r.is_empty())
+            .unwrap_or_else(|| rec.config.soft_version.clone());
+        if crate::upgrade_package::is_downgrade(&running, version) && !force {
+            return Err(PushError::Bad(format!(
+                "{mac} runs {running}; {version} is older: a downgrade needs --force"
+            )));
+        }
+        let url = self.upgrade_url(&platform, version, self.local_addr_for(mac));
+        let params = serde_json::json!({
+            "upgrade_package": "voi-agent",
+            "version": version,
+            "os_name": "linux",
+            "platform": platform,
+            "manifest_url": url,
+            "force": force,
+        });
+        self.push(
+            mac,
+            ServiceCode::TerminalUpgrade,
+            params,
+            Duration::from_secs(15),
+        )
+        .await
     }
 
     /// A layer's current version: the highest `operate_id` any desktop

@@ -71,6 +71,12 @@ impl Server {
         let api_addr = api_listener.local_addr()?;
         let tracker_addr = tracker_listener.local_addr()?;
         let announce = announce_url(&cfg, tracker_addr, None);
+        let manifest_key = load_or_create_signing_key(&cfg)?;
+        let release_key = match &cfg.release_signing_key {
+            Some(path) => read_signing_key(path)?,
+            None => manifest_key.clone(),
+        };
+        let upgrades = Arc::new(super::upgrades::Upgrades::new(&cfg.data_dir, release_key));
         let images = images::Images::open(
             &cfg.data_dir,
             crate::bt::engine::EngineConfig {
@@ -83,7 +89,7 @@ impl Server {
                 write_buffer_mib: 0,
             },
             announce,
-            load_or_create_signing_key(&cfg)?,
+            manifest_key,
         )
         .await
         .map_err(|e| anyhow::anyhow!("image library: {e:#}"))?;
@@ -127,6 +133,7 @@ impl Server {
             conn_ids: AtomicU64::new(0),
             counters: Default::default(),
             log_uploads: Default::default(),
+            upgrades,
             wakes: Default::default(),
             clock,
             schedule_runs: Default::default(),
@@ -149,7 +156,8 @@ impl Server {
                     .map(|s| s.layer_operate_id(layer))
                     .unwrap_or(0)
             }),
-        );
+        )
+        .merge(super::upgrades::serve::router(server.upgrades.clone()));
         let limits = server.cfg.limits.clone();
         tasks.push(tokio::spawn(async move {
             tracker::serve(t, tracker_listener, stop, torrents, &limits).await
@@ -348,25 +356,32 @@ async fn bind_terminal_port(addr: &str) -> std::io::Result<TcpListener> {
     Err(last.unwrap_or_else(|| std::io::Error::other("the address resolves to nothing")))
 }
 
+fn signing_key_from(
+    path: &std::path::Path,
+    text: &str,
+) -> anyhow::Result<ed25519_dalek::SigningKey> {
+    let bytes: [u8; 32] = crate::bt::manifest::from_hex(text)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| {
+            anyhow::anyhow!("{}: not 64 hex characters (an ed25519 key)", path.display())
+        })?;
+    Ok(ed25519_dalek::SigningKey::from_bytes(&bytes))
+}
+
+/// A configured key file; it must exist.
+fn read_signing_key(path: &std::path::Path) -> anyhow::Result<ed25519_dalek::SigningKey> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("release signing key {}: {e}", path.display()))?;
+    signing_key_from(path, &text)
+}
+
 fn load_or_create_signing_key(cfg: &ServerConfig) -> anyhow::Result<ed25519_dalek::SigningKey> {
-    use crate::bt::manifest::from_hex;
     let path = cfg
         .manifest_signing_key
         .clone()
         .unwrap_or_else(|| cfg.data_dir.join("manifest-signing.key"));
     match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            let bytes: [u8; 32] =
-                from_hex(&text)
-                    .and_then(|b| b.try_into().ok())
-                    .ok_or_else(|| {
-                        anyhow::anyhow!(
-                            "{}: not 64 hex characters (an ed25519 key)",
-                            path.display()
-                        )
-                    })?;
-            Ok(ed25519_dalek::SigningKey::from_bytes(&bytes))
-        }
+        Ok(text) => signing_key_from(&path, &text),
         Err(e)
             if e.kind() == std::io::ErrorKind::NotFound && cfg.manifest_signing_key.is_none() =>
         {

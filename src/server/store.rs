@@ -55,6 +55,9 @@ pub struct TerminalRecord {
     /// schedule and `ctl wake --room` select.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub room: String,
+    /// Our agent's last upgrade outcome (9004 `upgrade`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upgrade: Option<crate::protocol::messages::UpgradeReport>,
 }
 
 impl TerminalRecord {
@@ -82,6 +85,7 @@ impl TerminalRecord {
             admission: Default::default(),
             wake: None,
             room: String::new(),
+            upgrade: None,
         }
     }
 }

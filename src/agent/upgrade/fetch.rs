@@ -30,7 +30,9 @@ pub async fn manifest(url: &str) -> Result<UpgradeManifest, String> {
     while let Some(chunk) = resp.chunk().await.map_err(|e| format!("{url}: {e}"))? {
         body.extend_from_slice(&chunk);
         if body.len() as u64 > MAX_MANIFEST_BYTES {
-            return Err(format!("{url}: the manifest is over {MAX_MANIFEST_BYTES} bytes"));
+            return Err(format!(
+                "{url}: the manifest is over {MAX_MANIFEST_BYTES} bytes"
+            ));
         }
     }
     serde_json::from_slice(&body).map_err(|e| format!("{url}: not a package manifest: {e}"))
@@ -65,7 +67,10 @@ pub async fn binary(url: &str, part: &Path, m: &UpgradeManifest) -> Result<Vec<u
         if len > m.size {
             drop(file);
             let _ = std::fs::remove_file(part);
-            return Err(format!("{url}: more than the {} bytes the manifest names", m.size));
+            return Err(format!(
+                "{url}: more than the {} bytes the manifest names",
+                m.size
+            ));
         }
         file.write_all(&chunk)
             .map_err(|e| format!("{}: {e}", part.display()))?;
@@ -83,7 +88,10 @@ pub async fn binary(url: &str, part: &Path, m: &UpgradeManifest) -> Result<Vec<u
     let sha = crate::bt::manifest::to_hex(&Sha256::digest(&bytes));
     if sha != m.sha256 {
         let _ = std::fs::remove_file(part);
-        return Err(format!("{url}: sha256 {sha} is not the manifest's {}", m.sha256));
+        return Err(format!(
+            "{url}: sha256 {sha} is not the manifest's {}",
+            m.sha256
+        ));
     }
     Ok(bytes)
 }

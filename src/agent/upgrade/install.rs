@@ -31,9 +31,7 @@ pub fn current_binary(root: &Path) -> Option<PathBuf> {
 /// The version `current` points at.
 pub fn current_version(root: &Path) -> Option<String> {
     let target = std::fs::read_link(current_link(root)).ok()?;
-    target
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
+    target.file_name().map(|n| n.to_string_lossy().into_owned())
 }
 
 /// Points `current` at `version` with a rename, so it is the old target or

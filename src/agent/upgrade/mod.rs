@@ -76,7 +76,10 @@ pub fn launch(cfg: &AgentConfig) -> Result<(), String> {
                 )
                 .map_err(|e| e.to_string())?;
             } else {
-                log::info!("upgrade: start {starts} of {to} (at most {})", cfg.upgrade.max_starts);
+                log::info!(
+                    "upgrade: start {starts} of {to} (at most {})",
+                    cfg.upgrade.max_starts
+                );
                 state::save(&path, &UpgradeState::Switched { from, to, starts })
                     .map_err(|e| e.to_string())?;
             }
@@ -181,7 +184,11 @@ fn fail(agent: &Agent, version: &str, reason: String) {
 }
 
 async fn install_task(agent: Arc<Agent>, force: bool) {
-    let UpgradeState::Fetching { from, manifest, url } = state::load(&state_path(&agent.cfg))
+    let UpgradeState::Fetching {
+        from,
+        manifest,
+        url,
+    } = state::load(&state_path(&agent.cfg))
     else {
         return;
     };
@@ -288,7 +295,10 @@ pub async fn resume(agent: Arc<Agent>) {
 async fn prove(agent: Arc<Agent>, from: String, to: String) {
     let cfg = &agent.cfg;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(cfg.upgrade.confirm_secs);
-    log::info!("upgrade: {to} must log in within {} s", cfg.upgrade.confirm_secs);
+    log::info!(
+        "upgrade: {to} must log in within {} s",
+        cfg.upgrade.confirm_secs
+    );
     loop {
         if agent.live().logins > 0 {
             log::info!("upgrade: {to} logged in; {from} is no longer needed");
@@ -310,7 +320,10 @@ async fn prove(agent: Arc<Agent>, from: String, to: String) {
             _ = agent.shutdown.cancelled() => return,
         }
     }
-    let reason = format!("version {to} did not log in within {} s", cfg.upgrade.confirm_secs);
+    let reason = format!(
+        "version {to} did not log in within {} s",
+        cfg.upgrade.confirm_secs
+    );
     log::error!("upgrade: {reason}; going back to {from}");
     if let Err(e) = install::switch(&cfg.upgrade.root, &from) {
         log::error!("upgrade: rollback to {from}: {e}");

@@ -43,7 +43,8 @@ for b in voi-agent voi-server; do
 done
 
 if [ "$MODE" = "--test" ]; then
-  # Protocol unit tests, built for $ARCH and run through qemu-user.
-  "$CARGO" test --locked --release -j "$JOBS" --target "$TARGET" -p voi-agent --lib -- protocol:: --test-threads 2
+  # Protocol and self-upgrade unit tests (install layout, the current switch,
+  # package signatures, version stamping), built for $ARCH and run through qemu-user.
+  "$CARGO" test --locked --release -j "$JOBS" --target "$TARGET" -p voi-agent --lib -- protocol:: upgrade_package:: agent::upgrade:: --test-threads 2
   cross/e2e.sh "$OUT" "qemu-$ARCH-static"
 fi

@@ -356,3 +356,12 @@ fn ctl(config: &std::path::Path, socket: Option<PathBuf>, what: CtlCmd) -> std::
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}

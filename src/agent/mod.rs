@@ -23,6 +23,7 @@ pub mod config;
 pub mod control_socket;
 pub mod desktop;
 pub mod desktops;
+pub mod identity_report;
 pub mod interfaces;
 pub mod local_admin;
 pub mod performance_report;

@@ -228,9 +228,9 @@ enum CtlCmd {
     /// Upgrade terminals' agent (1030), a batch at a time; each batch must
     /// run the version (or roll back) before the next is sent.
     Upgrade {
-        /// MACs, comma-separated (or --all).
-        macs: Option<String>,
-        version: String,
+        /// MAC[,MAC…] VERSION, or VERSION with --all.
+        #[arg(num_args = 1..=2, value_names = ["MACS", "VERSION"])]
+        args: Vec<String>,
         /// Every online terminal not running the version yet.
         #[arg(long)]
         all: bool,
@@ -812,14 +812,18 @@ async fn ctl(
         }
         CtlCmd::Upgrades => c.get("/api/v1/upgrades").await?,
         CtlCmd::Upgrade {
-            macs,
-            version,
+            args,
             all,
             batch,
             force,
             no_wait,
             wait_secs,
         } => {
+            let (macs, version) = match (all, args.as_slice()) {
+                (true, [v]) => (None, v.clone()),
+                (false, [m, v]) => (Some(m.clone()), v.clone()),
+                _ => anyhow::bail!("give MAC[,MAC…] VERSION, or --all VERSION"),
+            };
             return crate::server::upgrades::cli::rollout(
                 &c,
                 crate::server::upgrades::cli::Rollout {
@@ -832,7 +836,7 @@ async fn ctl(
                     wait_secs,
                 },
             )
-            .await
+            .await;
         }
         CtlCmd::Room { macs, room } => {
             return crate::server::wake::cli::room(&c, &macs, &room).await
@@ -850,5 +854,14 @@ async fn ctl(
         Ok(())
     } else {
         anyhow::bail!("server answered {} {}", env.code, env.msg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
     }
 }

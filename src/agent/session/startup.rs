@@ -8,8 +8,8 @@ use super::end::SessionEnd;
 use crate::agent::state::PendingOrder;
 use crate::agent::terminal::Agent;
 use crate::protocol::messages::{
-    BtTrackerResp, ConfigVersionReq, ConfigVersionResp, DesktopGroupListReq, DesktopGroupListResp,
-    LoginReq, LoginResp, MacReq, OrderQueryResp, TerminalConfig,
+    BtTrackerResp, ConfigVersionResp, DesktopGroupListReq, DesktopGroupListResp, LoginReq,
+    LoginResp, MacReq, OrderQueryResp, TerminalConfig,
 };
 use crate::protocol::ServiceCode;
 
@@ -55,15 +55,7 @@ pub async fn sequence(agent: &Arc<Agent>, link: &Link) -> Result<(), SessionEnd>
     let mac = agent.mac.clone();
 
     // 9004: report what we are; learn the server's conf_version.
-    let req = ConfigVersionReq {
-        mac: mac.clone(),
-        platform: Some(crate::agent::terminal::platform_name().into()),
-        soft_version: Some(agent.cfg.soft_version.clone()),
-        disk_residue: Some(agent.disk_residue_gb()),
-        resolutions: None,
-        wake: crate::agent::power::wake_info(agent),
-        upgrade: crate::agent::upgrade::report(&agent.cfg),
-    };
+    let req = crate::agent::identity_report::config_version_req(agent);
     let (_, env) = link
         .request(ServiceCode::GetConfigVersionId, &req)
         .await

@@ -38,10 +38,36 @@ pub async fn manifest(url: &str) -> Result<UpgradeManifest, String> {
     serde_json::from_slice(&body).map_err(|e| format!("{url}: not a package manifest: {e}"))
 }
 
+fn checked(url: &str, part: &Path, m: &UpgradeManifest) -> Result<Vec<u8>, String> {
+    let bytes = std::fs::read(part).map_err(|e| format!("{}: {e}", part.display()))?;
+    if bytes.len() as u64 != m.size {
+        return Err(format!(
+            "{url}: {} bytes of the {} the manifest names",
+            bytes.len(),
+            m.size
+        ));
+    }
+    let sha = crate::bt::manifest::to_hex(&Sha256::digest(&bytes));
+    if sha != m.sha256 {
+        let _ = std::fs::remove_file(part);
+        return Err(format!(
+            "{url}: sha256 {sha} is not the manifest's {}",
+            m.sha256
+        ));
+    }
+    Ok(bytes)
+}
+
 /// The whole binary, resumed from `part`, checked against the manifest.
 pub async fn binary(url: &str, part: &Path, m: &UpgradeManifest) -> Result<Vec<u8>, String> {
     let have = std::fs::metadata(part).map(|md| md.len()).unwrap_or(0);
-    let have = if have > m.size { 0 } else { have };
+    if have == m.size {
+        // A cut after the last byte: what is there may be all of it.
+        if let Ok(bytes) = checked(url, part, m) {
+            return Ok(bytes);
+        }
+    }
+    let have = if have >= m.size { 0 } else { have };
     let mut req = client()?.get(url);
     if have > 0 {
         req = req.header(reqwest::header::RANGE, format!("bytes={have}-"));

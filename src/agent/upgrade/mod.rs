@@ -35,7 +35,7 @@ pub const LAUNCHED_ENV: &str = "VOI_AGENT_LAUNCHED";
 pub const RESTART_EXIT: u8 = 75;
 
 pub fn state_path(cfg: &AgentConfig) -> PathBuf {
-    cfg.data_dir.join("upgrade.json")
+    state::path(cfg)
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {
@@ -181,6 +181,10 @@ fn fail(agent: &Agent, version: &str, reason: String) {
         },
     );
     agent.persist(|s| s.notice(format!("upgrade to {version} refused: {reason}")));
+    // 9004 carries the outcome: a new login tells the server now.
+    if let Some(link) = agent.link() {
+        link.close();
+    }
 }
 
 async fn install_task(agent: Arc<Agent>, force: bool) {
@@ -310,6 +314,16 @@ async fn prove(agent: Arc<Agent>, from: String, to: String) {
                 },
             );
             install::prune(&cfg.upgrade.root, &[&from, &to]);
+            // The login's 9004 said "trial"; the server hears "installed" now.
+            if let Some(link) = agent.link() {
+                let req = crate::agent::identity_report::config_version_req(&agent);
+                if let Err(e) = link
+                    .request(crate::protocol::ServiceCode::GetConfigVersionId, &req)
+                    .await
+                {
+                    log::warn!("upgrade: reporting the outcome: {e}");
+                }
+            }
             return;
         }
         if tokio::time::Instant::now() >= deadline {
@@ -334,9 +348,4 @@ async fn prove(agent: Arc<Agent>, from: String, to: String) {
         &UpgradeState::RolledBack { from, to, reason },
     );
     agent.request_restart();
-}
-
-/// What 9004 reports of the last upgrade.
-pub fn report(cfg: &AgentConfig) -> Option<crate::protocol::messages::UpgradeReport> {
-    state::load(&state_path(cfg)).report()
 }

@@ -41,6 +41,10 @@ pub enum UpgradeState {
     },
 }
 
+pub fn path(cfg: &crate::agent::config::AgentConfig) -> std::path::PathBuf {
+    cfg.data_dir.join("upgrade.json")
+}
+
 pub fn load(path: &Path) -> UpgradeState {
     std::fs::read(path)
         .ok()

@@ -694,6 +694,26 @@ async fn the_console_puts_terminals_in_rooms_wakes_and_edits_the_schedule() {
     )
     .await;
     assert_eq!(h.server.store.schedule().expect("schedule").len(), 1);
+
+    // Agent packages and who runs what, on the library page.
+    let env = common::api(&h)
+        .put_bytes(
+            "/api/v1/upgrades/x86/0.9.0?raw=true",
+            b"#!/bin/sh\n".to_vec(),
+        )
+        .await
+        .expect("publish");
+    assert_eq!(env.code, 0, "{env:?}");
+    c.goto(&format!("{base}/#images"))
+        .await
+        .expect("library page");
+    wait_js(
+        &c,
+        "the package and the version listed",
+        20,
+        "return [...document.querySelectorAll('#packages tbody tr')].some(r => r.textContent.includes('0.9.0')) && document.querySelectorAll('#agent-versions tbody tr').length > 0",
+    )
+    .await;
     c.close().await.expect("close");
     h.stop().await;
 }

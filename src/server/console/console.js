@@ -725,8 +725,30 @@
     const r = await api('GET', '/api/v1/images');
     if (r.code !== 0) return;
     S.images = r.data;
-    if (S.view === 'images') renderImages();
+    if (S.view === 'images') { renderImages(); loadUpgrades(); }
     if (S.view === 'groups') renderGroups();
+  }
+
+  async function loadUpgrades() {
+    const r = await api('GET', '/api/v1/upgrades');
+    if (r.code !== 0) return;
+    const body = clear(document.querySelector('#packages tbody'));
+    for (const p of r.data.packages) {
+      body.append(el('tr', {}, el('td', {}, p.platform), el('td', {}, p.version), el('td', {}, size(p.size)),
+        el('td', { class: 'mac' }, p.sha256.slice(0, 16) + '…')));
+    }
+    const byVersion = new Map();
+    for (const t of r.data.terminals) {
+      const v = t.version || '?';
+      if (!byVersion.has(v)) byVersion.set(v, []);
+      byVersion.get(v).push(t);
+    }
+    const vb = clear(document.querySelector('#agent-versions tbody'));
+    for (const [v, ts] of [...byVersion.entries()].sort()) {
+      const last = ts.map((t) => t.upgrade ? `${t.mac}: ${t.upgrade.state} ${t.upgrade.version}${t.upgrade.reason ? ' (' + t.upgrade.reason + ')' : ''}` : '').filter((x) => x);
+      vb.append(el('tr', { dataset: { version: v } }, el('td', {}, v), el('td', {}, String(ts.length)),
+        el('td', {}, ts.map((t) => t.name || t.mac).join(', ')), el('td', {}, last.join('; '))));
+    }
   }
 
   function renderImages() {

@@ -1,6 +1,14 @@
 //! What both command lines use: logging, printing, waiting for a signal.
 
 /// Logging to stderr, `RUST_LOG` style, default info.
+/// `--version`: the crate version and the commit it was built from.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("VOI_COMMIT"),
+    ")"
+);
+
 pub fn init_logging() {
     let inner = logger("info").format_timestamp_millis().build();
     let max = inner.filter();

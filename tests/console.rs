@@ -714,6 +714,29 @@ async fn the_console_puts_terminals_in_rooms_wakes_and_edits_the_schedule() {
         "return [...document.querySelectorAll('#packages tbody tr')].some(r => r.textContent.includes('0.9.0')) && document.querySelectorAll('#agent-versions tbody tr').length > 0",
     )
     .await;
+
+    // What was done from the page is in the audit trail, with the terminal.
+    c.goto(&format!("{base}/#audit")).await.expect("audit page");
+    wait_js(
+        &c,
+        "the room change in the audit trail",
+        20,
+        &format!("return [...document.querySelectorAll('#audit tbody tr')].some(r => r.textContent.includes('PUT /api/v1/terminals/{mac}/room') && r.textContent.includes('{mac}'))"),
+    )
+    .await;
+    let trail = h.server.store.audit(100).expect("audit");
+    assert!(
+        trail.iter().any(|a| a.action == "POST /api/v1/wake"
+            && a.terminals == vec![mac.to_string()]
+            && a.status == 200),
+        "{trail:?}"
+    );
+    assert!(
+        trail.iter().any(|a| a.action == "PUT /api/v1/schedule"
+            && a.status == 400
+            && a.result.contains("funday")),
+        "{trail:?}"
+    );
     c.close().await.expect("close");
     h.stop().await;
 }

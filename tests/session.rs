@@ -196,12 +196,7 @@ async fn command_round_trip_matches_batch_no() {
 
     // A command this agent does not carry out is refused, never "Success".
     let r3 = a
-        .push(
-            mac,
-            "terminal_upgrade",
-            json!({"upgrade_package":"x","version":"1","os_name":"linux"}),
-            10,
-        )
+        .push(mac, "cancel_p_to_v", json!({}), 10)
         .await
         .expect("api");
     let reply = &r3.data.expect("data")["reply"];
@@ -211,6 +206,26 @@ async fn command_round_trip_matches_batch_no() {
             .as_str()
             .expect("msg")
             .contains("NotImplemented"),
+        "{reply}"
+    );
+
+    // 1030 without a signed package to fetch is refused, with why.
+    let r5 = a
+        .push(
+            mac,
+            "terminal_upgrade",
+            json!({"upgrade_package":"x","version":"1","os_name":"linux"}),
+            10,
+        )
+        .await
+        .expect("api");
+    let reply = &r5.data.expect("data")["reply"];
+    assert_eq!(reply["code"], 88888, "{reply}");
+    assert!(
+        reply["msg"]
+            .as_str()
+            .unwrap_or("")
+            .contains("no manifest_url"),
         "{reply}"
     );
 

@@ -8,7 +8,7 @@ use crate::agent::control_socket::{self, ControlRequest};
 use crate::agent::terminal::Agent;
 
 #[derive(Parser)]
-#[command(name = "voi-agent", version, about = "VOI terminal agent")]
+#[command(name = "voi-agent", version = crate::agent::version::version_text(), about = "VOI terminal agent")]
 pub struct Cli {
     /// Agent configuration (TOML).
     #[arg(

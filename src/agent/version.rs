@@ -40,6 +40,12 @@ pub fn running_version() -> String {
     }
 }
 
+/// `voi-agent --version`: the stamped version and the commit.
+pub fn version_text() -> &'static str {
+    static TEXT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TEXT.get_or_init(|| format!("{} (commit {})", running_version(), env!("VOI_COMMIT")))
+}
+
 /// What 9004 reports as `soft_version`: major.minor, as the vendor's
 /// server reads it.
 pub fn soft_version() -> String {

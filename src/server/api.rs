@@ -114,27 +114,142 @@ macro_rules! guard {
 /// Largest operator request body.
 pub const MAX_BODY: usize = 256 * 1024;
 
-/// Every operator action (anything but a read) is one line at INFO: what,
-/// on which path, and how it ended. There is one operator token, so "who"
-/// is the token holder, from the peer address.
-async fn log_action(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+/// Every operator action (anything but a read) is one line at INFO and one
+/// entry of the audit trail in the store: who, from where, what, on which
+/// terminals, and how it ended. There is one operator token, so "who" is
+/// its holder, "operator".
+async fn audit_action(
+    State(server): S,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
     if req.method() == axum::http::Method::GET {
         return next.run(req).await;
     }
-    let what = format!("{} {}", req.method(), req.uri().path());
+    // The console sends `AA%3A…` for a MAC in a path.
+    let path = percent_decoded(req.uri().path());
+    let what = format!("{} {path}", req.method());
     let from = req
         .extensions()
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map(|c| c.0.to_string())
         .unwrap_or_default();
+    let mut terminals: Vec<String> = path
+        .strip_prefix("/api/v1/terminals/")
+        .and_then(|rest| rest.split('/').next())
+        .and_then(normalize_mac)
+        .into_iter()
+        .collect();
+    // A small JSON body is read to name the terminals it is for; a big one
+    // (an agent package) is passed on untouched.
+    let small = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .is_some_and(|n| n <= MAX_BODY);
+    let req = if small {
+        let (parts, body) = req.into_parts();
+        let bytes = axum::body::to_bytes(body, MAX_BODY)
+            .await
+            .unwrap_or_default();
+        if let Ok(v) = serde_json::from_slice::<Value>(&bytes) {
+            for m in v["macs"].as_array().into_iter().flatten() {
+                if let Some(m) = m.as_str().and_then(normalize_mac) {
+                    terminals.push(m);
+                }
+            }
+        }
+        axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes))
+    } else {
+        req
+    };
+    terminals.sort();
+    terminals.dedup();
     let started = std::time::Instant::now();
     let resp = next.run(req).await;
+    let status = resp.status();
+    let (parts, body) = resp.into_parts();
+    let bytes = axum::body::to_bytes(body, 4 << 20)
+        .await
+        .unwrap_or_default();
+    let result = serde_json::from_slice::<Value>(&bytes)
+        .ok()
+        .map(|v| {
+            let msg: String = v["msg"].as_str().unwrap_or("").chars().take(300).collect();
+            format!("{} {msg}", v["code"]).trim().to_string()
+        })
+        .unwrap_or_default();
     log::info!(
-        "operator ({from}): {what} -> {} in {:?}",
-        resp.status(),
+        "operator ({from}): {what} -> {status} in {:?}",
         started.elapsed()
     );
-    resp
+    let now = super::registry::now_ms();
+    let entry = super::store::AuditEntry {
+        seq: 0,
+        at_ms: now,
+        at: chrono::Local::now().to_rfc3339(),
+        who: "operator".into(),
+        from,
+        action: what,
+        terminals,
+        status: status.as_u16(),
+        result,
+    };
+    let (max, days) = (
+        server.cfg.audit_max_entries,
+        server.cfg.audit_retention_days,
+    );
+    if let Err(e) = server
+        .store
+        .append_audit(entry, max, days.saturating_mul(86_400_000))
+    {
+        log::error!("audit trail: {e}");
+    }
+    Response::from_parts(parts, axum::body::Body::from(bytes))
+}
+
+/// `%XX` escapes of a path undone (invalid ones are kept as they are).
+fn percent_decoded(path: &str) -> String {
+    let b = path.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[derive(Debug, Deserialize)]
+struct AuditQuery {
+    limit: Option<usize>,
+}
+
+/// The audit trail, newest first.
+async fn audit_list(
+    State(server): S,
+    headers: HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<AuditQuery>,
+) -> Response {
+    guard!(server, headers);
+    match server.store.audit(q.limit.unwrap_or(200).min(10_000)) {
+        Ok(entries) => ok(json!({ "entries": entries })),
+        Err(e) => store_fail(e),
+    }
 }
 
 /// A declared length over `MAX_BODY` gets 413 with the envelope at once; a
@@ -208,6 +323,10 @@ fn router(server: Arc<Server>) -> Router {
         .route("/api/v1/wake", get(wake_results).post(wake))
         .route("/api/v1/terminals/:mac/room", put(set_room))
         .route("/api/v1/schedule", get(schedule_show).put(schedule_put))
+        .route("/api/v1/audit", get(audit_list))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/api/v1/version", get(version))
         .route("/api/v1/upgrades", get(upgrades_list))
         .route("/api/v1/upgrades/push", post(upgrades_push))
         .route(
@@ -221,7 +340,10 @@ fn router(server: Arc<Server>) -> Router {
         // refused (413) before it is read into memory.
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn(refuse_oversized))
-        .layer(axum::middleware::from_fn(log_action))
+        .layer(axum::middleware::from_fn_with_state(
+            server.clone(),
+            audit_action,
+        ))
         .with_state(server)
 }
 
@@ -1148,4 +1270,44 @@ async fn upgrades_push(
         });
     }
     ok(json!({ "results": results }))
+}
+
+/// The process is alive and serving (no token: a probe's).
+async fn healthz() -> Response {
+    (StatusCode::OK, Json(json!({ "status": "ok" }))).into_response()
+}
+
+/// Ready: the store answers, the listeners are up (this one answers), and
+/// the image library has been read (at start, before any listener).
+async fn readyz(State(server): S) -> Response {
+    let mut problems = Vec::new();
+    if let Err(e) = server.store.order() {
+        problems.push(format!("store: {e}"));
+    }
+    if !server.images.dir().is_dir() {
+        problems.push(format!(
+            "image library {} is gone",
+            server.images.dir().display()
+        ));
+    }
+    if server.shutdown.is_cancelled() {
+        problems.push("stopping".into());
+    }
+    if problems.is_empty() {
+        (StatusCode::OK, Json(json!({ "status": "ready" }))).into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "not ready", "problems": problems })),
+        )
+            .into_response()
+    }
+}
+
+async fn version() -> Response {
+    ok(json!({
+        "name": "voi-server",
+        "version": env!("CARGO_PKG_VERSION"),
+        "commit": env!("VOI_COMMIT"),
+    }))
 }

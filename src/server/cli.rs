@@ -11,7 +11,7 @@ use crate::server::{Server, ServerConfig};
 #[derive(Parser)]
 #[command(
     name = "voi-server",
-    version,
+    version = crate::cli_support::VERSION,
     about = "VOI reference management server"
 )]
 pub struct Cli {
@@ -225,6 +225,11 @@ enum CtlCmd {
     },
     /// Agent packages, and which terminal runs which version.
     Upgrades,
+    /// The audit trail: who did what, to which terminals, and how it ended.
+    Audit {
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
     /// Upgrade terminals' agent (1030), a batch at a time; each batch must
     /// run the version (or roll back) before the next is sent.
     Upgrade {
@@ -811,6 +816,7 @@ async fn ctl(
             return crate::server::upgrades::cli::publish(&c, &file, &platform, &version, raw).await
         }
         CtlCmd::Upgrades => c.get("/api/v1/upgrades").await?,
+        CtlCmd::Audit { limit } => c.get(&format!("/api/v1/audit?limit={limit}")).await?,
         CtlCmd::Upgrade {
             args,
             all,

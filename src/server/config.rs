@@ -88,6 +88,12 @@ pub struct ServerConfig {
     /// (`limits.rs`).
     #[serde(default)]
     pub limits: super::limits::Limits,
+    /// The audit trail of operator actions keeps at most this many…
+    #[serde(default = "default_audit_max")]
+    pub audit_max_entries: usize,
+    /// …and none older than this.
+    #[serde(default = "default_audit_days")]
+    pub audit_retention_days: u64,
     /// Wake-on-LAN and the class schedule.
     #[serde(default)]
     pub wake: WakeConfig,
@@ -129,6 +135,13 @@ fn default_true() -> bool {
 }
 fn default_tick_ms() -> u64 {
     10_000
+}
+
+fn default_audit_max() -> usize {
+    10_000
+}
+fn default_audit_days() -> u64 {
+    90
 }
 
 fn default_bt_port() -> u16 {

@@ -3,7 +3,7 @@
 //! cross builds), ACID with fsync on commit, and needs no schema migration
 //! for the JSON records we keep.
 
-use redb::{Database, ReadableTable, TableDefinition, TableHandle};
+use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -14,6 +14,29 @@ use crate::protocol::BatchNo;
 const TERMINALS: TableDefinition<&str, &[u8]> = TableDefinition::new("terminals");
 const GROUPS: TableDefinition<&str, &[u8]> = TableDefinition::new("desktop_groups");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// Operator actions, by sequence number (`AuditEntry`).
+const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+
+/// One operator action: who, what, on which terminals, how it ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    #[serde(default)]
+    pub seq: u64,
+    /// ms since the epoch.
+    pub at_ms: u64,
+    pub at: String,
+    /// The token's holder ("operator": there is one token), and from where.
+    pub who: String,
+    pub from: String,
+    /// "PUT /api/v1/desktop_groups".
+    pub action: String,
+    #[serde(default)]
+    pub terminals: Vec<String>,
+    /// HTTP status, and the envelope's code and message when there is one.
+    pub status: u16,
+    #[serde(default)]
+    pub result: String,
+}
 
 #[derive(Debug, thiserror::Error)]
 #[error("store: {0}")]
@@ -132,6 +155,7 @@ impl Store {
         tx.open_table(TERMINALS).map_err(e)?;
         tx.open_table(GROUPS).map_err(e)?;
         tx.open_table(META).map_err(e)?;
+        tx.open_table(AUDIT).map_err(e)?;
         tx.commit().map_err(e)?;
         Ok(Store {
             db,
@@ -311,6 +335,61 @@ impl Store {
         })
     }
 
+    /// Appends an operator action, then drops the oldest beyond `max`
+    /// entries or older than `max_age_ms`.
+    pub fn append_audit(
+        &self,
+        mut entry: AuditEntry,
+        max: usize,
+        max_age_ms: u64,
+    ) -> Result<u64, StoreError> {
+        let tx = self.db.begin_write().map_err(e)?;
+        let seq = {
+            let mut t = tx.open_table(AUDIT).map_err(e)?;
+            let next = t
+                .last()
+                .map_err(e)?
+                .map(|(k, _)| k.value() + 1)
+                .unwrap_or(1);
+            entry.seq = next;
+            let bytes = serde_json::to_vec(&entry).map_err(e)?;
+            t.insert(next, bytes.as_slice()).map_err(e)?;
+            let oldest_kept = entry.at_ms.saturating_sub(max_age_ms);
+            loop {
+                let len = t.len().map_err(e)? as usize;
+                let first = t.first().map_err(e)?.map(|(k, v)| {
+                    let at = serde_json::from_slice::<AuditEntry>(v.value())
+                        .map(|a| a.at_ms)
+                        .unwrap_or(0);
+                    (k.value(), at)
+                });
+                match first {
+                    Some((k, at)) if len > max || (at < oldest_kept && k != next) => {
+                        t.remove(k).map_err(e)?;
+                    }
+                    _ => break,
+                }
+            }
+            next
+        };
+        tx.commit().map_err(e)?;
+        Ok(seq)
+    }
+
+    /// The newest `limit` operator actions, newest first.
+    pub fn audit(&self, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        let tx = self.db.begin_read().map_err(e)?;
+        let t = tx.open_table(AUDIT).map_err(e)?;
+        let mut out = Vec::new();
+        for item in t.iter().map_err(e)?.rev().take(limit) {
+            let (_, v) = item.map_err(e)?;
+            if let Ok(a) = serde_json::from_slice(v.value()) {
+                out.push(a);
+            }
+        }
+        Ok(out)
+    }
+
     /// The class schedule (`wake/schedule.rs`).
     pub fn schedule(&self) -> Result<Vec<super::wake::schedule::ScheduleEntry>, StoreError> {
         Ok(self.get(META, "schedule")?.unwrap_or_default())
@@ -369,6 +448,35 @@ mod tests {
         );
         assert_eq!(s.next_batch_no().expect("n"), 3);
         assert_eq!(s.groups().expect("g").len(), 1);
+    }
+
+    #[test]
+    fn the_audit_trail_is_bounded_by_count_and_age() {
+        let d = tempfile::tempdir().expect("tmp");
+        let s = Store::open(&d.path().join("a.redb")).expect("open");
+        let entry = |at_ms: u64| AuditEntry {
+            seq: 0,
+            at_ms,
+            at: String::new(),
+            who: "operator".into(),
+            from: String::new(),
+            action: "POST /x".into(),
+            terminals: vec![],
+            status: 200,
+            result: String::new(),
+        };
+        for i in 0..10 {
+            s.append_audit(entry(1_000 + i), 5, u64::MAX)
+                .expect("append");
+        }
+        let a = s.audit(100).expect("read");
+        assert_eq!(a.len(), 5);
+        assert_eq!(a[0].seq, 10, "newest first");
+        // Everything older than the age limit goes at the next append.
+        s.append_audit(entry(100_000), 5, 1_000).expect("append");
+        let a = s.audit(100).expect("read");
+        assert_eq!(a.len(), 1, "{a:?}");
+        assert_eq!(a[0].seq, 11);
     }
 
     #[test]

@@ -196,6 +196,7 @@
       case 'order':
         if (S.view === 'numbering') loadOrder();
     if (S.view === 'schedule') loadSchedule();
+    if (S.view === 'audit') loadAudit();
         scheduleRefresh();
         break;
       case 'lagged':
@@ -823,13 +824,25 @@
     return r.code === 0;
   }
 
+  async function loadAudit() {
+    const r = await api('GET', '/api/v1/audit?limit=200');
+    if (r.code !== 0) return;
+    const body = clear(document.querySelector('#audit tbody'));
+    for (const a of r.data.entries) {
+      body.append(el('tr', { class: a.status < 400 ? '' : 'fail' },
+        el('td', {}, a.at.slice(0, 19).replace('T', ' ')), el('td', {}, a.who), el('td', {}, a.from),
+        el('td', {}, a.action), el('td', { class: 'mac' }, a.terminals.join(', ')),
+        el('td', {}, `${a.status} ${a.result}`)));
+    }
+  }
+
   // ---- views -----------------------------------------------------------
 
   function route() {
     if (!S.token) return;
     const hash = decodeURIComponent(location.hash.slice(1)) || 'terminals';
     const [view, arg] = hash.split('/');
-    S.view = view === 'terminal' && arg ? 'terminal' : (['terminals', 'groups', 'images', 'numbering', 'schedule', 'events'].includes(view) ? view : 'terminals');
+    S.view = view === 'terminal' && arg ? 'terminal' : (['terminals', 'groups', 'images', 'numbering', 'schedule', 'audit', 'events'].includes(view) ? view : 'terminals');
     S.detail = S.view === 'terminal' ? arg : null;
     for (const v of document.querySelectorAll('.view')) v.hidden = v.id !== 'view-' + S.view;
     for (const a of document.querySelectorAll('nav a')) a.classList.toggle('active', a.dataset.view === (S.view === 'terminal' ? 'terminals' : S.view));
@@ -842,6 +855,7 @@
     if (S.view === 'images') loadImages();
     if (S.view === 'numbering') loadOrder();
     if (S.view === 'schedule') loadSchedule();
+    if (S.view === 'audit') loadAudit();
     if (S.view === 'events') {
       const list = clear($('events'));
       for (const e of [...S.events].reverse()) list.append(eventItem(e));

@@ -145,6 +145,10 @@ pub struct AgentConfig {
     /// Reported as `soft_version` in 9004.
     #[serde(default = "default_soft_version")]
     pub soft_version: String,
+    /// Serve Prometheus metrics here (a loopback address, e.g.
+    /// "127.0.0.1:9101"); off when unset.
+    #[serde(default)]
+    pub metrics_listen: Option<String>,
     /// md5 (hex) of the administrator password the terminal's screen
     /// accepts when the server cannot be reached; the one the server last
     /// accepted (9008) is kept and used first.
@@ -300,6 +304,7 @@ impl AgentConfig {
             worker_threads: default_threads(),
             soft_version: default_soft_version(),
             admin_password_md5: None,
+            metrics_listen: None,
             platform: PlatformConfig::default(),
             bt: BtConfig::default(),
             tls: Default::default(),

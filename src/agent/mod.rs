@@ -26,6 +26,7 @@ pub mod desktops;
 pub mod identity_report;
 pub mod interfaces;
 pub mod local_admin;
+pub mod metrics;
 pub mod performance_report;
 pub mod platform;
 pub mod power;

@@ -209,6 +209,11 @@ impl Agent {
         let desktop_reports = tokio::spawn(self.clone().report_desktop_events());
         let auto_boot = tokio::spawn(self.clone().auto_boot());
         let upgrade = tokio::spawn(crate::agent::upgrade::resume(self.clone()));
+        let metrics = self
+            .cfg
+            .metrics_listen
+            .clone()
+            .map(|l| tokio::spawn(crate::agent::metrics::serve(self.clone(), l)));
         // The agent can serve its control socket and retry the server from
         // here on: that is "ready" for systemd.
         crate::sdnotify::notify_logged("READY=1");
@@ -315,6 +320,9 @@ impl Agent {
         desktop_reports.abort();
         auto_boot.abort();
         upgrade.abort();
+        if let Some(m) = metrics {
+            m.abort();
+        }
         // A desktop does not outlive its agent: powered down as for 1001.
         self.desktop.stop().await;
         // The engine stops with the shutdown token; give it a moment to

@@ -324,6 +324,7 @@ fn router(server: Arc<Server>) -> Router {
         .route("/api/v1/terminals/:mac/room", put(set_room))
         .route("/api/v1/schedule", get(schedule_show).put(schedule_put))
         .route("/api/v1/audit", get(audit_list))
+        .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/api/v1/version", get(version))
@@ -1310,4 +1311,27 @@ async fn version() -> Response {
         "version": env!("CARGO_PKG_VERSION"),
         "commit": env!("VOI_COMMIT"),
     }))
+}
+
+/// Prometheus text exposition; the API's token unless `metrics_public`.
+async fn metrics(State(server): S, headers: HeaderMap) -> Response {
+    if !server.cfg.metrics_public {
+        guard!(server, headers);
+    }
+    let s = server.clone();
+    match tokio::task::spawn_blocking(move || super::scrape::render(&s)).await {
+        Ok(text) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => fail(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::SystemError,
+            e.to_string(),
+        ),
+    }
 }

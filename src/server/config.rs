@@ -88,6 +88,10 @@ pub struct ServerConfig {
     /// (`limits.rs`).
     #[serde(default)]
     pub limits: super::limits::Limits,
+    /// `/metrics` answers without the API token (for a scraper on a
+    /// trusted network).
+    #[serde(default)]
+    pub metrics_public: bool,
     /// The audit trail of operator actions keeps at most this many…
     #[serde(default = "default_audit_max")]
     pub audit_max_entries: usize,

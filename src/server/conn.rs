@@ -31,6 +31,14 @@ pub async fn accept(
     unauthenticated: Option<Slot>,
 ) {
     let _ = stream.set_nodelay(true);
+    server.metrics.sessions_opened.inc();
+    struct Closed(Arc<Server>);
+    impl Drop for Closed {
+        fn drop(&mut self) {
+            self.0.metrics.sessions_closed.inc();
+        }
+    }
+    let _closed = Closed(server.clone());
     let local = stream.local_addr().ok();
     let Some(tls) = server.tls.clone() else {
         return run(server, stream, peer, local, id, None, unauthenticated).await;
@@ -406,6 +414,7 @@ async fn login(
     );
     // The token goes in the header too: that is where terminals read it.
     answer(tx, frame, &st.token, &env).await;
+    server.metrics.logins.inc();
     server.wakes.logged_in(&mac, super::registry::now_ms());
     server.registry.emit(ServerEvent::Login {
         mac,
@@ -426,6 +435,7 @@ async fn refuse_login(
     why: String,
 ) -> Flow {
     log::warn!("{}: login as {mac} refused: {why}", st.peer);
+    server.metrics.rejected(&why);
     let env = Envelope::error(ErrorCode::TerminalLoginFail, why.clone());
     answer(tx, frame, "", &env).await;
     server.registry.emit(ServerEvent::Refused {

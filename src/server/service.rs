@@ -74,6 +74,8 @@ pub struct Server {
     pub counters: super::limits::Counters,
     /// When each terminal last uploaded a log (9999), for its quota.
     pub(crate) log_uploads: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    /// Prometheus counters (`metrics.rs`).
+    pub metrics: super::metrics::ServerMetrics,
     /// Agent packages (`upgrades/`).
     pub upgrades: Arc<super::upgrades::Upgrades>,
     /// What became of each wake-on-LAN (`wake/`).
@@ -523,13 +525,24 @@ impl Server {
             return Err(PushError::NoReply(batch, g.no_reply(code)));
         }
         let rx = self.registry.expect_reply(code as u32, &mac, &batch);
+        let sent_at = std::time::Instant::now();
         if let Err(e) = self.send_command(&mac, code, params).await {
             self.registry.forget_reply(code as u32, &mac, &batch);
+            self.metrics
+                .command(code.name(), "not_sent", sent_at.elapsed());
             return Err(e);
         }
-        let env = self
+        let answered = self
             .await_reply(rx, code, mac.clone(), &batch, timeout)
-            .await?;
+            .await;
+        let result = match &answered {
+            Ok(env) if env.is_ok() => "ok",
+            Ok(_) => "refused",
+            Err(PushError::Timeout(..)) => "timeout",
+            Err(_) => "error",
+        };
+        self.metrics.command(code.name(), result, sent_at.elapsed());
+        let env = answered?;
         // What the record says changes only when the terminal did it.
         if env.is_ok() {
             if let Some(change) = change {

@@ -134,6 +134,7 @@ impl Server {
             counters: Default::default(),
             log_uploads: Default::default(),
             upgrades,
+            metrics: Default::default(),
             wakes: Default::default(),
             clock,
             schedule_runs: Default::default(),

@@ -144,6 +144,8 @@ impl OrderSession {
 
 pub struct Store {
     db: Database,
+    /// Write transactions, commit included (for `/metrics`).
+    pub commit_seconds: prometheus_client::metrics::histogram::Histogram,
     /// Commits made without fsync since the last durable one (`flush`).
     unflushed: std::sync::atomic::AtomicBool,
 }
@@ -159,6 +161,9 @@ impl Store {
         tx.commit().map_err(e)?;
         Ok(Store {
             db,
+            commit_seconds: prometheus_client::metrics::histogram::Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(0.0001, 2.0, 16),
+            ),
             unflushed: Default::default(),
         })
     }
@@ -223,6 +228,7 @@ impl Store {
         eventual_if_present: bool,
         f: impl FnOnce(&mut Option<T>) -> R,
     ) -> Result<R, StoreError> {
+        let started = std::time::Instant::now();
         let mut tx = self.db.begin_write().map_err(e)?;
         let (r, existed) = {
             let mut t = tx.open_table(table).map_err(e)?;
@@ -249,6 +255,7 @@ impl Store {
                 .store(true, std::sync::atomic::Ordering::Release);
         }
         tx.commit().map_err(e)?;
+        self.commit_seconds.observe(started.elapsed().as_secs_f64());
         Ok(r)
     }
 

@@ -239,6 +239,15 @@ impl Tracker {
         out
     }
 
+    /// (swarms, peers) the tracker holds, for the metrics.
+    pub fn totals(&self) -> (usize, usize) {
+        let all = self.swarms.lock().unwrap_or_else(|p| p.into_inner());
+        (
+            all.by_hash.len(),
+            all.by_hash.values().map(|s| s.len()).sum(),
+        )
+    }
+
     /// Peers known for a torrent (for the operator's view).
     pub fn swarm_size(&self, info_hash: &InfoHash) -> usize {
         self.swarms

@@ -19,7 +19,7 @@ pub const VERSION_SLOT_LEN: usize = 32;
 /// The largest manifest an agent reads.
 pub const MAX_MANIFEST_BYTES: u64 = 64 * 1024;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UpgradeManifest {
     /// "x86" or "arm", as 1030 names it.
     pub platform: String,

@@ -5,7 +5,9 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use super::codes::ErrorCode;
 use super::flex;
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// `code` 0 is success; anything else is an error whose `msg` starts with
+/// the error key (notes §6), and then `data` is absent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Envelope<T> {
     #[serde(deserialize_with = "flex::int")]
     pub code: i64,

@@ -142,7 +142,7 @@ impl<'de> Deserialize<'de> for Sectors {
 
 /// `batch_no` is an integer in JSON commands but the task uuid string in the
 /// 1015 reply. Kept as received so it is echoed byte for byte.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum BatchNo {
     Int(i64),

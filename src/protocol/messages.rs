@@ -67,7 +67,7 @@ pub struct ConfigVersionReq {
 }
 
 /// What a terminal of ours reports about waking it (in 9004).
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WakeInfo {
     pub interface: String,
     /// The NIC can wake on a magic packet.
@@ -88,7 +88,7 @@ pub struct ConfigVersionResp {
     pub conf_version: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ModeSetup {
     #[serde(default, deserialize_with = "flex::int")]
     pub show_desktop_type: i64,
@@ -96,7 +96,7 @@ pub struct ModeSetup {
     pub auto_desktop: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ProgramSetup {
     #[serde(default)]
     pub server_ip: String,
@@ -106,7 +106,7 @@ pub struct ProgramSetup {
     pub resolutions: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SetupInfo {
     #[serde(default)]
     pub mode: ModeSetup,
@@ -115,7 +115,7 @@ pub struct SetupInfo {
 }
 
 /// The terminal's configuration: 9005 answer and 9006 update_config_info body.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TerminalConfig {
     #[serde(default = "minus_one", deserialize_with = "flex::int")]
     pub terminal_id: i64,
@@ -166,7 +166,7 @@ pub struct DesktopGroupListResp {
 }
 
 /// One disk layer as the server describes it (9007, 1017, 1008).
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DiskInfo {
     pub uuid: String,
     /// 0 system, 1 data, 2 share.
@@ -185,10 +185,13 @@ pub struct DiskInfo {
     #[serde(default, deserialize_with = "flex::int")]
     pub operate_id: i64,
     #[serde(default)]
+    #[schema(value_type = String, example = "83886080")]
     pub real_size: Sectors,
     #[serde(default, alias = "reserve_space")]
+    #[schema(value_type = String)]
     pub reserve_size: Sectors,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub file_size: Option<Sectors>,
     #[serde(
         default,
@@ -212,7 +215,20 @@ fn voi_prefix() -> String {
 }
 
 /// One desktop group of the 9007 answer.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({
+    "desktop_group_name": "Room 101 Windows 10",
+    "desktop_group_uuid": "3f1c2b9e-5a8d-4e7f-9b6a-1c2d3e4f5a6b",
+    "default_desktop_group": true,
+    "os_sys_type": 1,
+    "desktop_group_restore": 1,
+    "desktop_is_dhcp": 1,
+    "diff_mode": 0,
+    "disks": [
+        {"uuid": "7d9e0f1a-2b3c-4d5e-8f6a-7b8c9d0e1f2a", "type": 0, "dif_level": 0, "prefix": "voi", "operate_id": 0, "real_size": "83886080", "reserve_size": "0"},
+        {"uuid": "7d9e0f1a-2b3c-4d5e-8f6a-7b8c9d0e1f2a", "type": 0, "dif_level": 1, "prefix": "voi", "operate_id": 3, "real_size": "83886080", "reserve_size": "0"}
+    ]
+}))]
 pub struct DesktopGroup {
     #[serde(default)]
     pub desktop_group_name: String,
@@ -918,7 +934,7 @@ pub struct TerminalUpgradeCmd {
 }
 
 /// Ours (9004 `upgrade`): how the last agent upgrade went.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UpgradeReport {
     /// The version the upgrade was to.
     pub version: String,

@@ -27,7 +27,7 @@ pub enum AdmissionPolicy {
 
 /// A terminal's standing, kept on its record. Records from before
 /// admission existed read as accepted: they were let in under `open`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Admission {
     #[default]

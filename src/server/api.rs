@@ -26,14 +26,16 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
 
+use super::api_schema::*;
 use super::order;
 use super::service::{PushError, Server};
+use super::wake::schedule::ScheduleEntry;
 use crate::protocol::messages::DesktopGroup;
 use crate::protocol::{normalize_mac, Envelope, ErrorCode, ServiceCode};
 
 type S = State<Arc<Server>>;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PushRequest {
     /// Name ("update_name") or number (1004).
     pub command: Value,
@@ -47,7 +49,7 @@ fn empty_object() -> Value {
     json!({})
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OrderStart {
     pub start_id: i64,
     #[serde(default)]
@@ -240,6 +242,19 @@ struct AuditQuery {
 }
 
 /// The audit trail, newest first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/audit",
+    tag = "operators",
+    params(
+        ("limit" = Option<usize>, Query, description = "at most this many, newest first (200)")
+    ),
+    responses(
+        (status = 200, description = "the audit trail", body = Envelope<AuditTrail>),
+        (status = 401, description = "missing or wrong Bearer token", body = Failure)
+    ),
+    security(("bearer" = []))
+)]
 async fn audit_list(
     State(server): S,
     headers: HeaderMap,
@@ -328,6 +343,7 @@ fn router(server: Arc<Server>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/api/v1/version", get(version))
+        .route("/api/v1/openapi.json", get(openapi_json))
         .route("/api/v1/upgrades", get(upgrades_list))
         .route("/api/v1/upgrades/push", post(upgrades_push))
         .route(
@@ -353,6 +369,17 @@ fn router(server: Arc<Server>) -> Router {
 /// stream ends: it should reload what it shows and connect again. Nothing
 /// is buffered for a slow reader, and readers are capped
 /// (`[limits] max_event_readers`).
+#[utoipa::path(
+    get,
+    path = "/api/v1/events",
+    tag = "events",
+    responses(
+        (status = 200, description = "Server-Sent Events; each data line is one JSON event; a `lagged` event ends the stream", body = String, content_type = "text/event-stream"),
+        (status = 401, description = "missing or wrong Bearer token", body = Failure),
+        (status = 503, description = "too many readers", body = Failure)
+    ),
+    security(("bearer" = []))
+)]
 async fn events(State(server): S, headers: HeaderMap) -> Response {
     use axum::response::sse::{Event, KeepAlive, Sse};
     guard!(server, headers);
@@ -577,6 +604,17 @@ fn terminal_view(
     v
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/terminals",
+    tag = "terminals",
+    responses(
+        (status = 200, description = "every known terminal", body = Envelope<TerminalList>),
+        (status = 401, description = "missing or wrong Bearer token", body = Failure),
+        (status = 500, description = "store error", body = Failure)
+    ),
+    security(("bearer" = []))
+)]
 async fn terminals(State(server): S, headers: HeaderMap) -> Response {
     guard!(server, headers);
     match server.store.terminals() {
@@ -592,6 +630,21 @@ async fn terminals(State(server): S, headers: HeaderMap) -> Response {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/terminals/{mac}",
+    tag = "terminals",
+    params(
+        ("mac" = String, Path, description = "the terminal's MAC, any common notation")
+    ),
+    responses(
+        (status = 200, description = "one terminal with its reports", body = Envelope<TerminalDetail>),
+        (status = 400, description = "not a MAC", body = Failure),
+        (status = 401, description = "missing or wrong Bearer token", body = Failure),
+        (status = 404, description = "no such terminal", body = Failure)
+    ),
+    security(("bearer" = []))
+)]
 async fn terminal(State(server): S, headers: HeaderMap, Path(mac): Path<String>) -> Response {
     guard!(server, headers);
     let mac = match mac_param(&mac) {
@@ -612,6 +665,22 @@ async fn terminal(State(server): S, headers: HeaderMap, Path(mac): Path<String>)
 /// Forgets a terminal's record without telling the terminal (a retired or
 /// dead machine). A connected terminal is refused: delete it with 1003, so
 /// it forgets the server too, or wait until it is off.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/terminals/{mac}",
+    tag = "terminals",
+    params(
+        ("mac" = String, Path, description = "the terminal's MAC, any common notation")
+    ),
+    responses(
+        (status = 200, description = "the record is gone", body = Envelope<Forgotten>),
+        (status = 400, description = "not a MAC", body = Failure),
+        (status = 401, description = "missing or wrong Bearer token", body = Failure),
+        (status = 404, description = "no such terminal", body = Failure),
+        (status = 409, description = "it is connected", body = Failure)
+    ),
+    security(("bearer" = []))
+)]
 async fn forget_terminal(
     State(server): S,
     headers: HeaderMap,
@@ -655,6 +724,24 @@ pub fn parse_command(v: &Value) -> Option<ServiceCode> {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/terminals/{mac}/commands",
+    tag = "terminals",
+    request_body = PushRequest,
+    params(
+        ("mac" = String, Path, description = "the terminal's MAC, any common notation")
+    ),
+    responses(
+        (status = 200, description = "sent; the reply, or why none comes", body = Envelope<Pushed>),
+        (status = 400, description = "bad command or parameters", body = Failure),
+        (status = 401, description = "missing or wrong Bearer token", body = Failure),
+        (status = 403, description = "not admitted", body = Failure),
+        (status = 409, description = "not connected", body = Failure),
+        (status = 504, description = "no reply in time", body = Failure)
+    ),
+    security(("bearer" = []))
+)]
 async fn push(
     State(server): S,
     headers: HeaderMap,
@@ -694,13 +781,28 @@ async fn push(
     }
 }
 
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 struct AdmissionRequest {
     admission: String,
 }
 
 /// Accepts, rejects or returns a terminal to pending; an unknown MAC gets
 /// a record (the way onto the allow-list).
+#[utoipa::path(
+    put,
+    path = "/api/v1/terminals/{mac}/admission",
+    tag = "terminals",
+    request_body = AdmissionRequest,
+    params(
+        ("mac" = String, Path, description = "the terminal's MAC, any common notation")
+    ),
+    responses(
+        (status = 200, description = "stored", body = Envelope<AdmissionSet>),
+        (status = 400, description = "bad body or MAC", body = Failure),
+        (status = 401, description = "missing or wrong Bearer token", body = Failure)
+    ),
+    security(("bearer" = []))
+)]
 async fn set_admission(
     State(server): S,
     headers: HeaderMap,
@@ -724,12 +826,29 @@ async fn set_admission(
     }
 }
 
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 struct DeliveryRequest {
     delivery: String,
 }
 
 /// Pins a terminal's desktop delivery style, or returns it to its version's.
+#[utoipa::path(
+    put,
+    path = "/api/v1/terminals/{mac}/delivery",
+    tag = "terminals",
+    request_body = DeliveryRequest,
+    params(
+        ("mac" = String, Path, description = "the terminal's MAC, any common notation")
+    ),
+    responses(
+        (status = 200, description = "stored", body = Envelope<DeliverySet>),
+        (status = 400, description = "bad body or MAC", body = Failure),
+        (status = 401, description = "missing or wrong Bearer token", body = Failure),
+        (status = 404, description = "no such terminal", body = Failure),
+        (status = 409, description = "its generation cannot take that delivery", body = Failure)
+    ),
+    security(("bearer" = []))
+)]
 async fn set_delivery(
     State(server): S,
     headers: HeaderMap,
@@ -796,13 +915,29 @@ async fn set_delivery(
     }
 }
 
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
 struct DownloadDesktopRequest {
     group_uuid: String,
     timeout_secs: Option<u64>,
 }
 
 /// 1008 then one 1015 per layer of the group.
+#[utoipa::path(
+    post,
+    path = "/api/v1/terminals/{mac}/download_desktop",
+    tag = "terminals",
+    request_body = DownloadDesktopRequest,
+    params(
+        ("mac" = String, Path, description = "the terminal's MAC, any common notation")
+    ),
+    responses(
+        (status = 200, description = "the commands sent", body = Envelope<DownloadSent>),
+        (status = 400, description = "bad body or group", body = Failure),
+        (status = 401, description = "missing or wrong Bearer token", body = Failure),
+        (status = 409, description = "not connected", body = Failure)
+    ),
+    security(("bearer" = []))
+)]
 async fn download_desktop(
     State(server): S,
     headers: HeaderMap,
@@ -829,6 +964,16 @@ async fn download_desktop(
 
 /// The image library: each layer's torrent, how much the seeder uploaded,
 /// the uploads from terminals, and every terminal's last 9025 per layer.
+#[utoipa::path(
+    get,
+    path = "/api/v1/images",
+    tag = "images",
+    responses(
+        (status = 200, description = "the library", body = Envelope<Library>),
+        (status = 401, description = "missing or wrong Bearer token", body = Failure)
+    ),
+    security(("bearer" = []))
+)]
 async fn images(State(server): S, headers: HeaderMap) -> Response {
     guard!(server, headers);
     let mut progress = serde_json::Map::new();
@@ -856,6 +1001,17 @@ async fn images(State(server): S, headers: HeaderMap) -> Response {
     }))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/images",
+    tag = "images",
+    responses(
+        (status = 200, description = "read again", body = Envelope<Rescanned>),
+        (status = 401, description = "missing or wrong Bearer token", body = Failure),
+        (status = 500, description = "the library could not be read", body = Failure)
+    ),
+    security(("bearer" = []))
+)]
 async fn rescan_images(State(server): S, headers: HeaderMap) -> Response {
     guard!(server, headers);
     match server.images.scan().await {
@@ -871,6 +1027,17 @@ async fn rescan_images(State(server): S, headers: HeaderMap) -> Response {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/desktop_groups",
+    tag = "desktop groups",
+    responses(
+        (status = 200, description = "every stored group", body = Envelope<GroupList>),
+        (status = 401, description = "missing or wrong Bearer token", body = Failure),
+        (status = 500, description = "store error", body = Failure)
+    ),
+    security(("bearer" = []))
+)]
 async fn groups(State(server): S, headers: HeaderMap) -> Response {
     guard!(server, headers);
     match server.store.groups() {
@@ -890,6 +1057,19 @@ async fn groups(State(server): S, headers: HeaderMap) -> Response {
     }
 }
 
+#[utoipa::path(
+    put,
+    path = "/api/v1/desktop_groups",
+    tag = "desktop groups",
+    request_body = DesktopGroup,
+    responses(
+        (status = 200, description = "stored, and terminals told", body = Envelope<GroupStored>),
+        (status = 400, description = "not a desktop group", body = Failure),
+        (status = 401, description = "missing or wrong Bearer token", body = Failure),
+        (status = 422, description = "a layer cannot be delivered", body = Failure)
+    ),
+    security(("bearer" = []))
+)]
 async fn put_group(
     State(server): S,
     headers: HeaderMap,
@@ -945,6 +1125,20 @@ pub fn undeliverable_layers(server: &Server, g: &DesktopGroup) -> Vec<String> {
         .collect()
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/desktop_groups/{uuid}",
+    tag = "desktop groups",
+    params(
+        ("uuid" = String, Path, description = "the group's uuid")
+    ),
+    responses(
+        (status = 200, description = "deleted, and terminals told", body = Envelope<GroupDeleted>),
+        (status = 401, description = "missing or wrong Bearer token", body = Failure),
+        (status = 404, description = "no such group", body = Failure)
+    ),
+    security(("bearer" = []))
+)]
 async fn delete_group(State(server): S, headers: HeaderMap, Path(uuid): Path<String>) -> Response {
     guard!(server, headers);
     match server.store.delete_group(&uuid) {
@@ -961,6 +1155,16 @@ async fn delete_group(State(server): S, headers: HeaderMap, Path(uuid): Path<Str
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/order",
+    tag = "numbering",
+    responses(
+        (status = 200, description = "the running numbering, if any", body = Envelope<OrderState>),
+        (status = 401, description = "missing or wrong Bearer token", body = Failure)
+    ),
+    security(("bearer" = []))
+)]
 async fn order_show(State(server): S, headers: HeaderMap) -> Response {
     guard!(server, headers);
     match server.store.order() {
@@ -969,6 +1173,18 @@ async fn order_show(State(server): S, headers: HeaderMap) -> Response {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/order",
+    tag = "numbering",
+    request_body = OrderStart,
+    responses(
+        (status = 200, description = "started", body = Envelope<OrderState>),
+        (status = 400, description = "bad body", body = Failure),
+        (status = 401, description = "missing or wrong Bearer token", body = Failure)
+    ),
+    security(("bearer" = []))
+)]
 async fn order_start(
     State(server): S,
     headers: HeaderMap,
@@ -988,6 +1204,16 @@ async fn order_start(
     }
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/order",
+    tag = "numbering",
+    responses(
+        (status = 200, description = "cancelled", body = Envelope<OrderCancelled>),
+        (status = 401, description = "missing or wrong Bearer token", body = Failure)
+    ),
+    security(("bearer" = []))
+)]
 async fn order_cancel(State(server): S, headers: HeaderMap) -> Response {
     guard!(server, headers);
     match order::cancel(&server).await {
@@ -996,7 +1222,7 @@ async fn order_cancel(State(server): S, headers: HeaderMap) -> Response {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WakeRequest {
     #[serde(default)]
@@ -1012,6 +1238,18 @@ pub struct WakeRequest {
 
 /// Sends the magic packets at once; the answer says by which routes.
 /// `GET /api/v1/wake` then tells "online after N s" or "did not come up".
+#[utoipa::path(
+    post,
+    path = "/api/v1/wake",
+    tag = "power",
+    request_body = WakeRequest,
+    responses(
+        (status = 200, description = "packets sent, by route", body = Envelope<WakeResults>),
+        (status = 400, description = "bad body", body = Failure),
+        (status = 401, description = "missing or wrong Bearer token", body = Failure)
+    ),
+    security(("bearer" = []))
+)]
 async fn wake(State(server): S, headers: HeaderMap, body: Option<Json<WakeRequest>>) -> Response {
     guard!(server, headers);
     let Some(Json(req)) = body else {
@@ -1052,6 +1290,19 @@ struct WakeQuery {
     macs: Option<String>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/wake",
+    tag = "power",
+    params(
+        ("macs" = Option<String>, Query, description = "comma-separated MACs; every wake when absent")
+    ),
+    responses(
+        (status = 200, description = "how each wake went", body = Envelope<WakeResults>),
+        (status = 401, description = "missing or wrong Bearer token", body = Failure)
+    ),
+    security(("bearer" = []))
+)]
 async fn wake_results(
     State(server): S,
     headers: HeaderMap,
@@ -1067,13 +1318,29 @@ async fn wake_results(
     ok(json!({ "results": server.wakes.results(&macs, super::registry::now_ms()) }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RoomRequest {
     room: String,
 }
 
 /// Puts a terminal in a room (empty: in none).
+#[utoipa::path(
+    put,
+    path = "/api/v1/terminals/{mac}/room",
+    tag = "terminals",
+    request_body = RoomRequest,
+    params(
+        ("mac" = String, Path, description = "the terminal's MAC, any common notation")
+    ),
+    responses(
+        (status = 200, description = "stored", body = Envelope<RoomSet>),
+        (status = 400, description = "bad body or MAC", body = Failure),
+        (status = 401, description = "missing or wrong Bearer token", body = Failure),
+        (status = 404, description = "no such terminal", body = Failure)
+    ),
+    security(("bearer" = []))
+)]
 async fn set_room(
     State(server): S,
     headers: HeaderMap,
@@ -1120,6 +1387,16 @@ async fn set_room(
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/schedule",
+    tag = "power",
+    responses(
+        (status = 200, description = "the class schedule and what it did", body = Envelope<Schedule>),
+        (status = 401, description = "missing or wrong Bearer token", body = Failure)
+    ),
+    security(("bearer" = []))
+)]
 async fn schedule_show(State(server): S, headers: HeaderMap) -> Response {
     guard!(server, headers);
     match server.store.schedule() {
@@ -1133,6 +1410,18 @@ async fn schedule_show(State(server): S, headers: HeaderMap) -> Response {
 }
 
 /// Replaces the whole schedule; nothing is stored when an entry is wrong.
+#[utoipa::path(
+    put,
+    path = "/api/v1/schedule",
+    tag = "power",
+    request_body = Vec<ScheduleEntry>,
+    responses(
+        (status = 200, description = "the whole schedule replaced", body = Envelope<ScheduleStored>),
+        (status = 400, description = "an entry is wrong; nothing stored", body = Failure),
+        (status = 401, description = "missing or wrong Bearer token", body = Failure)
+    ),
+    security(("bearer" = []))
+)]
 async fn schedule_put(
     State(server): S,
     headers: HeaderMap,
@@ -1159,6 +1448,16 @@ async fn schedule_put(
 }
 
 /// Packages, and which terminal runs which version.
+#[utoipa::path(
+    get,
+    path = "/api/v1/upgrades",
+    tag = "agent upgrades",
+    responses(
+        (status = 200, description = "packages, and who runs what", body = Envelope<UpgradeLibrary>),
+        (status = 401, description = "missing or wrong Bearer token", body = Failure)
+    ),
+    security(("bearer" = []))
+)]
 async fn upgrades_list(State(server): S, headers: HeaderMap) -> Response {
     guard!(server, headers);
     let terminals = match server.store.terminals() {
@@ -1199,6 +1498,24 @@ struct PublishQuery {
 }
 
 /// The body is the agent binary; it is stamped with the version and signed.
+#[utoipa::path(
+    put,
+    path = "/api/v1/upgrades/{platform}/{version}",
+    tag = "agent upgrades",
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "the agent binary"),
+    params(
+        ("platform" = String, Path, description = "x86 or arm"),
+        ("version" = String, Path, description = "the version it is stamped with"),
+        ("raw" = Option<bool>, Query, description = "publish as it is, without stamping the version slot")
+    ),
+    responses(
+        (status = 200, description = "signed and offered", body = Envelope<Published>),
+        (status = 400, description = "not an agent binary, or a bad version", body = Failure),
+        (status = 401, description = "missing or wrong Bearer token", body = Failure),
+        (status = 413, description = "over the package limit", body = Failure)
+    ),
+    security(("bearer" = []))
+)]
 async fn upgrades_publish(
     State(server): S,
     headers: HeaderMap,
@@ -1219,7 +1536,7 @@ async fn upgrades_publish(
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct UpgradePush {
     #[serde(default)]
@@ -1232,6 +1549,18 @@ struct UpgradePush {
 }
 
 /// 1030 to each terminal; the answer has each one's reply.
+#[utoipa::path(
+    post,
+    path = "/api/v1/upgrades/push",
+    tag = "agent upgrades",
+    request_body = UpgradePush,
+    responses(
+        (status = 200, description = "1030 sent; each terminal's answer", body = Envelope<UpgradeResults>),
+        (status = 400, description = "bad body", body = Failure),
+        (status = 401, description = "missing or wrong Bearer token", body = Failure)
+    ),
+    security(("bearer" = []))
+)]
 async fn upgrades_push(
     State(server): S,
     headers: HeaderMap,
@@ -1273,13 +1602,86 @@ async fn upgrades_push(
     ok(json!({ "results": results }))
 }
 
+/// The operator API, described from its handlers and body types.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "voi-server operator API",
+        description = "Every JSON answer but /healthz and /readyz is the `{code, msg, data}` envelope: code 0 and `data` on success, an error code and a message otherwise. Send the operator token as `Authorization: Bearer <token>`.",
+        license(name = "MIT OR Apache-2.0")
+    ),
+    paths(
+        terminals, terminal, forget_terminal, push, set_admission, set_delivery,
+        download_desktop, set_room, images, rescan_images, groups, put_group,
+        delete_group, order_show, order_start, order_cancel, events, wake,
+        wake_results, schedule_show, schedule_put, audit_list, metrics, healthz,
+        readyz, version, openapi_json, upgrades_list, upgrades_push, upgrades_publish,
+        super::console::page, super::console::script, super::console::style,
+    ),
+    modifiers(&BearerToken)
+)]
+pub struct ApiDoc;
+
+struct BearerToken;
+
+impl utoipa::Modify for BearerToken {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        doc.components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme(
+                "bearer",
+                SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+            );
+        doc.info.version = env!("CARGO_PKG_VERSION").into();
+    }
+}
+
+/// The description as JSON (OpenAPI 3.1).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    <ApiDoc as utoipa::OpenApi>::openapi()
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/openapi.json",
+    tag = "health",
+    responses((status = 200, description = "this description, OpenAPI 3.1", body = Object))
+)]
+async fn openapi_json() -> Response {
+    static DOC: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let text = DOC.get_or_init(|| openapi().to_json().unwrap_or_default());
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        text.as_str(),
+    )
+        .into_response()
+}
+
 /// The process is alive and serving (no token: a probe's).
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "health",
+    responses(
+        (status = 200, description = "the process is alive", body = Health)
+    )
+)]
 async fn healthz() -> Response {
     (StatusCode::OK, Json(json!({ "status": "ok" }))).into_response()
 }
 
 /// Ready: the store answers, the listeners are up (this one answers), and
 /// the image library has been read (at start, before any listener).
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "health",
+    responses(
+        (status = 200, description = "ready", body = Health),
+        (status = 503, description = "not ready, and why", body = Health)
+    )
+)]
 async fn readyz(State(server): S) -> Response {
     let mut problems = Vec::new();
     if let Err(e) = server.store.order() {
@@ -1305,6 +1707,14 @@ async fn readyz(State(server): S) -> Response {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/version",
+    tag = "health",
+    responses(
+        (status = 200, description = "this server's version", body = Envelope<Version>)
+    )
+)]
 async fn version() -> Response {
     ok(json!({
         "name": "voi-server",
@@ -1314,6 +1724,16 @@ async fn version() -> Response {
 }
 
 /// Prometheus text exposition; the API's token unless `metrics_public`.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "health",
+    responses(
+        (status = 200, description = "Prometheus text exposition", body = String, content_type = "text/plain; version=0.0.4"),
+        (status = 401, description = "the token is needed unless metrics_public", body = Failure)
+    ),
+    security(("bearer" = []))
+)]
 async fn metrics(State(server): S, headers: HeaderMap) -> Response {
     if !server.cfg.metrics_public {
         guard!(server, headers);

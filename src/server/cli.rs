@@ -49,6 +49,9 @@ enum Cmd {
         #[arg(long)]
         keep_running: bool,
     },
+    /// Print the operator API's OpenAPI 3.1 description (JSON), as
+    /// `/api/v1/openapi.json` serves it.
+    Openapi,
     /// Operator commands against a running server.
     Ctl {
         #[arg(long, default_value = "http://127.0.0.1:50080", env = "VOI_API")]
@@ -681,6 +684,10 @@ pub fn main(demo: DemoRunner) -> std::process::ExitCode {
                 Ok(())
             }
             Cmd::Demo { keep_running } => demo(keep_running).await,
+            Cmd::Openapi => {
+                println!("{}", super::api::openapi().to_pretty_json()?);
+                Ok(())
+            }
             Cmd::Ctl {
                 api,
                 token,

@@ -35,20 +35,29 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
         .into_response()
 }
 
+#[utoipa::path(get, path = "/", tag = "console",
+    responses((status = 200, description = "the console's page", body = String, content_type = "text/html")))]
+pub async fn page() -> Response {
+    asset("text/html; charset=utf-8", INDEX)
+}
+
+#[utoipa::path(get, path = "/console.js", tag = "console",
+    responses((status = 200, description = "the console's script", body = String, content_type = "text/javascript")))]
+pub async fn script() -> Response {
+    asset("text/javascript; charset=utf-8", SCRIPT)
+}
+
+#[utoipa::path(get, path = "/console.css", tag = "console",
+    responses((status = 200, description = "the console's style sheet", body = String, content_type = "text/css")))]
+pub async fn style() -> Response {
+    asset("text/css; charset=utf-8", STYLE)
+}
+
 pub fn routes() -> Router<Arc<Server>> {
     Router::new()
-        .route(
-            "/",
-            get(|| async { asset("text/html; charset=utf-8", INDEX) }),
-        )
-        .route(
-            "/console.js",
-            get(|| async { asset("text/javascript; charset=utf-8", SCRIPT) }),
-        )
-        .route(
-            "/console.css",
-            get(|| async { asset("text/css; charset=utf-8", STYLE) }),
-        )
+        .route("/", get(page))
+        .route("/console.js", get(script))
+        .route("/console.css", get(style))
 }
 
 #[cfg(test)]

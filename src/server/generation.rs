@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::protocol::ServiceCode;
 
 /// How a desktop reaches a terminal.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum Delivery {
     /// 1008 download_desktop, then a binary 1015 per layer.
     #[serde(rename = "1015")]

@@ -72,7 +72,7 @@ impl Image {
 }
 
 /// An upload from a terminal, until the layer is in the library.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Upload {
     pub torrent_id: String,
     pub mac: String,
@@ -86,7 +86,7 @@ pub struct Upload {
     pub notified: bool,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ImageStatus {
     pub layer: String,
     pub info_hash: String,
@@ -96,7 +96,7 @@ pub struct ImageStatus {
     pub parent: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RefusedImage {
     pub file: String,
     pub reason: String,

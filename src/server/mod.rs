@@ -4,6 +4,7 @@
 
 pub mod admission;
 pub mod api;
+pub mod api_schema;
 pub mod cli;
 pub mod client;
 mod config;

@@ -75,7 +75,7 @@ pub enum ServerEvent {
 }
 
 /// One command pushed to a terminal and, once it came, its reply.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RecentCommand {
     pub command: String,
     pub batch_no: BatchNo,

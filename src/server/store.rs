@@ -18,7 +18,7 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 
 /// One operator action: who, what, on which terminals, how it ended.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AuditEntry {
     #[serde(default)]
     pub seq: u64,
@@ -114,7 +114,7 @@ impl TerminalRecord {
 }
 
 /// A running numbering session (1011 / 9009 / 9010).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OrderSession {
     pub batch_no: BatchNo,
     pub start_id: i64,

@@ -11,7 +11,7 @@ use super::plan::Route;
 /// Wakes remembered at most; the oldest is dropped first.
 pub const MAX_WAKES: usize = 16_384;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum WakeState {
     /// Packets left; waiting for a login.
@@ -26,12 +26,13 @@ pub enum WakeState {
     AlreadyOnline,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct WakeResult {
     pub mac: String,
     pub state: WakeState,
     pub sent_ms: u64,
     pub timeout_secs: u64,
+    #[schema(value_type = Vec<super::plan::Route>)]
     pub routes: Vec<Route>,
     /// Routes that failed, and why.
     #[serde(skip_serializing_if = "Vec::is_empty")]

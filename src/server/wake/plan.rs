@@ -32,19 +32,29 @@ pub struct Relay {
     pub subnet: Subnet,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(tag = "via", rename_all = "snake_case")]
+#[schema(as = WakeRoute)]
 pub enum Route {
     /// The broadcast of a subnet the server is on, sent from its address.
     Local {
         interface: String,
+        #[schema(value_type = String)]
         source: Ipv4Addr,
+        #[schema(value_type = String)]
         broadcast: Ipv4Addr,
     },
     /// The directed broadcast of a subnet the server is not on.
-    Directed { broadcast: Ipv4Addr },
+    Directed {
+        #[schema(value_type = String)]
+        broadcast: Ipv4Addr,
+    },
     /// An online terminal on the target's subnet sends it there.
-    Relay { mac: String, broadcast: Ipv4Addr },
+    Relay {
+        mac: String,
+        #[schema(value_type = String)]
+        broadcast: Ipv4Addr,
+    },
 }
 
 impl std::fmt::Display for Route {

@@ -20,23 +20,26 @@ pub const MAX_ENTRIES: usize = 256;
 /// fires.
 pub const MAX_WINDOW: Duration = Duration::minutes(5);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
+#[schema(as = ScheduleAction)]
 pub enum Action {
     Wake,
     Shutdown,
 }
 
 /// When a scheduled shutdown leaves a terminal on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
+#[schema(as = ScheduleUnless)]
 pub enum Unless {
     /// It is still fetching a layer (an image for tomorrow's class).
     Downloading,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"room": "101", "days": ["mon", "tue", "wed", "thu", "fri"], "at": "07:50", "action": "wake"}))]
 pub struct ScheduleEntry {
     /// Given by the server when empty.
     #[serde(default)]
@@ -162,7 +165,7 @@ pub fn due(entries: &[ScheduleEntry], from: NaiveDateTime, to: NaiveDateTime) ->
 }
 
 /// What one schedule entry did when it fell due, per terminal.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ScheduleRun {
     pub entry_id: String,
     pub room: String,
@@ -171,6 +174,7 @@ pub struct ScheduleRun {
     /// The schedule's clock when it fired.
     pub at: String,
     /// MAC → what happened to it.
+    #[schema(value_type = Vec<Vec<String>>)]
     pub terminals: Vec<(String, String)>,
 }
 

@@ -9,12 +9,177 @@ pub const VERSION: &str = concat!(
     ")"
 );
 
+/// How log lines are written: `text` for people (the default), `json` for
+/// a collector, one object a line.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// The environment variable that picks the format; it wins over the
+/// configuration's `log_format`.
+pub const LOG_FORMAT_ENV: &str = "VOI_LOG_FORMAT";
+
+static JSON_LOGS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The agent's own MAC, once known: every line the agent writes concerns
+/// that one terminal. (Only records from `voi::agent`, so a demo that runs
+/// a server in the same process does not stamp the server's lines.)
+static AGENT_MAC: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 pub fn init_logging() {
-    let inner = logger("info").format_timestamp_millis().build();
+    if let Ok(v) = std::env::var(LOG_FORMAT_ENV) {
+        match v.trim().to_ascii_lowercase().as_str() {
+            "json" => JSON_LOGS.store(true, std::sync::atomic::Ordering::Relaxed),
+            "text" | "" => {}
+            other => eprintln!("{LOG_FORMAT_ENV}={other:?} is neither text nor json; writing text"),
+        }
+    }
+    let inner = logger("info")
+        .format(|buf, record| {
+            use std::io::Write;
+            if JSON_LOGS.load(std::sync::atomic::Ordering::Relaxed) {
+                writeln!(buf, "{}", json_line(record))
+            } else {
+                writeln!(
+                    buf,
+                    "[{} {:<5} {}] {}",
+                    buf.timestamp_millis(),
+                    record.level(),
+                    record.target(),
+                    record.args()
+                )
+            }
+        })
+        .build();
     let max = inner.filter();
     if log::set_boxed_logger(Box::new(Tee { inner })).is_ok() {
         log::set_max_level(max);
     }
+}
+
+/// The configuration's `log_format`, unless `VOI_LOG_FORMAT` chose already.
+pub fn set_log_format(format: LogFormat) {
+    if std::env::var_os(LOG_FORMAT_ENV).is_none() {
+        JSON_LOGS.store(
+            format == LogFormat::Json,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+}
+
+/// Stamps the agent's MAC on its lines from now on.
+pub fn set_agent_mac(mac: &str) {
+    let _ = AGENT_MAC.set(mac.to_string());
+}
+
+/// One record as a JSON object: `ts`, `level`, `target`, `msg`, and the
+/// record's key-values as fields. A line that concerns one terminal gets
+/// its `mac`: from the record's own fields, else the agent's MAC, else the
+/// one MAC the message names (a message naming several gets `macs`).
+fn json_line(record: &log::Record) -> String {
+    use serde_json::{Map, Value};
+    struct Fields<'a>(&'a mut Map<String, Value>);
+    impl<'kvs> log::kv::VisitSource<'kvs> for Fields<'_> {
+        fn visit_pair(
+            &mut self,
+            key: log::kv::Key<'kvs>,
+            value: log::kv::Value<'kvs>,
+        ) -> Result<(), log::kv::Error> {
+            let v = if let Some(n) = value.to_i64() {
+                Value::from(n)
+            } else if let Some(n) = value.to_u64() {
+                Value::from(n)
+            } else if let Some(b) = value.to_bool() {
+                Value::from(b)
+            } else {
+                Value::from(value.to_string())
+            };
+            self.0.insert(key.as_str().to_string(), v);
+            Ok(())
+        }
+    }
+    let msg = record.args().to_string();
+    let mut obj = Map::new();
+    obj.insert(
+        "ts".into(),
+        Value::from(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+    );
+    obj.insert("level".into(), Value::from(record.level().as_str()));
+    obj.insert("target".into(), Value::from(record.target()));
+    obj.insert("msg".into(), Value::from(msg.as_str()));
+    let mut fields = Map::new();
+    let _ = record.key_values().visit(&mut Fields(&mut fields));
+    if !fields.contains_key("mac") {
+        let agent_line = record.target().starts_with("voi::agent");
+        match AGENT_MAC.get().filter(|_| agent_line) {
+            Some(mac) => {
+                fields.insert("mac".into(), Value::from(mac.as_str()));
+            }
+            None => {
+                let named = macs_in(&msg);
+                match named.len() {
+                    0 => {}
+                    1 => {
+                        fields.insert("mac".into(), Value::from(named[0].as_str()));
+                    }
+                    _ => {
+                        fields.insert("macs".into(), Value::from(named));
+                    }
+                }
+            }
+        }
+    }
+    for (k, v) in fields {
+        // A field never hides the line's own keys.
+        obj.entry(k).or_insert(v);
+    }
+    Value::Object(obj).to_string()
+}
+
+/// The distinct MACs (`AA:BB:CC:DD:EE:FF`, or with `-`) a message names,
+/// normalised, in order.
+fn macs_in(text: &str) -> Vec<String> {
+    let b = text.as_bytes();
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i + 17 <= b.len() {
+        let cand = &b[i..i + 17];
+        let shaped = cand.iter().enumerate().all(|(j, c)| {
+            if j % 3 == 2 {
+                *c == b':' || *c == b'-'
+            } else {
+                c.is_ascii_hexdigit()
+            }
+        });
+        let bounded = match i.checked_sub(1).map(|p| b[p]) {
+            None => true,
+            Some(b':' | b'-') => i < 2 || !b[i - 2].is_ascii_hexdigit(),
+            Some(c) => !c.is_ascii_alphanumeric(),
+        } && match b.get(i + 17) {
+            None => true,
+            // "AA:…:FF: logged in" ends there; "…:FF:60" goes on.
+            Some(b':' | b'-') => b.get(i + 18).is_none_or(|c| !c.is_ascii_hexdigit()),
+            Some(c) => !c.is_ascii_alphanumeric(),
+        };
+        if shaped && bounded {
+            if let Some(m) = std::str::from_utf8(cand)
+                .ok()
+                .and_then(crate::protocol::normalize_mac)
+            {
+                if !out.contains(&m) {
+                    out.push(m);
+                }
+            }
+            i += 17;
+        } else {
+            i += 1;
+        }
+    }
+    out
 }
 
 /// Lines kept for `recent_log_lines` (the terminal's screen shows 50).
@@ -218,5 +383,57 @@ impl ProgressBoard {
             .values()
             .filter(|r| r.done && r.state == "failed")
             .count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record_line(target: &str, msg: std::fmt::Arguments) -> serde_json::Value {
+        let r = log::Record::builder()
+            .args(msg)
+            .level(log::Level::Info)
+            .target(target)
+            .build();
+        serde_json::from_str(&json_line(&r)).expect("one JSON object")
+    }
+
+    #[test]
+    fn a_json_line_has_its_keys_and_the_terminal_it_concerns() {
+        let v = record_line(
+            "voi::server::registry",
+            format_args!("52:54:00:0a:00:01 logged in from 127.0.0.1 \"quoted\"\n"),
+        );
+        assert_eq!(v["level"], "INFO");
+        assert_eq!(v["target"], "voi::server::registry");
+        assert_eq!(v["mac"], "52:54:00:0A:00:01");
+        assert!(v["msg"].as_str().is_some_and(|m| m.contains("\"quoted\"")));
+        assert!(v["ts"].as_str().is_some_and(|t| t.ends_with('Z')));
+        let two = record_line(
+            "voi::server::registry",
+            format_args!("two terminals claim AA-00-00-00-00-01: AA:00:00:00:00:02"),
+        );
+        assert_eq!(two["macs"].as_array().map(|a| a.len()), Some(2), "{two}");
+        assert!(two.get("mac").is_none());
+        let none = record_line(
+            "voi::server",
+            format_args!("hash 0a:1b:2c:3d:4e:5f:60 is not one"),
+        );
+        assert!(none.get("mac").is_none(), "{none}");
+    }
+
+    #[test]
+    fn a_record_field_is_a_json_field() {
+        let kvs: &[(&str, i64)] = &[("code", 1004)];
+        let r = log::Record::builder()
+            .args(format_args!("answered"))
+            .level(log::Level::Warn)
+            .target("voi::server")
+            .key_values(&kvs)
+            .build();
+        let v: serde_json::Value = serde_json::from_str(&json_line(&r)).expect("json");
+        assert_eq!(v["code"], 1004);
+        assert_eq!(v["level"], "WARN");
     }
 }

@@ -178,3 +178,133 @@ async fn both_programs_export_prometheus_metrics() {
     let _ = task.await;
     h.stop().await;
 }
+
+/// Both programs as they run in production, one with `log_format = "json"`
+/// in its config and one with `VOI_LOG_FORMAT=json`: every line is one JSON
+/// object, and the lines about a terminal carry its MAC as a field.
+#[test]
+fn json_logs_from_both_programs_name_the_terminal() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    const MAC: &str = "52:54:00:30:00:01";
+    let dir = tempfile::tempdir().expect("tmp");
+    let (port, api_port, tracker) = (free_port(), free_port(), free_port());
+    let server_cfg = dir.path().join("server.toml");
+    std::fs::write(
+        &server_cfg,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\napi_listen = \"127.0.0.1:{api_port}\"\ntracker_listen = \"127.0.0.1:{tracker}\"\nbt_listen_port = 0\ndata_dir = \"{}\"\nlog_format = \"json\"\n",
+            dir.path().join("s").display()
+        ),
+    )
+    .expect("config");
+    let agent_cfg = dir.path().join("agent.toml");
+    std::fs::write(
+        &agent_cfg,
+        format!(
+            "server_ip = \"127.0.0.1\"\nserver_port = {port}\nmac = \"{MAC}\"\nheartbeat_secs = 1\ndata_dir = \"{}\"\n[platform]\npower = \"recording\"\nboot = \"recording\"\nhostname = \"recording\"\nnetwork = \"recording\"\n[bt]\nlisten_port = 0\n",
+            dir.path().join("a").display()
+        ),
+    )
+    .expect("config");
+    let mut server = Command::new(env!("CARGO_BIN_EXE_voi-server"))
+        .args(["run", "--config"])
+        .arg(&server_cfg)
+        .env_remove("VOI_LOG_FORMAT")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("server");
+    let mut agent = Command::new(env!("CARGO_BIN_EXE_voi-agent"))
+        .arg("--config")
+        .arg(&agent_cfg)
+        .arg("run")
+        .env("VOI_LOG_FORMAT", "json")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("agent");
+    // The server's lines until the login, then a few more seconds of both.
+    let server_err = server.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(server_err).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut server_lines = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !server_lines
+        .iter()
+        .any(|l: &String| l.contains("logged in from"))
+    {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        assert!(
+            !left.is_zero(),
+            "no login in the server's log: {server_lines:#?}"
+        );
+        if let Ok(l) = rx.recv_timeout(left) {
+            server_lines.push(l);
+        }
+    }
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    for child in [&mut agent, &mut server] {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = child.wait();
+    }
+    server_lines.extend(rx.try_iter());
+    let mut agent_text = String::new();
+    std::io::Read::read_to_string(&mut agent.stderr.take().expect("stderr"), &mut agent_text)
+        .expect("agent stderr");
+    let parse = |who: &str, lines: &[String]| -> Vec<serde_json::Value> {
+        lines
+            .iter()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("{who}: not one JSON object a line ({e}): {l}"));
+                for key in ["ts", "level", "target", "msg"] {
+                    assert!(v[key].is_string(), "{who}: no {key}: {l}");
+                }
+                v
+            })
+            .collect()
+    };
+    let server_json = parse("server", &server_lines);
+    let login = server_json
+        .iter()
+        .find(|v| {
+            v["msg"]
+                .as_str()
+                .is_some_and(|m| m.contains("logged in from"))
+        })
+        .expect("login line");
+    assert_eq!(login["mac"], MAC, "{login}");
+    assert_eq!(login["ip"], "127.0.0.1", "{login}");
+    assert_eq!(login["level"], "INFO");
+    let agent_lines: Vec<String> = agent_text.lines().map(String::from).collect();
+    let agent_json = parse("agent", &agent_lines);
+    assert!(
+        agent_json
+            .iter()
+            .any(|v| v["msg"].as_str().is_some_and(|m| m.contains("logged in"))),
+        "{agent_text}"
+    );
+    for v in agent_json.iter().filter(|v| {
+        v["target"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("voi::agent"))
+    }) {
+        assert_eq!(v["mac"], MAC, "every agent line names its terminal: {v}");
+    }
+    eprintln!(
+        "{} server and {} agent lines, each one JSON object",
+        server_json.len(),
+        agent_json.len()
+    );
+}

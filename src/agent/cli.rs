@@ -189,6 +189,7 @@ fn run(path: &std::path::Path) -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    crate::cli_support::set_log_format(cfg.log_format);
     // The version `current` names runs, unless it is this binary; a
     // version on trial has its starts counted here first.
     if let Err(e) = crate::agent::upgrade::launch(&cfg) {
@@ -218,6 +219,7 @@ fn run(path: &std::path::Path) -> std::process::ExitCode {
                 return std::process::ExitCode::from(2);
             }
         };
+        crate::cli_support::set_agent_mac(&agent.mac);
         let stop = agent.shutdown.clone();
         tokio::spawn(async move {
             crate::cli_support::wait_for_signal().await;

@@ -149,6 +149,10 @@ pub struct AgentConfig {
     /// "127.0.0.1:9101"); off when unset.
     #[serde(default)]
     pub metrics_listen: Option<String>,
+    /// "text" (the default) or "json": one object a line, each with this
+    /// terminal's MAC. `VOI_LOG_FORMAT` wins over it.
+    #[serde(default)]
+    pub log_format: crate::cli_support::LogFormat,
     /// md5 (hex) of the administrator password the terminal's screen
     /// accepts when the server cannot be reached; the one the server last
     /// accepted (9008) is kept and used first.
@@ -305,6 +309,7 @@ impl AgentConfig {
             soft_version: default_soft_version(),
             admin_password_md5: None,
             metrics_listen: None,
+            log_format: Default::default(),
             platform: PlatformConfig::default(),
             bt: BtConfig::default(),
             tls: Default::default(),

@@ -673,6 +673,7 @@ pub fn main(demo: DemoRunner) -> std::process::ExitCode {
                 if let Some(d) = data_dir {
                     cfg.data_dir = d;
                 }
+                crate::cli_support::set_log_format(cfg.log_format);
                 let handle = Server::start(cfg).await?;
                 println!(
                     "voi-server listening on {} (API http://{})",

@@ -92,6 +92,10 @@ pub struct ServerConfig {
     /// trusted network).
     #[serde(default)]
     pub metrics_public: bool,
+    /// "text" (the default) or "json": one object a line, with the
+    /// terminal's MAC as a field. `VOI_LOG_FORMAT` wins over it.
+    #[serde(default)]
+    pub log_format: crate::cli_support::LogFormat,
     /// The audit trail of operator actions keeps at most this many…
     #[serde(default = "default_audit_max")]
     pub audit_max_entries: usize,

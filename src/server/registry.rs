@@ -175,7 +175,10 @@ impl Registry {
                     c.code = Some(*code);
                     c.msg = Some(msg.clone());
                 }
-                log::info!("{mac}: {command} ({batch_no:?}) answered {code} {msg}");
+                log::info!(
+                    mac = mac.as_str(), command = command.as_str(), code = *code;
+                    "{mac}: {command} ({batch_no:?}) answered {code} {msg}"
+                );
             }
             // One line each at the default level: who came, went, or fell
             // silent.
@@ -183,14 +186,18 @@ impl Registry {
                 mac,
                 ip,
                 client_type,
-            } => log::info!("{mac} logged in from {ip} (client type {client_type})"),
+            } => log::info!(
+                mac = mac.as_str(), ip = ip.as_str(), client_type = *client_type;
+                "{mac} logged in from {ip} (client type {client_type})"
+            ),
             ServerEvent::Disconnected { mac, reason } => {
-                log::info!("{mac} disconnected: {reason}")
+                log::info!(mac = mac.as_str(); "{mac} disconnected: {reason}")
             }
             ServerEvent::Offline { mac } => {
-                log::warn!("{mac} went offline: no heartbeat for three intervals")
+                log::warn!(mac = mac.as_str(); "{mac} went offline: no heartbeat for three intervals")
             }
             ServerEvent::Conflict { mac, ip, other_ip } => log::warn!(
+                mac = mac.as_str(), ip = ip.as_str(), other_ip = other_ip.as_str();
                 "{mac}: two terminals claim this MAC: {ip} logged in while {other_ip} was online; the older session is closed (set a distinct `mac` in each agent's config)"
             ),
             _ => {}

@@ -308,3 +308,102 @@ fn json_logs_from_both_programs_name_the_terminal() {
         agent_json.len()
     );
 }
+
+/// Named tokens: the trail says whose token did what; a read-only one
+/// reads and is refused the rest; a caller without a valid token is in the
+/// trail as such.
+#[tokio::test]
+async fn named_tokens_sign_the_audit_trail_and_read_only_ones_only_read() {
+    use voi::server::tokens::NamedToken;
+    let dir = tempfile::tempdir().expect("tmp");
+    init_log();
+    let mut cfg = server_config(&dir.path().join("s"), "127.0.0.1:0");
+    let grafana = "grafana-reads-the-room-01";
+    let grafana_sha = {
+        use sha2::Digest;
+        voi::bt::manifest::to_hex(&sha2::Sha256::digest(grafana.as_bytes()))
+    };
+    cfg.api_tokens = vec![
+        NamedToken {
+            name: "teacher-101".into(),
+            token: Some("teacher-101-secret-token".into()),
+            token_sha256: None,
+            read_only: false,
+        },
+        NamedToken {
+            name: "grafana".into(),
+            token: None,
+            token_sha256: Some(grafana_sha),
+            read_only: true,
+        },
+    ];
+    let h = voi::server::Server::start(cfg).await.expect("server");
+    let base = format!("http://{}", h.api_addr);
+    let as_ = |token: &str| voi::server::client::ApiClient::new(base.clone(), token.to_string());
+    let schedule = json!([{"room": "101", "at": "07:50", "action": "wake"}]);
+    let env = as_("teacher-101-secret-token")
+        .put("/api/v1/schedule", &schedule)
+        .await
+        .expect("teacher");
+    assert_eq!(env.code, 0, "{}", env.msg);
+    let env = as_(grafana)
+        .get("/api/v1/terminals")
+        .await
+        .expect("grafana reads");
+    assert_eq!(env.code, 0, "{}", env.msg);
+    let env = as_(grafana)
+        .put("/api/v1/schedule", &json!([]))
+        .await
+        .expect("grafana writes");
+    assert_ne!(env.code, 0);
+    assert!(env.msg.contains("read-only"), "{}", env.msg);
+    let env = as_("not-a-token-at-all")
+        .put("/api/v1/schedule", &json!([]))
+        .await
+        .expect("stranger");
+    assert_ne!(env.code, 0);
+    // The schedule is the teacher's still.
+    assert_eq!(
+        h.server.store.schedule().expect("schedule").len(),
+        1,
+        "refused callers changed nothing"
+    );
+    let trail = api(&h).get("/api/v1/audit").await.expect("audit");
+    let entries = trail.data.expect("data")["entries"].clone();
+    let who: Vec<(String, u64)> = entries
+        .as_array()
+        .expect("entries")
+        .iter()
+        .rev()
+        .map(|e| {
+            (
+                e["who"].as_str().unwrap_or("").to_string(),
+                e["status"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(
+        who,
+        vec![
+            ("teacher-101".to_string(), 200),
+            ("grafana".to_string(), 403),
+            ("unauthenticated".to_string(), 401),
+        ]
+    );
+    h.stop().await;
+
+    // A wrong entry stops the server at start, with the reason.
+    let mut bad = server_config(&dir.path().join("t"), "127.0.0.1:0");
+    bad.api_tokens = vec![NamedToken {
+        name: "x".into(),
+        token: Some("short".into()),
+        token_sha256: None,
+        read_only: false,
+    }];
+    let err = voi::server::Server::start(bad)
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("shorter than"), "{err}");
+}

@@ -13,6 +13,7 @@ use std::path::Path;
 const G: &str = "3f1c2b9e-5a8d-4e7f-9b6a-1c2d3e4f5a6b";
 const U: &str = "7d9e0f1a-2b3c-4d5e-8f6a-7b8c9d0e1f2a";
 const MAC: &str = "52:54:00:0A:00:01";
+const READ_ONLY: &str = "wall-screen-token-0001";
 
 /// `(METHOD, /path/{param})` of every `.route(..)` in a router's source,
 /// following `.merge(super::x::routes())` into `x.rs`.
@@ -202,7 +203,15 @@ impl Checker {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn real_answers_validate_against_their_schemas() {
     let dir = tempfile::tempdir().expect("tmp");
-    let h = start_server(&dir.path().join("s")).await;
+    init_log();
+    let mut cfg = server_config(&dir.path().join("s"), "127.0.0.1:0");
+    cfg.api_tokens = vec![voi::server::tokens::NamedToken {
+        name: "wall-screen".into(),
+        token: Some(READ_ONLY.into()),
+        token_sha256: None,
+        read_only: true,
+    }];
+    let h = voi::server::Server::start(cfg).await.expect("server");
     let lib = h.server.images.dir().to_path_buf();
     make_base(&lib.join(format!("voi_0_{U}")), 1);
     h.server.images.scan().await.expect("scan");
@@ -535,6 +544,7 @@ async fn real_answers_validate_against_their_schemas() {
         .into_iter()
         .filter(|(m, p)| c.spec["paths"][p][m.to_lowercase()]["security"].is_array())
         .collect();
+    let operator = c.token.clone();
     for (m, p) in &guarded {
         let concrete = p
             .replace("{mac}", MAC)
@@ -542,8 +552,18 @@ async fn real_answers_validate_against_their_schemas() {
             .replace("{platform}", "x86")
             .replace("{version}", "1.0.0");
         let body = matches!(m.as_str(), "PUT" | "POST").then(|| json!({}));
-        let (s, _) = c.call(m, p, &concrete, body, false).await;
+        let (s, _) = c.call(m, p, &concrete, body.clone(), false).await;
         assert_eq!(s, 401, "{m} {p} without the token");
+        // A read-only token reads, and is refused anything else.
+        c.token = READ_ONLY.into();
+        if m != "GET" {
+            let (s, _) = c.call(m, p, &concrete, body, true).await;
+            assert_eq!(s, 403, "{m} {p} with a read-only token");
+        } else if p != "/api/v1/events" {
+            let (s, _) = c.call(m, p, &concrete, None, true).await;
+            assert!(s < 500, "{m} {p} with a read-only token: {s}");
+        }
+        c.token = operator.clone();
     }
 
     // The agent goes; then it can be forgotten.

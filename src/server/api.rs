@@ -90,15 +90,26 @@ fn push_fail(e: PushError) -> Response {
 }
 
 fn authorized(server: &Server, headers: &HeaderMap) -> bool {
-    let Some(v) = headers.get("authorization").and_then(|v| v.to_str().ok()) else {
-        return false;
-    };
-    let Some(t) = v.strip_prefix("Bearer ") else {
-        return false;
-    };
-    // Constant-time comparison: the token is the only secret here.
-    let (a, b) = (t.trim().as_bytes(), server.api_token.as_bytes());
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    server.tokens.caller(headers).is_some()
+}
+
+/// A read-only token reads; anything else it asks is refused (and, as an
+/// action, audited under its name).
+async fn refuse_read_only(
+    State(server): S,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if req.method() != axum::http::Method::GET {
+        if let Some(c) = server.tokens.caller(req.headers()).filter(|c| c.read_only) {
+            return fail(
+                StatusCode::FORBIDDEN,
+                ErrorCode::UserOrPasswordError,
+                format!("the token of {} is read-only", c.name),
+            );
+        }
+    }
+    next.run(req).await
 }
 
 macro_rules! guard {
@@ -117,9 +128,9 @@ macro_rules! guard {
 pub const MAX_BODY: usize = 256 * 1024;
 
 /// Every operator action (anything but a read) is one line at INFO and one
-/// entry of the audit trail in the store: who, from where, what, on which
-/// terminals, and how it ended. There is one operator token, so "who" is
-/// its holder, "operator".
+/// entry of the audit trail in the store: who (the token's name, or
+/// "unauthenticated" for a refused caller), from where, what, on which
+/// terminals, and how it ended.
 async fn audit_action(
     State(server): S,
     req: axum::extract::Request,
@@ -131,6 +142,11 @@ async fn audit_action(
     // The console sends `AA%3A…` for a MAC in a path.
     let path = percent_decoded(req.uri().path());
     let what = format!("{} {path}", req.method());
+    let who = server
+        .tokens
+        .caller(req.headers())
+        .map(|c| c.name.clone())
+        .unwrap_or_else(|| "unauthenticated".into());
     let from = req
         .extensions()
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
@@ -183,7 +199,8 @@ async fn audit_action(
         })
         .unwrap_or_default();
     log::info!(
-        "operator ({from}): {what} -> {status} in {:?}",
+        who = who.as_str();
+        "{who} ({from}): {what} -> {status} in {:?}",
         started.elapsed()
     );
     let now = super::registry::now_ms();
@@ -191,7 +208,7 @@ async fn audit_action(
         seq: 0,
         at_ms: now,
         at: chrono::Local::now().to_rfc3339(),
-        who: "operator".into(),
+        who,
         from,
         action: what,
         terminals,
@@ -357,6 +374,10 @@ fn router(server: Arc<Server>) -> Router {
         // refused (413) before it is read into memory.
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn(refuse_oversized))
+        .layer(axum::middleware::from_fn_with_state(
+            server.clone(),
+            refuse_read_only,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             server.clone(),
             audit_action,
@@ -676,6 +697,7 @@ async fn terminal(State(server): S, headers: HeaderMap, Path(mac): Path<String>)
         (status = 200, description = "the record is gone", body = Envelope<Forgotten>),
         (status = 400, description = "not a MAC", body = Failure),
         (status = 401, description = "missing or wrong Bearer token", body = Failure),
+        (status = 403, description = "a read-only token", body = Failure),
         (status = 404, description = "no such terminal", body = Failure),
         (status = 409, description = "it is connected", body = Failure)
     ),
@@ -736,7 +758,7 @@ pub fn parse_command(v: &Value) -> Option<ServiceCode> {
         (status = 200, description = "sent; the reply, or why none comes", body = Envelope<Pushed>),
         (status = 400, description = "bad command or parameters", body = Failure),
         (status = 401, description = "missing or wrong Bearer token", body = Failure),
-        (status = 403, description = "not admitted", body = Failure),
+        (status = 403, description = "not admitted, or a read-only token", body = Failure),
         (status = 409, description = "not connected", body = Failure),
         (status = 504, description = "no reply in time", body = Failure)
     ),
@@ -799,7 +821,8 @@ struct AdmissionRequest {
     responses(
         (status = 200, description = "stored", body = Envelope<AdmissionSet>),
         (status = 400, description = "bad body or MAC", body = Failure),
-        (status = 401, description = "missing or wrong Bearer token", body = Failure)
+        (status = 401, description = "missing or wrong Bearer token", body = Failure),
+        (status = 403, description = "a read-only token", body = Failure)
     ),
     security(("bearer" = []))
 )]
@@ -844,6 +867,7 @@ struct DeliveryRequest {
         (status = 200, description = "stored", body = Envelope<DeliverySet>),
         (status = 400, description = "bad body or MAC", body = Failure),
         (status = 401, description = "missing or wrong Bearer token", body = Failure),
+        (status = 403, description = "a read-only token", body = Failure),
         (status = 404, description = "no such terminal", body = Failure),
         (status = 409, description = "its generation cannot take that delivery", body = Failure)
     ),
@@ -934,6 +958,7 @@ struct DownloadDesktopRequest {
         (status = 200, description = "the commands sent", body = Envelope<DownloadSent>),
         (status = 400, description = "bad body or group", body = Failure),
         (status = 401, description = "missing or wrong Bearer token", body = Failure),
+        (status = 403, description = "a read-only token", body = Failure),
         (status = 409, description = "not connected", body = Failure)
     ),
     security(("bearer" = []))
@@ -1008,6 +1033,7 @@ async fn images(State(server): S, headers: HeaderMap) -> Response {
     responses(
         (status = 200, description = "read again", body = Envelope<Rescanned>),
         (status = 401, description = "missing or wrong Bearer token", body = Failure),
+        (status = 403, description = "a read-only token", body = Failure),
         (status = 500, description = "the library could not be read", body = Failure)
     ),
     security(("bearer" = []))
@@ -1066,6 +1092,7 @@ async fn groups(State(server): S, headers: HeaderMap) -> Response {
         (status = 200, description = "stored, and terminals told", body = Envelope<GroupStored>),
         (status = 400, description = "not a desktop group", body = Failure),
         (status = 401, description = "missing or wrong Bearer token", body = Failure),
+        (status = 403, description = "a read-only token", body = Failure),
         (status = 422, description = "a layer cannot be delivered", body = Failure)
     ),
     security(("bearer" = []))
@@ -1135,6 +1162,7 @@ pub fn undeliverable_layers(server: &Server, g: &DesktopGroup) -> Vec<String> {
     responses(
         (status = 200, description = "deleted, and terminals told", body = Envelope<GroupDeleted>),
         (status = 401, description = "missing or wrong Bearer token", body = Failure),
+        (status = 403, description = "a read-only token", body = Failure),
         (status = 404, description = "no such group", body = Failure)
     ),
     security(("bearer" = []))
@@ -1181,7 +1209,8 @@ async fn order_show(State(server): S, headers: HeaderMap) -> Response {
     responses(
         (status = 200, description = "started", body = Envelope<OrderState>),
         (status = 400, description = "bad body", body = Failure),
-        (status = 401, description = "missing or wrong Bearer token", body = Failure)
+        (status = 401, description = "missing or wrong Bearer token", body = Failure),
+        (status = 403, description = "a read-only token", body = Failure)
     ),
     security(("bearer" = []))
 )]
@@ -1210,7 +1239,8 @@ async fn order_start(
     tag = "numbering",
     responses(
         (status = 200, description = "cancelled", body = Envelope<OrderCancelled>),
-        (status = 401, description = "missing or wrong Bearer token", body = Failure)
+        (status = 401, description = "missing or wrong Bearer token", body = Failure),
+        (status = 403, description = "a read-only token", body = Failure)
     ),
     security(("bearer" = []))
 )]
@@ -1246,7 +1276,8 @@ pub struct WakeRequest {
     responses(
         (status = 200, description = "packets sent, by route", body = Envelope<WakeResults>),
         (status = 400, description = "bad body", body = Failure),
-        (status = 401, description = "missing or wrong Bearer token", body = Failure)
+        (status = 401, description = "missing or wrong Bearer token", body = Failure),
+        (status = 403, description = "a read-only token", body = Failure)
     ),
     security(("bearer" = []))
 )]
@@ -1337,6 +1368,7 @@ struct RoomRequest {
         (status = 200, description = "stored", body = Envelope<RoomSet>),
         (status = 400, description = "bad body or MAC", body = Failure),
         (status = 401, description = "missing or wrong Bearer token", body = Failure),
+        (status = 403, description = "a read-only token", body = Failure),
         (status = 404, description = "no such terminal", body = Failure)
     ),
     security(("bearer" = []))
@@ -1418,7 +1450,8 @@ async fn schedule_show(State(server): S, headers: HeaderMap) -> Response {
     responses(
         (status = 200, description = "the whole schedule replaced", body = Envelope<ScheduleStored>),
         (status = 400, description = "an entry is wrong; nothing stored", body = Failure),
-        (status = 401, description = "missing or wrong Bearer token", body = Failure)
+        (status = 401, description = "missing or wrong Bearer token", body = Failure),
+        (status = 403, description = "a read-only token", body = Failure)
     ),
     security(("bearer" = []))
 )]
@@ -1512,6 +1545,7 @@ struct PublishQuery {
         (status = 200, description = "signed and offered", body = Envelope<Published>),
         (status = 400, description = "not an agent binary, or a bad version", body = Failure),
         (status = 401, description = "missing or wrong Bearer token", body = Failure),
+        (status = 403, description = "a read-only token", body = Failure),
         (status = 413, description = "over the package limit", body = Failure)
     ),
     security(("bearer" = []))
@@ -1557,7 +1591,8 @@ struct UpgradePush {
     responses(
         (status = 200, description = "1030 sent; each terminal's answer", body = Envelope<UpgradeResults>),
         (status = 400, description = "bad body", body = Failure),
-        (status = 401, description = "missing or wrong Bearer token", body = Failure)
+        (status = 401, description = "missing or wrong Bearer token", body = Failure),
+        (status = 403, description = "a read-only token", body = Failure)
     ),
     security(("bearer" = []))
 )]

@@ -21,6 +21,10 @@ pub struct ServerConfig {
     /// `<data_dir>/api-token`.
     #[serde(default)]
     pub api_token: Option<String>,
+    /// More tokens, each with a name for the audit trail, some read-only
+    /// (`tokens.rs`).
+    #[serde(default)]
+    pub api_tokens: Vec<super::tokens::NamedToken>,
     /// The terminals' heartbeat interval; a terminal is offline after three
     /// intervals without one.
     #[serde(default = "default_hb")]

@@ -24,6 +24,7 @@ pub mod scrape;
 mod service;
 mod startup;
 pub mod store;
+pub mod tokens;
 pub mod tracker;
 pub mod upgrades;
 pub mod wake;

@@ -60,6 +60,8 @@ pub struct Server {
     pub store: Store,
     pub registry: Registry,
     pub api_token: String,
+    /// Every token the operator API takes, by holder.
+    pub tokens: super::tokens::Tokens,
     pub tracker: Arc<tracker::Tracker>,
     /// Where the tracker listens (its port goes into 9019 answers).
     pub tracker_addr: SocketAddr,

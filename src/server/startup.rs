@@ -116,11 +116,14 @@ impl Server {
             _ => anyhow::bail!("tls_cert and tls_key go together"),
         };
         let cfg_limits = cfg.limits.clone();
+        let tokens =
+            super::tokens::Tokens::new(&api_token, &cfg.api_tokens).map_err(anyhow::Error::msg)?;
         let server = Arc::new(Server {
             cfg,
             tls,
             store,
             registry: Registry::default(),
+            tokens,
             api_token,
             tracker: Arc::new(tracker::Tracker::new(
                 Duration::from_secs(30),

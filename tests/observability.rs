@@ -106,6 +106,7 @@ async fn both_programs_export_prometheus_metrics() {
         .text()
         .await
         .expect("text");
+    let server_text = text.clone();
     let s = parse(&text);
     assert_eq!(
         value(&s, "voi_server_terminals", Some(("state", "online"))),
@@ -174,6 +175,7 @@ async fn both_programs_export_prometheus_metrics() {
         Some(1.0),
         "{text}"
     );
+    dashboard_matches(&server_text, &text);
     agent.shutdown.cancel();
     let _ = task.await;
     h.stop().await;
@@ -406,4 +408,47 @@ async fn named_tokens_sign_the_audit_trail_and_read_only_ones_only_read() {
         .map(|e| e.to_string())
         .unwrap_or_default();
     assert!(err.contains("shorter than"), "{err}");
+}
+
+/// The metric families a scrape declares (`# TYPE name kind`).
+fn families(text: &str) -> std::collections::BTreeSet<String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(String::from)
+        .collect()
+}
+
+/// `docs/grafana/voi-dashboard.json` queries only families the programs
+/// export, and shows every one of them.
+fn dashboard_matches(server: &str, agent: &str) {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/grafana/voi-dashboard.json");
+    let dash: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(path).expect("dashboard")).expect("dashboard JSON");
+    let mut queried = std::collections::BTreeSet::new();
+    for panel in dash["panels"].as_array().expect("panels") {
+        for t in panel["targets"].as_array().into_iter().flatten() {
+            let expr = t["expr"].as_str().expect("expr");
+            let mut rest = expr;
+            while let Some(i) = rest.find("voi_") {
+                let name: String = rest[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                rest = &rest[i + name.len()..];
+                let family = ["_bucket", "_count", "_sum", "_total"]
+                    .iter()
+                    .find_map(|suffix| name.strip_suffix(suffix))
+                    .unwrap_or(&name)
+                    .to_string();
+                queried.insert(family);
+            }
+        }
+    }
+    let exported: std::collections::BTreeSet<String> =
+        families(server).union(&families(agent)).cloned().collect();
+    let unknown: Vec<_> = queried.difference(&exported).collect();
+    assert!(unknown.is_empty(), "the dashboard queries what nothing exports: {unknown:?}");
+    let unshown: Vec<_> = exported.difference(&queried).collect();
+    assert!(unshown.is_empty(), "exported but not on the dashboard: {unshown:?}");
 }

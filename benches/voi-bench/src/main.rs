@@ -24,6 +24,11 @@ struct Cli {
     /// Where the report goes.
     #[arg(long, default_value = "docs")]
     out: PathBuf,
+    /// Take the binaries from this directory instead of building them: an
+    /// older build of voi-server, to measure a change against it in one
+    /// sitting (`benches/observability-overhead.sh`).
+    #[arg(long)]
+    bins: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -293,7 +298,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         std::fs::write(cli.out.join("benchmarks.md"), markdown(&v, &cli.out))?;
         return Ok(());
     }
-    let bins = build_bins()?;
+    let bins = match &cli.bins {
+        Some(dir) => dir.clone(),
+        None => build_bins()?,
+    };
     std::fs::create_dir_all(&cli.out)?;
     // Partial runs update their part of an existing report.
     let mut report: Report = Report {

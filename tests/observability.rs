@@ -422,7 +422,10 @@ fn families(text: &str) -> std::collections::BTreeSet<String> {
 /// `docs/grafana/voi-dashboard.json` queries only families the programs
 /// export, and shows every one of them.
 fn dashboard_matches(server: &str, agent: &str) {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/grafana/voi-dashboard.json");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/grafana/voi-dashboard.json"
+    );
     let dash: serde_json::Value =
         serde_json::from_slice(&std::fs::read(path).expect("dashboard")).expect("dashboard JSON");
     let mut queried = std::collections::BTreeSet::new();
@@ -448,7 +451,13 @@ fn dashboard_matches(server: &str, agent: &str) {
     let exported: std::collections::BTreeSet<String> =
         families(server).union(&families(agent)).cloned().collect();
     let unknown: Vec<_> = queried.difference(&exported).collect();
-    assert!(unknown.is_empty(), "the dashboard queries what nothing exports: {unknown:?}");
+    assert!(
+        unknown.is_empty(),
+        "the dashboard queries what nothing exports: {unknown:?}"
+    );
     let unshown: Vec<_> = exported.difference(&queried).collect();
-    assert!(unshown.is_empty(), "exported but not on the dashboard: {unshown:?}");
+    assert!(
+        unshown.is_empty(),
+        "exported but not on the dashboard: {unshown:?}"
+    );
 }

@@ -355,7 +355,7 @@ async fn real_answers_validate_against_their_schemas() {
         )
         .await;
     assert_eq!(s, 422);
-    let (s, _) = c
+    let (s, v) = c
         .call(
             "PUT",
             "/api/v1/desktop_groups",
@@ -365,6 +365,12 @@ async fn real_answers_validate_against_their_schemas() {
         )
         .await;
     assert_eq!(s, 400);
+    // A guessed body is told what to fix and where the shape is.
+    let msg = v["msg"].as_str().unwrap_or("");
+    assert!(
+        msg.contains("disks") && msg.contains("openapi.json"),
+        "{msg}"
+    );
     // A change of admission starts the terminal's session again.
     wait_for("the terminal back online", 20, || {
         h.server.registry.sender(MAC).is_some()

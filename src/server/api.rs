@@ -1100,15 +1100,23 @@ async fn groups(State(server): S, headers: HeaderMap) -> Response {
 async fn put_group(
     State(server): S,
     headers: HeaderMap,
-    body: Option<Json<DesktopGroup>>,
+    body: Result<Json<DesktopGroup>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     guard!(server, headers);
-    let Some(Json(g)) = body else {
-        return fail(
-            StatusCode::BAD_REQUEST,
-            ErrorCode::MessageError,
-            "body must be a desktop group",
-        );
+    // What serde found wrong, and where the shape is described: a guessed
+    // body gets told which field to fix.
+    let g = match body {
+        Ok(Json(g)) => g,
+        Err(e) => {
+            return fail(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::MessageError,
+                format!(
+                    "body must be a desktop group (schema DesktopGroup in /api/v1/openapi.json, example in the README): {}",
+                    e.body_text()
+                ),
+            )
+        }
     };
     if uuid::Uuid::parse_str(&g.desktop_group_uuid).is_err() {
         return fail(

@@ -65,7 +65,19 @@ pub async fn run(keep_running: bool) -> anyhow::Result<()> {
         }],
         ..Default::default()
     };
-    api.put("/api/v1/desktop_groups", &group).await?;
+    // The layer goes into the library first: the server refuses (422) a
+    // group naming a layer it cannot serve, and a refusal ends the demo.
+    let layer_ready = put_the_layer_in_the_library(&handle, &group).await?;
+    if layer_ready {
+        let stored = api.put("/api/v1/desktop_groups", &group).await?;
+        if !stored.is_ok() {
+            anyhow::bail!(
+                "the server refused the demo's desktop group: {} {}",
+                stored.code,
+                stored.msg
+            );
+        }
+    }
 
     let mut events = handle.server.registry.events.subscribe();
     let printer = tokio::spawn(async move {
@@ -153,7 +165,9 @@ pub async fn run(keep_running: bool) -> anyhow::Result<()> {
         }
     }
 
-    distribute_a_layer(&handle, &agent, &group).await?;
+    if layer_ready {
+        distribute_a_layer(&handle, &agent, &group).await?;
+    }
 
     if keep_running {
         println!("[demo] running; Ctrl-C to stop");
@@ -167,10 +181,32 @@ pub async fn run(keep_running: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The main job: the server's library seeds a layer, the operator sends the
-/// desktop (1008 + 1015), the agent downloads it over BitTorrent, verifies
-/// it and links it into its chain. Needs qemu-img; without it this step is
-/// skipped with a note.
+/// A 64 MiB qcow2 as the group's base layer, scanned into the library so
+/// the server seeds it. Needs qemu-img; without it the BitTorrent step is
+/// skipped with a note (`false`).
+async fn put_the_layer_in_the_library(
+    handle: &crate::server::ServerHandle,
+    group: &DesktopGroup,
+) -> anyhow::Result<bool> {
+    let Some(disk) = group.disks.first() else {
+        return Ok(false);
+    };
+    let layer = disk.layer_name();
+    let image = handle.server.images.dir().join(&layer);
+    if let Err(e) = crate::disk::qemu_img::create(&image, 64 << 20) {
+        println!("[demo] skipping the BitTorrent step: {e} (install qemu-utils)");
+        return Ok(false);
+    }
+    handle.server.images.scan().await?;
+    if let Some(why) = handle.server.images.unservable(&layer) {
+        anyhow::bail!("the library does not serve the demo's layer: {why}");
+    }
+    println!("[operator] image library now seeds {layer}");
+    Ok(true)
+}
+
+/// The main job: the operator sends the desktop (1008 + 1015), the agent
+/// downloads it over BitTorrent, verifies it and links it into its chain.
 async fn distribute_a_layer(
     handle: &crate::server::ServerHandle,
     agent: &std::sync::Arc<Agent>,
@@ -180,13 +216,7 @@ async fn distribute_a_layer(
         return Ok(());
     };
     let layer = disk.layer_name();
-    let image = handle.server.images.dir().join(&layer);
-    if let Err(e) = crate::disk::qemu_img::create(&image, 64 << 20) {
-        println!("[demo] skipping the BitTorrent step: {e} (install qemu-utils)");
-        return Ok(());
-    }
-    handle.server.images.scan().await?;
-    println!("[operator] image library now seeds {layer}; sending the desktop to {DEMO_MAC}");
+    println!("[operator] sending the desktop to {DEMO_MAC}");
     let sent = handle
         .server
         .download_desktop(DEMO_MAC, &group.desktop_group_uuid, Duration::from_secs(10))

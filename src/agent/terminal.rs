@@ -489,14 +489,23 @@ impl Agent {
                         .filter(|g| !listed.contains(&g.desktop_group_uuid))
                         .map(|g| format!("{:?} ({})", g.desktop_group_name, g.desktop_group_uuid))
                         .collect();
+                    let why = plan.reasons.get(layer).cloned().unwrap_or_else(|| {
+                        "the update decision dropped it without a reason (a bug)".into()
+                    });
                     if gone.is_empty() {
-                        log::info!("deleted {layer}: no group the server lists has its disk");
+                        log::info!("deleted {layer}: {why}");
                     } else {
                         log::info!(
                             "deleted {layer}: the server no longer lists group {}",
                             gone.join(", ")
                         );
                     }
+                }
+                // A transfer restored before this decision may stand for
+                // a layer it just deleted (or one deleted while the agent
+                // was down): it is dropped, so the fetch below starts.
+                if let Some(t) = self.transfers.get() {
+                    t.drop_broken().await;
                 }
                 if !plan.download.is_empty() {
                     log::info!("{} layer(s) to download", plan.download.len());

@@ -57,6 +57,8 @@ pub struct Plan {
     pub keep: Vec<String>,
     pub merge: Vec<Merge>,
     pub delete: Vec<String>,
+    /// Why each layer of `delete` goes, in words for the log.
+    pub reasons: BTreeMap<String, String>,
     /// Disk uuids whose user layer is reset at boot.
     pub reset_at_boot: Vec<String>,
 }
@@ -116,13 +118,32 @@ pub fn decide(local: &[LocalLayer], groups: &[DesktopGroup]) -> Plan {
                     });
                 }
             };
-            let delete_from = |level: u8, plan: &mut Plan| {
+            let delete_from = |level: u8, why: &str, plan: &mut Plan| {
                 for (l, layer) in mine.range(level..) {
-                    let _ = l;
-                    plan.delete.push(layer.name.to_string());
+                    let name = layer.name.to_string();
+                    let reason = if *l == level {
+                        why.to_string()
+                    } else {
+                        format!("it is built on level {level}, which goes: {why}")
+                    };
+                    plan.reasons.entry(name.clone()).or_insert(reason);
+                    plan.delete.push(name);
                 }
             };
             let op = |level: u8| mine.get(&level).and_then(|l| l.operate_id);
+            // Why a level the server lists is not ours to keep.
+            let changed = |level: u8| -> String {
+                let server_op = server.get(&level).map(|d| d.operate_id).unwrap_or(0);
+                match (mine.get(&level), op(level)) {
+                    (None, _) => format!("level {level} is not here"),
+                    (Some(_), None) => format!(
+                        "our copy of level {level} has no recorded version; the server's is operate_id {server_op}"
+                    ),
+                    (Some(_), Some(o)) => format!(
+                        "the server's level {level} is a new version (operate_id {o} here, {server_op} on the server)"
+                    ),
+                }
+            };
             let same = |level: u8| {
                 server
                     .get(&level)
@@ -140,7 +161,7 @@ pub fn decide(local: &[LocalLayer], groups: &[DesktopGroup]) -> Plan {
             }
 
             if !same(0) {
-                delete_from(0, &mut plan);
+                delete_from(0, &changed(0), &mut plan);
                 for level in server.keys() {
                     download(*level, &mut plan);
                 }
@@ -149,12 +170,14 @@ pub fn decide(local: &[LocalLayer], groups: &[DesktopGroup]) -> Plan {
             plan.keep.push(mine[&0].name.to_string());
 
             let mut invalid_from: Option<u8> = None;
+            let mut invalid_why = String::new();
             for k in 1..=2u8 {
                 match (server.get(&k), mine.get(&k)) {
                     (Some(_), Some(l)) if same(k) => plan.keep.push(l.name.to_string()),
                     (None, None) => {}
                     (None, Some(_)) => {
                         invalid_from = Some(k);
+                        invalid_why = format!("the server no longer lists level {k}");
                         break;
                     }
                     (Some(s1), local_k) => {
@@ -176,11 +199,16 @@ pub fn decide(local: &[LocalLayer], groups: &[DesktopGroup]) -> Plan {
                             download(2, &mut plan);
                             // The old level 2 disappears in the merge; local
                             // layers above it were built on old data.
-                            delete_from(3, &mut plan);
+                            delete_from(
+                                3,
+                                "it was built on the level 2 that merges into level 1",
+                                &mut plan,
+                            );
                             invalid_from = None;
                             break;
                         }
                         invalid_from = Some(k);
+                        invalid_why = changed(k);
                         for level in server.keys().filter(|l| **l >= k) {
                             download(*level, &mut plan);
                         }
@@ -191,6 +219,11 @@ pub fn decide(local: &[LocalLayer], groups: &[DesktopGroup]) -> Plan {
                     // Nothing below changed: user layers stay, level 3 goes.
                     for (l, layer) in mine.range(3..) {
                         if *l == 3 {
+                            plan.reasons.insert(
+                                layer.name.to_string(),
+                                "a level 3 (commit temp) is never kept: it is merged at once"
+                                    .into(),
+                            );
                             plan.delete.push(layer.name.to_string());
                         } else {
                             plan.keep.push(layer.name.to_string());
@@ -199,7 +232,7 @@ pub fn decide(local: &[LocalLayer], groups: &[DesktopGroup]) -> Plan {
                 }
             }
             if let Some(k) = invalid_from {
-                delete_from(k, &mut plan);
+                delete_from(k, &invalid_why, &mut plan);
             }
         }
     }
@@ -212,6 +245,10 @@ pub fn decide(local: &[LocalLayer], groups: &[DesktopGroup]) -> Plan {
             if l.local_only {
                 plan.keep.push(l.name.to_string());
             } else {
+                plan.reasons.insert(
+                    l.name.to_string(),
+                    format!("no desktop group the server lists has disk {uuid}"),
+                );
                 plan.delete.push(l.name.to_string());
             }
         }
@@ -220,6 +257,52 @@ pub fn decide(local: &[LocalLayer], groups: &[DesktopGroup]) -> Plan {
     plan.delete.dedup();
     plan.keep.retain(|k| !plan.delete.contains(k));
     plan
+}
+
+#[cfg(test)]
+mod reason_tests {
+    use super::*;
+    use crate::protocol::Sectors;
+
+    const D: &str = "91f9d1ba-cb4a-41ba-971a-618f9e306571";
+
+    #[test]
+    fn every_deletion_has_its_reason() {
+        let g = DesktopGroup {
+            desktop_group_uuid: "g".into(),
+            disks: [(0, 0), (1, 2)]
+                .iter()
+                .map(|(level, op)| DiskInfo {
+                    uuid: D.into(),
+                    dif_level: *level,
+                    prefix: "voi".into(),
+                    max_dif: Some(2),
+                    operate_id: *op,
+                    real_size: Sectors(1),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let local: Vec<LocalLayer> = [(0u8, 0i64), (1, 1), (4, 0)]
+            .iter()
+            .map(|(l, op)| LocalLayer {
+                name: LayerName::new("voi", i64::from(*l), D).expect("name"),
+                operate_id: Some(*op),
+                local_only: false,
+            })
+            .collect();
+        let plan = decide(&local, &[g]);
+        assert_eq!(plan.delete.len(), 2, "{plan:?}");
+        for d in &plan.delete {
+            assert!(plan.reasons.contains_key(d), "{d} has no reason: {plan:?}");
+        }
+        let l1 = &plan.reasons[&format!("voi_1_{D}")];
+        assert!(l1.contains("operate_id 1 here, 2 on the server"), "{l1}");
+        let l4 = &plan.reasons[&format!("voi_4_{D}")];
+        assert!(l4.contains("built on level 1"), "{l4}");
+        assert!(!plan.delete.contains(&format!("voi_0_{D}")));
+    }
 }
 
 #[cfg(test)]

@@ -92,6 +92,9 @@ pub struct PieceDigest {
 
 pub struct Engine {
     session: Arc<Session>,
+    /// Bytes uploaded by torrents since removed (a layer replaced in the
+    /// library), so `uploaded_total` never goes back.
+    uploaded_by_removed: std::sync::atomic::AtomicU64,
 }
 
 /// The longest a re-add waits for a restored torrent's check to end (a
@@ -194,7 +197,10 @@ impl Engine {
                 Session::new_with_opts(default_dir, options(cfg)).await?
             }
         };
-        Ok(Engine { session })
+        Ok(Engine {
+            session,
+            uploaded_by_removed: Default::default(),
+        })
     }
 
     pub fn listen_port(&self) -> Option<u16> {
@@ -404,10 +410,25 @@ impl Engine {
         let Ok(id) = info_hash.parse::<Id20>() else {
             anyhow::bail!("{info_hash:?} is not an info hash");
         };
-        if self.session.get(id.into()).is_none() {
+        let Some(handle) = self.session.get(id.into()) else {
             return Ok(());
-        }
+        };
+        self.uploaded_by_removed.fetch_add(
+            handle.stats().uploaded_bytes,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         self.session.delete(id.into(), false).await
+    }
+
+    /// Every byte this engine has uploaded since it started, over the
+    /// torrents it holds and those it has removed.
+    pub fn uploaded_total(&self) -> u64 {
+        let live: u64 = self
+            .session
+            .with_torrents(|it| it.map(|(_, h)| h.stats().uploaded_bytes).sum::<u64>());
+        live + self
+            .uploaded_by_removed
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// A failed torrent (an I/O error, a file removed under it) is restarted

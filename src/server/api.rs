@@ -1040,7 +1040,7 @@ async fn images(State(server): S, headers: HeaderMap) -> Response {
 )]
 async fn rescan_images(State(server): S, headers: HeaderMap) -> Response {
     guard!(server, headers);
-    match server.images.scan().await {
+    match server.scan_library().await {
         Ok(()) => ok(json!({
             "images": server.images.status(),
             "refused": server.images.refused_list(),
@@ -1137,10 +1137,28 @@ async fn put_group(
             ),
         );
     }
-    match server.store.put_group(&g) {
-        Ok(()) => {
+    // The server owns operate_id: each disk gets its layer's version in
+    // the library, whatever number the client sent, and the answer names
+    // every number it overrode.
+    let mut g = g;
+    match server.sync_layer_versions(Some(&mut g)) {
+        Ok(sync) => {
             let told = server.tell_groups_changed();
-            ok(json!({ "desktop_group_uuid": g.desktop_group_uuid, "told_terminals": told }))
+            let ignored: Vec<Value> = sync
+                .overridden
+                .iter()
+                .map(|o| {
+                    json!({
+                        "layer": o.layer, "sent": o.sent, "library": o.library,
+                        "why": "operate_id is the layer's version in the image library; it changes only when the layer's content does"
+                    })
+                })
+                .collect();
+            ok(json!({
+                "desktop_group_uuid": g.desktop_group_uuid,
+                "told_terminals": told,
+                "operate_id_ignored": ignored,
+            }))
         }
         Err(e) => store_fail(e),
     }

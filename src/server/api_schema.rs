@@ -162,6 +162,17 @@ pub struct GroupStored {
     pub desktop_group_uuid: String,
     /// Terminals told of the change (1024).
     pub told_terminals: usize,
+    /// Disk entries whose `operate_id` the server set to the layer's
+    /// version in the library instead of the number sent.
+    pub operate_id_ignored: Vec<OperateIdIgnored>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct OperateIdIgnored {
+    pub layer: String,
+    pub sent: i64,
+    pub library: i64,
+    pub why: String,
 }
 
 #[derive(Serialize, ToSchema)]

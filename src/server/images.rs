@@ -384,6 +384,12 @@ impl Images {
         Ok(())
     }
 
+    /// Every byte the library's seeder has sent since the server started,
+    /// layers since replaced or removed included.
+    pub fn uploaded_total(&self) -> u64 {
+        self.engine.uploaded_total()
+    }
+
     pub fn status(&self) -> Vec<ImageStatus> {
         self.known()
             .values()

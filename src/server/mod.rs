@@ -15,6 +15,7 @@ pub mod generation;
 mod handlers;
 mod http_serve;
 pub mod images;
+pub mod layer_versions;
 pub mod library_check;
 pub mod limits;
 pub mod metrics;

@@ -180,9 +180,13 @@ impl Server {
         .await
     }
 
-    /// A layer's current version: the highest `operate_id` any desktop
-    /// group gives it (0 when none names it).
+    /// A layer's current version: the library's (`layer_versions.rs`),
+    /// else the highest `operate_id` any desktop group gives it (0 when
+    /// none names it).
     pub fn layer_operate_id(&self, layer: &str) -> u32 {
+        if let Ok(Some(v)) = self.store.layer_version(layer) {
+            return u32::try_from(v).unwrap_or(0);
+        }
         self.store
             .groups()
             .unwrap_or_default()
@@ -558,6 +562,47 @@ impl Server {
     /// update_desktop_group_info now (ours then asks 9007 again, and drops
     /// a deleted group and its layers), instead of at its next login.
     /// Returns how many were told; their answers are logged.
+    /// The library's layer versions brought in line with its content, and
+    /// every stored group (and `put`, stored with them) given those
+    /// versions, in one store transaction. Terminals are told when a
+    /// stored group changed; storing `put` is the caller's to announce.
+    pub fn sync_layer_versions(
+        self: &Arc<Self>,
+        put: Option<&mut DesktopGroup>,
+    ) -> Result<crate::server::store::LayerSync, crate::server::store::StoreError> {
+        let library: std::collections::BTreeMap<String, String> = self
+            .images
+            .status()
+            .into_iter()
+            .map(|i| (i.layer, i.info_hash))
+            .collect();
+        let putting = put.is_some();
+        let sync = self.store.sync_layer_versions(&library, put)?;
+        for b in &sync.bumped {
+            log::info!(
+                "image library: {} has new content: operate_id {} -> {}",
+                b.layer,
+                b.from,
+                b.to
+            );
+        }
+        if !putting && !sync.groups_changed.is_empty() {
+            log::info!(
+                "desktop group(s) {} now carry the library's layer versions; telling terminals",
+                sync.groups_changed.join(", ")
+            );
+            self.tell_groups_changed();
+        }
+        Ok(sync)
+    }
+
+    /// A library scan, then the layer versions brought in line with it.
+    pub async fn scan_library(self: &Arc<Self>) -> anyhow::Result<()> {
+        self.images.scan().await?;
+        self.sync_layer_versions(None)?;
+        Ok(())
+    }
+
     pub fn tell_groups_changed(self: &Arc<Self>) -> usize {
         let macs = self.registry.macs();
         for mac in &macs {

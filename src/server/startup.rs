@@ -143,6 +143,11 @@ impl Server {
             schedule_runs: Default::default(),
         });
         log::info!("terminal protocol on {addr}, operator API on http://{api_addr}, tracker on {tracker_addr}");
+        // The library was scanned when it opened: its layer versions (and
+        // the groups' numbers) are brought in line before any terminal asks.
+        if let Err(e) = server.sync_layer_versions(None) {
+            log::error!("layer versions: {e}");
+        }
 
         let mut tasks = Vec::new();
         let s = server.clone();
@@ -326,7 +331,7 @@ impl Server {
             }
             if last_scan.elapsed() >= images::RESCAN {
                 last_scan = std::time::Instant::now();
-                if let Err(e) = self.images.scan().await {
+                if let Err(e) = self.scan_library().await {
                     log::error!("image scan: {e:#}");
                 }
             }

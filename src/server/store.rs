@@ -14,6 +14,8 @@ use crate::protocol::BatchNo;
 const TERMINALS: TableDefinition<&str, &[u8]> = TableDefinition::new("terminals");
 const GROUPS: TableDefinition<&str, &[u8]> = TableDefinition::new("desktop_groups");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// Each library layer's version (`layer_versions.rs`), by layer name.
+const LAYER_VERSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("layer_versions");
 /// Operator actions, by sequence number (`AuditEntry`).
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 
@@ -113,6 +115,14 @@ impl TerminalRecord {
     }
 }
 
+/// What `Store::sync_layer_versions` changed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct LayerSync {
+    pub bumped: Vec<super::layer_versions::Bumped>,
+    pub groups_changed: Vec<String>,
+    pub overridden: Vec<super::layer_versions::Overridden>,
+}
+
 /// A running numbering session (1011 / 9009 / 9010).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OrderSession {
@@ -158,6 +168,7 @@ impl Store {
         tx.open_table(GROUPS).map_err(e)?;
         tx.open_table(META).map_err(e)?;
         tx.open_table(AUDIT).map_err(e)?;
+        tx.open_table(LAYER_VERSIONS).map_err(e)?;
         tx.commit().map_err(e)?;
         Ok(Store {
             db,
@@ -325,6 +336,81 @@ impl Store {
             &g.desktop_group_uuid.clone(),
             |cur: &mut Option<DesktopGroup>| *cur = Some(g),
         )
+    }
+
+    /// Brings the layer versions in line with the library (layer → info
+    /// hash), gives every stored group its layers' versions, and, when
+    /// `put` is given, stores that group with the versions too: all in one
+    /// transaction. Returns the layers whose version moved, the uuids of
+    /// stored groups whose numbers changed, and the entries of `put` whose
+    /// numbers the library overrode.
+    pub fn sync_layer_versions(
+        &self,
+        library: &BTreeMap<String, String>,
+        put: Option<&mut DesktopGroup>,
+    ) -> Result<LayerSync, StoreError> {
+        use super::layer_versions::{apply, reconcile, LayerVersion};
+        let tx = self.db.begin_write().map_err(e)?;
+        let mut out = LayerSync::default();
+        {
+            let mut vt = tx.open_table(LAYER_VERSIONS).map_err(e)?;
+            let mut gt = tx.open_table(GROUPS).map_err(e)?;
+            let mut versions: BTreeMap<String, LayerVersion> = BTreeMap::new();
+            for item in vt.iter().map_err(e)? {
+                let (k, v) = item.map_err(e)?;
+                if let Ok(v) = serde_json::from_slice(v.value()) {
+                    versions.insert(k.value().to_string(), v);
+                }
+            }
+            let mut groups: Vec<DesktopGroup> = Vec::new();
+            for item in gt.iter().map_err(e)? {
+                let (_, v) = item.map_err(e)?;
+                if let Ok(g) = serde_json::from_slice(v.value()) {
+                    groups.push(g);
+                }
+            }
+            let before = versions.clone();
+            let mut with_put = groups.clone();
+            if let Some(g) = put.as_deref() {
+                with_put.push(g.clone());
+            }
+            out.bumped = reconcile(&mut versions, library, &with_put);
+            if versions != before {
+                let keys: Vec<String> = before.keys().cloned().collect();
+                for k in keys.iter().filter(|k| !versions.contains_key(*k)) {
+                    vt.remove(k.as_str()).map_err(e)?;
+                }
+                for (k, v) in &versions {
+                    if before.get(k) != Some(v) {
+                        let bytes = serde_json::to_vec(v).map_err(e)?;
+                        vt.insert(k.as_str(), bytes.as_slice()).map_err(e)?;
+                    }
+                }
+            }
+            for mut g in groups {
+                if !apply(&mut g, &versions).is_empty() {
+                    let bytes = serde_json::to_vec(&g).map_err(e)?;
+                    gt.insert(g.desktop_group_uuid.as_str(), bytes.as_slice())
+                        .map_err(e)?;
+                    out.groups_changed.push(g.desktop_group_uuid.clone());
+                }
+            }
+            if let Some(g) = put {
+                out.overridden = apply(g, &versions);
+                let bytes = serde_json::to_vec(&*g).map_err(e)?;
+                gt.insert(g.desktop_group_uuid.as_str(), bytes.as_slice())
+                    .map_err(e)?;
+            }
+        }
+        tx.commit().map_err(e)?;
+        Ok(out)
+    }
+
+    /// A layer's version, when the library has had it.
+    pub fn layer_version(&self, layer: &str) -> Result<Option<i64>, StoreError> {
+        Ok(self
+            .get::<super::layer_versions::LayerVersion>(LAYER_VERSIONS, layer)?
+            .map(|v| v.operate_id))
     }
 
     pub fn delete_group(&self, uuid: &str) -> Result<bool, StoreError> {

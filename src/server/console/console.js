@@ -666,7 +666,7 @@
       disks.push(Object.assign({}, old || {
         type: 0, max_dif: 2, operate_id: 0, reserve_size: 0,
         real_size: Math.max(2097152, Math.ceil(((img && img.length) || 0) / 512)),
-      }, { uuid, prefix, dif_level: Number(level), operate_id: old ? Number(old.operate_id || 0) + 1 : 1 }));
+      }, { uuid, prefix, dif_level: Number(level) }));
     }
     if (!disks.length) {
       $('g-error').textContent = 'pick at least one layer';

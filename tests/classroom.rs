@@ -1,0 +1,189 @@
+//! A classroom's routine edits cost what they change (issue 37): the
+//! server owns every layer's operate_id, so a console save with no change
+//! moves no byte, adding a level sends that level alone, a layer whose
+//! content changed in the library is fetched again on its own, and
+//! removing a level removes only it.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::os::unix::fs::MetadataExt;
+use std::time::Duration;
+
+use voi::server::registry::ServerEvent;
+
+const U: &str = "3b7e6a10-58c2-4d4e-9a0b-2f1c3d4e5a01";
+const G: &str = "3b7e6a10-58c2-4d4e-9a0b-2f1c3d4e5aff";
+
+fn layer(level: u8) -> String {
+    format!("voi_{level}_{U}")
+}
+
+/// Bytes the server's seeder has sent, over every layer it has held.
+fn sent(h: &voi::server::ServerHandle) -> u64 {
+    h.server.images.uploaded_total()
+}
+
+/// The stored group, as the console has it (`GET /api/v1/desktop_groups`).
+async fn stored_group(h: &voi::server::ServerHandle) -> Value {
+    let env = api(h).get("/api/v1/desktop_groups").await.expect("groups");
+    env.data.expect("data")["desktop_group_list"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .find(|g| g["desktop_group_uuid"] == G)
+        .cloned()
+        .expect("the group is stored")
+}
+
+/// Waits until the agent has asked for the group list again after `ev`
+/// was subscribed (the 1024 reached it), then a moment for its decision.
+async fn decided(ev: &mut tokio::sync::broadcast::Receiver<ServerEvent>, mac: &str) {
+    wait_event(ev, 20, |e| {
+        matches!(e, ServerEvent::Request { mac: m, service, .. }
+            if m == mac && service == "get_desktop_group_list")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_console_save_moves_nothing_and_an_edit_moves_only_what_it_changes() {
+    init_log();
+    let dir = tempfile::tempdir().expect("tmp");
+    let h = start_server(&dir.path().join("s")).await;
+    let lib = h.server.images.dir().to_path_buf();
+    make_base(&lib.join(layer(0)), 8);
+    make_diff(&lib, &layer(1), &layer(0), 1, 7);
+    let env = api(&h)
+        .post("/api/v1/images", &serde_json::json!({}))
+        .await
+        .expect("rescan");
+    assert_eq!(env.code, 0, "{env:?}");
+    let env = api(&h)
+        .put(
+            "/api/v1/desktop_groups",
+            &layer_group("Room 101 Lab", G, U, &[0]),
+        )
+        .await
+        .expect("put");
+    assert_eq!(env.code, 0, "{env:?}");
+
+    let mac = "AA:00:00:00:37:01";
+    let (a, ta) = start_agent(agent_config(&dir.path().join("a"), h.addr.port(), mac));
+    wait_for("the base over BitTorrent", 60, || seeding(&a, &layer(0))).await;
+    let disk = |l: u8| a.desktops.store.dir().join(layer(l));
+    let ino = |l: u8| std::fs::metadata(disk(l)).map(|m| m.ino()).ok();
+    let base_ino = ino(0).expect("the base is in the chain");
+    let base_len = std::fs::metadata(lib.join(layer(0))).expect("lib").len();
+    let diff_len = std::fs::metadata(lib.join(layer(1))).expect("lib").len();
+    let day_start = sent(&h);
+    assert!(day_start >= base_len, "{day_start} < {base_len}");
+
+    // 1. A console save with no change, as the old console sent it: every
+    //    operate_id one higher. The server keeps the library's and says so.
+    let mut g = stored_group(&h).await;
+    for d in g["disks"].as_array_mut().expect("disks") {
+        d["operate_id"] = Value::from(d["operate_id"].as_i64().unwrap_or(0) + 1);
+    }
+    let mut ev = h.server.registry.events.subscribe();
+    let env = api(&h)
+        .put("/api/v1/desktop_groups", &g)
+        .await
+        .expect("save");
+    assert_eq!(env.code, 0, "{env:?}");
+    let data = env.data.expect("data");
+    let ignored = data["operate_id_ignored"].as_array().expect("ignored");
+    assert_eq!(ignored.len(), 1, "{data}");
+    assert_eq!(ignored[0]["layer"], layer(0));
+    assert_eq!(ignored[0]["sent"], 1);
+    assert_eq!(ignored[0]["library"], 0);
+    decided(&mut ev, mac).await;
+    assert_eq!(
+        ino(0),
+        Some(base_ino),
+        "a save with no change replaced the base on the terminal"
+    );
+    assert!(seeding(&a, &layer(0)));
+    assert_eq!(stored_group(&h).await["disks"][0]["operate_id"], 0);
+    let after_save = sent(&h);
+    eprintln!(
+        "console save with no change: {} bytes sent",
+        after_save - day_start
+    );
+    assert_eq!(after_save, day_start, "a save with no change sent bytes");
+
+    // 2. An edit adding a level sends that level alone.
+    let mut ev = h.server.registry.events.subscribe();
+    let env = api(&h)
+        .put(
+            "/api/v1/desktop_groups",
+            &layer_group("Room 101 Lab", G, U, &[0, 1]),
+        )
+        .await
+        .expect("add a level");
+    assert_eq!(env.code, 0, "{env:?}");
+    decided(&mut ev, mac).await;
+    wait_for("level 1 over BitTorrent", 60, || seeding(&a, &layer(1))).await;
+    assert_eq!(ino(0), Some(base_ino), "adding a level replaced the base");
+    let added = sent(&h) - after_save;
+    eprintln!("adding a {diff_len}-byte level: {added} bytes sent");
+    assert!(
+        added as f64 <= 1.3 * diff_len as f64,
+        "adding a {diff_len}-byte level sent {added} bytes"
+    );
+
+    // 3. Level 1's content changes in the library (copied under a
+    //    temporary name, then renamed): its version moves by one, the
+    //    terminal fetches it again, and the base stays.
+    let diff_ino = ino(1).expect("level 1");
+    let before = sent(&h);
+    make_diff(&lib, "voi-new-level-1.tmp", &layer(0), 1, 9);
+    std::fs::rename(lib.join("voi-new-level-1.tmp"), lib.join(layer(1))).expect("rename");
+    let mut ev = h.server.registry.events.subscribe();
+    let env = api(&h)
+        .post("/api/v1/images", &serde_json::json!({}))
+        .await
+        .expect("rescan");
+    assert_eq!(env.code, 0, "{env:?}");
+    let g = stored_group(&h).await;
+    assert_eq!(g["disks"][0]["operate_id"], 0, "{g}");
+    assert_eq!(g["disks"][1]["operate_id"], 1, "{g}");
+    decided(&mut ev, mac).await;
+    wait_for("the new level 1", 60, || {
+        seeding(&a, &layer(1)) && ino(1).is_some_and(|i| i != diff_ino)
+    })
+    .await;
+    assert_eq!(ino(0), Some(base_ino), "a new level 1 replaced the base");
+    let new_len = std::fs::metadata(lib.join(layer(1))).expect("lib").len();
+    let moved = sent(&h) - before;
+    eprintln!("level 1 changed ({new_len} bytes): {moved} bytes sent");
+    assert!(
+        moved as f64 <= 1.3 * new_len as f64,
+        "{moved} > 1.3 × {new_len}"
+    );
+    assert_eq!(
+        std::fs::read(disk(1)).expect("chain"),
+        std::fs::read(lib.join(layer(1))).expect("lib"),
+        "the terminal's level 1 is the library's new one"
+    );
+
+    // 4. Removing the level removes it alone.
+    let mut ev = h.server.registry.events.subscribe();
+    let env = api(&h)
+        .put(
+            "/api/v1/desktop_groups",
+            &layer_group("Room 101 Lab", G, U, &[0]),
+        )
+        .await
+        .expect("remove a level");
+    assert_eq!(env.code, 0, "{env:?}");
+    decided(&mut ev, mac).await;
+    wait_for("level 1 to go", 20, || ino(1).is_none()).await;
+    assert_eq!(ino(0), Some(base_ino), "removing a level replaced the base");
+    voi::disk::qemu_img::check(&disk(0)).unwrap_or_else(|e| panic!("{}: {e}", layer(0)));
+    a.shutdown.cancel();
+    let _ = ta.await;
+    h.stop().await;
+}

@@ -95,6 +95,9 @@ async fn keep_asking(agent: Arc<Agent>) {
         let Some(transfers) = agent.transfers.get() else {
             continue;
         };
+        // A transfer restored after the decision that deleted its layer
+        // would stand for it forever ("already seeding"): dropped here.
+        transfers.drop_broken().await;
         let missing = agent.state.read(|s| {
             s.pending_downloads.iter().any(|p| {
                 LayerName::new(&p.prefix, i64::from(p.level), &p.disk_uuid).is_ok_and(|l| {

@@ -506,11 +506,11 @@ impl Transfers {
         }
         let mut keep = Vec::new();
         for (rec, torrent) in found {
-            let layer_path = self.desktops.store.dir().join(&rec.layer);
-            // A seeding layer whose chain file went away (deleted while the
-            // agent was down) has nothing left to offer.
-            if rec.stage == Stage::Seeding && !layer_path.exists() {
-                log::info!("{} is gone from the chain; no longer seeding it", rec.layer);
+            // A seeding layer whose chain file went away or is not the
+            // file it adopted (deleted while the agent was down) has
+            // nothing left to offer, and must not stand in for the layer.
+            if let Err(why) = self.seeding_intact(&rec) {
+                log::info!("{}: {why}; the transfer is dropped", rec.layer);
                 let _ = std::fs::remove_dir_all(self.dir(&rec.layer));
                 continue;
             }
@@ -592,6 +592,15 @@ impl Transfers {
             )));
         }
         let existing = self.tasks().get(&layer).map(|l| l.record.clone());
+        if let Some(old) = existing.clone() {
+            if let Err(why) = self.seeding_intact(&old) {
+                // Never "already seeding" a layer the chain does not hold:
+                // drop the task and fetch it again below.
+                log::info!("{layer}: {why}; dropping the transfer and fetching it again");
+                self.remove(&layer).await?;
+            }
+        }
+        let existing = existing.filter(|_| self.tasks().contains_key(&layer));
         if let Some(old) = existing {
             if old.info_hash == meta.info_hash {
                 log::info!("{layer}: already {:?}; nothing to do", old.stage);
@@ -662,6 +671,57 @@ impl Transfers {
             },
         );
         Ok(rec)
+    }
+
+    /// Whether a finished transfer still stands for its layer: the chain's
+    /// file is there, has the torrent's length, and (for a download) is
+    /// the very file the transfer adopted (same inode as its data file).
+    /// A transfer still downloading is always intact here.
+    pub fn seeding_intact(&self, rec: &TaskRecord) -> Result<(), String> {
+        use std::os::unix::fs::MetadataExt;
+        if rec.stage != Stage::Seeding {
+            return Ok(());
+        }
+        let chain = self.desktops.store.dir().join(&rec.layer);
+        let c = std::fs::metadata(&chain)
+            .map_err(|_| "the chain no longer holds the layer it seeds".to_string())?;
+        if c.len() != rec.length {
+            return Err(format!(
+                "the chain's file is {} bytes, not the {} the torrent names",
+                c.len(),
+                rec.length
+            ));
+        }
+        if rec.kind == Kind::Download {
+            let d = std::fs::metadata(self.data_file(rec))
+                .map_err(|_| "its downloaded file is gone".to_string())?;
+            if (d.ino(), d.dev()) != (c.ino(), c.dev()) {
+                return Err("the chain's file is not the one this transfer downloaded".to_string());
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops every finished transfer whose layer the chain no longer
+    /// holds as it was adopted (run at each desktop decision), so a fetch
+    /// of that layer starts afresh. Returns the layers dropped.
+    pub async fn drop_broken(&self) -> Vec<String> {
+        let broken: Vec<(String, String)> = self
+            .tasks()
+            .values()
+            .filter_map(|l| {
+                self.seeding_intact(&l.record)
+                    .err()
+                    .map(|why| (l.record.layer.clone(), why))
+            })
+            .collect();
+        for (layer, why) in &broken {
+            log::info!("{layer}: {why}; the transfer is dropped");
+            if let Err(e) = self.remove(layer).await {
+                log::warn!("{layer}: {e}");
+            }
+        }
+        broken.into_iter().map(|(l, _)| l).collect()
     }
 
     /// Stops a transfer and removes its directory (a download's partial

@@ -312,3 +312,98 @@ async fn a_delivered_desktop_boots_restores_persists_updates_and_rolls_back() {
     agent.shutdown.cancel();
     let _ = task.await;
 }
+
+/// A QEMU that aborts as soon as it is given KVM, as on hardware where
+/// `kvm_buf_set_msrs` fails ("failed to set MSR 0x10a"): the real QEMU
+/// otherwise. A fault injector, not a mock: the guest that boots is real.
+fn aborting_kvm_qemu(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let p = dir.join("qemu-kvm-aborts");
+    std::fs::write(
+        &p,
+        "#!/bin/sh\n\
+         for a in \"$@\"; do\n\
+           if [ \"$a\" = kvm ]; then\n\
+             echo 'qemu-system-x86_64: error: failed to set MSR 0x10a to 0x69' >&2\n\
+             echo \"qemu-system-x86_64: ../../target/i386/kvm/kvm.c:3273: kvm_buf_set_msrs: Assertion 'ret == cpu->kvm_msr_buf->nmsrs' failed.\" >&2\n\
+             kill -ABRT $$\n\
+           fi\n\
+         done\n\
+         exec qemu-system-x86_64 \"$@\"\n",
+    )
+    .expect("wrapper");
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    p
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_kvm_that_aborts_is_left_for_tcg_and_no_layer_is_blamed() {
+    let test = "a_kvm_that_aborts_is_left_for_tcg_and_no_layer_is_blamed";
+    if !has(test, &[QEMU_SYSTEM, SYSLINUX, MTOOLS, BUSYBOX, KERNEL]) {
+        return;
+    }
+    init_log();
+    let dir = tempfile::tempdir().expect("tmp");
+    let h = start_server(&dir.path().join("s")).await;
+    let lib = h.server.images.dir().to_path_buf();
+    run(Command::new(root().join("tests/guest/build.sh"))
+        .arg(lib.join(format!("voi_0_{U}")))
+        .arg("course v1"));
+    make_overlay(&lib, &format!("voi_1_{U}"), &format!("voi_0_{U}"));
+    write_content(&lib.join(format!("voi_1_{U}")), "course v2");
+    h.server.images.scan().await.expect("scan");
+    let mac = "AA:00:00:00:D0:02";
+    let mut cfg = desktop_agent(&dir.path().join("a"), h.addr.port(), mac);
+    // "auto" tries KVM: its device must open, whether or not this machine
+    // has /dev/kvm; the wrapper then aborts on it.
+    cfg.desktop.accel = "auto".into();
+    let fake_kvm = dir.path().join("kvm-device");
+    std::fs::write(&fake_kvm, b"").expect("device");
+    cfg.desktop.kvm_device = fake_kvm;
+    cfg.desktop.qemu = Some(aborting_kvm_qemu(dir.path()));
+    let (agent, task) = start_agent(cfg);
+    let env = api(&h)
+        .put("/api/v1/desktop_groups", &group(&[0, 1], true))
+        .await
+        .expect("put");
+    assert_eq!(env.code, 0, "{env:?}");
+    for l in [0, 1] {
+        wait_for("the layers over BitTorrent", 120, || {
+            seeding(&agent, &format!("voi_{l}_{U}"))
+        })
+        .await;
+    }
+    let groups = agent.state.read(|s| s.desktop_groups.clone());
+    agent.desktop.boot(groups, G).expect("boot");
+    let (content, _, _, secs) = booted(&agent, 0, 120).await;
+    eprintln!("KVM aborted, then TCG: the guest was ready {secs:.1} s after boot was asked");
+    let st = agent.desktop.status();
+    assert_eq!(content, "course v2", "the same chain, level 1 on top");
+    assert_eq!(st.accelerator, "tcg");
+    assert!(st.accel_note.contains("KVM failed"), "{st:?}");
+    assert!(
+        st.rolled_back.is_none(),
+        "a good layer was rolled back: {st:?}"
+    );
+    assert_eq!(st.boots, 2, "one start on KVM, one on TCG: {st:?}");
+    wait_for("9024 on tcg", 20, || {
+        report(&h, mac, &format!("desktop_login:{G}")).is_some_and(|v| v["accelerator"] == "tcg")
+    })
+    .await;
+    assert!(
+        report(&h, mac, &format!("task_result:voi_1_{U}")).is_none_or(|r| r["result"] != 2),
+        "the server was told a good layer failed"
+    );
+    // TCG is kept: the next boot does not try KVM again.
+    agent.desktop.stop().await;
+    let b = agent.desktop.status().boots;
+    let groups = agent.state.read(|s| s.desktop_groups.clone());
+    agent.desktop.boot(groups, G).expect("boot");
+    booted(&agent, b, 120).await;
+    assert_eq!(agent.desktop.status().boots, b + 1);
+    assert_eq!(agent.desktop.status().accelerator, "tcg");
+    agent.desktop.stop().await;
+    agent.shutdown.cancel();
+    let _ = task.await;
+    h.stop().await;
+}

@@ -14,6 +14,9 @@ pub struct DesktopConfig {
     /// "kvm" or "tcg".
     #[serde(default = "auto")]
     pub accel: String,
+    /// The KVM device "auto" probes (opened read-write) before trying KVM.
+    #[serde(default = "kvm_device")]
+    pub kvm_device: PathBuf,
     /// "bios" (SeaBIOS) or "uefi" (Debian's OVMF / AAVMF).
     #[serde(default = "bios")]
     pub firmware: String,
@@ -73,6 +76,9 @@ pub struct DesktopConfig {
 
 fn auto() -> String {
     "auto".into()
+}
+fn kvm_device() -> PathBuf {
+    PathBuf::from("/dev/kvm")
 }
 fn bios() -> String {
     "bios".into()

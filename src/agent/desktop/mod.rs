@@ -64,6 +64,10 @@ pub struct DesktopStatus {
     pub rolled_back: Option<rollback::RolledBack>,
     /// The layers the guest has open.
     pub in_use: Vec<String>,
+    /// Why this runs on TCG though KVM was asked for ("auto"): KVM failed
+    /// to run a guest here, until the agent restarts. Empty otherwise.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub accel_note: String,
     pub serial_log: String,
 }
 
@@ -80,6 +84,12 @@ pub struct DesktopRuntime {
     /// KVM opened but could not run the guest (nested virtualisation, an
     /// old CPU): TCG from then on.
     kvm_broken: std::sync::atomic::AtomicBool,
+    /// Why KVM was given up, for the status (and the screen).
+    kvm_broken_why: Mutex<String>,
+    /// A guest has run under KVM here (stayed up `healthy_secs`, or went
+    /// off on its own): from then on a quick failure under KVM may be the
+    /// layer's. Before it, it is the accelerator's.
+    kvm_proven: std::sync::atomic::AtomicBool,
     rollback: rollback::Rollback,
 }
 
@@ -110,6 +120,9 @@ enum Ended {
     Error(String),
     /// KVM could not run it.
     KvmFailed(String),
+    /// QEMU exited (or was killed) before its QMP greeting: the guest
+    /// never ran.
+    BeforeGuest(String),
 }
 
 impl DesktopRuntime {
@@ -136,6 +149,8 @@ impl DesktopRuntime {
             events: tx,
             events_rx: Mutex::new(Some(rx)),
             kvm_broken: Default::default(),
+            kvm_broken_why: Mutex::new(String::new()),
+            kvm_proven: Default::default(),
         })
     }
 
@@ -172,7 +187,7 @@ impl DesktopRuntime {
             "kvm" => "kvm",
             "tcg" => "tcg",
             _ if !self.kvm_broken.load(std::sync::atomic::Ordering::Relaxed)
-                && supervise::kvm_available() =>
+                && supervise::kvm_available(&self.cfg.kvm_device) =>
             {
                 "kvm"
             }
@@ -271,17 +286,48 @@ impl DesktopRuntime {
                 .await;
             self.desktops.set_in_use(Vec::new());
             let quick = started.elapsed() < Duration::from_secs(self.cfg.healthy_secs);
-            match ended {
-                Ended::Off => break,
-                Ended::KvmFailed(why) => {
-                    log::warn!(
-                        "desktop: KVM could not run the guest ({why}); using TCG from now on"
-                    );
+            let proven = self.kvm_proven.load(std::sync::atomic::Ordering::Relaxed);
+            if accel == "kvm" && (!quick || ended == Ended::Off) {
+                self.kvm_proven
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            let ended = match accelerator_fault(accel, proven, quick, ended) {
+                Ok(ended) => ended,
+                Err(why) if self.cfg.accel == "auto" => {
+                    // Not the layer's fault: the same chain again at once,
+                    // on TCG, and no failed boot counted against it.
+                    let note =
+                        format!("KVM failed here ({why}); running on TCG until the agent restarts");
+                    log::warn!("desktop: {note}");
+                    *self
+                        .kvm_broken_why
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner()) = note;
                     self.kvm_broken
                         .store(true, std::sync::atomic::Ordering::Relaxed);
                     continue;
                 }
-                Ended::Reset(why) | Ended::Error(why) if quick => {
+                Err(why) => {
+                    // KVM forced by the config: nothing to fall back to,
+                    // and no layer to blame.
+                    self.fail(
+                        &group_uuid,
+                        "",
+                        format!("KVM cannot run guests here ({why}); set [desktop] accel = \"auto\" or \"tcg\""),
+                    );
+                    return;
+                }
+            };
+            // On TCG (or a KVM that has run guests here), a QEMU that
+            // cannot start this chain is a failed boot like any other.
+            match ended {
+                Ended::Off => break,
+                Ended::Reset(why)
+                | Ended::Error(why)
+                | Ended::KvmFailed(why)
+                | Ended::BeforeGuest(why)
+                    if quick =>
+                {
                     failed_boots += 1;
                     log::warn!("desktop: boot {failed_boots} failed: {why}");
                     if failed_boots < self.cfg.max_failed_boots {
@@ -313,7 +359,7 @@ impl DesktopRuntime {
                     log::info!("desktop: the guest restarted ({why}); booting it again");
                     failed_boots = 0;
                 }
-                Ended::Error(why) => {
+                Ended::Error(why) | Ended::KvmFailed(why) | Ended::BeforeGuest(why) => {
                     failed_boots = 0;
                     log::warn!("desktop: QEMU ended: {why}; booting again");
                     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -378,9 +424,18 @@ impl DesktopRuntime {
             qemu.display(),
             args.join(" ")
         );
+        let note = if accel == "tcg" && self.kvm_broken.load(std::sync::atomic::Ordering::Relaxed) {
+            self.kvm_broken_why
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+        } else {
+            String::new()
+        };
         self.set(|s| {
             s.state = "starting".into();
             s.accelerator = accel.into();
+            s.accel_note = note;
             s.in_use = prepared.in_use.clone();
             s.rolled_back = rolled;
             s.boots += 1;
@@ -392,7 +447,11 @@ impl DesktopRuntime {
         let qmp = tokio::select! {
             q = qmp::Qmp::connect(&qmp_path, Duration::from_secs(15)) => q,
             status = guest.child.wait() => {
-                return exited(&guest, status.ok(), None, accel).await;
+                return match exited(&guest, status.ok(), None, accel).await {
+                    Ended::KvmFailed(w) => Ended::KvmFailed(w),
+                    Ended::Off => Ended::BeforeGuest("QEMU exited before its QMP greeting".into()),
+                    Ended::Error(w) | Ended::Reset(w) | Ended::BeforeGuest(w) => Ended::BeforeGuest(w),
+                };
             }
         };
         let mut events = match qmp {
@@ -522,6 +581,32 @@ impl DesktopRuntime {
         .map(drop)
         .map_err(|e| DesktopError::Other(e.to_string()))
     }
+}
+
+/// Whether a run under `accel` failed because of the accelerator rather
+/// than the chain (`Err(why)`): under KVM, any KVM error text, an exit
+/// before the guest ran (before QMP greeted us, or killed by a signal such
+/// as the SIGABRT of a failed `kvm_buf_set_msrs`), and, while no guest has
+/// yet run under KVM here, any quick failure. TCG is never blamed.
+fn accelerator_fault(
+    accel: &str,
+    kvm_proven: bool,
+    quick: bool,
+    ended: Ended,
+) -> Result<Ended, String> {
+    if accel != "kvm" {
+        return Ok(ended);
+    }
+    match ended {
+        Ended::KvmFailed(why) | Ended::BeforeGuest(why) => Err(why),
+        Ended::Error(why) if quick && (!kvm_proven || killed_by_signal(&why)) => Err(why),
+        Ended::Reset(why) if quick && !kvm_proven => Err(why),
+        other => Ok(other),
+    }
+}
+
+fn killed_by_signal(why: &str) -> bool {
+    why.contains("signal:")
 }
 
 /// How a run ended, once QEMU has exited: a reset or panic seen on QMP

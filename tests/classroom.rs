@@ -187,3 +187,87 @@ async fn a_console_save_moves_nothing_and_an_edit_moves_only_what_it_changes() {
     let _ = ta.await;
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_layer_still_being_copied_in_is_not_taken_until_it_holds_still() {
+    init_log();
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut cfg = server_config(&dir.path().join("s"), "127.0.0.1:0");
+    cfg.library_settle_ms = 1000;
+    let h = voi::server::Server::start(cfg).await.expect("server");
+    let lib = h.server.images.dir().to_path_buf();
+    let src = dir.path().join("copy-source");
+    make_base(&src, 8);
+    let bytes = std::fs::read(&src).expect("source");
+    let name = layer(0);
+    let torrents = dir.path().join("s/torrents");
+
+    // A slow copy straight into place: appends for 5 s.
+    let dest = lib.join(&name);
+    let writer = {
+        let bytes = bytes.clone();
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&dest).expect("create");
+            let chunks = 50;
+            let step = bytes.len().div_ceil(chunks);
+            for c in bytes.chunks(step) {
+                f.write_all(c).expect("write");
+                f.flush().expect("flush");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            f.sync_all().expect("sync");
+        })
+    };
+    // A copy under a temporary name, renamed when done, meanwhile.
+    let tmp = lib.join(format!("voi_0_{}.tmp", G));
+    std::fs::write(&tmp, &bytes[..bytes.len() / 2]).expect("tmp");
+    let started = std::time::Instant::now();
+    let mut looks = 0;
+    while !writer.is_finished() {
+        let env = api(&h)
+            .post("/api/v1/images", &serde_json::json!({}))
+            .await
+            .expect("rescan");
+        let data = env.data.expect("data");
+        // A scan that began before the last byte may end after it and take
+        // the whole file; never a part of it.
+        if let Some(img) = h.server.images.get(&name) {
+            assert_eq!(
+                img.length,
+                bytes.len() as u64,
+                "a half-copied file was taken ({:?} in): {data}",
+                started.elapsed()
+            );
+            assert!(writer.is_finished(), "taken before the copy ended: {data}");
+        } else {
+            looks += 1;
+            assert!(
+                !torrents.join(format!("{name}.torrent")).exists(),
+                "a torrent was made of a half-copied file"
+            );
+        }
+        assert!(
+            !data.to_string().contains(".tmp"),
+            "a temporary name was looked at: {data}"
+        );
+    }
+    writer.join().expect("writer");
+    eprintln!(
+        "{looks} rescans during a {:?} copy took nothing",
+        started.elapsed()
+    );
+    assert!(looks >= 2, "only {looks} looks while the copy ran");
+    std::fs::write(&tmp, &bytes).expect("tmp");
+    std::fs::rename(&tmp, lib.join(format!("voi_0_{G}"))).expect("rename");
+    let env = api(&h)
+        .post("/api/v1/images", &serde_json::json!({}))
+        .await
+        .expect("rescan");
+    assert_eq!(env.code, 0);
+    for l in [name.clone(), format!("voi_0_{G}")] {
+        let img = h.server.images.get(&l).expect("taken once it held still");
+        assert_eq!(img.length, bytes.len() as u64, "{l}");
+    }
+    h.stop().await;
+}

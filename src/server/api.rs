@@ -1020,6 +1020,7 @@ async fn images(State(server): S, headers: HeaderMap) -> Response {
     ok(json!({
         "images": server.images.status(),
         "refused": server.images.refused_list(),
+        "settling": server.images.settling(),
         "uploads": server.images.uploads_list(),
         "progress": progress,
         "bt_port": server.images.listen_port(),
@@ -1044,6 +1045,7 @@ async fn rescan_images(State(server): S, headers: HeaderMap) -> Response {
         Ok(()) => ok(json!({
             "images": server.images.status(),
             "refused": server.images.refused_list(),
+            "settling": server.images.settling(),
         })),
         Err(e) => fail(
             StatusCode::INTERNAL_SERVER_ERROR,

@@ -138,6 +138,8 @@ pub struct DownloadSent {
 pub struct Library {
     pub images: Vec<ImageStatus>,
     pub refused: Vec<RefusedImage>,
+    /// Files still being written: taken once they hold still.
+    pub settling: Vec<String>,
     pub uploads: Vec<Upload>,
     /// MAC -> layer -> the terminal's last 9025.
     pub progress: std::collections::BTreeMap<String, Value>,
@@ -148,6 +150,9 @@ pub struct Library {
 pub struct Rescanned {
     pub images: Vec<ImageStatus>,
     pub refused: Vec<RefusedImage>,
+    /// Files still being written (size or mtime moving): taken once they
+    /// hold still.
+    pub settling: Vec<String>,
 }
 
 #[derive(Serialize, ToSchema)]

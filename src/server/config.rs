@@ -67,6 +67,11 @@ pub struct ServerConfig {
     /// Seeder upload cap in bytes per second; 0 is unlimited.
     #[serde(default)]
     pub bt_upload_limit: u32,
+    /// A new or changed file of the image library is taken only once two
+    /// looks this far apart saw the same size and modification time (a
+    /// copy still being written is not hashed half-made).
+    #[serde(default = "default_library_settle_ms")]
+    pub library_settle_ms: u64,
     /// TLS on the terminal port: certificate chain and key, PEM. Both or
     /// neither; off by default (the vendor's terminals speak plain TCP).
     #[serde(default)]
@@ -171,6 +176,9 @@ fn default_tracker_listen() -> String {
 }
 fn default_data_dir() -> PathBuf {
     PathBuf::from("/var/lib/voi-server")
+}
+fn default_library_settle_ms() -> u64 {
+    2000
 }
 fn default_hb() -> u64 {
     10

@@ -71,6 +71,12 @@ impl Image {
     }
 }
 
+/// A name a copy in progress goes by: never taken into the library (the
+/// README says to copy under such a name and rename when done).
+pub fn is_temporary_name(file: &str) -> bool {
+    file.starts_with('.') || file.ends_with(".part") || file.ends_with(".tmp")
+}
+
 /// An upload from a terminal, until the layer is in the library.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Upload {
@@ -119,6 +125,12 @@ pub struct Images {
     /// Which terminal may upload which disk (by uuid), until when: granted
     /// by a 9018 the server said yes to, or an operator's upload command.
     upload_grants: Mutex<HashMap<String, Vec<(String, Instant)>>>,
+    /// How long a new file must hold still before it is taken.
+    settle: Duration,
+    /// The last size and mtime seen of each file not yet taken, and when.
+    sightings: Mutex<HashMap<String, (u64, i128, Instant)>>,
+    /// Files seen still changing at the last scan (not taken yet).
+    settling: Mutex<Vec<String>>,
 }
 
 /// How long an upload grant (9018, 1016/1022) stays good.
@@ -135,6 +147,7 @@ impl Images {
         engine_cfg: EngineConfig,
         announce: String,
         signer: ed25519_dalek::SigningKey,
+        settle: Duration,
     ) -> anyhow::Result<Arc<Images>> {
         let dir = data_dir.join("images");
         let torrents = data_dir.join("torrents");
@@ -168,6 +181,9 @@ impl Images {
             uploads: Mutex::new(BTreeMap::new()),
             scan_lock: tokio::sync::Mutex::new(()),
             upload_grants: Mutex::new(HashMap::new()),
+            settle,
+            sightings: Mutex::new(HashMap::new()),
+            settling: Mutex::new(Vec::new()),
         });
         images.restore_uploads().await;
         images.scan().await?;
@@ -233,10 +249,88 @@ impl Images {
         self.known().get(layer).cloned()
     }
 
+    /// Files of the library seen still changing at the last scan: not
+    /// taken until they hold still.
+    pub fn settling(&self) -> Vec<String> {
+        self.settling
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// One look at the library: the files not yet settled (new or changed
+    /// since they were last taken, and not seen with this size and mtime
+    /// at least `settle` ago). Temporary names are never looked at.
+    fn unsettled(&self) -> Vec<String> {
+        let now = Instant::now();
+        let Ok(rd) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        let mut sightings = self.sightings.lock().unwrap_or_else(|p| p.into_inner());
+        for entry in rd.flatten() {
+            let file = entry.file_name().to_string_lossy().into_owned();
+            if is_temporary_name(&file) {
+                continue;
+            }
+            let Ok(meta) = entry.metadata() else { continue };
+            if !meta.is_file() {
+                continue;
+            }
+            seen.insert(file.clone());
+            let (size, mtime) = (meta.len(), mtime_ns(&meta));
+            let taken = self
+                .known()
+                .get(&file)
+                .is_some_and(|i| i.length == size && i.mtime_ns == mtime);
+            // Hashed in an earlier run at this very size and mtime.
+            let cached = || {
+                std::fs::read(self.torrents.join(format!("{file}.json")))
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<Sidecar>(&b).ok())
+                    .is_some_and(|s| s.size == size && s.mtime_ns == mtime)
+            };
+            if taken || cached() {
+                sightings.remove(&file);
+                continue;
+            }
+            match sightings.get(&file) {
+                Some(&(s, m, at)) if s == size && m == mtime => {
+                    if now.duration_since(at) < self.settle {
+                        out.push(file);
+                    }
+                }
+                _ => {
+                    sightings.insert(file.clone(), (size, mtime, now));
+                    out.push(file);
+                }
+            }
+        }
+        sightings.retain(|f, _| seen.contains(f));
+        // Bounded by the directory; a directory of millions of files is
+        // the operator's, but the table never outgrows what is there.
+        out
+    }
+
     /// Torrents for new or changed images, seeding for all; images that
-    /// disappeared stop being seeded.
+    /// disappeared stop being seeded. A file still being copied in (its
+    /// size or mtime moved within `settle`) is left for a later scan, and
+    /// names ending `.part` or `.tmp` (or starting with a dot) never count.
     pub async fn scan(&self) -> anyhow::Result<()> {
         let _g = self.scan_lock.lock().await;
+        let mut unsettled = self.unsettled();
+        if !unsettled.is_empty() {
+            // A second look: a finished copy is taken in this scan.
+            tokio::time::sleep(self.settle).await;
+            unsettled = self.unsettled();
+        }
+        for f in &unsettled {
+            log::info!(
+                "image library: {f} is still being written; it is taken once it holds still"
+            );
+        }
+        *self.settling.lock().unwrap_or_else(|p| p.into_inner()) = unsettled.clone();
         // Headers first (cheap), then the library's rules over all of
         // them; only what passes is hashed and seeded.
         let mut dir_entries = Vec::new();
@@ -244,6 +338,9 @@ impl Images {
         for entry in std::fs::read_dir(&self.dir)? {
             let Ok(entry) = entry else { continue };
             let file = entry.file_name().to_string_lossy().into_owned();
+            if is_temporary_name(&file) || unsettled.contains(&file) {
+                continue;
+            }
             let header = match entry.metadata() {
                 Ok(m) if m.is_file() => {
                     Some(crate::disk::qcow2::read_header(&entry.path()).map_err(|e| e.to_string()))

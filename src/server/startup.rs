@@ -90,6 +90,7 @@ impl Server {
             },
             announce,
             manifest_key,
+            Duration::from_millis(cfg.library_settle_ms),
         )
         .await
         .map_err(|e| anyhow::anyhow!("image library: {e:#}"))?;
@@ -329,7 +330,14 @@ impl Server {
                     Err(e) => log::debug!("bt_task_complete to {}: {e}", up.mac),
                 }
             }
-            if last_scan.elapsed() >= images::RESCAN {
+            // A file still being copied in is looked at again soon, so it
+            // is served a moment after the copy ends, not 30 s later.
+            let due = if self.images.settling().is_empty() {
+                images::RESCAN
+            } else {
+                Duration::from_millis(self.cfg.library_settle_ms)
+            };
+            if last_scan.elapsed() >= due {
                 last_scan = std::time::Instant::now();
                 if let Err(e) = self.scan_library().await {
                     log::error!("image scan: {e:#}");

@@ -39,6 +39,9 @@ pub fn server_config(dir: &Path, listen: &str) -> ServerConfig {
         data_dir: dir.to_path_buf(),
         heartbeat_secs: 1,
         bt_listen_port: 0,
+        // The tests' library files are whole before any scan: a short
+        // second look keeps each scan of a new file quick.
+        library_settle_ms: 300,
         ..ServerConfig::default()
     }
 }

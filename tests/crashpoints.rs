@@ -370,3 +370,220 @@ async fn sigkill_after_every_durable_write_loses_nothing_and_applies_nothing_twi
     eprintln!("crash points:\n{}", outcomes.join("\n"));
     drill.h.stop().await;
 }
+
+/// Copies an agent's data dir, hard links as hard links (the transfers
+/// hold the chain's files by a second name).
+fn copy_data(from: &Path, to: &Path) {
+    let _ = std::fs::remove_dir_all(to);
+    if let Some(parent) = to.parent() {
+        std::fs::create_dir_all(parent).expect("dir");
+    }
+    run(Command::new("cp").arg("-a").arg(from).arg(to));
+}
+
+/// The terminal after a restart that followed a kill: every layer passes
+/// `qemu-img check`, the base is the library's new one, and the boot plan
+/// (what the boot loader and `ctl boot` use) finds a complete chain.
+fn bootable_with(drill: &Drill, mac: &str, new_base: &[u8]) -> Result<(), String> {
+    let dir = drill.agent_dir(mac);
+    let disks = dir.join("data/disks");
+    let base = std::fs::read(disks.join(layer(0))).map_err(|e| format!("no base: {e}"))?;
+    if base != new_base {
+        return Err("the base is not the library's new one".into());
+    }
+    for e in std::fs::read_dir(&disks)
+        .map_err(|e| e.to_string())?
+        .flatten()
+    {
+        let name = e.file_name().to_string_lossy().to_string();
+        if name.starts_with("voi_") && e.path().is_file() {
+            voi::disk::qemu_img::check(&e.path()).map_err(|err| format!("{name}: {err}"))?;
+        }
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_voi-agent"))
+        .arg("--config")
+        .arg(dir.join("agent.toml"))
+        .args(["boot-plan", G])
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!(
+            "boot-plan: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(())
+}
+
+/// Issue 37.3: an agent that restarts after the server replaced a layer
+/// deletes its copy and fetches the new one. Killed after every durable
+/// write of that (including between the decision that deletes and the
+/// restore of the old transfer), it must come back bootable on its own:
+/// never a transfer "already seeding" a layer the chain no longer holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_during_a_deletion_and_refetch_leaves_the_terminal_bootable() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut cfg = server_config(&dir.path().join("s"), "127.0.0.1:0");
+    cfg.heartbeat_secs = 1;
+    // Every agent here is 127.0.0.1 on a random port, and a killed one
+    // never says "stopped": on a LAN each terminal has its own address and
+    // a fixed port, and replaces its own entry when it restarts.
+    cfg.limits.tracker_max_peers_per_address = 1000;
+    let h = voi::server::Server::start(cfg).await.expect("server");
+    let lib = h.server.images.dir().to_path_buf();
+    // Large enough that the restored transfer's check outlasts the login
+    // and the decision that deletes its layer: the order that stranded
+    // terminals.
+    make_base(&lib.join(layer(0)), 48);
+    // As the server's own loop scans: the layer's version is recorded.
+    h.server.scan_library().await.expect("scan");
+    h.server.store.put_group(&group(&[0])).expect("group");
+    let drill = Drill {
+        h,
+        lib: lib.clone(),
+        root: dir.path().join("agents"),
+    };
+    // The terminal as it was before the update: the old base in its chain.
+    let mac0 = "AA:00:00:00:C3:00";
+    let mut a = drill.spawn(mac0, None, &dir.path().join("first.log"), "first");
+    let disks0 = drill.agent_dir(mac0).join("data/disks");
+    let start = Instant::now();
+    while !(disks0.join(layer(0)).exists()
+        && drill
+            .report(mac0, &format!("task_result:{}", layer(0)))
+            .is_some_and(|r| r["result"] == 1))
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the old base never landed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(a.0.kill());
+    let _ = a.0.wait();
+    let before = dir.path().join("before-update");
+    copy_data(&drill.agent_dir(mac0).join("data"), &before);
+
+    // The server's base is replaced while the terminal is off.
+    make_base(&lib.join("voi-new-base.tmp"), 48);
+    std::fs::rename(lib.join("voi-new-base.tmp"), lib.join(layer(0))).expect("rename");
+    drill.h.server.scan_library().await.expect("scan");
+    let new_base = std::fs::read(lib.join(layer(0))).expect("new base");
+
+    // A clean run from that state lists the points.
+    let run_until_bootable =
+        |mac: &'static str, crash: Option<u64>, log: PathBuf, tag: &'static str| {
+            let drill = &drill;
+            let new_base = new_base.clone();
+            async move {
+                let mut p = drill.spawn(mac, crash, &log, tag);
+                let start = Instant::now();
+                loop {
+                    if p.0.try_wait().ok().flatten().is_some() {
+                        return (Ran::Died, start.elapsed());
+                    }
+                    let landed =
+                        std::fs::read(drill.agent_dir(mac).join("data/disks").join(layer(0)))
+                            .is_ok_and(|b| b == new_base);
+                    if crash.is_none() && landed {
+                        let took = start.elapsed();
+                        // Let the adoption's last writes land, then stop the
+                        // agent before the offline checks open its disks.
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                        drop(p.0.kill());
+                        let _ = p.0.wait();
+                        if let Err(why) = bootable_with(drill, mac, &new_base) {
+                            let log = std::fs::read_to_string(
+                                drill.agent_dir(mac).join(format!("agent-{tag}.log")),
+                            )
+                            .unwrap_or_default();
+                            panic!("{mac} ({tag}): the new base landed but: {why}\n{log}");
+                        }
+                        return (Ran::Finished, took);
+                    }
+                    if crash.is_some() && start.elapsed() > Duration::from_secs(10) {
+                        // This run took another path and never got there.
+                        drop(p.0.kill());
+                        let _ = p.0.wait();
+                        return (Ran::Finished, start.elapsed());
+                    }
+                    if start.elapsed() > Duration::from_secs(90) {
+                        let why = bootable_with(drill, mac, &new_base)
+                            .err()
+                            .unwrap_or_default();
+                        drop(p.0.kill());
+                        let _ = p.0.wait();
+                        let log = std::fs::read_to_string(
+                            drill.agent_dir(mac).join(format!("agent-{tag}.log")),
+                        )
+                        .unwrap_or_default();
+                        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                        panic!(
+                            "{mac} ({tag}, crash at {crash:?}): not bootable after {:?}: {why}\n{}",
+                            start.elapsed(),
+                            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                        );
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        };
+    let mac_clean = "AA:00:00:00:C3:01";
+    copy_data(&before, &drill.agent_dir(mac_clean).join("data"));
+    let list = dir.path().join("refetch-clean.log");
+    let (ran, took) = run_until_bootable(mac_clean, None, list.clone(), "clean").await;
+    assert_eq!(ran, Ran::Finished);
+    let all = points(&list);
+    assert!(
+        all.len() > 3,
+        "only {} durable writes seen: {all:?}",
+        all.len()
+    );
+    eprintln!(
+        "deletion and re-download: {} durable writes, bootable {took:?} after start: {}",
+        all.len(),
+        all.iter()
+            .map(|(n, l)| format!("{n} {l}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+
+    // Then a kill after each point, from the same state, and a restart.
+    let macs: Vec<&'static str> = (0..all.len())
+        .map(|i| &*Box::leak(format!("AA:00:00:00:C4:{:02X}", i % 256).into_boxed_str()))
+        .collect();
+    let mut outcomes = Vec::new();
+    for ((n, label), mac) in all.iter().zip(macs) {
+        copy_data(&before, &drill.agent_dir(mac).join("data"));
+        let log = dir.path().join(format!("refetch-{n}.log"));
+        let (ran, _) = run_until_bootable(mac, Some(*n), log.clone(), "crash").await;
+        let reached = points(&log).last().map(|(k, _)| *k);
+        if ran != Ran::Died || reached != Some(*n) {
+            if std::env::var_os("VOI_DRILL_VERBOSE").is_some() {
+                let text = std::fs::read_to_string(drill.agent_dir(mac).join("agent-crash.log"))
+                    .unwrap_or_default();
+                eprintln!("--- point {n} not reached; the agent's log:\n{text}");
+            }
+            outcomes.push(format!(
+                "{n:>3} {label:<40} not reached in this run (it reached {:?})",
+                points(&log).last()
+            ));
+            continue;
+        }
+        let (ran, took) = run_until_bootable(
+            mac,
+            None,
+            dir.path().join(format!("refetch-{n}-after.log")),
+            "after",
+        )
+        .await;
+        assert_eq!(ran, Ran::Finished);
+        outcomes.push(format!(
+            "{n:>3} {label:<40} bootable {took:.1?} after the restart"
+        ));
+    }
+    eprintln!("crash points:\n{}", outcomes.join("\n"));
+    drill.h.stop().await;
+}

@@ -282,9 +282,13 @@ impl Desktops {
             let _ = std::fs::remove_file(&tmp);
             return Err(e);
         }
+        // The catalog first: a layer is never in the chain without its
+        // version (a decision would take it for an unknown copy and delete
+        // it). A crash between the two leaves an entry with no file, which
+        // nothing reads and the next adoption overwrites.
+        self.remember_locked(name, meta)?;
         std::fs::rename(&tmp, &dest).map_err(io(&dest))?;
         crate::fsutil::sync_dir(self.store.dir()).map_err(io(self.store.dir()))?;
-        self.remember_locked(name, meta)?;
         Ok(if rewrite {
             Adopted::Rewritten
         } else {

@@ -1005,8 +1005,13 @@ impl Transfers {
             }
             _ => log::info!("{layer}: every piece is here; checking what is left and linking"),
         }
-        let torrent = self.tasks().get(&layer).map(|l| l.torrent.clone());
-        let Some(torrent) = torrent else { return };
+        let found = self
+            .tasks()
+            .get(&layer)
+            .map(|l| (l.torrent.clone(), l.started));
+        let Some((torrent, generation)) = found else {
+            return;
+        };
         let outcome = match self.manifest_for(&rec, &torrent).await {
             Err(finish) => Err(finish),
             Ok(manifest) => {
@@ -1019,6 +1024,20 @@ impl Transfers {
                 .unwrap_or_else(|e| Err(Finish::Failed(e.to_string())))
             }
         };
+        // Released (a desktop decision deleting the layer) or replaced by a
+        // new transfer while it was being checked: what was read may be the
+        // new transfer's file, so the verdict is not this transfer's to
+        // give. Never a refusal recorded against a copy nobody checked.
+        let current = self
+            .tasks()
+            .get(&layer)
+            .is_some_and(|l| l.started == generation && l.record.info_hash == rec.info_hash);
+        if !current {
+            log::info!(
+                "{layer}: the transfer was released while it was being checked; its verdict is dropped"
+            );
+            return;
+        }
         match outcome {
             Ok(adopted) => {
                 let mut rec = rec;

@@ -18,6 +18,81 @@ pub struct MacReq {
     pub mac: String,
 }
 
+/// 9000 heartbeat as our agent sends it: the MAC, and (ours, optional) the
+/// desktop's state. The agent sends one at once whenever that state
+/// changes, so the server knows within a round trip; the vendor's server
+/// reads the MAC and ignores the rest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeartbeatReq {
+    pub mac: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desktop: Option<DesktopState>,
+}
+
+/// The desktop runtime's state as our agent reports it (9000 `desktop`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DesktopState {
+    /// off, preparing, starting, running, stopping or failed.
+    pub state: String,
+    /// The group it concerns; empty when none has run since the agent
+    /// started.
+    #[serde(default)]
+    pub desktop_group_uuid: String,
+    /// When it entered this state, ms since the epoch.
+    #[serde(default)]
+    pub changed_ms: u64,
+    /// "kvm" or "tcg" once a start has chosen one.
+    #[serde(default)]
+    pub accelerator: String,
+    /// Why it failed, or why it runs on TCG though KVM was asked for.
+    #[serde(default)]
+    pub reason: String,
+    /// The layer that failed to boot, when the previous level runs instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolled_back_from: Option<String>,
+}
+
+/// The states `DesktopState::state` may take.
+pub const DESKTOP_STATES: [&str; 6] = [
+    "off",
+    "preparing",
+    "starting",
+    "running",
+    "stopping",
+    "failed",
+];
+
+impl DesktopState {
+    /// Whether every field is of the form and size a server keeps.
+    pub fn check(&self) -> Result<(), String> {
+        if !DESKTOP_STATES.contains(&self.state.as_str()) {
+            return Err(format!(
+                "desktop.state {:?} is not one of {DESKTOP_STATES:?}",
+                self.state.get(..32).unwrap_or(&self.state)
+            ));
+        }
+        if !self.desktop_group_uuid.is_empty()
+            && uuid::Uuid::parse_str(&self.desktop_group_uuid).is_err()
+        {
+            return Err("desktop.desktop_group_uuid is not a uuid".into());
+        }
+        if !["", "kvm", "tcg"].contains(&self.accelerator.as_str()) {
+            return Err("desktop.accelerator is not kvm or tcg".into());
+        }
+        if self.reason.len() > 1024 {
+            return Err(format!(
+                "desktop.reason is {} bytes; at most 1024",
+                self.reason.len()
+            ));
+        }
+        if let Some(l) = &self.rolled_back_from {
+            crate::disk::name::LayerName::parse(l)
+                .map_err(|e| format!("desktop.rolled_back_from: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
 /// 9000 and 9003 answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DateTimeResp {

@@ -590,30 +590,22 @@ fn terminal_view(
         .filter(|(disks, _)| disks.iter().any(|d| held.contains(&d.as_str())))
         .map(|(_, name)| name.clone())
         .collect::<Vec<_>>());
-    // The desktop the terminal said it runs last (9024), with our agent's
-    // accelerator and start time, and the group's name.
-    v["running_desktop"] = rec
-        .reports
-        .iter()
-        .filter(|(k, _)| k.starts_with("desktop_login:"))
-        .max_by_key(|(_, r)| r["since_ms"].as_u64().unwrap_or(0))
-        .map(|(_, r)| {
-            let uuid = r["desktop_group_uuid"].as_str().unwrap_or_default();
-            let name = known
-                .names
-                .get(uuid)
-                .cloned()
-                .unwrap_or_else(|| uuid.to_string());
-            json!({
-                "desktop_group_uuid": uuid,
-                "desktop_group_name": name,
-                "accelerator": r["accelerator"],
-                "since_ms": r["since_ms"],
-                "ip": r["ip"],
-                "is_dhcp": r["is_dhcp"],
-            })
-        })
-        .unwrap_or(Value::Null);
+    // What the desktop does now (our agent reports every change), and the
+    // desktop that runs, only while the terminal is online and says so.
+    let last_seen_ms = server
+        .registry
+        .heartbeat_ages()
+        .get(&rec.config.mac)
+        .map(|age| super::registry::now_ms().saturating_sub(age * 1000));
+    let (desktop, running) = super::desktop_state::view(rec, online, last_seen_ms, |uuid| {
+        known
+            .names
+            .get(uuid)
+            .cloned()
+            .unwrap_or_else(|| uuid.to_string())
+    });
+    v["desktop"] = desktop;
+    v["running_desktop"] = running;
     v["conflict"] = match server.registry.conflict(&rec.config.mac) {
         Some((ip, other_ip, at_ms)) => json!({ "ip": ip, "other_ip": other_ip, "at_ms": at_ms }),
         None => Value::Null,

@@ -78,6 +78,13 @@ pub struct TerminalView {
     /// The system disk uuids it holds (9011), comma-separated.
     pub desktops: Option<Value>,
     pub desktop_group_names: Vec<String>,
+    /// What the desktop does: `state` off, preparing, starting, running,
+    /// stopping, failed, or unknown while the terminal is offline (then
+    /// `last_state` and `last_seen_ms`); `since_ms`, `accelerator`,
+    /// `reason`, the group.
+    pub desktop: Value,
+    /// The desktop that runs now: only while the terminal is online and
+    /// its last word says it runs.
     pub running_desktop: Option<RunningDesktop>,
     pub conflict: Option<MacConflict>,
 }

@@ -201,7 +201,17 @@ async fn answer(
     use ServiceCode as S;
     let store_err = |e: super::store::StoreError| err(ErrorCode::SystemError, e.to_string());
     Ok(match code {
-        S::Heartbeat | S::GetDateTime => {
+        S::Heartbeat => {
+            let hb: HeartbeatReq = body(frame, mac)?;
+            if let Some(d) = hb.desktop {
+                d.check().map_err(|e| err(ErrorCode::MessageError, e))?;
+                super::desktop_state::record(server, mac, d).map_err(store_err)?;
+            }
+            ok(DateTimeResp {
+                datetime: now_text(),
+            })
+        }
+        S::GetDateTime => {
             let _: MacReq = body(frame, mac)?;
             ok(DateTimeResp {
                 datetime: now_text(),

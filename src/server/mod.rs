@@ -11,6 +11,8 @@ mod config;
 mod conn;
 mod conn_state;
 mod console;
+pub mod ctl_tables;
+mod desktop_state;
 pub mod generation;
 mod handlers;
 mod http_serve;

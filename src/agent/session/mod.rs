@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use crate::agent::terminal::Agent;
-use crate::protocol::messages::MacReq;
+use crate::protocol::messages::HeartbeatReq;
 use crate::protocol::{ClientType, Frame, ServiceCode};
 use crate::tls::TLS_HANDSHAKE;
 
@@ -108,27 +108,13 @@ async fn run_on(
     let mut perf = tokio::time::interval(Duration::from_secs(perf_every.max(1)));
     perf.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
+    // A change of the desktop's state goes out at once, in a heartbeat
+    // (ours: its optional `desktop`), not at the next tick.
+    let mut desktop_changes = agent.desktop.watch_changes();
     let end = loop {
-        tokio::select! {
-            _ = hb.tick() => {
-                let link = link.clone();
-                let agent = agent.clone();
-                let hb_tx = hb_tx.clone();
-                let mac = agent.mac.clone();
-                tokio::spawn(async move {
-                    let ok = match link.request_frame(ServiceCode::Heartbeat, &MacReq { mac }, Some(hb_every)).await {
-                        Ok(frame) => {
-                            agent.heartbeat_answered(&frame);
-                            true
-                        }
-                        Err(e) => {
-                            log::warn!("heartbeat: {e}");
-                            false
-                        }
-                    };
-                    let _ = hb_tx.send(ok).await;
-                });
-            }
+        let beat = tokio::select! {
+            _ = hb.tick() => true,
+            Ok(()) = desktop_changes.changed() => true,
             Some(ok) = hb_rx.recv() => {
                 if ok {
                     missed = 0;
@@ -138,6 +124,7 @@ async fn run_on(
                         break SessionEnd::MissedHeartbeats(missed);
                     }
                 }
+                false
             }
             _ = perf.tick(), if perf_every > 0 => {
                 let link = link.clone();
@@ -150,10 +137,36 @@ async fn run_on(
                         log::debug!("update_performance: {e}");
                     }
                 });
+                false
             }
             Some(end) = end_rx.recv() => break end,
             e = &mut ended => break SessionEnd::Link(e.unwrap_or(LinkEnd::Eof)),
             _ = agent.shutdown.cancelled() => break SessionEnd::Shutdown,
+        };
+        if beat {
+            let link = link.clone();
+            let agent = agent.clone();
+            let hb_tx = hb_tx.clone();
+            let body = HeartbeatReq {
+                mac: agent.mac.clone(),
+                desktop: Some(agent.desktop.report()),
+            };
+            tokio::spawn(async move {
+                let ok = match link
+                    .request_frame(ServiceCode::Heartbeat, &body, Some(hb_every))
+                    .await
+                {
+                    Ok(frame) => {
+                        agent.heartbeat_answered(&frame);
+                        true
+                    }
+                    Err(e) => {
+                        log::warn!("heartbeat: {e}");
+                        false
+                    }
+                };
+                let _ = hb_tx.send(ok).await;
+            });
         }
     };
     agent.set_link(None);

@@ -407,3 +407,337 @@ async fn a_kvm_that_aborts_is_left_for_tcg_and_no_layer_is_blamed() {
     let _ = task.await;
     h.stop().await;
 }
+
+/// The API's `desktop` of a terminal, polled until `pred` holds; fails
+/// after `secs`. Returns it and how long it took.
+async fn api_desktop(
+    h: &voi::server::ServerHandle,
+    mac: &str,
+    secs: f64,
+    what: &str,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> (serde_json::Value, f64) {
+    let start = Instant::now();
+    loop {
+        let env = api(h)
+            .get(&format!("/api/v1/terminals/{mac}"))
+            .await
+            .expect("terminal");
+        let v = env.data.expect("data");
+        if pred(&v) {
+            return (v, start.elapsed().as_secs_f64());
+        }
+        assert!(
+            start.elapsed().as_secs_f64() < secs,
+            "the API did not show {what} within {secs} s: desktop {} running_desktop {}",
+            v["desktop"],
+            v["running_desktop"]
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_api_shows_what_each_desktop_does_within_2_s() {
+    let test = "the_api_shows_what_each_desktop_does_within_2_s";
+    if !has(test, &[QEMU_SYSTEM, SYSLINUX, MTOOLS, BUSYBOX, KERNEL]) {
+        return;
+    }
+    init_log();
+    const BROKEN: &str = "5e0d1c2b-3a49-4857-a6b5-c4d3e2f1a0b1";
+    const BROKEN_G: &str = "5e0d1c2b-3a49-4857-a6b5-c4d3e2f1a0bf";
+    let dir = tempfile::tempdir().expect("tmp");
+    let h = start_server(&dir.path().join("s")).await;
+    let lib = h.server.images.dir().to_path_buf();
+    run(Command::new(root().join("tests/guest/build.sh"))
+        .arg(lib.join(format!("voi_0_{U}")))
+        .arg("course v1"));
+    // A desktop that never boots: the same guest with its boot sector
+    // zeroed, alone in its group (nothing to roll back to).
+    std::fs::copy(
+        lib.join(format!("voi_0_{U}")),
+        lib.join(format!("voi_0_{BROKEN}")),
+    )
+    .expect("copy");
+    run(Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", "write -z 0 4096"])
+        .arg(lib.join(format!("voi_0_{BROKEN}"))));
+    h.server.images.scan().await.expect("scan");
+    let mut broken = layer_group("broken", BROKEN_G, BROKEN, &[0]);
+    broken.os_sys_type = 0;
+    broken.default_desktop_group = false;
+    for d in &mut broken.disks {
+        d.real_size = Sectors(64 << 11);
+    }
+    for g in [group(&[0], true), broken] {
+        let env = api(&h)
+            .put("/api/v1/desktop_groups", &g)
+            .await
+            .expect("put");
+        assert_eq!(env.code, 0, "{env:?}");
+    }
+    let mac = "AA:00:00:00:D0:03";
+    let adir = dir.path().join("a");
+    let mut cfg = desktop_agent(&adir, h.addr.port(), mac);
+    cfg.desktop.max_failed_boots = 1;
+    let (agent, task) = start_agent(cfg);
+    for l in [format!("voi_0_{U}"), format!("voi_0_{BROKEN}")] {
+        wait_for("the layers over BitTorrent", 120, || seeding(&agent, &l)).await;
+    }
+    let groups = || agent.state.read(|s| s.desktop_groups.clone());
+    let mut figures = Vec::new();
+
+    // Boot: running, with the accelerator and the group.
+    let b = agent.desktop.status().boots;
+    agent.desktop.boot(groups(), G).expect("boot");
+    booted(&agent, b, 120).await;
+    let (v, t) = api_desktop(&h, mac, 2.0, "running", |v| {
+        v["desktop"]["state"] == "running" && v["running_desktop"]["desktop_group_uuid"] == G
+    })
+    .await;
+    assert_eq!(v["desktop"]["accelerator"], "tcg");
+    assert_eq!(v["running_desktop"]["desktop_group_name"], "lesson");
+    figures.push(("boot", t));
+
+    // Stop: off, and nothing running.
+    agent.desktop.stop().await;
+    let (_, t) = api_desktop(&h, mac, 2.0, "off", |v| {
+        v["desktop"]["state"] == "off" && v["running_desktop"].is_null()
+    })
+    .await;
+    figures.push(("stop", t));
+
+    // A desktop that does not boot: failed, with the reason.
+    agent.desktop.boot(groups(), BROKEN_G).expect("boot");
+    wait_for("the broken desktop to fail", 120, || {
+        agent.desktop.status().state == "failed"
+    })
+    .await;
+    let (v, t) = api_desktop(&h, mac, 2.0, "failed", |v| {
+        v["desktop"]["state"] == "failed" && v["running_desktop"].is_null()
+    })
+    .await;
+    assert!(
+        !v["desktop"]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .is_empty(),
+        "{}",
+        v["desktop"]
+    );
+    figures.push(("fail", t));
+
+    // Boot again: running; the other group's failure stays its own.
+    let b = agent.desktop.status().boots;
+    agent.desktop.boot(groups(), G).expect("boot");
+    booted(&agent, b, 120).await;
+    let (_, t) = api_desktop(&h, mac, 2.0, "running again", |v| {
+        v["desktop"]["state"] == "running" && v["running_desktop"]["desktop_group_uuid"] == G
+    })
+    .await;
+    figures.push(("boot again", t));
+
+    // The agent goes away while the desktop runs: never shown running.
+    agent.shutdown.cancel();
+    let _ = task.await;
+    let (v, t) = api_desktop(&h, mac, 2.0, "the last known state", |v| {
+        v["desktop"]["state"] == "unknown" && v["running_desktop"].is_null()
+    })
+    .await;
+    assert!(v["desktop"]["last_state"].is_string(), "{}", v["desktop"]);
+    figures.push(("agent gone", t));
+    let env = api(&h).get("/api/v1/terminals").await.expect("list");
+    let listed = env.data.expect("data")["terminals"]
+        .as_array()
+        .expect("terminals")
+        .iter()
+        .find(|t| t["mac"] == mac)
+        .cloned()
+        .expect("listed");
+    assert_eq!(
+        listed["desktop"], v["desktop"],
+        "the list and the record agree"
+    );
+    eprintln!(
+        "the API showed the truth after: {}",
+        figures
+            .iter()
+            .map(|(what, t)| format!("{what} {t:.2} s"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    h.stop().await;
+}
+
+/// `voi-agent ctl …` against this agent's control socket.
+fn agent_ctl(agent: &Agent, args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_voi-agent"))
+        .args(["ctl", "--socket"])
+        .arg(agent.cfg.control_socket_path())
+        .args(args)
+        .output()
+        .expect("voi-agent ctl");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// Waits for boot number `n` (counted by the runtime) to say VOI-READY;
+/// returns its marker line.
+async fn ready_at_boot(agent: &Agent, n: u32, secs: u64) -> String {
+    let start = Instant::now();
+    loop {
+        let st = agent.desktop.status();
+        let s = serial(agent);
+        if st.boots == n && st.state == "running" && s.contains("VOI-READY") {
+            return line(&s, "VOI-MARKER:").unwrap_or_default().to_string();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(secs),
+            "boot {n} never got ready: {st:?}; serial:\n{s}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_student_restarting_or_shutting_down_from_inside_and_the_terminals_own_buttons() {
+    let test = "a_student_restarting_or_shutting_down_from_inside_and_the_terminals_own_buttons";
+    if !has(test, &[QEMU_SYSTEM, SYSLINUX, MTOOLS, BUSYBOX, KERNEL]) {
+        return;
+    }
+    init_log();
+    const REBOOTS: &str = "5e0d1c2b-3a49-4857-a6b5-c4d3e2f1a0c1";
+    const REBOOTS_G: &str = "5e0d1c2b-3a49-4857-a6b5-c4d3e2f1a0cf";
+    const OFF: &str = "5e0d1c2b-3a49-4857-a6b5-c4d3e2f1a0d1";
+    const OFF_G: &str = "5e0d1c2b-3a49-4857-a6b5-c4d3e2f1a0df";
+    let dir = tempfile::tempdir().expect("tmp");
+    let h = start_server(&dir.path().join("s")).await;
+    let lib = h.server.images.dir().to_path_buf();
+    for (disk, content) in [
+        (U, "course v1"),
+        (REBOOTS, "course v1 +reboot"),
+        (OFF, "course v1 +poweroff"),
+    ] {
+        run(Command::new(root().join("tests/guest/build.sh"))
+            .arg(lib.join(format!("voi_0_{disk}")))
+            .arg(content));
+    }
+    h.server.images.scan().await.expect("scan");
+    let make = |name: &str, g: &str, disk: &str, restore: bool| {
+        let mut grp = layer_group(name, g, disk, &[0]);
+        grp.os_sys_type = 0;
+        grp.default_desktop_group = false;
+        grp.desktop_group_restore = i64::from(restore);
+        for d in &mut grp.disks {
+            d.real_size = Sectors(64 << 11);
+        }
+        grp
+    };
+    for g in [
+        group(&[0], false),
+        make("reboots", REBOOTS_G, REBOOTS, true),
+        make("powers off", OFF_G, OFF, false),
+    ] {
+        let env = api(&h)
+            .put("/api/v1/desktop_groups", &g)
+            .await
+            .expect("put");
+        assert_eq!(env.code, 0, "{env:?}");
+    }
+    let mac = "AA:00:00:00:D0:04";
+    let mut cfg = desktop_agent(&dir.path().join("a"), h.addr.port(), mac);
+    // The test guest restarts itself 5 s after it is ready.
+    cfg.desktop.healthy_secs = 4;
+    let (agent, task) = start_agent(cfg);
+    for d in [U, REBOOTS, OFF] {
+        wait_for("the layers over BitTorrent", 120, || {
+            seeding(&agent, &format!("voi_0_{d}"))
+        })
+        .await;
+    }
+    let groups = || agent.state.read(|s| s.desktop_groups.clone());
+
+    // A restart from inside a restore desktop: it comes back by itself,
+    // clean, again and again, and nothing is rolled back.
+    let b = agent.desktop.status().boots;
+    agent.desktop.boot(groups(), REBOOTS_G).expect("boot");
+    let first = ready_at_boot(&agent, b + 1, 120).await;
+    let second = ready_at_boot(&agent, b + 2, 120).await;
+    assert_eq!(first, "");
+    assert_eq!(
+        second, "",
+        "a restore desktop kept what was written before the restart"
+    );
+    let st = agent.desktop.status();
+    assert!(st.rolled_back.is_none(), "{st:?}");
+    agent.desktop.stop().await;
+
+    // The same in persistent mode: what was written survives the restart.
+    let env = api(&h)
+        .put(
+            "/api/v1/desktop_groups",
+            &make("reboots", REBOOTS_G, REBOOTS, false),
+        )
+        .await
+        .expect("put");
+    assert_eq!(env.code, 0, "{env:?}");
+    wait_for("the group to become persistent", 20, || {
+        groups()
+            .iter()
+            .any(|g| g.desktop_group_uuid == REBOOTS_G && g.desktop_group_restore == 0)
+    })
+    .await;
+    let b = agent.desktop.status().boots;
+    agent.desktop.boot(groups(), REBOOTS_G).expect("boot");
+    ready_at_boot(&agent, b + 1, 120).await;
+    let wrote = line(&serial(&agent), "VOI-WROTE:")
+        .unwrap_or_default()
+        .to_string();
+    let marker = ready_at_boot(&agent, b + 2, 120).await;
+    assert_eq!(
+        marker, wrote,
+        "a persistent desktop lost what was written before the restart"
+    );
+    agent.desktop.stop().await;
+
+    // A shutdown from inside: the desktop is off, and stays off.
+    let b = agent.desktop.status().boots;
+    agent.desktop.boot(groups(), OFF_G).expect("boot");
+    ready_at_boot(&agent, b + 1, 120).await;
+    wait_for("the desktop to be off", 60, || {
+        agent.desktop.status().state == "off"
+    })
+    .await;
+    assert!(serial(&agent).contains("VOI-SELF-POWEROFF"));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(agent.desktop.status().state, "off");
+    assert_eq!(agent.desktop.status().boots, b + 1, "it was started again");
+
+    // The terminal's own buttons, without QMP: reset boots it again...
+    let b = agent.desktop.status().boots;
+    agent.desktop.boot(groups(), G).expect("boot");
+    booted(&agent, b, 120).await;
+    let (ok, out) = agent_ctl(&agent, &["desktop", "reset"]);
+    assert!(ok, "{out}");
+    booted(&agent, b + 1, 120).await;
+    assert!(agent.desktop.status().rolled_back.is_none());
+    // ...and the power button powers it down through the guest.
+    let (ok, out) = agent_ctl(&agent, &["desktop", "powerdown"]);
+    assert!(ok, "{out}");
+    assert_eq!(agent.desktop.status().state, "off", "{out}");
+    assert!(
+        serial(&agent).contains("VOI-POWERDOWN"),
+        "not an ACPI powerdown"
+    );
+    let (ok, out) = agent_ctl(&agent, &["desktop", "reset"]);
+    assert!(!ok && out.contains("no desktop is running"), "{out}");
+    agent.shutdown.cancel();
+    let _ = task.await;
+    h.stop().await;
+}

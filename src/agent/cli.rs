@@ -85,13 +85,28 @@ enum CtlCmd {
     Boot { group_uuid: String },
     /// Power the running desktop down (ACPI, hard after the timeout).
     Stop,
-    /// The desktop runtime's state.
-    Desktop,
+    /// The desktop runtime's state; `reset` or `powerdown` the running
+    /// guest as its buttons would (nobody needs QMP).
+    Desktop {
+        #[command(subcommand)]
+        what: Option<DesktopCmd>,
+    },
     /// Save a PNG of the running desktop's screen (absolute path).
     Screendump { path: String },
     /// Power the terminal off as 1001 does: the desktop first, wake-on-LAN
     /// armed, then the machine.
     Poweroff,
+}
+
+#[derive(Subcommand)]
+enum DesktopCmd {
+    /// The runtime's state (the default).
+    Show,
+    /// Reset the running guest; it boots again (clean in a restore group).
+    Reset,
+    /// Press the running guest's power button (ACPI) and wait for it to
+    /// go off; `ctl stop` also stops a guest that ignores it.
+    Powerdown,
 }
 
 #[derive(Subcommand)]
@@ -327,7 +342,15 @@ fn ctl(config: &std::path::Path, socket: Option<PathBuf>, what: CtlCmd) -> std::
         CtlCmd::Upload { layer, group_uuid } => ControlRequest::Upload { layer, group_uuid },
         CtlCmd::Boot { group_uuid } => ControlRequest::DesktopBoot { group_uuid },
         CtlCmd::Stop => ControlRequest::DesktopStop,
-        CtlCmd::Desktop => ControlRequest::DesktopStatus,
+        CtlCmd::Desktop {
+            what: None | Some(DesktopCmd::Show),
+        } => ControlRequest::DesktopStatus,
+        CtlCmd::Desktop {
+            what: Some(DesktopCmd::Reset),
+        } => ControlRequest::DesktopReset,
+        CtlCmd::Desktop {
+            what: Some(DesktopCmd::Powerdown),
+        } => ControlRequest::DesktopPowerdown,
         CtlCmd::Screendump { path } => ControlRequest::Screendump { path },
         CtlCmd::Poweroff => ControlRequest::PowerOff,
     };

@@ -41,6 +41,10 @@ pub enum ControlRequest {
     /// ACPI powerdown of the running desktop, hard after the timeout.
     DesktopStop,
     DesktopStatus,
+    /// Reset the running guest (its reset button); it boots again.
+    DesktopReset,
+    /// Press the running guest's power button (ACPI) and wait for it.
+    DesktopPowerdown,
     /// A PNG of the guest's screen, written by QEMU to `path`.
     Screendump {
         path: String,
@@ -182,6 +186,14 @@ async fn handle(agent: &Arc<Agent>, req: ControlRequest) -> ControlResponse {
             ControlResponse::ok(json!(agent.desktop.status()))
         }
         ControlRequest::DesktopStatus => ControlResponse::ok(json!(agent.desktop.status())),
+        ControlRequest::DesktopReset => match agent.desktop.reset().await {
+            Ok(()) => ControlResponse::ok(json!(agent.desktop.status())),
+            Err(e) => ControlResponse::err(e.to_string()),
+        },
+        ControlRequest::DesktopPowerdown => match agent.desktop.powerdown().await {
+            Ok(()) => ControlResponse::ok(json!(agent.desktop.status())),
+            Err(e) => ControlResponse::err(e.to_string()),
+        },
         ControlRequest::PowerOff => {
             log::info!("power-off asked on the control socket");
             match crate::agent::power::power_down(agent, true).await {

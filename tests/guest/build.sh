@@ -11,7 +11,9 @@
 #   48 MiB        one sector the guest writes at every boot (the marker)
 # The guest prints VOI-CONTENT, VOI-MARKER and VOI-READY on its serial
 # console, writes a new marker, syncs, and powers off on the ACPI power
-# button (QMP system_powerdown).
+# button (QMP system_powerdown). Content containing "+reboot" or
+# "+poweroff" makes it do that by itself 5 s after VOI-READY, as a student
+# restarting or shutting down the desktop from inside would.
 set -eu
 out=$1
 content=${2:-course v1}
@@ -51,13 +53,18 @@ for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do
   sleep 0.5
 done
 echo "VOI-DISK: ${disk:-none}"
-echo "VOI-CONTENT: $(dd if=$disk bs=512 skip=81920 count=1 2>/dev/null | tr -d '\000')"
+content=$(dd if=$disk bs=512 skip=81920 count=1 2>/dev/null | tr -d '\000')
+echo "VOI-CONTENT: $content"
 echo "VOI-MARKER: $(dd if=$disk bs=512 skip=98304 count=1 2>/dev/null | tr -d '\000')"
 stamp="written at uptime $(cut -d' ' -f1 /proc/uptime) id $(cat /proc/sys/kernel/random/uuid)"
 printf '%s' "$stamp" | dd of=$disk bs=512 seek=98304 count=1 conv=sync,notrunc 2>/dev/null
 sync
 echo "VOI-WROTE: $stamp"
 echo "VOI-READY"
+case "$content" in
+  *+reboot*) sleep 5; echo "VOI-SELF-REBOOT"; sync; reboot -f ;;
+  *+poweroff*) sleep 5; echo "VOI-SELF-POWEROFF"; sync; poweroff -f ;;
+esac
 # The power button: wait for its input device, then for one event.
 ev=
 for i in $(seq 1 40); do

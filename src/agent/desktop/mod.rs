@@ -59,6 +59,8 @@ pub struct DesktopStatus {
     pub group_uuid: String,
     pub accelerator: String,
     pub since_ms: u64,
+    /// When `state` last changed, ms since the epoch.
+    pub changed_ms: u64,
     pub boots: u32,
     pub reason: String,
     pub rolled_back: Option<rollback::RolledBack>,
@@ -91,6 +93,11 @@ pub struct DesktopRuntime {
     /// layer's. Before it, it is the accelerator's.
     kvm_proven: std::sync::atomic::AtomicBool,
     rollback: rollback::Rollback,
+    /// Bumped at every change of state: the session sends a heartbeat
+    /// with the new state at once.
+    changes: tokio::sync::watch::Sender<u64>,
+    /// `reset` was asked: the reset that follows is not a failed boot.
+    reset_asked: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -133,6 +140,7 @@ impl DesktopRuntime {
     ) -> Arc<DesktopRuntime> {
         let dir = data_dir.join("desktop");
         let _ = std::fs::create_dir_all(&dir);
+        supervise::reap_leftover(&dir.join(supervise::PID_FILE));
         let (tx, rx) = mpsc::unbounded_channel();
         Arc::new(DesktopRuntime {
             rollback: rollback::Rollback::new(&dir),
@@ -151,6 +159,8 @@ impl DesktopRuntime {
             kvm_broken: Default::default(),
             kvm_broken_why: Mutex::new(String::new()),
             kvm_proven: Default::default(),
+            changes: tokio::sync::watch::channel(0).0,
+            reset_asked: Default::default(),
         })
     }
 
@@ -174,7 +184,33 @@ impl DesktopRuntime {
         let before = s.state.clone();
         f(&mut s);
         if s.state != before {
+            s.changed_ms = now_ms();
             log::info!("desktop: {before} -> {}", s.state);
+            drop(s);
+            self.changes.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// Wakes at every change of the desktop's state.
+    pub fn watch_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// The state as our heartbeat reports it to the server.
+    pub fn report(&self) -> crate::protocol::messages::DesktopState {
+        let s = self.status();
+        let reason = if s.state == "failed" || s.accel_note.is_empty() {
+            s.reason.clone()
+        } else {
+            s.accel_note.clone()
+        };
+        crate::protocol::messages::DesktopState {
+            state: s.state,
+            desktop_group_uuid: s.group_uuid,
+            changed_ms: s.changed_ms,
+            accelerator: s.accelerator,
+            reason: reason.chars().take(1000).collect(),
+            rolled_back_from: s.rolled_back.map(|r| r.broken),
         }
     }
 
@@ -218,9 +254,11 @@ impl DesktopRuntime {
                 group_uuid: group_uuid.into(),
                 serial_log: self.serial_log().display().to_string(),
                 boots: s.boots,
+                changed_ms: now_ms(),
                 ..Default::default()
             };
         }
+        self.changes.send_modify(|n| *n += 1);
         self.stopping
             .store(false, std::sync::atomic::Ordering::SeqCst);
         let me = self.clone();
@@ -285,7 +323,11 @@ impl DesktopRuntime {
                 .run_once(&group_uuid, os_sys_type, &prepared, accel, rolled.clone())
                 .await;
             self.desktops.set_in_use(Vec::new());
-            let quick = started.elapsed() < Duration::from_secs(self.cfg.healthy_secs);
+            // A reset the operator asked for is not the chain failing.
+            let asked = self
+                .reset_asked
+                .swap(false, std::sync::atomic::Ordering::SeqCst);
+            let quick = !asked && started.elapsed() < Duration::from_secs(self.cfg.healthy_secs);
             let proven = self.kvm_proven.load(std::sync::atomic::Ordering::Relaxed);
             if accel == "kvm" && (!quick || ended == Ended::Off) {
                 self.kvm_proven
@@ -444,6 +486,14 @@ impl DesktopRuntime {
             Ok(g) => g,
             Err(e) => return Ended::Error(format!("cannot run {}: {e}", qemu.display())),
         };
+        // An agent killed outright leaves its QEMU running on the chain; the
+        // next agent finds it by this file and stops it before booting.
+        let pid_file = self.dir.join(supervise::PID_FILE);
+        if let Some(pid) = guest.child.id() {
+            if let Err(e) = crate::fsutil::atomic_write(&pid_file, format!("{pid}\n").as_bytes()) {
+                log::warn!("desktop: {}: {e}", pid_file.display());
+            }
+        }
         let qmp = tokio::select! {
             q = qmp::Qmp::connect(&qmp_path, Duration::from_secs(15)) => q,
             status = guest.child.wait() => {
@@ -490,6 +540,8 @@ impl DesktopRuntime {
                             let why = ev["data"]["reason"].as_str().unwrap_or_default().to_string();
                             if why == "guest-reset" {
                                 reset = Some("the guest reset".into());
+                            } else if why == "host-qmp-system-reset" {
+                                reset = Some("reset asked on the terminal (ctl desktop reset)".into());
                             }
                         }
                         Some("GUEST_PANICKED") => {
@@ -511,6 +563,7 @@ impl DesktopRuntime {
             }
         };
         *self.qmp.lock().await = None;
+        let _ = std::fs::remove_file(&pid_file);
         if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
             return Ended::Off;
         }
@@ -565,6 +618,49 @@ impl DesktopRuntime {
         while !matches!(self.status().state.as_str(), "off" | "failed") && start.elapsed() < limit {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Resets the running guest, as its reset button would (QMP
+    /// `system_reset`): the runtime boots the same desktop again at once
+    /// (a restore group comes back clean), and counts no failed boot.
+    pub async fn reset(&self) -> Result<(), DesktopError> {
+        self.running_qmp_command("system_reset", true).await
+    }
+
+    /// Presses the guest's power button (ACPI, QMP `system_powerdown`)
+    /// and waits up to `stop_timeout_secs` for it to go off; a guest that
+    /// ignores it keeps running (`ctl stop` stops it hard).
+    pub async fn powerdown(&self) -> Result<(), DesktopError> {
+        self.running_qmp_command("system_powerdown", false).await?;
+        let limit = Duration::from_secs(self.cfg.stop_timeout_secs);
+        let start = Instant::now();
+        while self.status().state == "running" && start.elapsed() < limit {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
+    }
+
+    async fn running_qmp_command(&self, command: &str, reset: bool) -> Result<(), DesktopError> {
+        if self.status().state != "running" {
+            return Err(DesktopError::Other(format!(
+                "no desktop is running (it is {})",
+                self.status().state
+            )));
+        }
+        let mut q = self.qmp.lock().await;
+        let q = q
+            .as_mut()
+            .ok_or_else(|| DesktopError::Other("no desktop is running".into()))?;
+        if reset {
+            self.reset_asked
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+        log::info!("desktop: {command} asked on the terminal");
+        q.execute(command, json!({})).await.map(drop).map_err(|e| {
+            self.reset_asked
+                .store(false, std::sync::atomic::Ordering::SeqCst);
+            DesktopError::Other(format!("{command}: {e}"))
+        })
     }
 
     /// QMP screendump of the guest's screen (PNG).

@@ -62,6 +62,44 @@ impl Guest {
     }
 }
 
+/// The running QEMU's pid, in the runtime's directory.
+pub const PID_FILE: &str = "qemu.pid";
+
+/// Stops a QEMU an earlier agent left running (the agent was killed
+/// outright and its child outlived it): it holds the chain's files, so a
+/// new boot beside it would fail on their locks and blame a good layer.
+/// Only a process whose command line is one of ours (`-name voi-…`) is
+/// touched.
+pub fn reap_leftover(pid_file: &Path) {
+    let Some(pid) = std::fs::read_to_string(pid_file)
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+        .filter(|p| *p > 1)
+    else {
+        return;
+    };
+    let ours = std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+        c.split(|b| *b == 0)
+            .any(|arg| arg.starts_with(b"voi-") && arg.len() > 4)
+    });
+    if ours {
+        log::warn!("desktop: a QEMU left by an earlier agent (pid {pid}) still runs; stopping it");
+        let pid = nix::unistd::Pid::from_raw(pid);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        // Its locks go when it is gone: wait a moment for that.
+        for _ in 0..50 {
+            if !Path::new(&format!("/proc/{pid}")).exists()
+                || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .is_ok_and(|s| s.contains(") Z "))
+            {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+    let _ = std::fs::remove_file(pid_file);
+}
+
 /// Whether KVM can be tried at all: its device opens read-write. (It may
 /// still fail to run a guest: the runtime falls back to TCG then.)
 pub fn kvm_available(device: &std::path::Path) -> bool {

@@ -317,3 +317,125 @@ async fn the_screen_in_tmux_counts_down_downloads_asks_the_password_moves_server
     let _ = task.await;
     a.stop().await;
 }
+
+/// Issue 37.7: what the screen tells the person at the terminal. A coming
+/// shutdown (1901) at the top with a live countdown; while the room is
+/// numbered (1011), the proposed number, which Enter takes (9009); and a
+/// group's levels listed once, however many entries the group has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_screen_warns_of_a_shutdown_numbers_the_terminal_and_lists_levels_once() {
+    let test = "the_screen_warns_of_a_shutdown_numbers_the_terminal_and_lists_levels_once";
+    if !has(test, &[TMUX]) {
+        return;
+    }
+    init_log();
+    let dir = tempfile::tempdir().expect("tmp");
+    let h = start_server(&dir.path().join("s")).await;
+    let lib = h.server.images.dir().to_path_buf();
+    make_base(&lib.join(format!("voi_0_{U}")), 2);
+    make_diff(&lib, &format!("voi_1_{U}"), &format!("voi_0_{U}"), 1, 5);
+    h.server.scan_library().await.expect("scan");
+    let env = api(&h)
+        .put(
+            "/api/v1/desktop_groups",
+            &layer_group("Math lab", G, U, &[0, 1]),
+        )
+        .await
+        .expect("group");
+    assert_eq!(env.code, 0, "{env:?}");
+    let mac = "AA:00:00:00:24:02";
+    let acfg = agent_config(&dir.path().join("agent"), h.addr.port(), mac);
+    let socket = acfg.control_socket_path();
+    let (agent, task) = start_agent(acfg);
+    for l in 0..2 {
+        wait_for("both levels", 60, || {
+            seeding(&agent, &format!("voi_{l}_{U}"))
+        })
+        .await;
+    }
+    let screen = Tmux::start(&format!(
+        "{} screen --socket {}",
+        env!("CARGO_BIN_EXE_voi-agent"),
+        socket.display()
+    ));
+    let s = screen
+        .wait("the group ready", 20, |s| {
+            s.contains("Math lab") && s.contains("ready")
+        })
+        .await;
+    let row = s
+        .lines()
+        .find(|l| l.contains("Math lab"))
+        .unwrap_or_default();
+    assert!(
+        row.contains("0,1") && !row.contains("0,1,0"),
+        "levels once: {row}"
+    );
+
+    // 1901, 90 s ahead: at the top, counting down.
+    let env = api(&h)
+        .push(
+            mac,
+            "voi_power_notice",
+            serde_json::json!({"action": "shutdown", "in_secs": 90, "reason": "class schedule (301 17:30)"}),
+            10,
+        )
+        .await
+        .expect("1901");
+    assert!(env.is_ok(), "{env:?}");
+    let left = |s: &str| -> Option<u64> {
+        let rest = s.split("will shut down in ").nth(1)?;
+        let (m, rest) = rest.split_once(':')?;
+        Some(m.trim().parse::<u64>().ok()? * 60 + rest.get(..2)?.parse::<u64>().ok()?)
+    };
+    let first = screen
+        .wait("the shutdown warning", 10, |s| left(s).is_some())
+        .await;
+    assert!(first.contains("class schedule (301 17:30)"), "{first}");
+    assert!(
+        first
+            .lines()
+            .take(3)
+            .any(|l| l.contains("will shut down in")),
+        "the warning is at the top:\n{first}"
+    );
+    let n1 = left(&first).expect("seconds");
+    assert!((80..=90).contains(&n1), "{first}");
+    screen
+        .wait("the warning to count down", 10, |s| {
+            left(s).is_some_and(|n| n < n1)
+        })
+        .await;
+
+    // Numbering: the proposed number is shown, and Enter takes it.
+    let env = api(&h)
+        .post(
+            "/api/v1/order",
+            &serde_json::json!({"start_id": 12, "macs": [mac]}),
+        )
+        .await
+        .expect("order");
+    assert_eq!(env.code, 0, "{env:?}");
+    screen
+        .wait("the proposed number", 20, |s| {
+            s.contains("press Enter to make this terminal number 12")
+        })
+        .await;
+    screen.keys(&["Enter"]);
+    let s = screen
+        .wait("the number taken", 20, |s| s.contains("No. 12"))
+        .await;
+    assert!(
+        !s.contains("press Enter to make this terminal number"),
+        "{s}"
+    );
+    assert_eq!(agent.state.read(|st| st.terminal.terminal_id), 12);
+    let record = h.server.store.terminal(mac).ok().flatten().expect("record");
+    assert_eq!(
+        record.config.terminal_id, 12,
+        "the server has the confirmation"
+    );
+    agent.shutdown.cancel();
+    let _ = task.await;
+    h.stop().await;
+}

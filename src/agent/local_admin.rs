@@ -92,6 +92,8 @@ pub fn screen_status(agent: &Agent) -> Value {
         "refused": refused,
         "desktop": agent.desktop.status(),
         "countdown_secs": countdown,
+        "now_ms": crate::agent::desktop::now_ms(),
+        "pending_order": s.pending_order,
         "notices": s.notices,
         "pending_change": s.pending_change,
     })

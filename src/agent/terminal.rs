@@ -32,6 +32,16 @@ pub struct LiveStatus {
     pub unreachable_since: Option<String>,
     /// Logged in, but an operator has not accepted this terminal yet.
     pub pending_admission: bool,
+    /// The last 1901 notice: what will happen, why, and when (ms since
+    /// the epoch), for the screen's countdown.
+    pub power_notice: Option<PowerNoticeLive>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PowerNoticeLive {
+    pub action: String,
+    pub reason: String,
+    pub at_ms: u64,
 }
 
 pub struct Agent {

@@ -50,6 +50,15 @@ impl PowerNotice {
             }
         );
         log::warn!("{text}");
+        let at_ms = crate::agent::desktop::now_ms()
+            .saturating_add(u64::try_from(c.in_secs).unwrap_or(0).saturating_mul(1000));
+        ctx.agent.set_live(|l| {
+            l.power_notice = Some(crate::agent::terminal::PowerNoticeLive {
+                action: c.action.clone(),
+                reason: reason.clone(),
+                at_ms,
+            })
+        });
         ctx.agent.persist(|s| s.notice(text.clone()));
         Ok(Applied::done())
     }

@@ -33,6 +33,7 @@ pub enum Ask {
     SetServer,
     SetNetwork,
     Logs,
+    ConfirmNumber,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -100,6 +101,8 @@ pub struct Model {
     /// The guest was running at the last look (for "it is off now").
     pub guest_was_on: bool,
     pub countdown_stopped: bool,
+    /// The runtime's state at the last look: messages follow its changes.
+    pub last_state: String,
 }
 
 fn s(v: &Value) -> String {
@@ -136,7 +139,44 @@ impl Model {
             message: String::new(),
             guest_was_on: false,
             countdown_stopped: false,
+            last_state: String::new(),
         }
+    }
+
+    /// The warning of a coming shutdown or restart (1901), with a live
+    /// countdown, for the top of every page.
+    pub fn power_notice_line(&self) -> Option<String> {
+        let n = &self.st("live")["power_notice"];
+        let at = n["at_ms"].as_u64()?;
+        let now = self.st("now_ms").as_u64().unwrap_or(0);
+        let what = if s(&n["action"]) == "restart" {
+            "restart"
+        } else {
+            "shut down"
+        };
+        let reason = s(&n["reason"]);
+        let why = if reason.is_empty() {
+            String::new()
+        } else {
+            format!(" ({reason})")
+        };
+        if at > now {
+            let left = (at - now).div_ceil(1000);
+            Some(format!(
+                "This terminal will {what} in {}:{:02}{why}. Save your work.",
+                left / 60,
+                left % 60
+            ))
+        } else if now - at < 120_000 {
+            Some(format!("This terminal will {what} now{why}."))
+        } else {
+            None
+        }
+    }
+
+    /// The number 1011 proposed for this terminal, until it is confirmed.
+    pub fn proposed_number(&self) -> Option<i64> {
+        self.st("pending_order")["terminal_id"].as_i64()
     }
 
     fn st(&self, key: &str) -> Value {
@@ -206,7 +246,9 @@ impl Model {
         let mut out = Vec::new();
         for g in groups.as_array().unwrap_or(&empty) {
             let uuid = s(&g["uuid"]);
-            let mut levels = Vec::new();
+            // A group lists one entry per level of a disk: each chain once.
+            let mut seen_chains = std::collections::BTreeSet::new();
+            let mut levels: Vec<i64> = Vec::new();
             let mut complete = true;
             let mut wanted_top = true;
             let mut uuids = Vec::new();
@@ -220,6 +262,15 @@ impl Model {
                 has_system = true;
                 let want = d["level"].as_i64().unwrap_or(0);
                 match chains.iter().find(|c| s(&c["uuid"]) == disk) {
+                    Some(c) if !seen_chains.insert(disk.clone()) => {
+                        wanted_top &= c["layers"]
+                            .as_array()
+                            .unwrap_or(&empty)
+                            .iter()
+                            .filter_map(|l| LayerName::parse(&s(l)).ok())
+                            .map(|n| i64::from(n.level))
+                            .any(|l| l >= want);
+                    }
                     Some(c) => {
                         let have: Vec<i64> = c["layers"]
                             .as_array()
@@ -230,11 +281,13 @@ impl Model {
                             .collect();
                         complete &= c["complete"] == true;
                         wanted_top &= have.iter().max().copied().unwrap_or(-1) >= want;
-                        levels.extend(have.iter().map(|l| l.to_string()));
+                        levels.extend(have.iter().copied());
                     }
                     None => complete = false,
                 }
             }
+            levels.sort_unstable();
+            levels.dedup();
             let mine = |layer: &str| uuids.iter().any(|u| layer.ends_with(u.as_str()));
             let failed = refused
                 .iter()
@@ -279,13 +332,17 @@ impl Model {
             // A newer layer arrived while this desktop runs: it is used at
             // the next boot.
             let state = if running {
+                // The server's levels only: the guest's own user layer
+                // (4, 5) is above any of them.
+                let server_level = |l: &i64| *l <= 2;
                 let in_use = desktop["in_use"].as_array().cloned().unwrap_or_default();
                 let newest_in_use = in_use
                     .iter()
                     .filter_map(|l| LayerName::parse(&s(l)).ok())
                     .map(|n| i64::from(n.level))
+                    .filter(server_level)
                     .max();
-                let newest_here = levels.iter().filter_map(|l| l.parse::<i64>().ok()).max();
+                let newest_here = levels.iter().copied().filter(server_level).max();
                 if newest_here > newest_in_use && newest_in_use.is_some() {
                     "running; update ready at next boot".to_string()
                 } else {
@@ -301,7 +358,11 @@ impl Model {
                 levels: if levels.is_empty() {
                     "-".into()
                 } else {
-                    levels.join(",")
+                    levels
+                        .iter()
+                        .map(|l| l.to_string())
+                        .collect::<Vec<_>>()
+                        .join(",")
                 },
                 bootable: complete && has_system,
                 state,
@@ -403,6 +464,18 @@ impl Model {
                     return out;
                 }
                 let n = self.groups().len();
+                if let (Key::Enter, Some(number)) = (&key, self.proposed_number()) {
+                    // Numbering the room (1011): Enter takes the number
+                    // shown, as the vendor's terminal does (9009).
+                    self.message = format!("Taking number {number}…");
+                    out.push(Action::Call(
+                        Ask::ConfirmNumber,
+                        ControlRequest::OrderConfirm {
+                            terminal_id: number,
+                        },
+                    ));
+                    return out;
+                }
                 match key {
                     Key::Up => self.selected = self.selected.saturating_sub(1),
                     Key::Down if n > 0 => self.selected = (self.selected + 1).min(n - 1),
@@ -566,6 +639,9 @@ impl Model {
                     .into(),
             ),
             (Ask::Boot | Ask::Stop | Ask::CancelAutoBoot, Ok(_)) => {}
+            (Ask::ConfirmNumber, Ok(v)) => {
+                self.message = format!("This terminal is number {}.", s(&v["terminal_id"]))
+            }
             (Ask::Boot, Err(e)) => self.message = format!("The desktop did not start: {e}"),
             (_, Err(e)) => {
                 self.settings_message(format!("Not done: {e}"));
@@ -588,10 +664,31 @@ impl Model {
             Ok(v) => {
                 self.status = Some(v);
                 self.agent_error = None;
+                // What the screen says of the desktop follows the runtime:
+                // a message about an earlier state never outlives it.
+                let state = self.desktop_state();
+                if state != self.last_state {
+                    let about_desktop = self.message.starts_with("Starting")
+                        || self.message.starts_with("Stopping")
+                        || self.message.starts_with("The desktop")
+                        || self.message.starts_with("A desktop is running");
+                    match state.as_str() {
+                        "off" if self.guest_was_on => {
+                            self.message = "The desktop is off. Press any key for the menu.".into()
+                        }
+                        "failed" => {
+                            self.message = format!(
+                                "The desktop did not start: {}",
+                                s(&self.st("desktop")["reason"])
+                            )
+                        }
+                        _ if about_desktop => self.message.clear(),
+                        _ => {}
+                    }
+                    self.last_state = state;
+                }
                 if self.guest_on() {
                     self.guest_was_on = true;
-                } else if self.guest_was_on && self.message.is_empty() {
-                    self.message = "The desktop is off. Press any key for the menu.".into();
                 }
                 let n = self.groups().len();
                 if n > 0 && self.selected >= n {
@@ -625,6 +722,94 @@ mod tests {
             json!({"chains": [{"uuid": U, "layers": [format!("voi_0_{U}")], "complete": true}]}),
         );
         m
+    }
+
+    /// A group of levels 0 and 1 (two entries of one disk), both here,
+    /// the desktop in `state` with `in_use` open.
+    fn running(state: &str, in_use: &[&str]) -> Model {
+        let mut m = Model::new();
+        let status = |state: &str| {
+            json!({
+                "server": "10.0.0.1:50007", "live": {"session": "logged_in"},
+                "groups": [{"uuid": "g1", "name": "Math", "default": true,
+                            "disks": [{"uuid": U, "type": 0, "level": 0}, {"uuid": U, "type": 0, "level": 1}]}],
+                "transfers": [], "refused": [],
+                "desktop": {"state": state, "group_uuid": "g1", "reason": "QEMU exited with 1",
+                            "in_use": in_use.iter().map(|l| format!("voi_{l}_{U}")).collect::<Vec<_>>()},
+            })
+        };
+        m.disks = Some(json!({"chains": [{"uuid": U, "complete": true,
+            "layers": [format!("voi_0_{U}"), format!("voi_1_{U}"), format!("voi_4_{U}")]}]}));
+        m.on_status(Ok(status("off")));
+        m.on_status(Ok(status(state)));
+        m
+    }
+
+    #[test]
+    fn levels_are_listed_once_and_an_update_shows_while_the_old_chain_runs() {
+        let m = running("running", &["0", "4"]);
+        let g = &m.groups()[0];
+        assert_eq!(g.levels, "0,1,4");
+        assert_eq!(g.state, "running; update ready at next boot");
+        let m = running("running", &["0", "1", "4"]);
+        assert_eq!(m.groups()[0].state, "running");
+    }
+
+    #[test]
+    fn what_the_screen_says_of_the_desktop_follows_the_runtime() {
+        let mut m = running("off", &[]);
+        m.selected = 0;
+        let a = m.on_key(Key::Enter);
+        assert!(matches!(a.as_slice(), [Action::Call(Ask::Boot, _)]));
+        assert!(m.message.starts_with("Starting"));
+        // It runs: "Starting …" goes.
+        let mut st = m.status.clone().expect("status");
+        st["desktop"]["state"] = json!("running");
+        m.on_status(Ok(st.clone()));
+        assert_eq!(m.message, "");
+        // It went off: said so, and only then.
+        st["desktop"]["state"] = json!("off");
+        m.on_status(Ok(st.clone()));
+        assert!(m.message.starts_with("The desktop is off"));
+        // Booted again from elsewhere (auto-boot, ctl): "off" goes.
+        st["desktop"]["state"] = json!("running");
+        m.on_status(Ok(st.clone()));
+        assert_eq!(m.message, "");
+        st["desktop"]["state"] = json!("failed");
+        m.on_status(Ok(st));
+        assert_eq!(m.message, "The desktop did not start: QEMU exited with 1");
+    }
+
+    #[test]
+    fn a_coming_shutdown_counts_down_and_a_proposed_number_takes_enter() {
+        let mut m = model();
+        if let Some(st) = m.status.as_mut() {
+            st["now_ms"] = json!(1_000_000);
+            st["live"]["power_notice"] = json!({"action": "shutdown", "reason": "class schedule (301 17:30)", "at_ms": 1_090_000});
+        }
+        assert_eq!(
+            m.power_notice_line().as_deref(),
+            Some("This terminal will shut down in 1:30 (class schedule (301 17:30)). Save your work.")
+        );
+        if let Some(st) = m.status.as_mut() {
+            st["now_ms"] = json!(1_061_500);
+        }
+        assert!(m.power_notice_line().is_some_and(|l| l.contains("in 0:29")));
+        assert_eq!(m.proposed_number(), None);
+        if let Some(st) = m.status.as_mut() {
+            st["pending_order"] = json!({"batch_no": 7, "terminal_id": 12});
+        }
+        let a = m.on_key(Key::Enter);
+        assert!(
+            matches!(
+                a.as_slice(),
+                [Action::Call(
+                    Ask::ConfirmNumber,
+                    ControlRequest::OrderConfirm { terminal_id: 12 }
+                )]
+            ),
+            "{a:?}"
+        );
     }
 
     #[test]

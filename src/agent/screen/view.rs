@@ -21,14 +21,33 @@ fn field(m: &Model, key: &str) -> String {
 }
 
 pub fn draw(f: &mut Frame, m: &Model) {
+    // What the person at the terminal must see first: a coming shutdown
+    // with its countdown, and a number to take while the room is numbered.
+    let mut banner: Vec<Line> = Vec::new();
+    if let Some(notice) = m.power_notice_line() {
+        banner.push(Line::from(Span::styled(
+            notice,
+            Style::default().add_modifier(Modifier::BOLD | Modifier::REVERSED),
+        )));
+    }
+    if let Some(n) = m.proposed_number() {
+        banner.push(Line::from(Span::styled(
+            format!("Numbering the room: press Enter to make this terminal number {n}."),
+            Style::default().add_modifier(Modifier::BOLD),
+        )));
+    }
     let area = f.area();
-    let [head, server, body, foot] = Layout::vertical([
+    let [top, head, server, body, foot] = Layout::vertical([
+        Constraint::Length(u16::try_from(banner.len()).unwrap_or(0)),
         Constraint::Length(3),
         Constraint::Length(4),
         Constraint::Min(6),
         Constraint::Length(2),
     ])
     .areas(area);
+    if !banner.is_empty() {
+        f.render_widget(Paragraph::new(banner), top);
+    }
     let number = match field(m, "terminal_id").as_str() {
         "" | "-1" => "no number".to_string(),
         n => format!("No. {n}"),

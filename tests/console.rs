@@ -740,3 +740,229 @@ async fn the_console_puts_terminals_in_rooms_wakes_and_edits_the_schedule() {
     c.close().await.expect("close");
     h.stop().await;
 }
+
+/// Issue 37.8: the group form's OS type (and the disk bus it implies), the
+/// disk size from the image's virtual size, a save with no change that
+/// moves no version, the schedule's warning time, and the schedule's
+/// history by terminal name; and the room's desktop column from the
+/// terminal's own state report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_console_sets_os_size_and_warning_and_names_the_schedules_history() {
+    let test = "the_console_sets_os_size_and_warning_and_names_the_schedules_history";
+    if !has(test, &[CHROMIUM, CHROMEDRIVER]) {
+        return;
+    }
+    use voi::server::wake::ManualClock;
+    init_log();
+    let at = |s: &str| chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S").expect("time");
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut cfg = server_config(&dir.path().join("s"), "127.0.0.1:0");
+    cfg.wake.schedule_tick_ms = 100;
+    let clock = std::sync::Arc::new(ManualClock::new(at("2026-11-30 07:49:00")));
+    let h = voi::server::Server::start_with_clock(cfg, clock.clone())
+        .await
+        .expect("server");
+    // A 64 MiB disk whose file is a few hundred KiB.
+    let lib = h.server.images.dir().to_path_buf();
+    run(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(lib.join(layer()))
+        .arg("64M"));
+    h.server.scan_library().await.expect("scan");
+    let mac = "AA:00:00:00:0C:41";
+    let mut ev = h.server.registry.events.subscribe();
+    let (agent, agent_task) = start_agent(agent_config(&dir.path().join("a"), h.addr.port(), mac));
+    wait_event(&mut ev, 20, is_heartbeat(mac)).await;
+    h.server
+        .store
+        .update_terminal(mac, |r| {
+            r.config.name = "PC-07".into();
+            r.room = "301".into();
+        })
+        .expect("name");
+
+    let driver_port = free_port();
+    let _driver = chromedriver(driver_port, &dir.path().join("chromedriver.log"));
+    let c = browser(driver_port, &dir.path().join("profile")).await;
+    let base = format!("http://{}", h.api_addr);
+    c.goto(&format!("{base}/")).await.expect("open the console");
+    log_in(&c, &h.server.api_token).await;
+    // The terminal's own report: its desktop is off, and said so.
+    wait_js(
+        &c,
+        "the terminal listed",
+        20,
+        &format!("return !!document.querySelector('#terminals tr[data-mac=\"{mac}\"]')"),
+    )
+    .await;
+    let row = js(
+        &c,
+        &format!("return document.querySelector('#terminals tr[data-mac=\"{mac}\"]').textContent"),
+    )
+    .await;
+    assert!(!row.to_string().contains("running"), "{row}");
+
+    // A new group: Linux, so virtio; the size is the image's, not its file's.
+    c.goto(&format!("{base}/#groups"))
+        .await
+        .expect("groups page");
+    wait_js(
+        &c,
+        "the library's layer to pick",
+        20,
+        &format!(
+            "return !!document.querySelector('.g-layer[value=\"{}\"]')",
+            layer()
+        ),
+    )
+    .await;
+    js(
+        &c,
+        &format!(
+            "document.getElementById('g-name').value = 'Linux lab'; document.getElementById('g-uuid').value = '{G}'; \
+             document.getElementById('g-os').value = '0'; \
+             document.querySelector('.g-layer[value=\"{}\"]').click(); document.getElementById('g-save').click(); return 1",
+            layer()
+        ),
+    )
+    .await;
+    wait_for("the group stored", 20, || {
+        h.server
+            .store
+            .groups()
+            .is_ok_and(|g| g.iter().any(|g| g.desktop_group_uuid == G))
+    })
+    .await;
+    let stored = || {
+        h.server
+            .store
+            .groups()
+            .expect("groups")
+            .into_iter()
+            .find(|g| g.desktop_group_uuid == G)
+            .expect("stored")
+    };
+    let g = stored();
+    assert_eq!(g.os_sys_type, 0, "the OS picked in the form");
+    assert_eq!(
+        g.disks[0].real_size.0,
+        (64 << 20) / 512,
+        "the virtual size, in sectors"
+    );
+    assert_eq!(g.disks[0].operate_id, 0);
+    // Edited and saved with no change: no version moves.
+    wait_js(
+        &c,
+        "the group listed",
+        20,
+        "return [...document.querySelectorAll('#groups tbody tr')].some(r => r.textContent.includes('Linux lab'))",
+    )
+    .await;
+    js(
+        &c,
+        "[...document.querySelectorAll('#groups tbody tr')].find(r => r.textContent.includes('Linux lab')).querySelector('button').click(); return 1",
+    )
+    .await;
+    wait_js(
+        &c,
+        "the form filled",
+        20,
+        "return document.getElementById('g-name').value === 'Linux lab' && document.getElementById('g-os').value === '0'",
+    )
+    .await;
+    let saves = h
+        .server
+        .store
+        .audit(100)
+        .expect("audit")
+        .iter()
+        .filter(|a| a.action == "PUT /api/v1/desktop_groups")
+        .count();
+    js(&c, "document.getElementById('g-save').click(); return 1").await;
+    wait_for("the second save", 20, || {
+        h.server.store.audit(100).is_ok_and(|a| {
+            a.iter()
+                .filter(|a| a.action == "PUT /api/v1/desktop_groups" && a.status == 200)
+                .count()
+                > saves
+        })
+    })
+    .await;
+    assert_eq!(
+        stored().disks[0].operate_id,
+        0,
+        "a save with no change moved the version"
+    );
+    assert_eq!(stored().os_sys_type, 0);
+
+    // The schedule: a warning time, and a history that names terminals.
+    c.goto(&format!("{base}/#schedule"))
+        .await
+        .expect("schedule page");
+    wait_js(
+        &c,
+        "the server's clock",
+        20,
+        "return document.getElementById('s-clock').textContent.includes('Server clock')",
+    )
+    .await;
+    for (what, when, warn) in [("shutdown", "17:30", "90"), ("wake", "07:50", "")] {
+        js(
+            &c,
+            &format!(
+                "document.getElementById('s-room').value = '301'; document.getElementById('s-at').value = '{when}'; \
+                 document.getElementById('s-action').value = '{what}'; document.getElementById('s-warn').value = '{warn}'; \
+                 document.getElementById('s-add').click(); return 1"
+            ),
+        )
+        .await;
+        wait_js(
+            &c,
+            "the entry listed",
+            20,
+            &format!("return [...document.querySelectorAll('#schedule tbody tr')].some(r => r.textContent.includes('{when}'))"),
+        )
+        .await;
+    }
+    let entries = h.server.store.schedule().expect("schedule");
+    let shutdown = entries.iter().find(|e| e.at == "17:30").expect("shutdown");
+    assert_eq!(shutdown.warn_secs, 90, "{entries:?}");
+    clock.set(at("2026-11-30 07:50:02"));
+    wait_for("the 07:50 run", 10, || {
+        h.server
+            .schedule_runs
+            .runs()
+            .iter()
+            .any(|r| r.what == "wake")
+    })
+    .await;
+    c.goto(&format!("{base}/#terminals"))
+        .await
+        .expect("terminals");
+    c.goto(&format!("{base}/#schedule"))
+        .await
+        .expect("schedule page");
+    wait_js(
+        &c,
+        "the run named by terminal",
+        20,
+        &format!("return [...document.querySelectorAll('#s-runs li')].some(l => l.textContent.includes('PC-07 ({mac})'))"),
+    )
+    .await;
+
+    // The agent goes away: the row never says its desktop runs.
+    agent.shutdown.cancel();
+    let _ = agent_task.await;
+    c.goto(&format!("{base}/#terminals"))
+        .await
+        .expect("terminals");
+    wait_js(
+        &c,
+        "the terminal offline",
+        20,
+        &format!("const r = document.querySelector('#terminals tr[data-mac=\"{mac}\"]'); return !!r && !r.textContent.includes('running')"),
+    )
+    .await;
+    c.close().await.expect("close");
+    h.stop().await;
+}

@@ -52,15 +52,28 @@ enum Cmd {
     /// Print the operator API's OpenAPI 3.1 description (JSON), as
     /// `/api/v1/openapi.json` serves it.
     Openapi,
-    /// Operator commands against a running server.
+    /// Operator commands against a running server. Tables for a person;
+    /// `--json` prints the API's envelope for scripts. The exit code is
+    /// non-zero when the server refused.
     Ctl {
-        #[arg(long, default_value = "http://127.0.0.1:50080", env = "VOI_API")]
-        api: String,
-        /// Bearer token; default: read from <data-dir>/api-token.
+        /// The operator API; default: the config's api_listen, else
+        /// http://127.0.0.1:50080.
+        #[arg(long, env = "VOI_API")]
+        api: Option<String>,
+        /// Bearer token; default: the config's api_token, else
+        /// <data-dir>/api-token.
         #[arg(long, env = "VOI_API_TOKEN")]
         token: Option<String>,
-        #[arg(long, default_value = "/var/lib/voi-server")]
-        data_dir: PathBuf,
+        /// The server's config file, to find its API, token and data dir
+        /// (default /etc/voi-server/server.toml when it exists).
+        #[arg(long, short, env = "VOI_SERVER_CONFIG")]
+        config: Option<PathBuf>,
+        /// Default: the config's data_dir, else /var/lib/voi-server.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Print the API's JSON envelope instead of tables.
+        #[arg(long, global = true)]
+        json: bool,
         #[command(subcommand)]
         what: CtlCmd,
     },
@@ -692,9 +705,14 @@ pub fn main(demo: DemoRunner) -> std::process::ExitCode {
             Cmd::Ctl {
                 api,
                 token,
+                config,
                 data_dir,
+                json,
                 what,
-            } => ctl(api, token, data_dir, what).await,
+            } => {
+                let (api, token, data_dir) = ctl_target(api, token, config, data_dir)?;
+                ctl(api, token, data_dir, json, what).await
+            }
         }
     });
     match result {
@@ -706,10 +724,44 @@ pub fn main(demo: DemoRunner) -> std::process::ExitCode {
     }
 }
 
+/// Where `ctl` talks and with which token: the flags, else the server's
+/// config file (given, or the default one when it exists), else defaults.
+fn ctl_target(
+    api: Option<String>,
+    token: Option<String>,
+    config: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+) -> anyhow::Result<(String, Option<String>, PathBuf)> {
+    const DEFAULT_CONFIG: &str = "/etc/voi-server/server.toml";
+    let config = match config {
+        Some(p) => Some(crate::server::ServerConfig::load(&p)?),
+        None if std::path::Path::new(DEFAULT_CONFIG).exists() => {
+            crate::server::ServerConfig::load(std::path::Path::new(DEFAULT_CONFIG)).ok()
+        }
+        None => None,
+    };
+    let api = api
+        .or_else(|| {
+            config.as_ref().map(|c| {
+                // A wildcard listener is reached on loopback.
+                c.api_listen
+                    .replace("0.0.0.0:", "127.0.0.1:")
+                    .replace("[::]:", "[::1]:")
+            })
+        })
+        .unwrap_or_else(|| "http://127.0.0.1:50080".into());
+    let token = token.or_else(|| config.as_ref().and_then(|c| c.api_token.clone()));
+    let data_dir = data_dir
+        .or_else(|| config.as_ref().map(|c| c.data_dir.clone()))
+        .unwrap_or_else(|| PathBuf::from("/var/lib/voi-server"));
+    Ok((api, token, data_dir))
+}
+
 async fn ctl(
     api: String,
     token: Option<String>,
     data_dir: PathBuf,
+    json: bool,
     what: CtlCmd,
 ) -> anyhow::Result<()> {
     let token = match token {
@@ -731,6 +783,14 @@ async fn ctl(
         format!("http://{api}")
     };
     let c = ApiClient::new(api, token);
+    // Which answers have a table.
+    let view: Option<fn(&Value) -> String> = match &what {
+        CtlCmd::Terminals => Some(crate::server::ctl_tables::terminals),
+        CtlCmd::Terminal { .. } => Some(crate::server::ctl_tables::terminal),
+        CtlCmd::Groups => Some(crate::server::ctl_tables::groups),
+        CtlCmd::Images | CtlCmd::ImagesRescan => Some(crate::server::ctl_tables::images),
+        _ => None,
+    };
     let env = match what {
         CtlCmd::Terminals => c.get("/api/v1/terminals").await?,
         CtlCmd::Terminal { mac } => c.get(&format!("/api/v1/terminals/{mac}")).await?,
@@ -863,7 +923,12 @@ async fn ctl(
             .await
         }
     };
-    crate::cli_support::print_line(&serde_json::to_string_pretty(&env)?);
+    match (view, &env.data) {
+        (Some(view), Some(data)) if !json && env.is_ok() => {
+            crate::cli_support::print_line(&view(data))
+        }
+        _ => crate::cli_support::print_line(&serde_json::to_string_pretty(&env)?),
+    }
     if env.is_ok() {
         Ok(())
     } else {

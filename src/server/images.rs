@@ -51,6 +51,8 @@ pub struct Image {
     pub sha256: String,
     pub piece_sha256: String,
     pub parent: Option<String>,
+    /// The disk size the guest sees (the qcow2 header's).
+    pub virtual_size: u64,
     /// The file's modification time when it was hashed: a layer replaced
     /// in place with one of the same size is hashed again.
     mtime_ns: i128,
@@ -97,6 +99,8 @@ pub struct ImageStatus {
     pub layer: String,
     pub info_hash: String,
     pub length: u64,
+    /// The disk size the guest sees (the qcow2 header's), in bytes.
+    pub virtual_size: u64,
     pub uploaded_bytes: u64,
     pub state: String,
     pub parent: Option<String>,
@@ -463,6 +467,7 @@ impl Images {
                     sha256: sidecar.sha256,
                     piece_sha256: sidecar.piece_sha256,
                     parent: sidecar.parent,
+                    virtual_size: header.virtual_size,
                     mtime_ns: sidecar.mtime_ns,
                 },
             );
@@ -496,6 +501,7 @@ impl Images {
                     layer: i.layer.to_string(),
                     info_hash: i.info_hash.clone(),
                     length: i.length,
+                    virtual_size: i.virtual_size,
                     uploaded_bytes: s.as_ref().map(|s| s.uploaded_bytes).unwrap_or(0),
                     state: s.map(|s| s.phase.wire().to_string()).unwrap_or_default(),
                     parent: i.parent.clone(),

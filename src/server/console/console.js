@@ -328,12 +328,25 @@
     return (t.transfers || []).map((x) => bar(t.mac, x));
   }
 
+  // What the desktop does, as the terminal last said: never "running" for
+  // a terminal that is offline (then "last seen … at …").
   function desktopsText(t) {
     const held = desktopsHeld(t);
-    const r = t.running_desktop;
-    if (!r) return held;
-    const since = r.since_ms ? new Date(r.since_ms).toLocaleTimeString() : '';
-    return `running ${r.desktop_group_name}${r.accelerator ? ' on ' + r.accelerator : ''}${since ? ' since ' + since : ''}` + (held ? ' — ' + held : '');
+    const d = t.desktop || {};
+    const at = (ms) => (ms ? new Date(ms).toLocaleTimeString() : '');
+    const name = d.desktop_group_name || '';
+    let now = '';
+    if (d.state === 'unknown' && d.last_state && d.last_state !== 'off') {
+      now = `last seen ${d.last_state}${name ? ' ' + name : ''}${d.last_seen_ms ? ' at ' + at(d.last_seen_ms) : ''}`;
+    } else if (d.state === 'running') {
+      now = `running ${name}${d.accelerator ? ' on ' + d.accelerator : ''}${d.since_ms ? ' since ' + at(d.since_ms) : ''}`;
+    } else if (d.state === 'failed') {
+      now = `failed ${name}${d.reason ? ': ' + d.reason : ''}`;
+    } else if (d.state && d.state !== 'off' && d.state !== 'unknown') {
+      now = `${d.state} ${name}${d.since_ms ? ' since ' + at(d.since_ms) : ''}`;
+    }
+    if (!now) return held;
+    return now + (held ? ' — ' + held : '');
   }
 
   function desktopsHeld(t) {
@@ -643,6 +656,7 @@
     $('g-default').checked = g ? !!g.default_desktop_group : false;
     $('g-restore').checked = g ? Number(g.desktop_group_restore) === 1 : false;
     $('g-diff-mode').value = String(g ? Number(g.diff_mode) || 0 : 0);
+    $('g-os').value = String(g ? Number(g.os_sys_type) || 0 : 3);
     const fixed = g && Number(g.desktop_is_dhcp) === 0 && g.desktop_ip;
     $('g-dhcp').checked = !fixed;
     $('g-ip').value = fixed ? g.desktop_ip : '';
@@ -665,8 +679,12 @@
       const img = (S.images.images || []).find((i) => i.layer === name);
       disks.push(Object.assign({}, old || {
         type: 0, max_dif: 2, operate_id: 0, reserve_size: 0,
-        real_size: Math.max(2097152, Math.ceil(((img && img.length) || 0) / 512)),
-      }, { uuid, prefix, dif_level: Number(level) }));
+      }, {
+        uuid, prefix, dif_level: Number(level),
+        // The disk the guest sees: the image's virtual size, in sectors
+        // (not the file's length, which grows with what is written).
+        real_size: Math.ceil(((img && (img.virtual_size || img.length)) || 0) / 512),
+      }));
     }
     if (!disks.length) {
       $('g-error').textContent = 'pick at least one layer';
@@ -684,7 +702,8 @@
         return;
       }
     }
-    const group = Object.assign({}, editing || { os_sys_type: 3 }, {
+    const group = Object.assign({}, editing || {}, {
+      os_sys_type: Number($('g-os').value),
       desktop_group_name: $('g-name').value.trim(),
       desktop_group_uuid: $('g-uuid').value.trim(),
       default_desktop_group: $('g-default').checked,
@@ -813,7 +832,8 @@
     }
     const runs = clear($('s-runs'));
     for (const run of [...r.data.runs].reverse()) {
-      runs.append(el('li', {}, `${run.at} ${run.room} ${run.what}: ` + run.terminals.map(([m, t]) => `${m} ${t}`).join('; ')));
+      const who = (m) => { const t = S.terminals.get(m); return t && t.name ? `${t.name} (${m})` : m; };
+      runs.append(el('li', {}, `${run.at} ${run.room} ${run.what}: ` + run.terminals.map(([m, t]) => `${who(m)} ${t}`).join('; ')));
     }
   }
 
@@ -907,6 +927,7 @@
       const entry = {
         room: $('s-room').value.trim(), days, at: $('s-at').value.trim(), action: $('s-action').value,
         unless: $('s-unless').checked ? ['downloading'] : [],
+        warn_secs: Number($('s-warn').value || 0),
       };
       if (await saveSchedule([...(S.schedule || []), entry])) $('schedule-form').reset();
     });

@@ -107,6 +107,8 @@ enum DesktopCmd {
     /// Press the running guest's power button (ACPI) and wait for it to
     /// go off; `ctl stop` also stops a guest that ignores it.
     Powerdown,
+    /// Send Ctrl-Alt-Del to the running guest, as its keyboard would.
+    CtrlAltDelete,
 }
 
 #[derive(Subcommand)]
@@ -351,6 +353,9 @@ fn ctl(config: &std::path::Path, socket: Option<PathBuf>, what: CtlCmd) -> std::
         CtlCmd::Desktop {
             what: Some(DesktopCmd::Powerdown),
         } => ControlRequest::DesktopPowerdown,
+        CtlCmd::Desktop {
+            what: Some(DesktopCmd::CtrlAltDelete),
+        } => ControlRequest::DesktopCtrlAltDelete,
         CtlCmd::Screendump { path } => ControlRequest::Screendump { path },
         CtlCmd::Poweroff => ControlRequest::PowerOff,
     };

@@ -45,6 +45,8 @@ pub enum ControlRequest {
     DesktopReset,
     /// Press the running guest's power button (ACPI) and wait for it.
     DesktopPowerdown,
+    /// Ctrl-Alt-Del to the running guest, as its keyboard would.
+    DesktopCtrlAltDelete,
     /// A PNG of the guest's screen, written by QEMU to `path`.
     Screendump {
         path: String,
@@ -187,6 +189,10 @@ async fn handle(agent: &Arc<Agent>, req: ControlRequest) -> ControlResponse {
         }
         ControlRequest::DesktopStatus => ControlResponse::ok(json!(agent.desktop.status())),
         ControlRequest::DesktopReset => match agent.desktop.reset().await {
+            Ok(()) => ControlResponse::ok(json!(agent.desktop.status())),
+            Err(e) => ControlResponse::err(e.to_string()),
+        },
+        ControlRequest::DesktopCtrlAltDelete => match agent.desktop.ctrl_alt_delete().await {
             Ok(()) => ControlResponse::ok(json!(agent.desktop.status())),
             Err(e) => ControlResponse::err(e.to_string()),
         },

@@ -95,6 +95,17 @@ impl Desktops {
         })
     }
 
+    /// Whether the chain holds `layer` at version `operate_id` or newer:
+    /// nothing to fetch for it.
+    pub fn holds_version(&self, layer: &LayerName, operate_id: i64) -> bool {
+        self.store.path(layer).exists()
+            && self
+                .catalog()
+                .layers
+                .get(&layer.to_string())
+                .is_some_and(|m| m.operate_id >= operate_id)
+    }
+
     pub fn catalog(&self) -> Catalog {
         Catalog::load(self.store.dir())
     }

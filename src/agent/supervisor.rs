@@ -124,6 +124,34 @@ impl Agent {
         }
     }
 
+    /// What the desktop list wanted while a desktop ran and could not be
+    /// done under it (deleting a level it had open, so that a new copy
+    /// replaces it) is done as soon as the desktop is off: the decision
+    /// runs again on the list the terminal holds.
+    async fn decide_when_the_desktop_is_off(self: Arc<Self>) {
+        let mut changes = self.desktop.watch_changes();
+        let mut was_on = false;
+        loop {
+            tokio::select! {
+                r = changes.changed() => if r.is_err() { return },
+                _ = self.shutdown.cancelled() => return,
+            }
+            let state = self.desktop.status().state;
+            let on = !matches!(state.as_str(), "off" | "failed");
+            if was_on && !on {
+                let groups = self.state.read(|s| s.desktop_groups.clone());
+                if !groups.is_empty() {
+                    log::info!("desktop: it is {state}; the desktop list is applied again");
+                    self.desktop_groups_received(groups).await;
+                    if let Some(link) = self.link() {
+                        crate::agent::transfers::server_link::request_pending(&self, &link).await;
+                    }
+                }
+            }
+            was_on = on;
+        }
+    }
+
     /// Boots the default desktop by itself when the config or the server
     /// (1005 mode.auto_desktop = 1) says so, after a countdown, with or
     /// without the server: a classroom whose server is down still boots.
@@ -207,6 +235,7 @@ impl Agent {
         let watchdog = tokio::spawn(self.clone().watch_pending_change());
         let distribution = tokio::spawn(crate::agent::transfers::server_link::start(self.clone()));
         let desktop_reports = tokio::spawn(self.clone().report_desktop_events());
+        let decide_when_off = tokio::spawn(self.clone().decide_when_the_desktop_is_off());
         let auto_boot = tokio::spawn(self.clone().auto_boot());
         let upgrade = tokio::spawn(crate::agent::upgrade::resume(self.clone()));
         let metrics = self
@@ -318,6 +347,7 @@ impl Agent {
         }
         watchdog.abort();
         desktop_reports.abort();
+        decide_when_off.abort();
         auto_boot.abort();
         upgrade.abort();
         if let Some(m) = metrics {

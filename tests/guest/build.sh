@@ -38,6 +38,9 @@ cat > "$root/init" <<'INIT'
 #!/bin/busybox sh
 /bin/busybox --install -s /bin
 export PATH=/bin
+# Ctrl-Alt-Del (the kernel sends init SIGINT): the student restarts the
+# desktop from inside.
+trap 'echo "VOI-CTRL-ALT-DEL"; sync; reboot -f' INT
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
@@ -73,11 +76,14 @@ for i in $(seq 1 40); do
   sleep 0.25
 done
 echo "VOI-BUTTON: ${ev:-none}"
+# In the background, so that a trapped signal (Ctrl-Alt-Del) interrupts
+# the wait and its trap runs at once.
 if [ -n "$ev" ]; then
-  dd if=/dev/input/$ev bs=24 count=1 >/dev/null 2>&1
+  dd if=/dev/input/$ev bs=24 count=1 >/dev/null 2>&1 &
 else
-  while :; do sleep 3600; done
+  sleep 2147483647 &
 fi
+wait $!
 echo "VOI-POWERDOWN"
 sync
 poweroff -f

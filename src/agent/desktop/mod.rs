@@ -627,6 +627,28 @@ impl DesktopRuntime {
         self.running_qmp_command("system_reset", true).await
     }
 
+    /// Sends Ctrl-Alt-Del to the guest, as the terminal's keyboard would
+    /// (QMP `send-key`): a Windows desktop shows its security screen, a
+    /// guest that reboots on it reboots by itself.
+    pub async fn ctrl_alt_delete(&self) -> Result<(), DesktopError> {
+        let keys: Vec<serde_json::Value> = ["ctrl", "alt", "delete"]
+            .iter()
+            .map(|k| json!({"type": "qcode", "data": k}))
+            .collect();
+        if self.status().state != "running" {
+            return Err(DesktopError::Other("no desktop is running".into()));
+        }
+        let mut q = self.qmp.lock().await;
+        let q = q
+            .as_mut()
+            .ok_or_else(|| DesktopError::Other("no desktop is running".into()))?;
+        log::info!("desktop: Ctrl-Alt-Del sent to the guest");
+        q.execute("send-key", json!({ "keys": keys }))
+            .await
+            .map(drop)
+            .map_err(|e| DesktopError::Other(format!("send-key: {e}")))
+    }
+
     /// Presses the guest's power button (ACPI, QMP `system_powerdown`)
     /// and waits up to `stop_timeout_secs` for it to go off; a guest that
     /// ignores it keeps running (`ctl stop` stops it hard).

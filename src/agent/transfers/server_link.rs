@@ -101,8 +101,8 @@ async fn keep_asking(agent: Arc<Agent>) {
         let missing = agent.state.read(|s| {
             s.pending_downloads.iter().any(|p| {
                 LayerName::new(&p.prefix, i64::from(p.level), &p.disk_uuid).is_ok_and(|l| {
-                    transfers.get(&l.to_string()).is_none()
-                        && !agent.desktops.store.path(&l).exists()
+                    !transfers.has_version(&l.to_string(), p.operate_id)
+                        && !agent.desktops.holds_version(&l, p.operate_id)
                 })
             })
         });
@@ -306,7 +306,8 @@ pub async fn request_pending(agent: &Arc<Agent>, link: &Link) {
         let Ok(layer) = LayerName::new(&p.prefix, i64::from(p.level), &p.disk_uuid) else {
             continue;
         };
-        if transfers.get(&layer.to_string()).is_some() || agent.desktops.store.path(&layer).exists()
+        if transfers.has_version(&layer.to_string(), p.operate_id)
+            || agent.desktops.holds_version(&layer, p.operate_id)
         {
             continue;
         }

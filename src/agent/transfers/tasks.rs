@@ -615,9 +615,25 @@ impl Transfers {
             self.remove(&layer).await?;
         }
         if self.desktops.store.path(&req.layer).exists() {
-            return Err(TransferError::Conflict(format!(
-                "{layer} already exists locally; the desktop list must drop it before a new copy is fetched"
-            )));
+            // A newer version of a layer the chain still holds (the running
+            // desktop has it open, so the decision could not delete it yet)
+            // is fetched now and goes in once the old copy is gone.
+            let held = self
+                .desktops
+                .catalog()
+                .layers
+                .get(&layer)
+                .map(|m| m.operate_id);
+            if held.is_some_and(|op| op >= req.operate_id) {
+                return Err(TransferError::Conflict(format!(
+                    "{layer} already exists locally; the desktop list must drop it before a new copy is fetched"
+                )));
+            }
+            log::info!(
+                "{layer}: operate_id {} is fetched now, beside the copy the chain still holds (operate_id {}); it goes in when that one is gone",
+                req.operate_id,
+                held.map_or("unknown".to_string(), |o| o.to_string())
+            );
         }
         if meta.length == 0 {
             return Err(TransferError::Conflict(format!(
@@ -671,6 +687,15 @@ impl Transfers {
             },
         );
         Ok(rec)
+    }
+
+    /// Whether a transfer of `layer` at version `operate_id` or newer is
+    /// under way or done (an older one, seeding the copy a running desktop
+    /// still has open, does not count: the new version is fetched).
+    pub fn has_version(&self, layer: &str, operate_id: i64) -> bool {
+        self.tasks()
+            .get(layer)
+            .is_some_and(|l| l.record.operate_id >= operate_id)
     }
 
     /// Whether a finished transfer still stands for its layer: the chain's
@@ -1064,7 +1089,12 @@ impl Transfers {
                 }
             }
             Err(Finish::Wait(why)) => {
-                log::info!("{layer}: complete, waiting: {why}");
+                // Said once; it may wait for hours (a lesson).
+                if first {
+                    log::info!("{layer}: complete, waiting: {why}");
+                } else {
+                    log::debug!("{layer}: complete, waiting: {why}");
+                }
                 if let Some(l) = self.tasks().get_mut(&layer) {
                     l.finishing = false;
                 }
@@ -1207,12 +1237,27 @@ impl Transfers {
             let b = std::fs::metadata(self.desktops.store.path(&name)).ok();
             matches!((a, b), (Some(a), Some(b)) if a.ino() == b.ino() && a.dev() == b.dev())
         };
+        // The chain still holds the previous copy (open by the running
+        // desktop): this one waits, whole and checked by the engine, and
+        // goes in when the decision run after the desktop is off drops it.
+        if !already && self.desktops.store.path(&name).exists() {
+            return Err(Finish::Wait(
+                "the chain still holds the previous copy (the running desktop has it open); this one goes in when the desktop is off".into(),
+            ));
+        }
         if name.level > 0 {
             let parent = LayerName::new(&name.prefix, i64::from(name.level) - 1, &name.uuid_str())
                 .map_err(|e| Finish::Failed(e.to_string()))?
                 .to_string();
-            if !self.desktops.store.dir().join(&parent).exists()
-                && self.tasks().contains_key(&parent)
+            // Its parent still to come, or fetched and waiting to replace
+            // the copy the chain holds: a diff goes in over the parent it
+            // was made on, never over the previous one.
+            let parent_pending = self.tasks().get(&parent).is_some_and(|l| {
+                l.record.kind == Kind::Download && l.record.stage == Stage::Downloading
+            });
+            if parent_pending
+                || (!self.desktops.store.dir().join(&parent).exists()
+                    && self.tasks().contains_key(&parent))
             {
                 return Err(Finish::Wait(format!(
                     "its parent {parent} is still downloading"

@@ -26,8 +26,11 @@ struct Tmux {
 
 impl Tmux {
     fn start(cmd: &str) -> Tmux {
+        // One tmux server per screen: the tests of this file run at once.
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let t = Tmux {
-            socket: format!("voi-screen-{}", std::process::id()),
+            socket: format!("voi-screen-{}-{n}", std::process::id()),
         };
         let ok = Command::new("tmux")
             .args([

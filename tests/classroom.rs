@@ -271,3 +271,72 @@ async fn a_layer_still_being_copied_in_is_not_taken_until_it_holds_still() {
     }
     h.stop().await;
 }
+
+/// Issue 37.10: `voi-server ctl` finds the API and its token in the
+/// server's config file, prints tables a person reads, JSON with --json,
+/// and exits non-zero when the server refuses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ctl_reads_the_servers_config_and_prints_tables() {
+    init_log();
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut cfg = server_config(&dir.path().join("s"), "127.0.0.1:0");
+    cfg.api_listen = format!("127.0.0.1:{}", free_port());
+    cfg.api_token = Some("the-token".into());
+    let h = voi::server::Server::start(cfg.clone())
+        .await
+        .expect("server");
+    let mac = "AA:00:00:00:37:0A";
+    let mut ev = h.server.registry.events.subscribe();
+    let (a, ta) = start_agent(agent_config(&dir.path().join("a"), h.addr.port(), mac));
+    wait_event(&mut ev, 20, is_heartbeat(mac)).await;
+    let config = dir.path().join("server.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "api_listen = \"{}\"\napi_token = \"the-token\"\ndata_dir = \"{}\"\n",
+            cfg.api_listen,
+            cfg.data_dir.display()
+        ),
+    )
+    .expect("config");
+    let ctl = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_voi-server"))
+            .arg("ctl")
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .output()
+            .expect("ctl");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (ok, out, err) = ctl(&["terminals"]);
+    assert!(ok, "{err}");
+    let header = out.lines().next().unwrap_or_default();
+    assert!(
+        header.starts_with("MAC") && header.contains("NAME") && header.contains("DESKTOP"),
+        "{out}"
+    );
+    assert!(out.contains(mac) && out.contains("online"), "{out}");
+    assert!(out.contains("1 terminal(s), 1 online"), "{out}");
+    assert!(!out.contains('{'), "a table, not JSON: {out}");
+    let (ok, out, _) = ctl(&["--json", "terminals"]);
+    assert!(ok);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("JSON with --json");
+    assert_eq!(v["code"], 0);
+    let (ok, out, _) = ctl(&["terminal", mac]);
+    assert!(ok && out.contains("desktop"), "{out}");
+    // A refusal: non-zero, with the server's reason.
+    let (ok, _, err) = ctl(&["--token", "wrong", "terminals"]);
+    assert!(!ok, "a wrong token exited 0");
+    assert!(
+        err.contains("server answered") || err.contains("401"),
+        "{err}"
+    );
+    a.shutdown.cancel();
+    let _ = ta.await;
+    h.stop().await;
+}

@@ -78,11 +78,19 @@ pub fn desktop_words(t: &Value) -> String {
             clock(&d["last_seen_ms"])
         ),
         "unknown" | "off" | "" => String::new(),
-        "running" => format!(
-            "running {name} on {} since {}",
-            s(&d["accelerator"]),
-            clock(&d["since_ms"])
-        ),
+        "running" => {
+            let why = s(&d["reason"]);
+            format!(
+                "running {name} on {} since {}{}",
+                s(&d["accelerator"]),
+                clock(&d["since_ms"]),
+                if why.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({why})")
+                }
+            )
+        }
         "failed" => format!("failed {name}: {}", s(&d["reason"])),
         other => format!("{other} {name}"),
     }

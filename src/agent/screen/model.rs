@@ -174,6 +174,12 @@ impl Model {
         }
     }
 
+    /// Why the desktop runs on TCG though KVM was asked for, while it runs.
+    pub fn accel_note(&self) -> Option<String> {
+        let note = s(&self.st("desktop")["accel_note"]);
+        (!note.is_empty() && self.guest_on()).then_some(note)
+    }
+
     /// The number 1011 proposed for this terminal, until it is confirmed.
     pub fn proposed_number(&self) -> Option<i64> {
         self.st("pending_order")["terminal_id"].as_i64()

@@ -184,6 +184,10 @@ fn menu(f: &mut Frame, m: &Model, body: ratatui::layout::Rect) {
             "Maintenance mode: this terminal is being prepared. It restarts into its desktops when done.",
         ));
     }
+    // KVM failed here: the desktop runs on TCG (slower), and says why.
+    if let Some(note) = m.accel_note() {
+        lines.push(Line::from(note));
+    }
     let [top, rest] =
         Layout::vertical([Constraint::Length(lines.len() as u16), Constraint::Min(3)]).areas(body);
     f.render_widget(Paragraph::new(lines), top);

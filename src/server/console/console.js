@@ -339,7 +339,7 @@
     if (d.state === 'unknown' && d.last_state && d.last_state !== 'off') {
       now = `last seen ${d.last_state}${name ? ' ' + name : ''}${d.last_seen_ms ? ' at ' + at(d.last_seen_ms) : ''}`;
     } else if (d.state === 'running') {
-      now = `running ${name}${d.accelerator ? ' on ' + d.accelerator : ''}${d.since_ms ? ' since ' + at(d.since_ms) : ''}`;
+      now = `running ${name}${d.accelerator ? ' on ' + d.accelerator : ''}${d.since_ms ? ' since ' + at(d.since_ms) : ''}${d.reason ? ' (' + d.reason + ')' : ''}`;
     } else if (d.state === 'failed') {
       now = `failed ${name}${d.reason ? ': ' + d.reason : ''}`;
     } else if (d.state && d.state !== 'off' && d.state !== 'unknown') {

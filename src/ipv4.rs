@@ -86,9 +86,15 @@ pub fn validate_static(
             )
         })?;
     let resolver = |s: &str| ipv4(s).filter(|d| !d.is_unspecified() && !d.is_multicast());
-    let first =
-        resolver(dns1).ok_or_else(|| (ErrorCode::TerminalDns1Error, format!("dns1 {dns1:?}")))?;
-    let mut dns = vec![first];
+    // An empty dns1 is taken, as the vendor's server takes it (the address
+    // then resolves through dns2, or through nothing the terminal sets).
+    let mut dns = Vec::new();
+    if !dns1.trim().is_empty() {
+        dns.push(
+            resolver(dns1)
+                .ok_or_else(|| (ErrorCode::TerminalDns1Error, format!("dns1 {dns1:?}")))?,
+        );
+    }
     if !dns2.trim().is_empty() {
         dns.push(
             resolver(dns2)
@@ -170,6 +176,10 @@ mod tests {
             )),
             Some(ErrorCode::TerminalDns1Error)
         );
+        // Issue 39.10: an empty dns1 is taken, as D takes it.
+        let no_dns = validate_static("172.16.1.20", "255.255.255.0", "172.16.1.254", "", "")
+            .expect("an empty dns1");
+        assert!(no_dns.dns.is_empty());
     }
 
     #[test]

@@ -731,6 +731,21 @@ async fn push_task_result_is_recorded_and_answered_with_its_batch_no() {
     let env: Envelope<Value> = reply.json().expect("env");
     assert_eq!(env.code, 0, "{}", env.msg);
     assert_eq!(env.data.as_ref().expect("data")["batch_no"], 1777);
+    // D's own BT ids are numbers, and it passes them through (issue 39.3).
+    conn.send(command(
+        1018,
+        br#"{"batch_no": 1778, "torrent_id": 4711, "result": 2, "msg": "failed"}"#,
+    ))
+    .await
+    .expect("1018 with a number");
+    let reply = loop {
+        let f = FakeServer::next_reply(&mut conn).await;
+        if f.service_code == 1018 {
+            break f;
+        }
+    };
+    let env: Envelope<Value> = reply.json().expect("env");
+    assert_eq!(env.code, 0, "a numeric torrent_id: {}", env.msg);
     assert!(agent
         .state
         .read(|s| s.notices.iter().any(|n| n.contains("0d1c2b3a-voi_1"))));
@@ -962,7 +977,9 @@ async fn a_desktop_sent_by_1017_is_bootable_without_a_9007() {
     }
     let send = json!({"batch_no": 88, "desktop": {
         "desktop_group_name": "lab-1017", "desktop_group_uuid": G, "diff_mode": 1,
-        "desktop_group_restore": 1, "desktop_is_dhcp": 1, "default_desktop_group": true,
+        // As D's web side builds it (send_desktop_terminal): the restore
+        // flag spelled sys_restore / data_restore, no desktop_group_restore.
+        "sys_restore": 1, "data_restore": 1, "desktop_is_dhcp": 1, "default_desktop_group": true,
         "os_sys_type": 3,
         "disks": [{"uuid": U, "type": 0, "dif_level": 0, "prefix": "voi", "real_size": "4194304",
                    "reserve_size": "0", "max_dif": 2, "operate_id": 0, "download_url": url}]
@@ -1152,4 +1169,44 @@ async fn verify_admin_sends_username_as_the_vendor_server_reads_it() {
     assert!(body.get("user_name").is_none(), "{body}");
     agent.shutdown.cancel();
     let _ = task.await;
+}
+
+/// Issue 39.10: a 1012 with an empty dns1, which D accepts, is sent by our
+/// server and applied by our agent (no 60008 on either side).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_update_ip_with_an_empty_dns1_is_sent_and_applied() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let h = start_server(&dir.path().join("s")).await;
+    let mac = "AA:00:00:00:39:10";
+    let mut ev = h.server.registry.events.subscribe();
+    let (agent, task) = start_agent(agent_config(&dir.path().join("a"), h.addr.port(), mac));
+    wait_event(&mut ev, 20, is_heartbeat(mac)).await;
+    let env = api(&h)
+        .push(
+            mac,
+            "update_ip",
+            json!({"ip": "172.16.1.40", "mask": "255.255.255.0", "gateway": "172.16.1.1", "dns1": "", "dns2": ""}),
+            10,
+        )
+        .await
+        .expect("push");
+    assert!(env.is_ok(), "{env:?}");
+    assert_eq!(
+        env.data
+            .as_ref()
+            .and_then(|d| d.pointer("/reply/code"))
+            .and_then(Value::as_i64),
+        Some(0),
+        "{env:?}"
+    );
+    let journal_path = agent.cfg.journal_path();
+    wait_for("the address applied", 20, || {
+        voi::agent::platform::RecordingPlatform::read_journal(&journal_path)
+            .iter()
+            .any(|e| format!("{e:?}").contains("172.16.1.40"))
+    })
+    .await;
+    agent.shutdown.cancel();
+    let _ = task.await;
+    h.stop().await;
 }

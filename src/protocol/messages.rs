@@ -896,8 +896,27 @@ pub struct SendDesktop {
     pub desktop_group_uuid: String,
     #[serde(default, deserialize_with = "flex::int")]
     pub diff_mode: i64,
-    #[serde(default, deserialize_with = "flex::int")]
-    pub desktop_group_restore: i64,
+    /// The restore flag as 9007 spells it; it wins when present.
+    #[serde(
+        default,
+        deserialize_with = "flex::opt_int",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub desktop_group_restore: Option<i64>,
+    /// The restore flag as D's web side spells it in a 1017
+    /// (`send_desktop_terminal`): the system disk's, and the data disk's.
+    #[serde(
+        default,
+        deserialize_with = "flex::opt_int",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub sys_restore: Option<i64>,
+    #[serde(
+        default,
+        deserialize_with = "flex::opt_int",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub data_restore: Option<i64>,
     #[serde(default, deserialize_with = "flex::int")]
     pub desktop_is_dhcp: i64,
     #[serde(default)]
@@ -931,7 +950,7 @@ impl SendDesktop {
             default_desktop_group: self.default_desktop_group,
             os_sys_type: self.os_sys_type,
             desktop_group_desc: self.desktop_group_desc.clone(),
-            desktop_group_restore: self.desktop_group_restore,
+            desktop_group_restore: self.desktop_group_restore.or(self.sys_restore).unwrap_or(0),
             desktop_name: self.desktop_name.clone(),
             desktop_is_dhcp: self.desktop_is_dhcp,
             desktop_ip: self.desktop_ip.clone(),
@@ -967,6 +986,8 @@ pub struct UploadDesktopCmd {
 pub struct PushTaskResultCmd {
     #[serde(default)]
     pub batch_no: Option<BatchNo>,
+    /// D passes the caller's id through, and its own BT ids are numbers.
+    #[serde(deserialize_with = "flex::text")]
     pub torrent_id: String,
     #[serde(default)]
     pub msg: String,
@@ -979,6 +1000,7 @@ pub struct PushTaskResultCmd {
 pub struct BtTaskCompleteCmd {
     #[serde(default)]
     pub batch_no: Option<BatchNo>,
+    #[serde(deserialize_with = "flex::text")]
     pub torrent_id: String,
 }
 
@@ -1149,5 +1171,25 @@ mod tests {
             serde_json::to_string(&d).expect("ok"),
             r#"{"mac":"M","batch_no":3,"desktop_uuid":"u"}"#
         );
+    }
+    #[test]
+    fn the_restore_flag_of_a_1017_in_either_spelling() {
+        let d: SendDesktop = serde_json::from_str(
+            r#"{"desktop_group_uuid": "g", "sys_restore": 1, "data_restore": 1, "disks": []}"#,
+        )
+        .expect("D's 1017");
+        assert_eq!(d.to_group().desktop_group_restore, 1, "D's sys_restore");
+        let d: SendDesktop = serde_json::from_str(
+            r#"{"desktop_group_uuid": "g", "desktop_group_restore": 0, "sys_restore": 1, "disks": []}"#,
+        )
+        .expect("both");
+        assert_eq!(
+            d.to_group().desktop_group_restore,
+            0,
+            "desktop_group_restore wins"
+        );
+        let c: PushTaskResultCmd =
+            serde_json::from_str(r#"{"torrent_id": 4711, "result": 1}"#).expect("a number");
+        assert_eq!(c.torrent_id, "4711");
     }
 }

@@ -200,6 +200,25 @@ async fn a_v2_28_terminal_session_as_recorded() {
     );
     let pushed = t.c.recv().await.expect("1022 still went out");
     assert_eq!(pushed.service_code, 1022);
+    // Nor, by its dispatch, 1010 (issue 39.8): said at once, not after 30 s.
+    let started = Instant::now();
+    let r = api(&h)
+        .push(
+            MAC,
+            "add_data_disk",
+            json!({"size": 100, "enable": 1, "restore": 0}),
+            30,
+        )
+        .await
+        .expect("api");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(r.msg.contains("does not answer add_data_disk"), "{}", r.msg);
+    let pushed = t.c.recv().await.expect("1010 still went out");
+    assert_eq!(pushed.service_code, 1010);
     // Numbering cannot include it: a session waiting for it never closes.
     let o = api(&h)
         .post("/api/v1/order", &json!({"start_id": 1, "macs": [MAC]}))

@@ -72,6 +72,10 @@ impl Generation {
     /// Whether a command gets a reply from this terminal's software.
     pub fn answers(&self, code: ServiceCode) -> bool {
         use ServiceCode as S;
+        // v2.28 (protocol notes §11): no handler for 1005, 1006, 1009,
+        // 1011, 1022; 1008 ignored; 1030 carried out without a reply; and,
+        // by its dispatch, nothing for 1010, 1014, 1018, 1019, 1020, 1021,
+        // 1023. It does answer 1015 (then ignores it).
         !(self.url_generation
             && matches!(
                 code,
@@ -79,9 +83,15 @@ impl Generation {
                     | S::EnterMaintenanceMode
                     | S::DownloadDesktop
                     | S::CancelDownloadDesktop
+                    | S::AddDataDisk
                     | S::Order
-                    | S::SendTorrent
+                    | S::PxeStart
+                    | S::PushTaskResult
+                    | S::EnterMaintain
+                    | S::UploadDisk
+                    | S::BtTaskComplete
                     | S::WatermarkSwitch
+                    | S::SshUploadDesktop
                     | S::TerminalUpgrade
             ))
     }
@@ -108,11 +118,13 @@ mod tests {
     fn v2_28_is_the_url_generation_and_skips_what_it_never_answers() {
         let g = Generation::new("2.28", None);
         assert_eq!(g.delivery, Delivery::SendDesktop);
-        for c in [1005, 1006, 1008, 1009, 1011, 1015, 1022, 1030] {
+        for c in [
+            1005, 1006, 1008, 1009, 1010, 1011, 1014, 1018, 1019, 1020, 1021, 1022, 1023, 1030,
+        ] {
             let code = ServiceCode::from_u32(c).expect("code");
             assert!(!g.answers(code), "{c}");
         }
-        for c in [1001, 1002, 1004, 1012, 1017, 1024, 1031, 1032] {
+        for c in [1001, 1002, 1004, 1012, 1015, 1017, 1024, 1031, 1032] {
             let code = ServiceCode::from_u32(c).expect("code");
             assert!(g.answers(code), "{c}");
         }

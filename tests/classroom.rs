@@ -340,3 +340,83 @@ async fn ctl_reads_the_servers_config_and_prints_tables() {
     let _ = ta.await;
     h.stop().await;
 }
+
+/// Issue 39.6: a server restarted on another tracker port (or address)
+/// serves torrents that announce it, though they were cached by the run
+/// before; aria2c, which uses only the torrent (as v2.28 does), downloads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_torrent_cached_by_an_earlier_run_announces_todays_tracker() {
+    if !has(
+        "a_torrent_cached_by_an_earlier_run_announces_todays_tracker",
+        &[ARIA2C],
+    ) {
+        return;
+    }
+    init_log();
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut cfg = server_config(&dir.path().join("s"), "127.0.0.1:0");
+    cfg.tracker_listen = format!("127.0.0.1:{}", free_port());
+    cfg.bt_listen_port = free_port();
+    let h = voi::server::Server::start(cfg.clone())
+        .await
+        .expect("server");
+    let lib = h.server.images.dir().to_path_buf();
+    make_base(&lib.join(layer(0)), 4);
+    h.server.images.scan().await.expect("scan");
+    h.stop().await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The same data dir, the tracker on another port.
+    let mut moved = cfg.clone();
+    moved.tracker_listen = format!("127.0.0.1:{}", free_port());
+    let h = loop {
+        match voi::server::Server::start(moved.clone()).await {
+            Ok(h) => break h,
+            Err(e) => {
+                eprintln!("not up yet: {e:#}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    };
+    let url = format!(
+        "http://{}/torrents/{}.torrent",
+        moved.tracker_listen,
+        layer(0)
+    );
+    let torrent = voi::agent::transfers::server_link::fetch_torrent(&url)
+        .await
+        .expect("torrent");
+    let meta = voi::bt::meta::TorrentMeta::parse(&torrent).expect("parse");
+    assert!(
+        meta.announce
+            .iter()
+            .all(|a| a.contains(&moved.tracker_listen)),
+        "the served torrent announces {:?}, not {}",
+        meta.announce,
+        moved.tracker_listen
+    );
+    let tpath = dir.path().join("layer.torrent");
+    std::fs::write(&tpath, &torrent).expect("write");
+    let get = dir.path().join("aria-get");
+    let mut leecher = aria2c(&[
+        &format!("--dir={}", get.display()),
+        "--seed-time=0",
+        &format!("--listen-port={}", free_port()),
+        tpath.to_str().expect("utf8"),
+    ])
+    .spawn()
+    .expect("aria2c");
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = leecher.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "aria2c stalled");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(status.success(), "aria2c: {status}");
+    assert_eq!(
+        std::fs::read(get.join(layer(0))).expect("got"),
+        std::fs::read(lib.join(layer(0))).expect("lib")
+    );
+    h.stop().await;
+}

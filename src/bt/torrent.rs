@@ -37,6 +37,31 @@ impl CreatedTorrent {
 /// Hashes `path` in `piece_length` pieces and builds its torrent. The
 /// torrent's name is the file name, so a layer keeps its
 /// `prefix_level_uuid` name wherever it is downloaded.
+/// A torrent this module made, announcing `announce` instead: the info
+/// dictionary (and so the info hash) is kept byte for byte. `None` when the
+/// bytes are not of the shape `build` writes.
+pub fn with_announce(torrent: &[u8], announce: &str) -> Option<Vec<u8>> {
+    let at = torrent.windows(7).position(|w| w == b"4:infod")?;
+    let info = torrent.get(at + 6..torrent.len().checked_sub(1)?)?;
+    if torrent.last() != Some(&b'e') || !torrent.starts_with(b"d8:announce") {
+        return None;
+    }
+    let created_by = torrent
+        .windows(13)
+        .position(|w| w == b"10:created by")
+        .and_then(|p| torrent.get(p..at));
+    let mut out = b"d".to_vec();
+    put_bytes(&mut out, b"announce");
+    put_bytes(&mut out, announce.as_bytes());
+    if let Some(c) = created_by {
+        out.extend_from_slice(c);
+    }
+    out.extend_from_slice(b"4:info");
+    out.extend_from_slice(info);
+    out.push(b'e');
+    Some(out)
+}
+
 pub fn create(path: &Path, announce: &str, piece_length: u64) -> std::io::Result<CreatedTorrent> {
     build(path, announce, piece_length, false).map(|(t, _)| t)
 }
@@ -146,6 +171,23 @@ fn build(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_announce_keeps_the_info_hash() {
+        let d = tempfile::tempdir().expect("tmp");
+        let p = d.path().join("voi_0_91f9d1ba-cb4a-41ba-971a-618f9e306571");
+        std::fs::write(&p, vec![7u8; 40_000]).expect("write");
+        let t = create(&p, "http://10.0.0.1:50021/announce", 16384).expect("torrent");
+        let moved = with_announce(&t.bytes, "http://10.0.0.9:50099/announce").expect("ours");
+        let a = crate::bt::meta::TorrentMeta::parse(&t.bytes).expect("old");
+        let b = crate::bt::meta::TorrentMeta::parse(&moved).expect("new");
+        assert_eq!(a.info_hash, b.info_hash);
+        assert_eq!(
+            b.announce,
+            vec!["http://10.0.0.9:50099/announce".to_string()]
+        );
+        assert!(with_announce(b"d4:spam3:egge", "x").is_none());
+    }
 
     #[test]
     fn known_layout_and_hash() {

@@ -440,6 +440,29 @@ impl Images {
                     (sidecar, created.bytes, m)
                 }
             };
+            // A torrent cached by an earlier run names the tracker as it was
+            // then (another address, advertise_ip or port). Terminals that
+            // use only the torrent's announce (v2.28, aria2c) would find no
+            // tracker and stall in silence: it always announces today's.
+            let (torrent, meta_t) = if meta_t.announce != [self.announce.clone()] {
+                match crate::bt::torrent::with_announce(&torrent, &self.announce)
+                    .and_then(|t| TorrentMeta::parse(&t).ok().map(|m| (t, m)))
+                    .filter(|(_, m)| m.info_hash == meta_t.info_hash)
+                {
+                    Some((t, m)) => {
+                        log::info!(
+                            "{name}: its cached torrent announced {:?}; it now announces {}",
+                            meta_t.announce,
+                            self.announce
+                        );
+                        fsutil::atomic_write(&torrent_path, &t)?;
+                        (t, m)
+                    }
+                    None => (torrent, meta_t),
+                }
+            } else {
+                (torrent, meta_t)
+            };
             let torrent = Bytes::from(torrent);
             let old = self.known().get(&name).cloned();
             if let Some(old) = old {

@@ -194,9 +194,18 @@ async fn command_round_trip_matches_batch_no() {
     assert_eq!(d2["reply"]["data"]["batch_no"], d2["batch_no"]);
     assert!(!agent.state.read(|s| s.watermark));
 
+    // 1026 with no P2V running: nothing to cancel, said so (issue 39.4).
+    let r4 = a
+        .push(mac, "cancel_p_to_v", json!({}), 10)
+        .await
+        .expect("api");
+    let reply = &r4.data.expect("data")["reply"];
+    assert_eq!(reply["code"], 0, "{reply}");
+    assert!(reply.to_string().contains("nothing"), "{reply}");
+
     // A command this agent does not carry out is refused, never "Success".
     let r3 = a
-        .push(mac, "cancel_p_to_v", json!({}), 10)
+        .push(mac, "ssh_upload_desktop", json!({}), 10)
         .await
         .expect("api");
     let reply = &r3.data.expect("data")["reply"];

@@ -8,6 +8,7 @@
 mod add_data_disk;
 mod bt_task_complete;
 mod cancel_download_desktop;
+mod cancel_p_to_v;
 mod cancel_send_desktop;
 mod clear_all_desktop;
 mod context;
@@ -80,6 +81,7 @@ enum Command {
     DownloadDesktop(download_desktop::DownloadDesktop),
     CancelDownloadDesktop(cancel_download_desktop::CancelDownloadDesktop),
     CancelSendDesktop(cancel_send_desktop::CancelSendDesktop),
+    CancelPToV(cancel_p_to_v::CancelPToV),
     SendDesktop(send_desktop::SendDesktop),
     BtTaskComplete(bt_task_complete::BtTaskComplete),
     UploadDisk(upload_disk::UploadDisk),
@@ -132,6 +134,7 @@ impl Command {
                 Command::CancelSendDesktop(cancel_send_desktop::CancelSendDesktop::parse(frame)?)
             }
             S::SendDesktop => Command::SendDesktop(send_desktop::SendDesktop::parse(frame)?),
+            S::CancelPToV => Command::CancelPToV(cancel_p_to_v::CancelPToV::parse(frame)?),
             S::BtTaskComplete => {
                 Command::BtTaskComplete(bt_task_complete::BtTaskComplete::parse(frame)?)
             }
@@ -169,6 +172,7 @@ impl Command {
             Command::DownloadDesktop(c) => c.apply(ctx).await,
             Command::CancelDownloadDesktop(c) => c.apply(ctx).await,
             Command::CancelSendDesktop(c) => c.apply(ctx).await,
+            Command::CancelPToV(c) => c.apply(ctx).await,
             Command::SendDesktop(c) => c.apply(ctx).await,
             Command::BtTaskComplete(c) => c.apply(ctx).await,
             Command::UploadDisk(c) => c.apply(ctx).await,

@@ -894,6 +894,43 @@ async fn a_9005_name_becomes_the_hostname_and_its_ip_is_no_order() {
         t.ip, "10.9.9.9",
         "the server's record became the terminal's address"
     );
+    // The next session, to a server that lost its record: the 9006 says
+    // the interface's address, not the server's old record (issue 39.5).
+    drop(conn);
+    let mut conn = vendor.accept().await;
+    let start = Instant::now();
+    let body = loop {
+        assert!(start.elapsed() < Duration::from_secs(30), "no 9006");
+        let f = tokio::time::timeout(Duration::from_secs(20), conn.next())
+            .await
+            .expect("traffic")
+            .expect("open")
+            .expect("frame");
+        if f.is_response() {
+            continue;
+        }
+        let code = f.service_code;
+        conn.send(FakeServer::answer(
+            &f,
+            json!({"code": 0, "msg": "Success", "data": {"conf_version": -1, "batch_no": 0, "terminal_id": -1}}),
+        ))
+        .await
+        .expect("answer");
+        if code == 9006 {
+            break f.json::<Value>().expect("9006");
+        }
+    };
+    assert_ne!(
+        body["ip"], "10.9.9.9",
+        "the 9006 reported the server's record: {body}"
+    );
+    // The interface's address, as its mask is the interface's.
+    let interface_ip = voi::agent::interfaces::detect(None)
+        .ok()
+        .and_then(|i| i.ipv4)
+        .map(|ip| ip.to_string())
+        .unwrap_or_else(|| "127.0.0.1".into());
+    assert_eq!(body["ip"], interface_ip.as_str(), "{body}");
     agent.shutdown.cancel();
     let _ = task.await;
 }

@@ -103,8 +103,21 @@ pub async fn sequence(agent: &Arc<Agent>, link: &Link) -> Result<(), SessionEnd>
         if mine.name.is_empty() {
             mine.name = agent.default_name();
         }
-        if mine.ip.is_empty() {
-            mine.ip = agent.report_ip(link.local_ip());
+        // The address, mask and gateway are the interface's, all three: a
+        // terminal on DHCP reports what DHCP gave it, never a server's old
+        // record of it (D keeps the session's source address, which may
+        // be another interface's, or 127.0.0.1).
+        let on_dhcp = agent.state.read(|s| s.network.is_none());
+        if mine.ip.is_empty() || on_dhcp {
+            let interface_ip = agent
+                .cfg
+                .interface
+                .clone()
+                .or_else(|| crate::agent::interfaces::detect(None).ok().map(|i| i.name))
+                .and_then(|n| crate::agent::interfaces::detect(Some(&n)).ok())
+                .and_then(|i| i.ipv4)
+                .map(|ip| ip.to_string());
+            mine.ip = interface_ip.unwrap_or_else(|| agent.report_ip(link.local_ip()));
         }
         // The vendor's server refuses a 9006 without a mask (60006) or a
         // server_ip (60014): fill them from the interface and the session.

@@ -186,6 +186,15 @@ async fn a_v2_28_terminal_session_as_recorded() {
     let progress = &images.data.expect("data")["progress"][MAC];
     assert_eq!(progress[&layer0]["progress"], 40, "{progress}");
 
+    // v2.28's disk_residue is in sectors (CONFIG_VERSION_BODY: 1000000):
+    // kept and shown in GB, as the other generation's (issue 39.11).
+    let rec = h.server.store.terminal(MAC).ok().flatten().expect("record");
+    let gb = 1_000_000.0 * 512.0 / f64::from(1u32 << 30);
+    assert!(
+        (rec.config.disk_residue - gb).abs() < 1e-9,
+        "{}",
+        rec.config.disk_residue
+    );
     // A command v2.28 never answers: sent, and said so at once.
     let started = Instant::now();
     let r = api(&h)

@@ -69,6 +69,18 @@ impl Generation {
         }
     }
 
+    /// A terminal's free space in the protocol's GB (2^30 bytes): v2.28
+    /// reports `disk_residue` in 512-byte sectors (536870912 for 256 GB),
+    /// the others in GB already.
+    pub fn disk_residue_gb(&self, reported: f64) -> f64 {
+        if self.url_generation {
+            // Finite whatever was sent: the record must stay readable.
+            (reported * 512.0 / f64::from(1u32 << 30)).min(f64::MAX)
+        } else {
+            reported
+        }
+    }
+
     /// Whether a command gets a reply from this terminal's software.
     pub fn answers(&self, code: ServiceCode) -> bool {
         use ServiceCode as S;
@@ -132,6 +144,15 @@ mod tests {
             g.no_reply(ServiceCode::Order),
             "no reply: this terminal's software (2.28) does not answer order"
         );
+    }
+
+    #[test]
+    fn free_space_is_in_one_unit_for_both_generations() {
+        assert_eq!(
+            Generation::new("2.28", None).disk_residue_gb(536870912.0),
+            256.0
+        );
+        assert_eq!(Generation::new("0.1", None).disk_residue_gb(256.0), 256.0);
     }
 
     #[test]

@@ -242,7 +242,10 @@ async fn answer(
                         r.config.soft_version = v;
                     }
                     if let Some(d) = req.disk_residue {
-                        r.config.disk_residue = d;
+                        // Kept in GB whatever unit its generation sends.
+                        r.config.disk_residue =
+                            super::generation::Generation::new(&r.config.soft_version, r.delivery)
+                                .disk_residue_gb(d);
                     }
                     if req.wake.is_some() {
                         r.wake = req.wake;
@@ -305,16 +308,22 @@ async fn answer(
                         // the terminal knows better.
                         r.config.ip = c.ip;
                         r.config.platform = c.platform;
+                        r.config.disk_residue =
+                            super::generation::Generation::new(&c.soft_version, r.delivery)
+                                .disk_residue_gb(c.disk_residue);
                         r.config.soft_version = c.soft_version;
-                        r.config.disk_residue = c.disk_residue;
                         return;
                     }
                     // The session's MAC, and never a version going
                     // backwards; from here on the terminal is configured.
                     let conf_version = r.config.conf_version.max(c.conf_version).max(0);
+                    let disk_residue =
+                        super::generation::Generation::new(&c.soft_version, r.delivery)
+                            .disk_residue_gb(c.disk_residue);
                     r.config = TerminalConfig {
                         mac: r.config.mac.clone(),
                         conf_version,
+                        disk_residue,
                         ..c
                     };
                 })

@@ -1135,6 +1135,39 @@ async fn a_v2_28_failure_names_its_layer_and_an_unanswered_1005_is_not_handed_ou
     .expect("reply");
     c.io.send(reply).await.expect("answer 1017");
     push.await.expect("push");
+    // This first delivery succeeds (its last 9025 is the result)...
+    let (_, env) = c
+        .request(
+            ServiceCode::BtTaskState,
+            &json!({"mac": mac, "torrent_name": format!("{}.torrent", layer(0)), "progress": 100, "state": "finished",
+                    "download_rate": "0", "upload_rate": "0", "total_size": "1", "file_size": "1"}),
+        )
+        .await;
+    assert!(env.is_ok(), "{env:?}");
+    // ...then the terminal is cleared and the desktop sent again (issue
+    // 39.7): a new delivery, whose failure the old success must not mask.
+    let server = h.server.clone();
+    let push = tokio::spawn(async move {
+        server
+            .download_desktop(mac, G, Duration::from_secs(10))
+            .await
+            .expect("download_desktop again")
+    });
+    let f = loop {
+        let f = c.recv().await.expect("a command");
+        if f.service_code == 1017 {
+            break f;
+        }
+    };
+    let reply = Frame::response_json(
+        &f,
+        voi::protocol::ClientType::Linux,
+        &c.token,
+        &Envelope::ok(json!({"batch_no": f.json::<Value>().expect("1017")["batch_no"]})),
+    )
+    .expect("reply");
+    c.io.send(reply).await.expect("answer 1017");
+    push.await.expect("push");
     // Its torrent fetch fails.
     let (_, env) = c
         .request(
@@ -1152,6 +1185,17 @@ async fn a_v2_28_failure_names_its_layer_and_an_unanswered_1005_is_not_handed_ou
         .expect("record");
     let r = &rec.reports[&format!("task_result:{}", layer(0))];
     assert_eq!(r["result"], 2, "{r}");
+    let view = api(&h)
+        .get(&format!("/api/v1/terminals/{mac}"))
+        .await
+        .expect("terminal");
+    let transfers = view.data.expect("data")["transfers"].clone();
+    let row = transfers
+        .as_array()
+        .and_then(|t| t.iter().find(|x| x["layer"] == layer(0).as_str()).cloned())
+        .unwrap_or_else(|| panic!("the failure is not in transfers[]: {transfers}"));
+    assert_eq!(row["result"], 2, "the old success masks the failure: {row}");
+    assert_ne!(row["progress"], 100, "{row}");
 
     // A 1005 v2.28 never answers: sent, kept apart, not handed out.
     let sent = h

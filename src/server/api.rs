@@ -571,6 +571,27 @@ fn terminal_view(
                 "msg": result.and_then(|t| t.get("msg").cloned()),
             })
         })
+        // A failure with no progress before it (a first delivery that
+        // failed at once) is a row too, not only a report.
+        .chain(
+            rec.reports
+                .iter()
+                .filter_map(|(k, r)| Some((k.strip_prefix("task_result:")?, r)))
+                .filter(|(layer, r)| {
+                    r["result"] == 2
+                        && known.layers.contains(*layer)
+                        && !rec.reports.contains_key(&format!("bt_task:{layer}"))
+                })
+                .map(|(layer, r)| {
+                    json!({
+                        "layer": layer,
+                        "progress": 0,
+                        "state": "failed",
+                        "result": r["result"],
+                        "msg": r.get("msg").cloned(),
+                    })
+                }),
+        )
         .collect::<Vec<_>>());
     v["desktops"] = rec
         .reports

@@ -296,6 +296,19 @@ impl Server {
             .terminal(&mac)?
             .map(|r| r.generation())
             .ok_or_else(|| PushError::NotConnected(mac.clone()))?;
+        // A result belongs to one delivery: this push starts a new one, so
+        // the last delivery's progress and result of these layers go (an
+        // old "finished" must not mask a failure of this one).
+        let names: Vec<String> = layers.iter().map(|(_, i)| i.layer.to_string()).collect();
+        self.store.update_terminal(&mac, |r| {
+            r.reports.retain(|k, _| {
+                let of_these = k
+                    .strip_prefix("task_result:")
+                    .or_else(|| k.strip_prefix("bt_task:"))
+                    .is_some_and(|l| names.iter().any(|n| n == l));
+                !of_these && k != "http_download"
+            })
+        })?;
         match generation.delivery {
             Delivery::SendDesktop => self.send_desktop(&mac, &g, &layers, timeout).await,
             Delivery::TorrentPush => self.push_torrents(&mac, &g, &layers, timeout).await,
@@ -325,10 +338,14 @@ impl Server {
                 })
             })
             .collect();
+        // The restore flag in both spellings (9007's, and D's 1017's).
         let desktop = serde_json::json!({
             "desktop_group_name": g.desktop_group_name,
             "desktop_group_uuid": g.desktop_group_uuid,
             "diff_mode": g.diff_mode,
+            "desktop_group_restore": g.desktop_group_restore,
+            "sys_restore": g.desktop_group_restore,
+            "os_sys_type": g.os_sys_type,
             "disks": disks,
         });
         let (batch, env) = self

@@ -117,7 +117,9 @@ mod tests {
             with("gateway", "172.16.1.0"),
             Some(ErrorCode::TerminalGatewayError)
         );
-        assert_eq!(with("dns1", ""), Some(ErrorCode::TerminalDns1Error));
+        // An empty dns1 is taken, as the vendor's server takes it (issue
+        // 39.10); a bad one is not.
+        assert_eq!(with("dns1", ""), None);
         assert_eq!(with("dns1", "0.0.0.0"), Some(ErrorCode::TerminalDns1Error));
         assert_eq!(with("dns2", "bad"), Some(ErrorCode::TerminalDns1Error));
         assert_eq!(with("dns2", ""), None);

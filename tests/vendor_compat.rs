@@ -1113,28 +1113,7 @@ async fn a_v2_28_failure_names_its_layer_and_an_unanswered_1005_is_not_handed_ou
         .await;
     assert!(env.is_ok());
     // download-desktop: the terminal answers its 1017 with 0.
-    let server = h.server.clone();
-    let push = tokio::spawn(async move {
-        server
-            .download_desktop(mac, G, Duration::from_secs(10))
-            .await
-            .expect("download_desktop")
-    });
-    let f = loop {
-        let f = c.recv().await.expect("a command");
-        if f.service_code == 1017 {
-            break f;
-        }
-    };
-    let reply = Frame::response_json(
-        &f,
-        voi::protocol::ClientType::Linux,
-        &c.token,
-        &Envelope::ok(json!({"batch_no": f.json::<Value>().expect("1017")["batch_no"]})),
-    )
-    .expect("reply");
-    c.io.send(reply).await.expect("answer 1017");
-    push.await.expect("push");
+    deliver_by_1017(&h, &mut c, mac).await;
     // This first delivery succeeds (its last 9025 is the result)...
     let (_, env) = c
         .request(
@@ -1146,28 +1125,7 @@ async fn a_v2_28_failure_names_its_layer_and_an_unanswered_1005_is_not_handed_ou
     assert!(env.is_ok(), "{env:?}");
     // ...then the terminal is cleared and the desktop sent again (issue
     // 39.7): a new delivery, whose failure the old success must not mask.
-    let server = h.server.clone();
-    let push = tokio::spawn(async move {
-        server
-            .download_desktop(mac, G, Duration::from_secs(10))
-            .await
-            .expect("download_desktop again")
-    });
-    let f = loop {
-        let f = c.recv().await.expect("a command");
-        if f.service_code == 1017 {
-            break f;
-        }
-    };
-    let reply = Frame::response_json(
-        &f,
-        voi::protocol::ClientType::Linux,
-        &c.token,
-        &Envelope::ok(json!({"batch_no": f.json::<Value>().expect("1017")["batch_no"]})),
-    )
-    .expect("reply");
-    c.io.send(reply).await.expect("answer 1017");
-    push.await.expect("push");
+    deliver_by_1017(&h, &mut c, mac).await;
     // Its torrent fetch fails.
     let (_, env) = c
         .request(
@@ -1229,6 +1187,33 @@ async fn a_v2_28_failure_names_its_layer_and_an_unanswered_1005_is_not_handed_ou
         "9005 handed out an unconfirmed server_ip: {env:?}"
     );
     h.stop().await;
+}
+
+/// `download-desktop` of group G to a v2.28-style terminal, which answers
+/// its 1017 with 0.
+async fn deliver_by_1017(h: &voi::server::ServerHandle, c: &mut RawClient, mac: &'static str) {
+    let server = h.server.clone();
+    let push = tokio::spawn(async move {
+        server
+            .download_desktop(mac, G, Duration::from_secs(10))
+            .await
+            .expect("download_desktop")
+    });
+    let f = loop {
+        let f = c.recv().await.expect("a command");
+        if f.service_code == 1017 {
+            break f;
+        }
+    };
+    let reply = Frame::response_json(
+        &f,
+        voi::protocol::ClientType::Linux,
+        &c.token,
+        &Envelope::ok(json!({"batch_no": f.json::<Value>().expect("1017")["batch_no"]})),
+    )
+    .expect("reply");
+    c.io.send(reply).await.expect("answer 1017");
+    push.await.expect("push");
 }
 
 /// 9008 from `voi-agent ctl verify-admin`, as D reads it: the body names

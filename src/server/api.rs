@@ -548,11 +548,12 @@ fn terminal_view(
             super::registry::now_ms()
         )
         .first());
-    v["last_heartbeat_secs"] = json!(server
+    let heartbeat_age = server
         .registry
         .heartbeat_ages()
         .get(&rec.config.mac)
-        .copied());
+        .copied();
+    v["last_heartbeat_secs"] = json!(heartbeat_age);
     // Layers in transfer, for the room's progress bars: only layers the
     // library or a group still has (no ghost rows for deleted ones), with
     // the terminal's reason when one failed.
@@ -613,11 +614,8 @@ fn terminal_view(
         .collect::<Vec<_>>());
     // What the desktop does now (our agent reports every change), and the
     // desktop that runs, only while the terminal is online and says so.
-    let last_seen_ms = server
-        .registry
-        .heartbeat_ages()
-        .get(&rec.config.mac)
-        .map(|age| super::registry::now_ms().saturating_sub(age * 1000));
+    let last_seen_ms =
+        heartbeat_age.map(|age| super::registry::now_ms().saturating_sub(age * 1000));
     let (desktop, running) = super::desktop_state::view(rec, online, last_seen_ms, |uuid| {
         known
             .names

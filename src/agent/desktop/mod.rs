@@ -624,7 +624,8 @@ impl DesktopRuntime {
     /// `system_reset`): the runtime boots the same desktop again at once
     /// (a restore group comes back clean), and counts no failed boot.
     pub async fn reset(&self) -> Result<(), DesktopError> {
-        self.running_qmp_command("system_reset", true).await
+        self.running_qmp_command("system_reset", json!({}), true)
+            .await
     }
 
     /// Sends Ctrl-Alt-Del to the guest, as the terminal's keyboard would
@@ -635,25 +636,16 @@ impl DesktopRuntime {
             .iter()
             .map(|k| json!({"type": "qcode", "data": k}))
             .collect();
-        if self.status().state != "running" {
-            return Err(DesktopError::Other("no desktop is running".into()));
-        }
-        let mut q = self.qmp.lock().await;
-        let q = q
-            .as_mut()
-            .ok_or_else(|| DesktopError::Other("no desktop is running".into()))?;
-        log::info!("desktop: Ctrl-Alt-Del sent to the guest");
-        q.execute("send-key", json!({ "keys": keys }))
+        self.running_qmp_command("send-key", json!({ "keys": keys }), false)
             .await
-            .map(drop)
-            .map_err(|e| DesktopError::Other(format!("send-key: {e}")))
     }
 
     /// Presses the guest's power button (ACPI, QMP `system_powerdown`)
     /// and waits up to `stop_timeout_secs` for it to go off; a guest that
     /// ignores it keeps running (`ctl stop` stops it hard).
     pub async fn powerdown(&self) -> Result<(), DesktopError> {
-        self.running_qmp_command("system_powerdown", false).await?;
+        self.running_qmp_command("system_powerdown", json!({}), false)
+            .await?;
         let limit = Duration::from_secs(self.cfg.stop_timeout_secs);
         let start = Instant::now();
         while self.status().state == "running" && start.elapsed() < limit {
@@ -662,7 +654,13 @@ impl DesktopRuntime {
         Ok(())
     }
 
-    async fn running_qmp_command(&self, command: &str, reset: bool) -> Result<(), DesktopError> {
+    /// A QMP command to the running guest; refused when none runs.
+    async fn running_qmp_command(
+        &self,
+        command: &str,
+        args: serde_json::Value,
+        reset: bool,
+    ) -> Result<(), DesktopError> {
         if self.status().state != "running" {
             return Err(DesktopError::Other(format!(
                 "no desktop is running (it is {})",
@@ -678,7 +676,7 @@ impl DesktopRuntime {
                 .store(true, std::sync::atomic::Ordering::SeqCst);
         }
         log::info!("desktop: {command} asked on the terminal");
-        q.execute(command, json!({})).await.map(drop).map_err(|e| {
+        q.execute(command, args).await.map(drop).map_err(|e| {
             self.reset_asked
                 .store(false, std::sync::atomic::Ordering::SeqCst);
             DesktopError::Other(format!("{command}: {e}"))

@@ -27,7 +27,7 @@ TOML
 for _ in $(seq 100); do [ -s "$W/s/api-token" ] && break; sleep 0.2; done
 $RUN "$BIN/voi-agent" --config "$W/agent.toml" run >"$W/agent.log" 2>&1 &
 AP=$!
-ctl() { $RUN "$BIN/voi-server" ctl --api "http://127.0.0.1:$API" --data-dir "$W/s" "$@"; }
+ctl() { $RUN "$BIN/voi-server" ctl --json --api "http://127.0.0.1:$API" --data-dir "$W/s" "$@"; }
 online() { local t; t=$(ctl terminals 2>/dev/null) && grep -q '"online": true' <<<"$t"; }
 for _ in $(seq 150); do online && break; sleep 0.2; done
 online || { echo "agent never came online"; cat "$W/agent.log" "$W/server.log"; exit 1; }

@@ -39,7 +39,7 @@ grep -q "set server_port $PORT" "$W/tftp/boot.ipxe"
 
 target/release/voi-server run --listen "127.0.0.1:$PORT" --api-listen "127.0.0.1:$API" --tracker-listen 127.0.0.1:0 --data-dir "$W/server" >"$W/server.log" 2>&1 &
 SP=$!
-ctl() { target/release/voi-server ctl --api "http://127.0.0.1:$API" --data-dir "$W/server" "$@"; }
+ctl() { target/release/voi-server ctl --json --api "http://127.0.0.1:$API" --data-dir "$W/server" "$@"; }
 
 # NAT: the guest reaches us through QEMU's user network, so its socket comes
 # from 127.0.0.1 while it reports 10.0.2.15. Give its MAC (QEMU's default) a

@@ -33,3 +33,26 @@ fn the_readmes_demo_exits_0_with_the_layer_verified() {
     assert!(started.elapsed() < Duration::from_secs(120));
     println!("voi-server demo: exit 0 in {:?}", started.elapsed());
 }
+
+/// `cross/e2e.sh` is what CI runs on the aarch64 build after the suite; run
+/// it here natively on this build's binaries so that a change to `ctl`'s
+/// output (it once broke on tables replacing JSON) fails the suite, not the
+/// deployment step after it.
+#[test]
+fn the_cross_end_to_end_script_passes_on_the_native_binaries() {
+    let server = std::path::Path::new(env!("CARGO_BIN_EXE_voi-server"));
+    let dir = server.parent().expect("binary directory");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/cross/e2e.sh");
+    let out = Command::new("bash")
+        .arg(script)
+        .arg(dir)
+        .output()
+        .expect("run cross/e2e.sh");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("e2e ok"),
+        "cross/e2e.sh failed ({:?}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -8,9 +8,14 @@ RUN=${2:-}
 W=$(mktemp -d)
 cleanup() { kill "${AP:-}" "${SP:-}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$W"; }
 trap cleanup EXIT
-PORT=$((40000 + RANDOM % 20000)); API=$((PORT + 1))
-$RUN "$BIN/voi-server" run --listen "127.0.0.1:$PORT" --api-listen "127.0.0.1:$API" --tracker-listen 127.0.0.1:0 --bt-listen-port 0 --data-dir "$W/s" >"$W/server.log" 2>&1 &
+# Port 0: the kernel picks free ports (a random pick can collide with an
+# ephemeral port in use); the server prints the ones it got.
+$RUN "$BIN/voi-server" run --listen 127.0.0.1:0 --api-listen 127.0.0.1:0 --tracker-listen 127.0.0.1:0 --bt-listen-port 0 --data-dir "$W/s" >"$W/server.log" 2>&1 &
 SP=$!
+for _ in $(seq 300); do grep -q '^voi-server listening on' "$W/server.log" && break; sleep 0.2; done
+LINE=$(grep -m1 '^voi-server listening on' "$W/server.log") || { echo "the server did not start"; cat "$W/server.log"; exit 1; }
+PORT=$(sed -E 's/^voi-server listening on [0-9.]+:([0-9]+) .*/\1/' <<<"$LINE")
+API=$(sed -E 's/.*\(API http:\/\/[0-9.]+:([0-9]+)\)$/\1/' <<<"$LINE")
 cat >"$W/agent.toml" <<TOML
 server_ip = "127.0.0.1"
 server_port = $PORT

@@ -33,12 +33,16 @@ W=$(mktemp -d)
 cleanup() { kill "${QP:-}" "${SP:-}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$W"; }
 trap cleanup EXIT
 image/build-initramfs.sh "$W/tftp" target/release/voi-agent
-PORT=$((40000 + RANDOM % 20000)); API=$((PORT + 1))
+# Port 0: the kernel picks free ports (a random pick can collide with an
+# ephemeral port in use); the server prints the ones it got.
+target/release/voi-server run --listen 127.0.0.1:0 --api-listen 127.0.0.1:0 --tracker-listen 127.0.0.1:0 --data-dir "$W/server" >"$W/server.log" 2>&1 &
+SP=$!
+for _ in $(seq 300); do grep -q '^voi-server listening on' "$W/server.log" && break; sleep 0.2; done
+LINE=$(grep -m1 '^voi-server listening on' "$W/server.log") || { echo "the server did not start"; cat "$W/server.log"; exit 1; }
+PORT=$(sed -E 's/^voi-server listening on [0-9.]+:([0-9]+) .*/\1/' <<<"$LINE")
+API=$(sed -E 's/.*\(API http:\/\/[0-9.]+:([0-9]+)\)$/\1/' <<<"$LINE")
 sed "s/^isset \${server_port} || set server_port 50007$/set server_port $PORT/" boot/maintenance.ipxe > "$W/tftp/boot.ipxe"
 grep -q "set server_port $PORT" "$W/tftp/boot.ipxe"
-
-target/release/voi-server run --listen "127.0.0.1:$PORT" --api-listen "127.0.0.1:$API" --tracker-listen 127.0.0.1:0 --data-dir "$W/server" >"$W/server.log" 2>&1 &
-SP=$!
 ctl() { target/release/voi-server ctl --json --api "http://127.0.0.1:$API" --data-dir "$W/server" "$@"; }
 
 # NAT: the guest reaches us through QEMU's user network, so its socket comes

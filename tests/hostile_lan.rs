@@ -173,7 +173,13 @@ async fn closed_within(s: &mut TcpStream, secs: u64) -> bool {
 /// however much it sends, and a real terminal gets in meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_unauthenticated_sockets_hold_little_and_are_closed_at_the_deadline() {
-    let mut s = start("[limits]\nlogin_deadline_secs = 3\n", false).await;
+    // A share as big as the flood: this test is about what each socket
+    // holds, not about the per-address share (see `one_address_*`).
+    let mut s = start(
+        "[limits]\nlogin_deadline_secs = 3\nmax_unauthenticated_per_address = 2000\n",
+        false,
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let before = s.rss_mib();
     let mut socks = Vec::new();
@@ -682,4 +688,163 @@ async fn http_listeners_time_out_heads_and_drop_stalled_event_readers() {
     assert!(lagged && ended);
     assert_eq!(third.status().as_u16(), 503);
     assert!(after - before < 100.0, "{before} -> {after} MiB");
+}
+
+/// A TCP connection to `to` from the local address `from` (127.0.0.2 on
+/// loopback stands for a second host on the LAN).
+async fn connect_from(from: &str, to: SocketAddr) -> std::io::Result<TcpStream> {
+    let sock = tokio::net::TcpSocket::new_v4()?;
+    sock.bind(format!("{from}:0").parse().expect("from"))?;
+    // A small receive window, so a reader that never reads is stalled on
+    // the server's side almost at once instead of in kernel buffers.
+    sock.set_recv_buffer_size(4096)?;
+    sock.connect(to).await
+}
+
+/// Issue 38.1: 40 downloads of a 12 MiB agent package from one address,
+/// none of them read. The server streams the file (its memory does not
+/// grow with them), cuts each at the write timeout, and serves an honest
+/// download with a Range meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forty_stalled_package_downloads_hold_no_memory_and_time_out() {
+    let mut s = start("[limits]\nhttp_write_timeout_secs = 4\n", false).await;
+    let package: Vec<u8> = (0..12u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let file = s.data.join("package.bin");
+    std::fs::write(&file, &package).expect("package");
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-m",
+            "60",
+            "-X",
+            "PUT",
+            "-H",
+            "Authorization: Bearer t",
+            "--data-binary",
+        ])
+        .arg(format!("@{}", file.display()))
+        .arg(format!(
+            "http://{}/api/v1/upgrades/x86/9.9.9?raw=true",
+            s.api
+        ))
+        .output()
+        .expect("curl");
+    let published: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    assert_eq!(published["code"], 0, "publish: {published}");
+    let path = "/upgrades/x86/9.9.9/voi-agent";
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = s.rss_mib();
+    let mut stalled = Vec::new();
+    for _ in 0..40 {
+        let mut c = connect_from("127.0.0.2", s.tracker).await.expect("connect");
+        c.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .expect("request");
+        stalled.push(c);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let during = s.rss_mib();
+    // An honest terminal resumes a cut download meanwhile.
+    let started = Instant::now();
+    let resumed = reqwest::Client::new()
+        .get(format!("http://{}{path}", s.tracker))
+        .header("Range", "bytes=1000-")
+        .send()
+        .await
+        .expect("honest download");
+    let status = resumed.status().as_u16();
+    let body = resumed.bytes().await.expect("body");
+    let honest_secs = started.elapsed().as_secs_f64();
+    let mut closed = 0;
+    for c in stalled.iter_mut() {
+        // Each has its first few kB waiting; read nothing more until the
+        // timeout (4 s) has cut it, then drain to EOF.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if closed_within(c, 20).await {
+            closed += 1;
+        }
+    }
+    let after = s.rss_mib();
+    eprintln!(
+        "hostile_lan | 40 stalled downloads of a 12 MiB package from 127.0.0.2 | server RSS {before:.0} -> {during:.0} MiB with them open, {after:.0} MiB after; {closed} of 40 closed by the write timeout | honest Range download from 127.0.0.1: {status}, {} bytes in {honest_secs:.2} s",
+        body.len()
+    );
+    assert!(s.alive());
+    assert_eq!(status, 206);
+    assert_eq!(
+        &body[..],
+        &package[1000..],
+        "the resumed bytes are the package's"
+    );
+    assert!(during - before < 32.0, "{before} -> {during} MiB");
+    assert_eq!(closed, 40, "every stalled download was cut");
+}
+
+/// Issue 38.5: one address opens far more idle sockets than each cap
+/// (pre-login on the terminal port, connections on the tracker and on the
+/// API). Each newcomer displaces that address's own oldest socket, so
+/// logins, torrent fetches and API calls from another address all succeed
+/// during the flood.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_take_the_pre_login_tracker_or_api_caps() {
+    let s = start(
+        "[limits]\nmax_unauthenticated = 64\nmax_unauthenticated_per_address = 16\nhttp_max_connections = 64\nhttp_max_connections_per_address = 16\n",
+        true,
+    )
+    .await;
+    let mut flood = Vec::new();
+    for addr in [s.addr, s.tracker, s.api] {
+        for _ in 0..200 {
+            if let Ok(c) = connect_from("127.0.0.2", addr).await {
+                flood.push(c);
+            }
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (mut logins, mut torrents, mut api_calls) = (0, 0, 0);
+    for i in 0..13u32 {
+        let mut c = RawClient::connect(s.addr).await;
+        if c.login(&format!("AA:00:00:00:0F:{i:02X}")).await.is_ok() {
+            logins += 1;
+        }
+        let url = format!("http://{}/torrents/voi_0_{U}.torrent", s.tracker);
+        if let Ok(r) = reqwest::get(&url).await {
+            if r.status().is_success() && r.bytes().await.is_ok_and(|b| !b.is_empty()) {
+                torrents += 1;
+            }
+        }
+        if s.api_get("/api/v1/terminals")["code"] == 0 {
+            api_calls += 1;
+        }
+        // The flood keeps coming between each honest call.
+        for addr in [s.addr, s.tracker, s.api] {
+            for _ in 0..20 {
+                if let Ok(c) = connect_from("127.0.0.2", addr).await {
+                    flood.push(c);
+                }
+            }
+        }
+    }
+    // What the flood still holds: at most its share of each listener.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut open = 0;
+    let mut buf = [0u8; 64];
+    for c in flood.iter_mut() {
+        // A displaced socket reads EOF (or a reset) at once.
+        match tokio::time::timeout(Duration::from_millis(10), c.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {}
+            _ => open += 1,
+        }
+    }
+    eprintln!(
+        "hostile_lan | {} idle sockets from 127.0.0.2 against caps of 64 (16 per address) | from 127.0.0.1: logins {logins}/13, torrent fetches {torrents}/13, API calls {api_calls}/13 | flood sockets still open: {open}",
+        flood.len()
+    );
+    assert_eq!((logins, torrents, api_calls), (13, 13, 13));
+    assert!(
+        open <= 3 * 16,
+        "the flood holds {open}, more than its shares"
+    );
 }

@@ -11,9 +11,9 @@ use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 
 use super::admission::{self, AtLogin};
+use super::conn_shares::Share;
 use super::conn_state::ConnState;
 use super::handlers;
-use super::limits::Slot;
 use super::registry::{Online, ServerEvent};
 use super::service::Server;
 use crate::protocol::messages::{LoginReq, LoginResp};
@@ -28,7 +28,7 @@ pub async fn accept(
     stream: TcpStream,
     peer: SocketAddr,
     id: u64,
-    unauthenticated: Option<Slot>,
+    unauthenticated: Option<Share>,
 ) {
     let _ = stream.set_nodelay(true);
     server.metrics.sessions_opened.inc();
@@ -73,7 +73,7 @@ pub async fn run(
     local: Option<SocketAddr>,
     id: u64,
     cert_mac: Option<String>,
-    unauthenticated: Option<Slot>,
+    unauthenticated: Option<Share>,
 ) {
     let (rd, wr) = tokio::io::split(stream);
     let limits = &server.cfg.limits;
@@ -126,9 +126,18 @@ pub async fn run(
                 _ => break format!("no login within {:?}", limits.login_deadline()),
             }
         };
+        // Before login, a newer socket from the same address (or, at the
+        // cap, from the biggest holder) can take this one's place.
+        let displaced = st.unauthenticated.as_ref().map(Share::displaced);
         let next = tokio::select! {
             n = tokio::time::timeout(wait, reader.next()) => n,
             _ = close.cancelled() => break "closed by server".to_string(),
+            _ = async {
+                match &displaced {
+                    Some(d) => d.cancelled().await,
+                    None => std::future::pending().await,
+                }
+            } => break "displaced before login by newer connections from its address".to_string(),
             _ = server.shutdown.cancelled() => break "server shutting down".to_string(),
         };
         let frame = match next {
@@ -348,7 +357,7 @@ async fn login(
     // the cap, made-up MACs make none.
     if known.is_none() && standing == admission::Admission::Pending {
         let cap = server.cfg.limits.max_pending;
-        if Slot::take(&server.counters.pending, cap)
+        if super::limits::Slot::take(&server.counters.pending, cap)
             .map(std::mem::forget)
             .is_none()
         {

@@ -15,6 +15,7 @@ pub struct ConnState {
     pub cert_mac: Option<String>,
     /// Whether the operator has let it in (`admission.rs`), from login on.
     pub standing: crate::server::admission::Admission,
-    /// Held until login: one of `[limits] max_unauthenticated`.
-    pub unauthenticated: Option<crate::server::limits::Slot>,
+    /// Held until login: one of `[limits] max_unauthenticated`, shared
+    /// fairly between addresses.
+    pub unauthenticated: Option<crate::server::conn_shares::Share>,
 }

@@ -1,17 +1,22 @@
 //! The HTTP listeners (operator API and console, tracker): hyper with a
 //! header timeout, a cap on connections and an optional TLS handshake in
 //! front. axum::serve has neither bound, so a LAN peer could hold every
-//! file descriptor with silent sockets.
+//! file descriptor with silent sockets. The cap is shared between addresses
+//! (`conn_shares`), and a response nobody reads is cut after
+//! `http_write_timeout_secs` (`WriteStall`).
 
 use axum::Router;
+use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicUsize;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use super::limits::{Limits, Slot};
+use super::conn_shares::ConnShares;
+use super::limits::Limits;
 
 /// Largest request head (start line and headers) read, in bytes.
 const MAX_HEADER_BYTES: usize = 16 * 1024;
@@ -26,11 +31,13 @@ pub async fn serve(
     limits: &Limits,
     shutdown: CancellationToken,
 ) {
-    let open = Arc::new(AtomicUsize::new(0));
+    let shares = ConnShares::new(
+        what,
+        limits.http_max_connections,
+        limits.http_max_connections_per_address,
+    );
     let header_timeout = Duration::from_secs(limits.http_header_timeout_secs.max(1));
-    let cap = limits.http_max_connections.max(1);
-    let mut refused_since_log = 0u64;
-    let mut last_log: Option<std::time::Instant> = None;
+    let write_timeout = Duration::from_secs(limits.http_write_timeout_secs.max(1));
     loop {
         let (tcp, peer) = tokio::select! {
             a = listener.accept() => match a {
@@ -43,23 +50,16 @@ pub async fn serve(
             },
             _ = shutdown.cancelled() => break,
         };
-        let Some(slot) = Slot::take(&open, cap) else {
-            refused_since_log += 1;
-            if last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
-                log::warn!(
-                    "{what}: {cap} connections open, refusing more ({refused_since_log} since the last report; latest from {peer}); [limits] http_max_connections"
-                );
-                refused_since_log = 0;
-                last_log = Some(std::time::Instant::now());
-            }
-            continue;
-        };
+        let share = shares.admit(peer.ip());
         let _ = tcp.set_nodelay(true);
         let (tls, app, stop) = (tls.clone(), app.clone(), shutdown.clone());
+        let displaced = share.displaced();
+        let tcp = WriteStall::new(tcp, write_timeout);
         tokio::spawn(async move {
-            let _slot = slot;
+            let _share = share;
+            let timeouts = (header_timeout, displaced);
             match tls {
-                None => serve_one(what, tcp, peer, app, header_timeout, stop).await,
+                None => serve_one(what, tcp, peer, app, timeouts, stop).await,
                 Some(tls) => {
                     let stream = match tokio::time::timeout(
                         crate::tls::TLS_HANDSHAKE,
@@ -71,7 +71,7 @@ pub async fn serve(
                         Ok(Err(e)) => return log::debug!("{what} {peer}: TLS: {e}"),
                         Err(_) => return log::debug!("{what} {peer}: TLS handshake timed out"),
                     };
-                    serve_one(what, stream, peer, app, header_timeout, stop).await
+                    serve_one(what, stream, peer, app, timeouts, stop).await
                 }
             }
         });
@@ -83,7 +83,7 @@ async fn serve_one<IO>(
     io: IO,
     peer: SocketAddr,
     app: Router,
-    header_timeout: Duration,
+    (header_timeout, displaced): (Duration, CancellationToken),
     stop: CancellationToken,
 ) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -102,9 +102,99 @@ async fn serve_one<IO>(
         r = conn.as_mut() => if let Err(e) = r {
             log::debug!("{what} {peer}: {e}");
         },
+        // A newer connection from the same address took this one's place.
+        _ = displaced.cancelled() => log::debug!("{what} {peer}: displaced by a newer connection"),
         _ = stop.cancelled() => {
             conn.as_mut().graceful_shutdown();
             let _ = tokio::time::timeout(Duration::from_secs(2), conn).await;
         }
+    }
+}
+
+/// A socket whose writes fail with `TimedOut` once one has made no progress
+/// for `limit`: a client that stops reading a download (or an event
+/// stream) releases its connection instead of holding it for ever. Reads
+/// are not timed here: hyper's header timeout covers an idle connection,
+/// and an event stream's reader rightly sends nothing.
+struct WriteStall<IO> {
+    io: IO,
+    limit: Duration,
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<IO> WriteStall<IO> {
+    fn new(io: IO, limit: Duration) -> Self {
+        WriteStall {
+            io,
+            limit,
+            stalled: None,
+        }
+    }
+
+    /// Turns a pending write into an error once it has waited too long.
+    fn watch<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>> {
+        if r.is_ready() {
+            self.stalled = None;
+            return r;
+        }
+        let limit = self.limit;
+        let sleep = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("the peer read nothing for {limit:?}"),
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for WriteStall<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for WriteStall<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.watch(cx, r)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let r = Pin::new(&mut self.io).poll_flush(cx);
+        self.watch(cx, r)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let r = Pin::new(&mut self.io).poll_shutdown(cx);
+        self.watch(cx, r)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.watch(cx, r)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
     }
 }

@@ -17,6 +17,10 @@ pub struct Limits {
     /// for a building whose power comes back (every terminal connects in the
     /// same second); each holds at most `max_body_before_login`.
     pub max_unauthenticated: usize,
+    /// Of `max_unauthenticated`, what one IP address may hold; its oldest
+    /// goes when it opens more, and at the cap the biggest holder's oldest
+    /// goes, so a flood never locks another address out (issue 38.5).
+    pub max_unauthenticated_per_address: usize,
     /// A socket that has not logged in this long after it opened is closed,
     /// whatever it sent meanwhile.
     pub login_deadline_secs: u64,
@@ -29,6 +33,12 @@ pub struct Limits {
     pub http_header_timeout_secs: u64,
     /// Operator API and tracker: connections open at once, each listener.
     pub http_max_connections: usize,
+    /// Operator API and tracker: of `http_max_connections`, what one IP
+    /// address may hold (displacing as `max_unauthenticated_per_address`).
+    pub http_max_connections_per_address: usize,
+    /// Operator API and tracker: a response write that makes no progress
+    /// this long closes the connection (a download nobody reads).
+    pub http_write_timeout_secs: u64,
     /// Tracker: peers kept per swarm.
     pub tracker_max_peers_per_swarm: usize,
     /// Tracker: peers kept per swarm from one IP address (each port is a
@@ -62,10 +72,13 @@ impl Default for Limits {
         Limits {
             max_connections: 16384,
             max_unauthenticated: 8192,
+            max_unauthenticated_per_address: 64,
             login_deadline_secs: 10,
             max_body_before_login: 8 * 1024,
             http_header_timeout_secs: 10,
             http_max_connections: 512,
+            http_max_connections_per_address: 64,
+            http_write_timeout_secs: 30,
             tracker_max_peers_per_swarm: 4096,
             tracker_max_peers_per_address: 16,
             tracker_max_swarms: 4096,
@@ -114,7 +127,6 @@ impl Drop for Slot {
 #[derive(Debug, Default)]
 pub struct Counters {
     pub connections: Arc<AtomicUsize>,
-    pub unauthenticated: Arc<AtomicUsize>,
     pub event_readers: Arc<AtomicUsize>,
     /// Pending terminal records: counted up as they are made, and set to
     /// the store's count by the periodic sweep (`Server::sweep_pending`).

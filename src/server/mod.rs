@@ -9,6 +9,7 @@ pub mod cli;
 pub mod client;
 mod config;
 mod conn;
+mod conn_shares;
 mod conn_state;
 mod console;
 pub mod ctl_tables;

@@ -10,6 +10,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::config::ServerConfig;
+use super::conn_shares::ConnShares;
 use super::limits::{RefusedLog, Slot};
 use super::registry::Registry;
 use super::service::{announce_url, Server};
@@ -220,6 +221,12 @@ impl Server {
 
     async fn accept_loop(self: Arc<Self>, listener: TcpListener) {
         let mut refused = RefusedLog::default();
+        let limits = &self.cfg.limits;
+        let unauthenticated = ConnShares::new(
+            "terminal port, before login ([limits] max_unauthenticated)",
+            limits.max_unauthenticated,
+            limits.max_unauthenticated_per_address,
+        );
         loop {
             let accepted = tokio::select! {
                 a = listener.accept() => a,
@@ -233,16 +240,11 @@ impl Server {
                         refused.note(peer, "max_connections");
                         continue;
                     };
-                    let Some(unauthenticated) =
-                        Slot::take(&self.counters.unauthenticated, limits.max_unauthenticated)
-                    else {
-                        refused.note(peer, "max_unauthenticated");
-                        continue;
-                    };
+                    let share = unauthenticated.admit(peer.ip());
                     let id = self.conn_ids.fetch_add(1, Ordering::Relaxed);
                     let s = self.clone();
                     tokio::spawn(async move {
-                        conn::accept(s, stream, peer, id, Some(unauthenticated)).await;
+                        conn::accept(s, stream, peer, id, Some(share)).await;
                         drop(slot);
                     });
                 }

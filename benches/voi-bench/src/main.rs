@@ -6,6 +6,7 @@
 //!   cargo run --release -p voi-bench -- swarm --agents 8 --size-mib 256 --rate 100mbit
 //!   cargo run --release -p voi-bench -- single | scale | merge
 
+mod lan_address;
 mod plot;
 mod scale;
 mod single;

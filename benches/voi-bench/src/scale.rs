@@ -145,6 +145,7 @@ pub async fn scale(
         );
         let s = Session {
             addr: addr.clone(),
+            index: i,
             mac,
             latencies: latencies.clone(),
             measuring: measuring.clone(),
@@ -211,6 +212,8 @@ pub fn free_port() -> anyhow::Result<u16> {
 
 struct Session {
     addr: String,
+    /// Which terminal: its loopback address (`lan_address`).
+    index: usize,
     mac: String,
     latencies: Arc<Mutex<Vec<f64>>>,
     measuring: Arc<std::sync::atomic::AtomicBool>,
@@ -222,7 +225,7 @@ struct Session {
 
 impl Session {
     async fn run(self) {
-        let Ok(stream) = TcpStream::connect(&self.addr).await else {
+        let Ok(stream) = crate::lan_address::connect_as(self.index, &self.addr).await else {
             self.dropped.fetch_add(1, Ordering::Relaxed);
             return;
         };

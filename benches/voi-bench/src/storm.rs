@@ -108,7 +108,7 @@ async fn wave_of(addr: &str, pid: u32, n: usize, wave: &str) -> StormResult {
             online_at.clone(),
         );
         tasks.push(tokio::spawn(async move {
-            let r = terminal(&addr, &mac).await;
+            let r = terminal(&addr, i, &mac).await;
             if let Some((login, startup, _io)) = &r {
                 let lock = |m: &Mutex<Vec<f64>>, v: f64| {
                     m.lock().unwrap_or_else(|p| p.into_inner()).push(v)
@@ -155,10 +155,14 @@ async fn wave_of(addr: &str, pid: u32, n: usize, wave: &str) -> StormResult {
 /// One terminal's boot: login, 9004, 9005, 9007, 9019, a heartbeat.
 /// Returns (login ms, login-to-online ms, the open session), or None if
 /// it was dropped.
-async fn terminal(addr: &str, mac: &str) -> Option<(f64, f64, Framed<TcpStream, FrameCodec>)> {
+async fn terminal(
+    addr: &str,
+    i: usize,
+    mac: &str,
+) -> Option<(f64, f64, Framed<TcpStream, FrameCodec>)> {
     const PATIENCE: Duration = Duration::from_secs(60);
     let begun = Instant::now();
-    let stream = tokio::time::timeout(PATIENCE, TcpStream::connect(addr))
+    let stream = tokio::time::timeout(PATIENCE, crate::lan_address::connect_as(i, addr))
         .await
         .ok()?
         .ok()?;

@@ -461,3 +461,66 @@ fn dashboard_matches(server: &str, agent: &str) {
         "exported but not on the dashboard: {unshown:?}"
     );
 }
+
+/// Issue 38.6: ten made-up terminals report transfers (9025) whose `state`
+/// carries a forged exposition line, a quote and 4 kB of junk. The scrape
+/// still parses, holds no forged sample, and its transfer series stay
+/// within the fixed set of states.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminal_reports_cannot_write_into_the_metrics() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let h = start_server(&dir.path().join("s")).await;
+    let forged = [
+        "x\"} 1\nvoi_server_terminals{state=\"online\",generation=\"voi-agent\"} 31337\n# TYPE evil gauge\nevil 1\n#".to_string(),
+        "a\"b\\c".to_string(),
+        "z".repeat(4000),
+    ];
+    let mut sessions = Vec::new();
+    for t in 0..10u32 {
+        let mac = format!("AA:00:00:00:66:{t:02X}");
+        let mut c = RawClient::connect(h.addr).await;
+        assert!(c.login(&mac).await.is_ok());
+        for (i, state) in forged.iter().enumerate() {
+            for level in 0..8 {
+                let u = format!("3c1e9f20-7d4b-4a8e-b6c2-5f0a1d9e8b{:02x}", i * 16 + level);
+                let _ = c
+                    .request(
+                        voi::protocol::ServiceCode::BtTaskState,
+                        &json!({"mac": mac, "torrent_name": format!("voi_{level}_{u}.torrent"),
+                                "progress": 50, "state": format!("{state}{t}{level}")}),
+                    )
+                    .await;
+            }
+        }
+        sessions.push(c);
+    }
+    let text = reqwest::Client::new()
+        .get(format!("http://{}/metrics", h.api_addr))
+        .bearer_auth(&h.server.api_token)
+        .send()
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("text");
+    let s = parse(&text);
+    let transfer_series = s
+        .samples
+        .iter()
+        .filter(|x| x.metric == "voi_server_transfers")
+        .count();
+    let online = value(&s, "voi_server_terminals", Some(("state", "online")));
+    let families = families(&text);
+    eprintln!(
+        "observability | 240 forged 9025 states from 10 made-up MACs | scrape {} bytes, {} transfer series, online terminals {online:?}, families {}",
+        text.len(),
+        transfer_series,
+        families.len()
+    );
+    assert!(!text.contains("31337"), "{text}");
+    assert!(!families.contains("evil"), "{families:?}");
+    assert_eq!(online, Some(10.0));
+    assert!(transfer_series <= 12, "{transfer_series} series");
+    assert!(text.len() < 64 * 1024, "{} bytes", text.len());
+    h.stop().await;
+}

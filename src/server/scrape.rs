@@ -25,6 +25,33 @@ struct LayerLabel {
     layer: String,
 }
 
+/// The transfer states a label may carry. A 9025 `state` is the terminal's
+/// own string: anything else is counted as `other`, so a report can neither
+/// write into the exposition (the metrics crate does not escape label
+/// values) nor add series (issue 38.6).
+const TRANSFER_STATES: &[&str] = &[
+    "downloading",
+    "finished",
+    "seeding",
+    "checking",
+    "paused",
+    "queued",
+    "waiting",
+    "stopped",
+    "error",
+    "failed",
+    "unknown",
+];
+
+fn transfer_state_label(state: Option<&str>) -> &'static str {
+    let state = state.unwrap_or("unknown");
+    TRANSFER_STATES
+        .iter()
+        .find(|s| **s == state)
+        .copied()
+        .unwrap_or("other")
+}
+
 /// The text exposition of every metric, now.
 pub fn render(server: &super::service::Server) -> String {
     let m = &server.metrics;
@@ -95,7 +122,7 @@ pub fn render(server: &super::service::Server) -> String {
     for rec in server.store.terminals().unwrap_or_default() {
         for (k, v) in &rec.reports {
             if k.starts_with("bt_task:") {
-                let state = v["state"].as_str().unwrap_or("unknown").to_string();
+                let state = transfer_state_label(v["state"].as_str()).to_string();
                 transfers.get_or_create(&StateLabel { state }).inc();
             }
         }
@@ -154,4 +181,23 @@ pub fn render(server: &super::service::Server) -> String {
         log::error!("metrics: {e}");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_terminals_state_string_never_becomes_a_label_of_its_own() {
+        assert_eq!(transfer_state_label(Some("seeding")), "seeding");
+        assert_eq!(transfer_state_label(None), "unknown");
+        for forged in [
+            "x\"} 1\nvoi_server_terminals{state=\"online\"} 31337\n#",
+            "Seeding",
+            "",
+            &"a".repeat(4000),
+        ] {
+            assert_eq!(transfer_state_label(Some(forged)), "other");
+        }
+    }
 }

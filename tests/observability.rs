@@ -339,6 +339,8 @@ async fn named_tokens_sign_the_audit_trail_and_read_only_ones_only_read() {
             read_only: true,
         },
     ];
+    let audit_max = 50;
+    cfg.audit_max_entries = audit_max;
     let h = voi::server::Server::start(cfg).await.expect("server");
     let base = format!("http://{}", h.api_addr);
     let as_ = |token: &str| voi::server::client::ApiClient::new(base.clone(), token.to_string());
@@ -384,14 +386,54 @@ async fn named_tokens_sign_the_audit_trail_and_read_only_ones_only_read() {
             )
         })
         .collect();
-    assert_eq!(
-        who,
-        vec![
-            ("teacher-101".to_string(), 200),
-            ("grafana".to_string(), 403),
-            ("unauthenticated".to_string(), 401),
-        ]
+    // Refused writes are counted, not audited (issue 38.9): the trail
+    // holds what token holders did, and a flood of refusals from anyone
+    // who reaches the port (or holds a read-only token) evicts none of it,
+    // however small the trail.
+    assert_eq!(who, vec![("teacher-101".to_string(), 200)]);
+    let started = std::time::Instant::now();
+    for _ in 0..300 {
+        let _ = as_("not-a-token-at-all")
+            .post("/api/v1/wake", &json!({"macs": []}))
+            .await;
+        let _ = as_(grafana).put("/api/v1/schedule", &json!([])).await;
+    }
+    let flood_secs = started.elapsed().as_secs_f64();
+    let trail = api(&h).get("/api/v1/audit").await.expect("audit");
+    let entries = trail.data.expect("data")["entries"].clone();
+    let whos: Vec<&str> = entries
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter_map(|e| e["who"].as_str())
+        .collect();
+    let text = reqwest::Client::new()
+        .get(format!("{base}/metrics"))
+        .bearer_auth("teacher-101-secret-token")
+        .send()
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("text");
+    let s = parse(&text);
+    let unauth = value(
+        &s,
+        "voi_server_api_refusals_total",
+        Some(("reason", "unauthenticated")),
     );
+    let read_only = value(
+        &s,
+        "voi_server_api_refusals_total",
+        Some(("reason", "read_only")),
+    );
+    eprintln!(
+        "observability | 600 refused writes in {flood_secs:.1} s against a trail of {} entries | trail now {whos:?} | refusals counted: unauthenticated {unauth:?}, read_only {read_only:?}",
+        audit_max
+    );
+    assert_eq!(whos, vec!["teacher-101"]);
+    assert_eq!(unauth, Some(301.0));
+    assert_eq!(read_only, Some(301.0));
     h.stop().await;
 
     // A wrong entry stops the server at start, with the reason.

@@ -128,9 +128,11 @@ macro_rules! guard {
 pub const MAX_BODY: usize = 256 * 1024;
 
 /// Every operator action (anything but a read) is one line at INFO and one
-/// entry of the audit trail in the store: who (the token's name, or
-/// "unauthenticated" for a refused caller), from where, what, on which
-/// terminals, and how it ended.
+/// entry of the audit trail in the store: who (the token's name), from
+/// where, what, on which terminals, and how it ended. A write refused for
+/// its token (401, 403) is counted in the metrics instead: otherwise
+/// anyone who reaches the port could push every real entry out of the
+/// bounded trail (issue 38.9).
 async fn audit_action(
     State(server): S,
     req: axum::extract::Request,
@@ -187,6 +189,10 @@ async fn audit_action(
     let started = std::time::Instant::now();
     let resp = next.run(req).await;
     let status = resp.status();
+    if matches!(status.as_u16(), 401 | 403) {
+        server.metrics.api_refused(status.as_u16(), &from, &what);
+        return resp;
+    }
     let (parts, body) = resp.into_parts();
     let bytes = axum::body::to_bytes(body, 4 << 20)
         .await

@@ -158,6 +158,29 @@ impl RefusedLog {
     }
 }
 
+/// One log line a minute for something that can happen thousands of times
+/// a second: `due()` counts an occurrence and says, when a line is due, how
+/// many there were since the last one.
+#[derive(Debug, Default)]
+pub struct LogThrottle {
+    since_last: u64,
+    last: Option<std::time::Instant>,
+}
+
+impl LogThrottle {
+    pub fn due(&mut self) -> Option<u64> {
+        self.since_last += 1;
+        if self
+            .last
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(60))
+        {
+            return None;
+        }
+        self.last = Some(std::time::Instant::now());
+        Some(std::mem::take(&mut self.since_last))
+    }
+}
+
 /// `s` as a stored string: refused when longer than `max` bytes.
 pub fn check_len(what: &str, s: &str, max: usize) -> Result<(), String> {
     if s.len() > max {

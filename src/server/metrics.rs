@@ -39,6 +39,10 @@ pub struct ServerMetrics {
     pub login_rejections: Family<Reason, Counter>,
     pub commands: Family<CommandLabels, Counter>,
     pub command_seconds: Family<CommandName, Histogram, fn() -> Histogram>,
+    /// Operator API writes refused for their token: `unauthenticated`
+    /// (401) or `read_only` (403). Counted, not audited (issue 38.9).
+    pub api_refusals: Family<Reason, Counter>,
+    pub api_refusal_log: std::sync::Mutex<super::limits::LogThrottle>,
 }
 
 impl Default for ServerMetrics {
@@ -50,6 +54,8 @@ impl Default for ServerMetrics {
             login_rejections: Family::default(),
             commands: Family::default(),
             command_seconds: Family::new_with_constructor(latency_histogram),
+            api_refusals: Family::default(),
+            api_refusal_log: Default::default(),
         }
     }
 }
@@ -84,6 +90,32 @@ impl ServerMetrics {
             "other"
         };
         self.reject_reason(reason);
+    }
+
+    /// An API write refused for its token (401 or 403): a counter and, at
+    /// most once a minute, a log line; never an audit entry, so no caller
+    /// without a token can evict what token holders did.
+    pub fn api_refused(&self, status: u16, from: &str, what: &str) {
+        let reason = if status == 401 {
+            "unauthenticated"
+        } else {
+            "read_only"
+        };
+        self.api_refusals
+            .get_or_create(&Reason {
+                reason: reason.into(),
+            })
+            .inc();
+        let due = self
+            .api_refusal_log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .due();
+        if let Some(n) = due {
+            log::warn!(
+                "operator API: {n} request(s) refused for their token since the last report (latest: {status} for {what} from {from}); refusals are counted in voi_server_api_refusals_total, not audited"
+            );
+        }
     }
 
     fn reject_reason(&self, reason: &str) {

@@ -87,6 +87,12 @@ pub fn render(server: &super::service::Server) -> String {
         m.command_seconds.clone(),
     );
 
+    r.register(
+        "voi_server_api_refusals",
+        "Operator API writes refused for their token (401 none or wrong, 403 read-only)",
+        m.api_refusals.clone(),
+    );
+
     // Terminals by state and generation.
     let terminals: Family<TerminalLabels, Gauge> = Family::default();
     let status = server.registry.status(server.cfg.offline_after());

@@ -341,6 +341,8 @@ async fn named_tokens_sign_the_audit_trail_and_read_only_ones_only_read() {
     ];
     let audit_max = 50;
     cfg.audit_max_entries = audit_max;
+    cfg.limits.max_event_readers = 6;
+    cfg.limits.event_readers_kept_for_operators = 2;
     let h = voi::server::Server::start(cfg).await.expect("server");
     let base = format!("http://{}", h.api_addr);
     let as_ = |token: &str| voi::server::client::ApiClient::new(base.clone(), token.to_string());
@@ -434,6 +436,42 @@ async fn named_tokens_sign_the_audit_trail_and_read_only_ones_only_read() {
     assert_eq!(whos, vec!["teacher-101"]);
     assert_eq!(unauth, Some(301.0));
     assert_eq!(read_only, Some(301.0));
+
+    // Issue 38.16: the read-only token opens every event stream it can,
+    // from another host; the teacher still gets one.
+    let from_elsewhere = reqwest::Client::builder()
+        .local_address(Some("127.0.0.2".parse().expect("ip")))
+        .build()
+        .expect("client");
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for _ in 0..8 {
+        let r = from_elsewhere
+            .get(format!("{base}/api/v1/events"))
+            .bearer_auth(grafana)
+            .send()
+            .await
+            .expect("grafana stream");
+        if r.status() == 200 {
+            held.push(r);
+        } else {
+            refused += 1;
+        }
+    }
+    let teacher = reqwest::Client::new()
+        .get(format!("{base}/api/v1/events"))
+        .bearer_auth("teacher-101-secret-token")
+        .send()
+        .await
+        .expect("teacher stream");
+    eprintln!(
+        "observability | a read-only token asks for 8 event streams of 6 from 127.0.0.2: {} held, {refused} refused | the operator's stream: {}",
+        held.len(),
+        teacher.status()
+    );
+    assert_eq!(held.len(), 4);
+    assert_eq!(teacher.status(), 200);
+    drop(held);
     h.stop().await;
 
     // A wrong entry stops the server at start, with the reason.

@@ -93,8 +93,8 @@ fn authorized(server: &Server, headers: &HeaderMap) -> bool {
     server.tokens.caller(headers).is_some()
 }
 
-/// A read-only token reads; anything else it asks is refused (and, as an
-/// action, audited under its name).
+/// A read-only token reads; anything else it asks is refused (and counted,
+/// see `audit_action`).
 async fn refuse_read_only(
     State(server): S,
     req: axum::extract::Request,
@@ -410,6 +410,34 @@ fn router(server: Arc<Server>) -> Router {
 async fn events(State(server): S, headers: HeaderMap) -> Response {
     use axum::response::sse::{Event, KeepAlive, Sse};
     guard!(server, headers);
+    let limits = &server.cfg.limits;
+    // Read-only tokens (dashboards, wall screens) share all but the slots
+    // kept for tokens that may act, so an operator still gets a stream
+    // when a read-only token has opened all it can (issue 38.16).
+    let read_only = server.tokens.caller(&headers).is_some_and(|c| c.read_only);
+    let read_only_slot = if read_only {
+        let cap = limits
+            .max_event_readers
+            .saturating_sub(limits.event_readers_kept_for_operators);
+        match super::limits::Slot::take(&server.counters.read_only_event_readers, cap) {
+            Some(s) => Some(s),
+            None => {
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Json(json!({
+                        "code": 503,
+                        "msg": format!(
+                            "read-only tokens hold {cap} event streams already; the other {} are kept for tokens that may act ([limits] max_event_readers, event_readers_kept_for_operators)",
+                            limits.event_readers_kept_for_operators
+                        ),
+                    })),
+                )
+                    .into_response();
+            }
+        }
+    } else {
+        None
+    };
     let Some(slot) = super::limits::Slot::take(
         &server.counters.event_readers,
         server.cfg.limits.max_event_readers,
@@ -429,7 +457,7 @@ async fn events(State(server): S, headers: HeaderMap) -> Response {
     let rx = server.registry.events.subscribe();
     let stop = server.shutdown.clone();
     let stream = futures_util::stream::unfold(
-        (rx, stop, slot, false),
+        (rx, stop, (slot, read_only_slot), false),
         |(mut rx, stop, slot, ended)| async move {
             if ended {
                 return None;

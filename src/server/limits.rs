@@ -65,6 +65,9 @@ pub struct Limits {
     pub pending_expire_secs: u64,
     /// Event-stream (`/api/v1/events`) readers at once.
     pub max_event_readers: usize,
+    /// Of `max_event_readers`, how many read-only tokens can never take:
+    /// they stay for tokens that may act (the console of an operator).
+    pub event_readers_kept_for_operators: usize,
 }
 
 impl Default for Limits {
@@ -90,6 +93,7 @@ impl Default for Limits {
             max_pending: 1024,
             pending_expire_secs: 7 * 24 * 3600,
             max_event_readers: 32,
+            event_readers_kept_for_operators: 8,
         }
     }
 }
@@ -128,6 +132,8 @@ impl Drop for Slot {
 pub struct Counters {
     pub connections: Arc<AtomicUsize>,
     pub event_readers: Arc<AtomicUsize>,
+    /// Of them, those opened with read-only tokens.
+    pub read_only_event_readers: Arc<AtomicUsize>,
     /// Pending terminal records: counted up as they are made, and set to
     /// the store's count by the periodic sweep (`Server::sweep_pending`).
     pub pending: Arc<AtomicUsize>,

@@ -50,7 +50,7 @@ pub fn init_logging() {
                     buf.timestamp_millis(),
                     record.level(),
                     record.target(),
-                    record.args()
+                    escape_controls(&record.args().to_string())
                 )
             }
         })
@@ -59,6 +59,28 @@ pub fn init_logging() {
     if log::set_boxed_logger(Box::new(Tee { inner })).is_ok() {
         log::set_max_level(max);
     }
+}
+
+/// A log message with its control characters written out (`\n`, `\r`,
+/// `\t`, `\u{1b}`…): every text line goes through here, so a value from
+/// the network (a 9001 ip, a command answer's msg, a decoded API path)
+/// can neither start a forged line nor move a terminal's cursor
+/// (issue 38.10). JSON lines are escaped by the JSON writer.
+pub fn escape_controls(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.push_str(&c.escape_unicode().to_string()),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// The configuration's `log_format`, unless `VOI_LOG_FORMAT` chose already.
@@ -208,7 +230,7 @@ impl log::Log for Tee {
             "{} {:<5} {}",
             chrono::Local::now().format("%H:%M:%S"),
             record.level(),
-            record.args()
+            escape_controls(&record.args().to_string())
         );
         let mut q = RECENT.lock().unwrap_or_else(|p| p.into_inner());
         if q.len() >= RECENT_LINES {
@@ -388,6 +410,22 @@ impl ProgressBoard {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn control_characters_are_written_out_not_obeyed() {
+        assert_eq!(
+            super::escape_controls("10.0.0.9\n[2026 INFO voi::server] forged"),
+            "10.0.0.9\\n[2026 INFO voi::server] forged"
+        );
+        assert_eq!(
+            super::escape_controls("a\r\tb\u{1b}[2J\u{7f}"),
+            "a\\r\\tb\\u{1b}[2J\\u{7f}"
+        );
+        assert!(matches!(
+            super::escape_controls("plain ümlaut"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+    }
+
     use super::*;
 
     fn record_line(target: &str, msg: std::fmt::Arguments) -> serde_json::Value {

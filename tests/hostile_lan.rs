@@ -72,6 +72,11 @@ fn server_bin() -> PathBuf {
 /// A server with `extra` in its config (after the listeners), optionally a
 /// base layer in its library.
 async fn start(extra: &str, with_layer: bool) -> Server {
+    start_logging(extra, with_layer, "warn").await
+}
+
+/// `start`, with the server's `RUST_LOG` set to `level`.
+async fn start_logging(extra: &str, with_layer: bool, level: &str) -> Server {
     let dir = tempfile::tempdir().expect("tmp");
     let data = dir.path().join("data");
     if with_layer {
@@ -99,7 +104,7 @@ async fn start(extra: &str, with_layer: bool) -> Server {
             .arg("--config")
             .arg(dir.path().join("server.toml"))
             .current_dir(dir.path())
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", level)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.path().join("server.log")).expect("log"))
             .spawn()
@@ -846,5 +851,100 @@ async fn one_address_cannot_take_the_pre_login_tracker_or_api_caps() {
     assert!(
         open <= 3 * 16,
         "the flood holds {open}, more than its shares"
+    );
+}
+
+/// Issue 38.10: a newline in a 9001 `ip`, in a command answer's `msg` and
+/// in a percent-decoded API path. The ip is refused; the others are
+/// logged with their control characters written out, so no forged line
+/// starts in the server's text log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn input_cannot_forge_a_log_line() {
+    let s = start_logging("", false, "info").await;
+    let forged = "\n[2026-12-07T00:00:00.000Z INFO  voi::server::registry] FORGED line\r\u{1b}[2J";
+    let mut c = RawClient::connect(s.addr).await;
+    let (_, env) = c
+        .request(
+            ServiceCode::TerminalLogin,
+            &json!({"mac": "AA:00:00:00:0E:51", "ip": format!("10.0.0.9{forged}")}),
+        )
+        .await;
+    let ip_refused = env.code != 0 && env.msg.contains("not an IPv4 address");
+    assert!(c.login("AA:00:00:00:0E:51").await.is_ok());
+    // A command whose answer carries the forged line in its msg.
+    let api = s.api;
+    let push = tokio::spawn(async move {
+        Command::new("curl")
+            .args([
+                "-s",
+                "-m",
+                "20",
+                "-X",
+                "POST",
+                "-H",
+                "Authorization: Bearer t",
+                "-H",
+                "Content-Type: application/json",
+            ])
+            .arg("--data")
+            .arg(r#"{"command":"update_name","params":{"name":"x"},"timeout_secs":10}"#)
+            .arg(format!(
+                "http://{api}/api/v1/terminals/AA:00:00:00:0E:51/commands"
+            ))
+            .output()
+            .expect("curl")
+    });
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        let Ok(Some(f)) = tokio::time::timeout(Duration::from_secs(1), c.recv()).await else {
+            continue;
+        };
+        if !f.is_response() && f.service() == Some(ServiceCode::UpdateName) {
+            let reply = Frame::response_json(
+                &f,
+                voi::protocol::ClientType::Linux,
+                &c.token,
+                &json!({"code": 0, "msg": format!("ok{forged}")}),
+            )
+            .expect("reply");
+            c.send_raw(&reply.to_bytes()).await;
+            break;
+        }
+    }
+    let pushed = push.await.expect("push");
+    // An API path that decodes to the forged line.
+    let _ = Command::new("curl")
+        .args(["-s", "-m", "10", "-X", "POST", "-H", "Authorization: Bearer t"])
+        .arg(format!(
+            "http://{}/api/v1/terminals/AA%0A%5B2026-12-07T00%3A00%3A00.000Z%20INFO%20%20voi%3A%3Aserver%5D%20FORGED/commands",
+            s.api
+        ))
+        .output()
+        .expect("curl");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let log = std::fs::read_to_string(s._dir.path().join("server.log")).expect("log");
+    let forged_lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("FORGED") && !l.contains("\\n["))
+        .collect();
+    let escaped = log.lines().filter(|l| l.contains("FORGED")).count();
+    let stray: Vec<&str> = log
+        .lines()
+        .filter(|l| !l.starts_with('[') || l.starts_with("[2026-12-07T00:00:00"))
+        .collect();
+    eprintln!(
+        "hostile_lan | forged lines in a 9001 ip, a command answer and an API path | ip refused: {ip_refused} | lines mentioning FORGED: {escaped}, of which started by it: {} | lines not the logger's: {}",
+        forged_lines.len(),
+        stray.len()
+    );
+    assert!(ip_refused, "{env:?}");
+    assert!(
+        String::from_utf8_lossy(&pushed.stdout).contains("\"code\""),
+        "the push ran"
+    );
+    assert!(escaped >= 1, "the answer's msg was logged at all:\n{log}");
+    assert!(
+        forged_lines.is_empty() && stray.is_empty(),
+        "{forged_lines:?} {stray:?}\n{log}"
     );
 }

@@ -326,6 +326,21 @@ async fn login(
         .await;
         return Flow::Continue;
     };
+    // The address the terminal says it has is stored, shown and logged: an
+    // IPv4 address or nothing (then the socket's is taken), never free
+    // text (issue 38.10: a newline in it forged log lines).
+    let ip = req.ip.trim();
+    if !ip.is_empty() && ip.parse::<std::net::Ipv4Addr>().is_err() {
+        let env = Envelope::error(
+            ErrorCode::MessageError,
+            format!(
+                "ip {:?} is not an IPv4 address",
+                crate::cli_support::escape_controls(&ip.chars().take(64).collect::<String>())
+            ),
+        );
+        answer(tx, frame, "", &env).await;
+        return Flow::Continue;
+    }
     if let Some(prev) = &st.mac {
         if prev != &mac {
             let env = Envelope::error(
@@ -367,10 +382,10 @@ async fn login(
             return refuse_login(server, st, tx, frame, mac, why).await;
         }
     }
-    let ip = if req.ip.is_empty() {
+    let ip = if req.ip.trim().is_empty() {
         st.peer.ip().to_string()
     } else {
-        req.ip.clone()
+        req.ip.trim().to_string()
     };
     let now = chrono::Local::now().to_rfc3339();
     let stored = server.store.update_terminal_reported(&mac, |r| {

@@ -71,6 +71,22 @@ impl Tmux {
         assert!(ok.success());
     }
 
+    fn title(&self) -> String {
+        let out = Command::new("tmux")
+            .args([
+                "-L",
+                &self.socket,
+                "display-message",
+                "-p",
+                "-t",
+                "s",
+                "#{pane_title}",
+            ])
+            .output()
+            .expect("display-message");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
     fn capture(&self) -> String {
         let out = Command::new("tmux")
             .args(["-L", &self.socket, "capture-pane", "-p", "-t", "s"])
@@ -341,7 +357,14 @@ async fn the_screen_warns_of_a_shutdown_numbers_the_terminal_and_lists_levels_on
     let env = api(&h)
         .put(
             "/api/v1/desktop_groups",
-            &layer_group("Math lab", G, U, &[0, 1]),
+            // With what a rogue server would add (issue 38.12): a title,
+            // a clear and a jump to row 5. The screen draws it as text.
+            &layer_group(
+                "Math lab\u{1b}]0;PWNED\u{7}\u{1b}[2J\u{1b}[5;1HFAKE",
+                G,
+                U,
+                &[0, 1],
+            ),
         )
         .await
         .expect("group");
@@ -374,6 +397,11 @@ async fn the_screen_warns_of_a_shutdown_numbers_the_terminal_and_lists_levels_on
         row.contains("0,1") && !row.contains("0,1,0"),
         "levels once: {row}"
     );
+    assert!(
+        !s.lines().any(|l| l.starts_with("FAKE")),
+        "an escape sequence moved the cursor:\n{s}"
+    );
+    assert_ne!(screen.title(), "PWNED", "an escape sequence set the title");
 
     // 1901, 90 s ahead: at the top, counting down.
     let env = api(&h)

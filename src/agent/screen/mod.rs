@@ -36,12 +36,23 @@ fn key_of(code: KeyCode) -> Key {
     }
 }
 
+/// Everything the screen draws comes through here, and leaves without
+/// control characters: a group name, a reason or a message from a (rogue)
+/// server could otherwise set the window title, clear the screen or draw
+/// anywhere (issue 38.12).
 async fn call(socket: &Path, req: &ControlRequest) -> Result<serde_json::Value, String> {
-    match tokio::time::timeout(CALL_TIMEOUT, control_socket::call(socket, req)).await {
+    let r = match tokio::time::timeout(CALL_TIMEOUT, control_socket::call(socket, req)).await {
         Ok(Ok(resp)) if resp.ok => Ok(resp.data.unwrap_or(serde_json::Value::Null)),
         Ok(Ok(resp)) => Err(resp.error.unwrap_or_else(|| "refused".into())),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err("no answer within 2 s".into()),
+    };
+    match r {
+        Ok(mut v) => {
+            model::printable_json(&mut v);
+            Ok(v)
+        }
+        Err(e) => Err(model::printable(&e)),
     }
 }
 

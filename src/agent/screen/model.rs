@@ -105,6 +105,38 @@ pub struct Model {
     pub last_state: String,
 }
 
+/// `text` without control characters (escape sequences lose their ESC
+/// and show as plain text; a newline becomes a space).
+pub fn printable(text: &str) -> String {
+    text.chars()
+        .filter_map(|c| match c {
+            '\n' | '\r' | '\t' => Some(' '),
+            c if c.is_control() => None,
+            c => Some(c),
+        })
+        .collect()
+}
+
+/// Every string in `v`, keys included, made `printable`.
+pub fn printable_json(v: &mut Value) {
+    match v {
+        Value::String(s) if s.chars().any(char::is_control) => *s = printable(s),
+        Value::Array(a) => a.iter_mut().for_each(printable_json),
+        Value::Object(o) => {
+            if o.keys().any(|k| k.chars().any(char::is_control)) {
+                let old = std::mem::take(o);
+                for (k, mut x) in old {
+                    printable_json(&mut x);
+                    o.insert(printable(&k), x);
+                }
+            } else {
+                o.values_mut().for_each(printable_json);
+            }
+        }
+        _ => {}
+    }
+}
+
 fn s(v: &Value) -> String {
     match v {
         Value::String(x) => x.clone(),
@@ -708,6 +740,18 @@ impl Model {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn server_strings_lose_their_control_characters() {
+        let mut v = serde_json::json!({
+            "groups": [{"name": "Math\u{1b}]0;PWNED\u{7}\u{1b}[2J\u{1b}[5;1HFAKE\nline"}],
+            "bad\u{1b}key": 1
+        });
+        printable_json(&mut v);
+        assert_eq!(v["groups"][0]["name"], "Math]0;PWNED[2J[5;1HFAKE line");
+        assert_eq!(v["badkey"], 1);
+        assert_eq!(printable("ok\u{9b}31m"), "ok31m", "C1 controls too");
+    }
+
     use super::*;
     use serde_json::json;
 

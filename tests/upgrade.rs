@@ -298,6 +298,32 @@ async fn a_package_signed_with_another_key_is_refused_before_it_is_written() {
     );
     assert_eq!(rig.current(), None, "nothing switched");
     rig.online_as("0.1", 10).await;
+
+    // Issue 38.17: a 1030 naming another host (127.0.0.2 stands for one on
+    // the LAN) is refused in its reply; the agent fetches nothing.
+    let elsewhere = serde_json::json!({
+        "version": "0.3.0",
+        "platform": "x86",
+        "upgrade_package": "voi-agent-0.3.0",
+        "os_name": "linux",
+        "manifest_url": "http://127.0.0.2:9/upgrades/x86/0.3.0/manifest.json",
+    })
+    .to_string();
+    let (_, out) = rig.ctl(&[
+        "--json",
+        "push",
+        &rig.mac,
+        "terminal_upgrade",
+        &elsewhere,
+        "--timeout",
+        "10",
+    ]);
+    println!("{out}");
+    assert!(
+        out.contains("not the server this terminal is connected to"),
+        "{out}"
+    );
+    assert_eq!(rig.current(), None, "nothing switched");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

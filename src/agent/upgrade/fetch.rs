@@ -13,6 +13,9 @@ fn client() -> Result<reqwest::Client, String> {
     reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
         .read_timeout(Duration::from_secs(30))
+        // The URL was checked to name the server this agent is connected
+        // to (`upgrade::check`); a redirect must not lead elsewhere.
+        .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(|e| e.to_string())
 }

@@ -113,6 +113,15 @@ pub fn check(agent: &Agent, cmd: &TerminalUpgradeCmd) -> Result<(), String> {
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err("manifest_url must be http or https".into());
     }
+    // Only from the server this agent is connected to (issue 38.17): a
+    // rogue server must not make the terminal fetch from any host it names.
+    let server = agent.server_ip();
+    if !same_host(parsed.host_str().unwrap_or_default(), &server) {
+        return Err(format!(
+            "manifest_url names {}, not the server this terminal is connected to ({server})",
+            parsed.host_str().unwrap_or("no host")
+        ));
+    }
     if !cmd.platform.is_empty() && cmd.platform != pkg::this_platform() {
         return Err(format!(
             "this terminal is {}, the package is for {}",
@@ -137,6 +146,29 @@ pub fn check(agent: &Agent, cmd: &TerminalUpgradeCmd) -> Result<(), String> {
         }
         UpgradeState::Switched { to, .. } => Err(format!("version {to} is on trial")),
         _ => Ok(()),
+    }
+}
+
+/// Whether a URL's host is the server's address (a name compares without
+/// case, an IPv6 address without its brackets). When the agent knows its
+/// server by name and the server names itself by address (its session's
+/// local address), the name is resolved.
+fn same_host(url_host: &str, server: &str) -> bool {
+    let strip = |h: &str| {
+        h.trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase()
+    };
+    let (a, b) = (strip(url_host), strip(server));
+    match (a.parse::<std::net::IpAddr>(), b.parse::<std::net::IpAddr>()) {
+        (Ok(x), Ok(y)) => x == y,
+        (Ok(x), Err(_)) if !b.is_empty() => {
+            use std::net::ToSocketAddrs;
+            (b.as_str(), 0)
+                .to_socket_addrs()
+                .is_ok_and(|mut addrs| addrs.any(|s| s.ip() == x))
+        }
+        _ => !a.is_empty() && a == b,
     }
 }
 
@@ -348,4 +380,20 @@ async fn prove(agent: Arc<Agent>, from: String, to: String) {
         &UpgradeState::RolledBack { from, to, reason },
     );
     agent.request_restart();
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_the_servers_own_host_is_the_same_host() {
+        use super::same_host;
+        assert!(same_host("10.1.0.1", "10.1.0.1"));
+        assert!(same_host("VOI-Server.school", "voi-server.school"));
+        assert!(same_host("[::1]", "::1"));
+        assert!(!same_host("10.1.0.2", "10.1.0.1"));
+        assert!(!same_host("evil.example", "10.1.0.1"));
+        assert!(!same_host("", ""));
+        assert!(same_host("127.0.0.1", "localhost"));
+        assert!(!same_host("127.0.0.2", "localhost"));
+    }
 }

@@ -467,6 +467,7 @@ impl Agent {
     /// A fresh 9007 answer: persist it, run the update decision, and carry
     /// out its local part (merges, deletions) off the async threads.
     pub async fn desktop_groups_received(self: &Arc<Self>, groups: Vec<DesktopGroup>) {
+        let groups = strict_groups(groups);
         log::info!("server lists {} desktop group(s)", groups.len());
         let before = self.state.read(|s| s.desktop_groups.clone());
         let listed: Vec<String> = groups
@@ -648,5 +649,78 @@ fn describe(c: &PendingChange) -> String {
             Some(p) => format!("move to server {new}:{p}"),
             None => format!("move to server {new}"),
         },
+    }
+}
+
+/// A server's identifier as this agent uses it (file names, QEMU's
+/// `-name`, logs): hex digits and hyphens, 1 to 64 of them. The vendor's
+/// own uuids are not always canonical ("…-971a-2222222222"), so this is a
+/// character set and a length, not a uuid parse.
+pub fn strict_id(id: &str) -> bool {
+    (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
+}
+
+/// What a server says a desktop is called, as this agent keeps it: no
+/// control characters, at most 256 characters.
+fn strict_name(name: &str) -> String {
+    name.chars().filter(|c| !c.is_control()).take(256).collect()
+}
+
+/// The 9007 list through strict types before anything uses it (issue
+/// 38.11): a group whose uuid, or one of whose disks' uuid, is not an
+/// identifier is dropped with a warning (a rogue server's `,process=…`
+/// reached QEMU's `-name`); names lose their control characters.
+pub fn strict_groups(groups: Vec<DesktopGroup>) -> Vec<DesktopGroup> {
+    groups
+        .into_iter()
+        .filter_map(|mut g| {
+            let bad_disk = g.disks.iter().find(|d| !strict_id(&d.uuid));
+            if !strict_id(&g.desktop_group_uuid) || bad_disk.is_some() {
+                log::warn!(
+                    "ignoring desktop group {:?}: {} is not an identifier (hex digits and hyphens)",
+                    crate::cli_support::escape_controls(
+                        &g.desktop_group_name.chars().take(64).collect::<String>()
+                    ),
+                    crate::cli_support::escape_controls(
+                        &bad_disk
+                            .map(|d| d.uuid.clone())
+                            .unwrap_or_else(|| g.desktop_group_uuid.clone())
+                            .chars()
+                            .take(80)
+                            .collect::<String>()
+                    )
+                );
+                return None;
+            }
+            g.desktop_group_name = strict_name(&g.desktop_group_name);
+            g.desktop_name = strict_name(&g.desktop_name);
+            g.desktop_group_desc = strict_name(&g.desktop_group_desc);
+            g.template_name = strict_name(&g.template_name);
+            Some(g)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod strict_tests {
+    use super::*;
+
+    #[test]
+    fn a_group_with_a_made_up_uuid_is_dropped_and_names_are_cleaned() {
+        let mut good: DesktopGroup = serde_json::from_value(serde_json::json!({
+            "desktop_group_name": "Math\u{1b}[2J lab",
+            "desktop_group_uuid": "92f9d1ba-cb4a-41ba-971a-2222222222",
+            "os_sys_type": 1,
+            "disks": []
+        }))
+        .expect("group");
+        let mut evil = good.clone();
+        evil.desktop_group_uuid = "x,process=pwned".into();
+        good.desktop_group_name.push('\n');
+        let out = strict_groups(vec![good, evil]);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].desktop_group_name, "Math[2J lab");
+        assert!(!strict_id(""));
+        assert!(!strict_id(&"a".repeat(65)));
     }
 }

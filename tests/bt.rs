@@ -665,6 +665,10 @@ async fn aria2c_downloads_from_the_server_and_seeds_to_the_agent() {
         voi::bt::torrent::create(&seed_dir.join(&name), &announce, 256 * 1024).expect("torrent");
     let tpath = dir.path().join("aria.torrent");
     std::fs::write(&tpath, &t.bytes).expect("write");
+    // The tracker keeps swarms only for what the server knows (issue 38.4):
+    // the operator's 1015 below makes this torrent known; aria2c announces
+    // before it, so the server is told first.
+    h.server.images.expect_info_hash(&t.info_hash_hex());
     let _seeder = Proc(
         aria2c(&[
             &format!("--dir={}", seed_dir.display()),

@@ -948,3 +948,125 @@ async fn input_cannot_forge_a_log_line() {
         "{forged_lines:?} {stray:?}\n{log}"
     );
 }
+
+/// An agent from `dir` with MAC `mac` takes `layer` from the server `s`:
+/// the time from its start to seeding the whole layer, or None after 90 s.
+async fn time_to_layer(s: &Server, dir: &Path, mac: &str, layer: &str) -> Option<Duration> {
+    let started = Instant::now();
+    let (agent, task) = start_agent(agent_config(dir, s.addr.port(), mac));
+    let mut done = None;
+    while started.elapsed() < Duration::from_secs(90) {
+        let seeding = agent
+            .transfers
+            .get()
+            .and_then(|t| t.get(layer))
+            .is_some_and(|(r, _)| r.stage == voi::agent::transfers::tasks::Stage::Seeding);
+        if seeding {
+            done = Some(started.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    agent.shutdown.cancel();
+    let _ = task.await;
+    done
+}
+
+/// Issue 38.4: one address announces 5,000 random info hashes (the table
+/// of swarms must not fill), and 300 addresses announce 5,000 dead
+/// "seeders" of the real layer. A fresh agent still takes the layer within
+/// twice the time a first agent took on a quiet LAN: the tracker keeps
+/// swarms only for the server's layers, and lists the server's seeder
+/// first, then peers that completed a download.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_flooded_tracker_still_hands_out_the_layer_in_its_normal_time() {
+    let s = start("", true).await;
+    let layer = format!("voi_0_{U}");
+    let group = layer_group("flooded", "9a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c5e", U, &[0]);
+    api_put(
+        &format!("http://{}/api/v1/desktop_groups", s.api),
+        &serde_json::to_string(&group).expect("json"),
+    );
+    let quiet_dir = tempfile::tempdir().expect("tmp");
+    let quiet = time_to_layer(&s, quiet_dir.path(), "AA:00:00:00:0E:61", &layer)
+        .await
+        .expect("the layer on a quiet LAN");
+    let torrent = reqwest::get(format!("http://{}/torrents/{layer}.torrent", s.tracker))
+        .await
+        .expect("torrent")
+        .bytes()
+        .await
+        .expect("bytes");
+    let meta = voi::bt::meta::TorrentMeta::parse(&torrent).expect("meta");
+    let enc = |h: &[u8]| -> String { h.iter().map(|b| format!("%{b:02X}")).collect() };
+    let real: Vec<u8> = (0..20)
+        .map(|i| u8::from_str_radix(&meta.info_hash[2 * i..2 * i + 2], 16).expect("hex"))
+        .collect();
+    let one = reqwest::Client::builder()
+        .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
+        .build()
+        .expect("client");
+    let mut swarms_taken = 0;
+    for n in 0..5000u32 {
+        let hash: Vec<u8> = (0..20u32)
+            .map(|i| (n.wrapping_mul(2_654_435_761).rotate_left(i)) as u8)
+            .collect();
+        let url = format!(
+            "http://{}/announce?info_hash={}&peer_id=-FLOOD-{n:013}&port=7000&left=0&event=started&compact=1",
+            s.tracker,
+            enc(&hash)
+        );
+        if let Ok(r) = one.get(&url).send().await {
+            if !r
+                .bytes()
+                .await
+                .unwrap_or_default()
+                .starts_with(b"d14:failure reason")
+            {
+                swarms_taken += 1;
+            }
+        }
+    }
+    let mut dead_taken = 0;
+    for a in 0..300u32 {
+        let client = reqwest::Client::builder()
+            .local_address(std::net::IpAddr::from([
+                127,
+                0,
+                1 + (a / 200) as u8,
+                1 + (a % 200) as u8,
+            ]))
+            .build()
+            .expect("client");
+        for k in 0..17u32 {
+            let url = format!(
+                "http://{}/announce?info_hash={}&peer_id=-DEAD-{a:06}{k:08}&port={}&left=0&event=started&compact=1",
+                s.tracker,
+                enc(&real),
+                20000 + k
+            );
+            if let Ok(r) = client.get(&url).send().await {
+                if !r
+                    .bytes()
+                    .await
+                    .unwrap_or_default()
+                    .starts_with(b"d14:failure reason")
+                {
+                    dead_taken += 1;
+                }
+            }
+        }
+    }
+    let flooded_dir = tempfile::tempdir().expect("tmp");
+    let flooded = time_to_layer(&s, flooded_dir.path(), "AA:00:00:00:0E:62", &layer).await;
+    eprintln!(
+        "hostile_lan | 5000 random info hashes from 127.0.0.2: {swarms_taken} swarms made | 5100 dead seeders from 300 addresses: {dead_taken} kept | a fresh agent's start to an 8 MiB layer: quiet {quiet:?}, flooded {flooded:?}"
+    );
+    assert_eq!(swarms_taken, 0, "swarms only for the server's layers");
+    let flooded = flooded.expect("the layer arrived during the flood");
+    // Twice the quiet time; a second of slack for this noisy 2-core machine.
+    assert!(
+        flooded <= quiet * 2 + Duration::from_secs(1),
+        "quiet {quiet:?}, flooded {flooded:?}"
+    );
+}

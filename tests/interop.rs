@@ -43,6 +43,9 @@ async fn aria2c_swarm_through_our_tracker_and_torrent() {
     let t = voi::bt::torrent::create(&layer, &url, 256 * 1024).expect("torrent");
     let torrent = dir.path().join(format!("{name}.torrent"));
     std::fs::write(&torrent, &t.bytes).expect("write");
+    // The tracker keeps swarms only for what the server knows (issue
+    // 38.4): this torrent is one an operator sent to terminals (1015).
+    h.server.images.expect_info_hash(&t.info_hash_hex());
 
     let port = |n: u16| (20000 + std::process::id() % 20000) as u16 + n;
     let _seeder = Proc(

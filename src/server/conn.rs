@@ -413,6 +413,7 @@ async fn login(
             tx: tx.clone(),
             token: st.token.clone(),
             ip: ip.clone(),
+            peer_ip: st.peer.ip(),
             local: st.local,
             client_type: frame.client_type,
             since: instant,

@@ -21,6 +21,11 @@ use super::limits::Limits;
 /// Largest request head (start line and headers) read, in bytes.
 const MAX_HEADER_BYTES: usize = 16 * 1024;
 
+/// The listener's own address as a connection reached it (handlers that
+/// name the server to the peer use it: the tracker's seeder entry).
+#[derive(Debug, Clone, Copy)]
+pub struct LocalAddr(pub SocketAddr);
+
 /// Serves `app` on `listener` until `shutdown`. `what` names the listener
 /// in log lines.
 pub async fn serve(
@@ -52,7 +57,11 @@ pub async fn serve(
         };
         let share = shares.admit(peer.ip());
         let _ = tcp.set_nodelay(true);
-        let (tls, app, stop) = (tls.clone(), app.clone(), shutdown.clone());
+        let local = tcp.local_addr().ok();
+        let (tls, mut app, stop) = (tls.clone(), app.clone(), shutdown.clone());
+        if let Some(local) = local {
+            app = app.layer(axum::Extension(LocalAddr(local)));
+        }
         let displaced = share.displaced();
         let tcp = WriteStall::new(tcp, write_timeout);
         tokio::spawn(async move {

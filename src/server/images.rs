@@ -112,6 +112,9 @@ pub struct RefusedImage {
     pub reason: String,
 }
 
+/// Torrents sent with 1015 whose swarms the tracker keeps, at most.
+const MAX_SENT_TORRENTS: usize = 1024;
+
 pub struct Images {
     dir: PathBuf,
     torrents: PathBuf,
@@ -135,6 +138,8 @@ pub struct Images {
     sightings: Mutex<HashMap<String, (u64, i128, Instant)>>,
     /// Files seen still changing at the last scan (not taken yet).
     settling: Mutex<Vec<String>>,
+    /// Info hashes (hex) of torrents operators sent with 1015, newest last.
+    sent_torrents: Mutex<std::collections::VecDeque<String>>,
 }
 
 /// How long an upload grant (9018, 1016/1022) stays good.
@@ -188,6 +193,7 @@ impl Images {
             settle,
             sightings: Mutex::new(HashMap::new()),
             settling: Mutex::new(Vec::new()),
+            sent_torrents: Default::default(),
         });
         images.restore_uploads().await;
         images.scan().await?;
@@ -511,6 +517,37 @@ impl Images {
 
     /// Every byte the library's seeder has sent since the server started,
     /// layers since replaced or removed included.
+    /// Whether `info_hash` is one of the library's layers, an upload the
+    /// server took or a torrent an operator sent (1015): the only swarms
+    /// its tracker keeps (issue 38.4).
+    pub fn knows_info_hash(&self, info_hash: &[u8; 20]) -> bool {
+        let hex = crate::bt::manifest::to_hex(info_hash);
+        self.known().values().any(|i| i.info_hash == hex)
+            || self
+                .sent_torrents
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&hex)
+            || self
+                .uploads
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .values()
+                .any(|u| u.info_hash == hex)
+    }
+
+    /// An operator sent this torrent (hex info hash) to a terminal: its
+    /// swarm is kept. The newest `MAX_SENT_TORRENTS` are remembered.
+    pub fn expect_info_hash(&self, info_hash_hex: &str) {
+        let mut sent = self.sent_torrents.lock().unwrap_or_else(|p| p.into_inner());
+        if !sent.iter().any(|h| h == info_hash_hex) {
+            if sent.len() >= MAX_SENT_TORRENTS {
+                sent.pop_front();
+            }
+            sent.push_back(info_hash_hex.to_string());
+        }
+    }
+
     pub fn uploaded_total(&self) -> u64 {
         self.engine.uploaded_total()
     }
@@ -587,6 +624,19 @@ impl Images {
             mine.push((uuid, until));
         }
         mine.truncate(64);
+    }
+
+    /// The terminals the server has asked for an upload that may still
+    /// come: their announces of a torrent it does not know yet are taken.
+    pub fn upload_expected_from(&self) -> Vec<String> {
+        let now = Instant::now();
+        self.upload_grants
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(_, g)| g.iter().any(|(_, t)| *t > now))
+            .map(|(m, _)| m.clone())
+            .collect()
     }
 
     fn upload_granted(&self, mac: &str, disk_uuid: &str) -> bool {

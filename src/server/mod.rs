@@ -16,7 +16,7 @@ pub mod ctl_tables;
 mod desktop_state;
 pub mod generation;
 mod handlers;
-mod http_serve;
+pub mod http_serve;
 pub mod images;
 pub mod layer_versions;
 pub mod library_check;

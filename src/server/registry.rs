@@ -100,6 +100,8 @@ pub struct Online {
     pub tx: mpsc::Sender<Frame>,
     pub token: String,
     pub ip: String,
+    /// The address its connection comes from (what the tracker sees).
+    pub peer_ip: std::net::IpAddr,
     /// Our address on this terminal's connection (for URLs it can reach).
     pub local: Option<std::net::SocketAddr>,
     pub client_type: u8,
@@ -273,6 +275,13 @@ impl Registry {
         } else {
             false
         }
+    }
+
+    /// Whether a terminal among `macs` is connected from `ip`.
+    pub fn any_connected_from(&self, macs: &[String], ip: std::net::IpAddr) -> bool {
+        let online = self.online();
+        macs.iter()
+            .any(|m| online.get(m).is_some_and(|o| o.peer_ip == ip))
     }
 
     pub fn with<R>(&self, mac: &str, f: impl FnOnce(&mut Online) -> R) -> Option<R> {

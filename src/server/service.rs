@@ -454,6 +454,15 @@ impl Server {
     ) -> Result<Envelope<Value>, PushError> {
         let mac = crate::protocol::normalize_mac(mac)
             .ok_or_else(|| PushError::Bad(format!("{mac:?} is not a MAC")))?;
+        // A torrent an operator sends (1015) is one the tracker keeps a
+        // swarm for, whoever seeds it.
+        if code == ServiceCode::SendTorrent {
+            if let Ok(t) = crate::protocol::torrent_struct::SendTorrent::parse(&payload) {
+                if let Ok(meta) = crate::bt::meta::TorrentMeta::parse(&t.torrent) {
+                    self.images.expect_info_hash(&meta.info_hash);
+                }
+            }
+        }
         let rx = self.registry.expect_reply(code as u32, &mac, &batch);
         if let Err(e) = self
             .send_frame(&mac, code, DataType::Binary, payload, &batch)

@@ -158,6 +158,19 @@ impl Server {
         tasks.push(tokio::spawn(
             async move { api::serve(s, api_listener).await },
         ));
+        let weak = Arc::downgrade(&server);
+        server.tracker.set_origin(
+            Arc::new(move |hash, from| {
+                weak.upgrade().is_some_and(|s| {
+                    s.images.knows_info_hash(hash)
+                        || s.registry.any_connected_from(
+                            &s.images.upload_expected_from(),
+                            std::net::IpAddr::V4(from),
+                        )
+                })
+            }),
+            server.images.listen_port(),
+        );
         let (t, stop) = (server.tracker.clone(), server.shutdown.clone());
         let weak = Arc::downgrade(&server);
         let torrents = images::router(

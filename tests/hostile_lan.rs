@@ -1070,3 +1070,74 @@ async fn a_flooded_tracker_still_hands_out_the_layer_in_its_normal_time() {
         "quiet {quiet:?}, flooded {flooded:?}"
     );
 }
+
+/// Issue 38.3: 20 hosts (127.0.0.2 to .21) each open 20 BitTorrent
+/// connections to the server's seeder, complete the handshake for the real
+/// layer, and then ask for nothing. One address holds at most its share of
+/// the 128 peer slots, and a peer that never asked for a piece gives its
+/// slot to a newcomer: a fresh agent takes the layer in its normal time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn idle_handshakes_do_not_stop_the_seeder() {
+    let s = start("", true).await;
+    let layer = format!("voi_0_{U}");
+    let group = layer_group(
+        "idle-peers",
+        "9a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c6f",
+        U,
+        &[0],
+    );
+    api_put(
+        &format!("http://{}/api/v1/desktop_groups", s.api),
+        &serde_json::to_string(&group).expect("json"),
+    );
+    let quiet_dir = tempfile::tempdir().expect("tmp");
+    let quiet = time_to_layer(&s, quiet_dir.path(), "AA:00:00:00:0E:71", &layer)
+        .await
+        .expect("the layer on a quiet LAN");
+    let torrent = reqwest::get(format!("http://{}/torrents/{layer}.torrent", s.tracker))
+        .await
+        .expect("torrent")
+        .bytes()
+        .await
+        .expect("bytes");
+    let meta = voi::bt::meta::TorrentMeta::parse(&torrent).expect("meta");
+    let hash: Vec<u8> = (0..20)
+        .map(|i| u8::from_str_radix(&meta.info_hash[2 * i..2 * i + 2], 16).expect("hex"))
+        .collect();
+    let seeder: SocketAddr = format!("127.0.0.1:{}", s.bt_port).parse().expect("addr");
+    let mut idle = Vec::new();
+    let mut answered = 0;
+    for host in 2..22u8 {
+        for n in 0..20u8 {
+            let Ok(mut c) = connect_from(&format!("127.0.0.{host}"), seeder).await else {
+                continue;
+            };
+            let mut hs = vec![19u8];
+            hs.extend_from_slice(b"BitTorrent protocol");
+            hs.extend_from_slice(&[0; 8]);
+            hs.extend_from_slice(&hash);
+            hs.extend_from_slice(format!("-IDLE-{host:03}{n:03}00000000").as_bytes());
+            if c.write_all(&hs).await.is_err() {
+                continue;
+            }
+            let mut back = [0u8; 68];
+            if let Ok(Ok(_)) =
+                tokio::time::timeout(Duration::from_secs(2), c.read_exact(&mut back)).await
+            {
+                answered += 1;
+            }
+            idle.push(c);
+        }
+    }
+    let flooded_dir = tempfile::tempdir().expect("tmp");
+    let flooded = time_to_layer(&s, flooded_dir.path(), "AA:00:00:00:0E:72", &layer).await;
+    eprintln!(
+        "hostile_lan | 400 idle BitTorrent handshakes from 20 hosts ({answered} answered) | a fresh agent's start to an 8 MiB layer: quiet {quiet:?}, during {flooded:?}"
+    );
+    drop(idle);
+    let flooded = flooded.expect("the layer arrived while the idle peers held on");
+    assert!(
+        flooded <= quiet * 2 + Duration::from_secs(1),
+        "quiet {quiet:?}, during {flooded:?}"
+    );
+}

@@ -257,6 +257,10 @@ pub struct TorrentStateLive {
 
     // Limits how many active (occupying network resources) peers there are at a moment in time.
     peer_semaphore: Arc<Semaphore>,
+    /// voi-agent patch 16: the incoming peers holding slots, so that one
+    /// address holds at most its share and a peer that never asked for
+    /// anything gives its slot to a newcomer.
+    incoming_slots: parking_lot::Mutex<IncomingSlots>,
 
     // The queue for peer manager to connect to them.
     peer_queue_tx: UnboundedSender<SocketAddr>,
@@ -346,6 +350,7 @@ impl TorrentStateLive {
             },
             lengths,
             peer_semaphore: Arc::new(Semaphore::new(128)),
+            incoming_slots: Default::default(),
             new_pieces_notify: Notify::new(),
             peer_queue_tx,
             finished_notify: Notify::new(),
@@ -449,10 +454,39 @@ impl TorrentStateLive {
             debug!(addr = %checked_peer.addr, "refusing a banned peer");
             return Ok(());
         }
-        let (tx, rx) = unbounded_channel();
+        // voi-agent patch 16: one address holds at most its share.
+        let held = self.incoming_slots.lock().held_by(checked_peer.addr.ip());
+        if held >= MAX_INCOMING_PER_ADDRESS {
+            debug!(addr = %checked_peer.addr, held, "this address holds its share of peer slots, dropping");
+            return Ok(());
+        }
         let permit = match self.peer_semaphore.clone().try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => {
+                // voi-agent patch 16: every slot is taken. The oldest peer
+                // that never asked for a piece (nor sent one) leaves, and
+                // the newcomer takes the slot it frees.
+                let idle = self.incoming_slots.lock().take_idle();
+                if let Some(idle) = idle {
+                    debug!(evicted = %idle.addr, newcomer = %checked_peer.addr, "every peer slot taken: an idle peer leaves");
+                    let _ = idle.tx.send(WriterRequest::Disconnect(Ok(())));
+                    let this = self.clone();
+                    self.spawn(
+                        error_span!(parent: self.shared.span.clone(), "await_freed_slot", addr = %checked_peer.addr),
+                        async move {
+                            let permit = tokio::time::timeout(
+                                Duration::from_secs(5),
+                                this.peer_semaphore.clone().acquire_owned(),
+                            )
+                            .await;
+                            match permit {
+                                Ok(Ok(permit)) => this.admit_incoming_peer(checked_peer, permit),
+                                _ => Ok(()),
+                            }
+                        },
+                    );
+                    return Ok(());
+                }
                 debug!("limit of live peers reached, dropping incoming peer");
                 self.peers.with_peer(checked_peer.addr, |p| {
                     atomic_inc(&p.stats.counters.incoming_connections);
@@ -460,7 +494,18 @@ impl TorrentStateLive {
                 return Ok(());
             }
         };
+        self.admit_incoming_peer(checked_peer, permit)
+    }
 
+    /// voi-agent patch 16: the part of `add_incoming_peer` after a slot is
+    /// held.
+    fn admit_incoming_peer(
+        self: &Arc<Self>,
+        checked_peer: CheckedIncomingConnection,
+        permit: OwnedSemaphorePermit,
+    ) -> anyhow::Result<()> {
+        use dashmap::mapref::entry::Entry;
+        let (tx, rx) = unbounded_channel();
         let counters = match self.peers.states.entry(checked_peer.addr) {
             Entry::Occupied(mut occ) => {
                 let peer = occ.get_mut();
@@ -487,15 +532,27 @@ impl TorrentStateLive {
         };
         atomic_inc(&counters.incoming_connections);
 
+        // voi-agent patch 16: the slot is known until the task ends.
+        let useful = Arc::new(AtomicBool::new(false));
+        let slot = self
+            .incoming_slots
+            .lock()
+            .add(checked_peer.addr, useful.clone(), tx.clone());
+        let this = self.clone();
         self.spawn(
             error_span!(
                 parent: self.shared.span.clone(),
                 "manage_incoming_peer",
                 addr = %checked_peer.addr
             ),
-            aframe!(self
-                .clone()
-                .task_manage_incoming_peer(checked_peer, counters, tx, rx, permit)),
+            aframe!(async move {
+                let r = this
+                    .clone()
+                    .task_manage_incoming_peer(checked_peer, counters, tx, rx, permit, useful)
+                    .await;
+                this.incoming_slots.lock().remove(slot);
+                r
+            }),
         );
         Ok(())
     }
@@ -529,9 +586,11 @@ impl TorrentStateLive {
         tx: PeerTx,
         rx: PeerRx,
         permit: OwnedSemaphorePermit,
+        useful: Arc<AtomicBool>,
     ) -> anyhow::Result<()> {
         // TODO: bump counters for incoming
         let handler = PeerHandler {
+            useful,
             origin: self.is_origin(checked_peer.addr),
             addr: checked_peer.addr,
             incoming: true,
@@ -602,6 +661,7 @@ impl TorrentStateLive {
             .context("bug: peer not found")?;
 
         let handler = PeerHandler {
+            useful: Default::default(),
             origin: state.is_origin(addr),
             addr,
             incoming: false,
@@ -1166,6 +1226,58 @@ impl PeerHandlerLocked {
     }
 }
 
+/// voi-agent patch 16: peer slots (of the 128) one address may hold with
+/// incoming connections. A NAT or a host running several agents needs more
+/// than one; 128 idle handshakes from one host stopped a seeder.
+const MAX_INCOMING_PER_ADDRESS: usize = 16;
+
+/// voi-agent patch 16: one incoming peer holding a slot.
+struct IncomingSlot {
+    id: u64,
+    addr: SocketAddr,
+    useful: Arc<AtomicBool>,
+    tx: PeerTx,
+}
+
+/// voi-agent patch 16: the incoming peers holding slots, oldest first.
+#[derive(Default)]
+struct IncomingSlots {
+    next_id: u64,
+    slots: std::collections::VecDeque<IncomingSlot>,
+}
+
+impl IncomingSlots {
+    fn held_by(&self, ip: std::net::IpAddr) -> usize {
+        self.slots.iter().filter(|s| s.addr.ip() == ip).count()
+    }
+
+    fn add(&mut self, addr: SocketAddr, useful: Arc<AtomicBool>, tx: PeerTx) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.slots.push_back(IncomingSlot {
+            id,
+            addr,
+            useful,
+            tx,
+        });
+        id
+    }
+
+    fn remove(&mut self, id: u64) {
+        self.slots.retain(|s| s.id != id);
+    }
+
+    /// The oldest slot whose peer never asked for nor sent a piece, taken
+    /// out of the list.
+    fn take_idle(&mut self) -> Option<IncomingSlot> {
+        let i = self
+            .slots
+            .iter()
+            .position(|s| !s.useful.load(Ordering::Relaxed))?;
+        self.slots.remove(i)
+    }
+}
+
 /// voi-agent patch: how long the origin may sit idle for us before we ask
 /// it for pieces a neighbour also has.
 const ORIGIN_PATIENCE: Duration = Duration::from_secs(3);
@@ -1184,6 +1296,9 @@ const MAX_CANCELLED: usize = 4096;
 // This state tracks a live peer.
 struct PeerHandler {
     state: Arc<TorrentStateLive>,
+    /// voi-agent patch 16: the peer asked for a piece or sent one, so its
+    /// slot is not given to a newcomer.
+    useful: Arc<AtomicBool>,
     /// voi-agent patch: this peer is the origin (`TorrentStateLive::is_origin`),
     /// decided once per connection.
     origin: bool,
@@ -1242,6 +1357,11 @@ impl PeerConnectionHandler for &PeerHandler {
             self.on_bitfield_notify.notify_waiters();
         }
 
+        // voi-agent patch 16: asking for a piece (or sending one) keeps the
+        // slot.
+        if matches!(&message, Message::Request(..) | Message::Piece(..)) {
+            self.useful.store(true, Ordering::Relaxed);
+        }
         match message {
             Message::Request(request) => {
                 self.on_download_request(request)

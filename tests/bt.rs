@@ -453,11 +453,38 @@ async fn a_local_diff_uploads_to_the_server_library() {
         .await
         .expect("reply");
     assert_eq!(env.code, 0, "{}", env.msg);
-    // 9018 → torrent → 9014 → the server pulls → library → 1021 → 9015.
-    wait_for("the layer in the server library", 60, || {
-        lib.join(layer(1)).exists()
+    // 9018 → torrent → 9014 → the server pulls → review → 1021 → 9015;
+    // an operator accepts → library (signed, seeded).
+    wait_for("the upload awaiting review", 60, || {
+        h.server
+            .images
+            .uploads_list()
+            .iter()
+            .any(|u| u.layer == layer(1) && u.state == "review")
     })
     .await;
+    assert!(
+        !lib.join(layer(1)).exists(),
+        "not in the library before review"
+    );
+    assert!(
+        h.server.images.get(&layer(1)).is_none(),
+        "not seeded before review"
+    );
+    let id = h
+        .server
+        .images
+        .uploads_list()
+        .iter()
+        .find(|u| u.layer == layer(1))
+        .map(|u| u.torrent_id.clone())
+        .expect("upload");
+    let env = api(&h)
+        .post(&format!("/api/v1/uploads/{id}/accept"), &json!({}))
+        .await
+        .expect("accept");
+    assert_eq!(env.code, 0, "{}", env.msg);
+    assert!(lib.join(layer(1)).exists());
     assert!(same_bytes(
         &lib.join(layer(1)),
         &disk_path(&agent, &layer(1))

@@ -573,6 +573,54 @@ async fn the_server_takes_only_uploads_it_asked_for_and_connects_nowhere_else() 
         &format!("http://{}/api/v1/desktop_groups", s.api),
         &serde_json::to_string(&group).expect("json"),
     );
+    // Issue 38.2: a 9018 nobody asked for is answered no, and the 9014
+    // after it is refused.
+    let (_, self_granted) = c
+        .request(
+            ServiceCode::CheckUploadState,
+            &json!({"mac": mac, "desktop_group_uuid": group.desktop_group_uuid}),
+        )
+        .await;
+    let f = send(&mut c, upload(&t.bytes));
+    c.io.send(f).await.expect("send");
+    let after_self_grant = loop {
+        let f = c.recv().await.expect("answer");
+        if f.service_code == ServiceCode::TorrentUpload as u32 {
+            break f.json::<voi::protocol::Envelope<Value>>().expect("env");
+        }
+    };
+    assert_eq!(self_granted.code, 0);
+    assert_eq!(
+        self_granted.data.as_ref().map(|d| d["can_update"].clone()),
+        Some(json!(0)),
+        "{self_granted:?}"
+    );
+    assert_ne!(after_self_grant.code, 0, "{after_self_grant:?}");
+    // An operator marks the terminal as one that may upload (a teacher's).
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-m",
+            "10",
+            "-X",
+            "PUT",
+            "-H",
+            "Authorization: Bearer t",
+            "-H",
+            "Content-Type: application/json",
+            "--data",
+            r#"{"may_upload":true}"#,
+        ])
+        .arg(format!(
+            "http://{}/api/v1/terminals/{mac}/may_upload",
+            s.api
+        ))
+        .output()
+        .expect("curl");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("\"code\":0"),
+        "{out:?}"
+    );
     let (_, check) = c
         .request(
             ServiceCode::CheckUploadState,

@@ -106,8 +106,8 @@ fn every_route_of_the_router_is_described() {
             op["responses"].as_object().is_some_and(|r| !r.is_empty()),
             "{method} {path}: no responses"
         );
-        // A rescan is the one action without a body.
-        let bodiless = path == "/api/v1/images";
+        // A rescan and an upload's verdict are the actions without a body.
+        let bodiless = path == "/api/v1/images" || path.starts_with("/api/v1/uploads/");
         if matches!(method.as_str(), "PUT" | "POST") && !bodiless {
             assert!(
                 op["requestBody"].is_object(),
@@ -325,6 +325,11 @@ async fn real_answers_validate_against_their_schemas() {
             json!({"room": "101"}),
             json!({"room": "x".repeat(65)}),
         ),
+        (
+            "may_upload",
+            json!({"may_upload": false}),
+            json!({"may_upload": "yes"}),
+        ),
     ] {
         let tmpl = format!("/api/v1/terminals/{{mac}}/{tail}");
         let path = format!("/api/v1/terminals/{MAC}/{tail}");
@@ -343,8 +348,56 @@ async fn real_answers_validate_against_their_schemas() {
         )
         .await;
     assert_eq!(s, 200);
+    // Uploads awaiting review: the operator asks the agent for its own
+    // diff (1016 upload_disk) twice, rejects the first and accepts the
+    // second.
+    wait_for("the base on the agent", 60, || {
+        seeding(&agent, &format!("voi_0_{U}"))
+    })
+    .await;
+    make_diff(
+        &agent.cfg.disk_dir(),
+        &format!("voi_1_{U}"),
+        &format!("voi_0_{U}"),
+        1,
+        0x5c,
+    );
+    for accept in [false, true] {
+        let cmd = "/api/v1/terminals/{mac}/commands";
+        let (s, v) = c
+            .call(
+                "POST",
+                cmd,
+                &format!("/api/v1/terminals/{MAC}/commands"),
+                Some(json!({"command": "upload_disk", "params": {"desktop": {"uuid": G, "disks": [{"uuid": U, "type": 0, "dif_level": 1, "prefix": "voi"}]}}})),
+                true,
+            )
+            .await;
+        assert_eq!((s, v["code"].as_i64()), (200, Some(0)), "{v}");
+        let review = || {
+            h.server
+                .images
+                .uploads_list()
+                .into_iter()
+                .find(|u| u.state == "review")
+                .map(|u| u.torrent_id)
+        };
+        wait_for("an upload awaiting review", 60, || review().is_some()).await;
+        let id = review().expect("review");
+        let verdict = if accept { "accept" } else { "reject" };
+        let tmpl = format!("/api/v1/uploads/{{torrent_id}}/{verdict}");
+        let path = format!("/api/v1/uploads/{id}/{verdict}");
+        let (s, v) = c.call("POST", &tmpl, &path, None, true).await;
+        assert_eq!((s, v["code"].as_i64()), (200, Some(0)), "{v}");
+        let (s, _) = c.call("POST", &tmpl, &path, None, true).await;
+        assert_eq!(s, 409, "a verdict is given once");
+    }
+    assert!(
+        lib.join(format!("voi_1_{U}")).exists(),
+        "the accepted upload is in the library"
+    );
     let mut undeliverable = group.clone();
-    undeliverable["disks"][0]["dif_level"] = json!(1);
+    undeliverable["disks"][0]["dif_level"] = json!(2);
     let (s, _) = c
         .call(
             "PUT",

@@ -360,6 +360,9 @@ fn router(server: Arc<Server>) -> Router {
         .route("/api/v1/events", get(events))
         .route("/api/v1/wake", get(wake_results).post(wake))
         .route("/api/v1/terminals/:mac/room", put(set_room))
+        .route("/api/v1/terminals/:mac/may_upload", put(set_may_upload))
+        .route("/api/v1/uploads/:torrent_id/accept", post(accept_upload))
+        .route("/api/v1/uploads/:torrent_id/reject", post(reject_upload))
         .route("/api/v1/schedule", get(schedule_show).put(schedule_put))
         .route("/api/v1/audit", get(audit_list))
         .route("/metrics", get(metrics))
@@ -1492,6 +1495,128 @@ async fn set_room(
     }
 }
 
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct MayUploadRequest {
+    may_upload: bool,
+}
+
+/// Marks a terminal as one that may upload its desktop on its own (a
+/// teacher's machine): its 9018 is then answered yes without an operator's
+/// 1016/1020. What it uploads still waits for review.
+#[utoipa::path(
+    put,
+    path = "/api/v1/terminals/{mac}/may_upload",
+    tag = "terminals",
+    request_body = MayUploadRequest,
+    params(
+        ("mac" = String, Path, description = "the terminal's MAC, any common notation")
+    ),
+    responses(
+        (status = 200, description = "stored", body = Envelope<Value>),
+        (status = 400, description = "bad body or MAC", body = Failure),
+        (status = 401, description = "missing or wrong Bearer token", body = Failure),
+        (status = 403, description = "a read-only token", body = Failure),
+        (status = 404, description = "no such terminal", body = Failure)
+    ),
+    security(("bearer" = []))
+)]
+async fn set_may_upload(
+    State(server): S,
+    headers: HeaderMap,
+    Path(mac): Path<String>,
+    body: Option<Json<MayUploadRequest>>,
+) -> Response {
+    guard!(server, headers);
+    let mac = match mac_param(&mac) {
+        Ok(m) => m,
+        Err(refused) => return *refused,
+    };
+    let Some(Json(MayUploadRequest { may_upload })) = body else {
+        return fail(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::MessageError,
+            "body must be {may_upload: true|false}",
+        );
+    };
+    match server.store.terminal(&mac) {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            return fail(
+                StatusCode::NOT_FOUND,
+                ErrorCode::TerminalRecordNotExist,
+                mac,
+            )
+        }
+        Err(e) => return store_fail(e),
+    }
+    match server
+        .store
+        .update_terminal(&mac, |r| r.may_upload = may_upload)
+    {
+        Ok(_) => ok(json!({ "mac": mac, "may_upload": may_upload })),
+        Err(e) => store_fail(e),
+    }
+}
+
+/// Accepts an uploaded layer awaiting review: it is checked and moved into
+/// the image library, which signs and seeds it.
+#[utoipa::path(
+    post,
+    path = "/api/v1/uploads/{torrent_id}/accept",
+    tag = "images",
+    params(("torrent_id" = String, Path, description = "the upload's torrent id (GET /api/v1/images lists uploads)")),
+    responses(
+        (status = 200, description = "in the library", body = Envelope<Value>),
+        (status = 401, description = "missing or wrong Bearer token", body = Failure),
+        (status = 403, description = "a read-only token", body = Failure),
+        (status = 409, description = "no such upload awaiting review, or its check failed", body = Failure)
+    ),
+    security(("bearer" = []))
+)]
+async fn accept_upload(
+    State(server): S,
+    headers: HeaderMap,
+    Path(torrent_id): Path<String>,
+) -> Response {
+    review_upload(server, headers, torrent_id, true).await
+}
+
+/// Rejects an uploaded layer awaiting review: its bytes are deleted.
+#[utoipa::path(
+    post,
+    path = "/api/v1/uploads/{torrent_id}/reject",
+    tag = "images",
+    params(("torrent_id" = String, Path, description = "the upload's torrent id")),
+    responses(
+        (status = 200, description = "deleted", body = Envelope<Value>),
+        (status = 401, description = "missing or wrong Bearer token", body = Failure),
+        (status = 403, description = "a read-only token", body = Failure),
+        (status = 409, description = "no such upload awaiting review", body = Failure)
+    ),
+    security(("bearer" = []))
+)]
+async fn reject_upload(
+    State(server): S,
+    headers: HeaderMap,
+    Path(torrent_id): Path<String>,
+) -> Response {
+    review_upload(server, headers, torrent_id, false).await
+}
+
+async fn review_upload(
+    server: Arc<Server>,
+    headers: HeaderMap,
+    torrent_id: String,
+    accept: bool,
+) -> Response {
+    guard!(server, headers);
+    match server.images.review_upload(&torrent_id, accept).await {
+        Ok(up) => ok(json!(up)),
+        Err(e) => fail(StatusCode::CONFLICT, ErrorCode::MessageError, e),
+    }
+}
+
 #[utoipa::path(
     get,
     path = "/api/v1/schedule",
@@ -1720,7 +1845,8 @@ async fn upgrades_push(
     ),
     paths(
         terminals, terminal, forget_terminal, push, set_admission, set_delivery,
-        download_desktop, set_room, images, rescan_images, groups, put_group,
+        download_desktop, set_room, set_may_upload, accept_upload, reject_upload,
+        images, rescan_images, groups, put_group,
         delete_group, order_show, order_start, order_cancel, events, wake,
         wake_results, schedule_show, schedule_put, audit_list, metrics, healthz,
         readyz, version, openapi_json, upgrades_list, upgrades_push, upgrades_publish,

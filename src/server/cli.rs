@@ -227,6 +227,14 @@ enum CtlCmd {
     },
     /// Put terminals (comma-separated MACs) in a room; "" takes them out.
     Room { macs: String, room: String },
+    /// Let a terminal upload its desktop on its own (a teacher's machine),
+    /// or stop it: `on` or `off`.
+    MayUpload { mac: String, on_off: String },
+    /// Accept an uploaded layer awaiting review (its torrent id, from
+    /// `ctl images`): it goes into the library, signed and seeded.
+    UploadAccept { torrent_id: String },
+    /// Reject an uploaded layer awaiting review: its bytes are deleted.
+    UploadReject { torrent_id: String },
     /// Put an agent build in the library for terminals (stamped with the
     /// version, signed with the release key).
     UpgradePublish {
@@ -914,6 +922,32 @@ async fn ctl(
         }
         CtlCmd::Room { macs, room } => {
             return crate::server::wake::cli::room(&c, &macs, &room).await
+        }
+        CtlCmd::MayUpload { mac, on_off } => {
+            let may_upload = match on_off.as_str() {
+                "on" => true,
+                "off" => false,
+                other => anyhow::bail!("{other:?}: give on or off"),
+            };
+            c.put(
+                &format!("/api/v1/terminals/{mac}/may_upload"),
+                &serde_json::json!({ "may_upload": may_upload }),
+            )
+            .await?
+        }
+        CtlCmd::UploadAccept { torrent_id } => {
+            c.post(
+                &format!("/api/v1/uploads/{torrent_id}/accept"),
+                &serde_json::json!({}),
+            )
+            .await?
+        }
+        CtlCmd::UploadReject { torrent_id } => {
+            c.post(
+                &format!("/api/v1/uploads/{torrent_id}/reject"),
+                &serde_json::json!({}),
+            )
+            .await?
         }
         CtlCmd::Schedule { what } => {
             return crate::server::wake::cli::schedule(

@@ -461,11 +461,31 @@ async fn answer(
                 ));
             };
             let batch = server.store.next_batch_no().map_err(store_err)?;
-            let can_update = g.desktop_group_status == 0;
-            if can_update {
-                server
-                    .images
-                    .grant_upload(mac, g.disks.iter().map(|d| d.uuid.clone()));
+            // Yes only when an operator asked this terminal for an upload
+            // of one of the group's disks (1016/1020), or marked it as one
+            // that may upload on its own (issue 38.2: any MAC used to grant
+            // itself an upload this way).
+            let disks: Vec<String> = g.disks.iter().map(|d| d.uuid.clone()).collect();
+            let asked = disks.iter().any(|d| server.images.upload_granted(mac, d));
+            let trusted = server
+                .store
+                .terminal(mac)
+                .map_err(store_err)?
+                .is_some_and(|r| r.may_upload);
+            let can_update = g.desktop_group_status == 0 && (asked || trusted);
+            if can_update && !asked {
+                server.images.grant_upload(mac, disks);
+            }
+            if !can_update {
+                log::info!(
+                    "{mac} asked to upload group {} (9018): no, {}",
+                    g.desktop_group_uuid,
+                    if g.desktop_group_status != 0 {
+                        "the group is not enabled"
+                    } else {
+                        "no operator asked it (1016/1020) and it is not marked may_upload"
+                    }
+                );
             }
             ok(CheckUploadStateResp {
                 can_update: i64::from(can_update),

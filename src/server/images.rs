@@ -87,7 +87,8 @@ pub struct Upload {
     pub layer: String,
     pub info_hash: String,
     pub length: u64,
-    /// "downloading", "finished" (in the library), "failed: …".
+    /// "downloading", "review" (all here, waiting for an operator to accept
+    /// it), "finished" (accepted: in the library), "rejected", "failed: …".
     pub state: String,
     /// 1021 reached the terminal.
     #[serde(default)]
@@ -639,7 +640,7 @@ impl Images {
             .collect()
     }
 
-    fn upload_granted(&self, mac: &str, disk_uuid: &str) -> bool {
+    pub fn upload_granted(&self, mac: &str, disk_uuid: &str) -> bool {
         let now = Instant::now();
         self.upload_grants
             .lock()
@@ -742,7 +743,6 @@ impl Images {
             .filter(|u| u.state == "downloading")
             .cloned()
             .collect();
-        let mut changed = false;
         for mut up in pending {
             let Some(stats) = self.engine.stats(&up.info_hash) else {
                 continue;
@@ -750,39 +750,82 @@ impl Images {
             if stats.phase != Phase::Seeding {
                 continue;
             }
-            let dir = self.upload_dir(&up.layer);
-            let torrent = std::fs::read(dir.join("meta.torrent")).unwrap_or_default();
+            // All here: the server stops fetching, and the layer waits for
+            // an operator. It is not signed, seeded or offered to any group
+            // until accepted (issue 38.2).
             let _ = self.engine.remove(&up.info_hash).await;
-            let lib = self.dir.clone();
-            let layer = up.layer.clone();
-            let res =
-                tokio::task::spawn_blocking(move || accept_upload(&dir, &lib, &layer, &torrent))
-                    .await
-                    .unwrap_or_else(|e| Err(e.to_string()));
-            up.state = match res {
-                Ok(()) => {
-                    log::info!("{} from {} is in the image library", up.layer, up.mac);
-                    changed = true;
-                    "finished".into()
-                }
-                Err(e) => {
-                    log::error!("upload {} from {}: {e}", up.layer, up.mac);
-                    format!("failed: {e}")
-                }
-            };
+            log::warn!(
+                "{} from {} is uploaded and awaits review: accept it with `voi-server ctl upload-accept {}` (or the API, or the console) before any group can use it",
+                up.layer,
+                up.mac,
+                up.torrent_id
+            );
+            up.state = "review".into();
             self.save_upload(&up);
             self.uploads().insert(up.torrent_id.clone(), up);
         }
-        if changed {
+        // The terminal's part is done once the bytes are here.
+        self.uploads()
+            .values()
+            .filter(|u| (u.state == "review" || u.state == "finished") && !u.notified)
+            .cloned()
+            .collect()
+    }
+
+    /// An operator's verdict on an upload awaiting review: accepted, it
+    /// is checked (pieces, qcow2, backing file) and moved into the library,
+    /// which then signs and seeds it; rejected, its bytes are deleted.
+    pub async fn review_upload(&self, torrent_id: &str, accept: bool) -> Result<Upload, String> {
+        let Some(mut up) = self.uploads().get(torrent_id).cloned() else {
+            return Err(format!("no upload {torrent_id}"));
+        };
+        if up.state != "review" {
+            return Err(format!(
+                "upload {torrent_id} ({}) is {}, not awaiting review",
+                up.layer, up.state
+            ));
+        }
+        let dir = self.upload_dir(&up.layer);
+        if accept {
+            let torrent = std::fs::read(dir.join("meta.torrent")).unwrap_or_default();
+            let lib = self.dir.clone();
+            let layer = up.layer.clone();
+            let d = dir.clone();
+            tokio::task::spawn_blocking(move || accept_upload(&d, &lib, &layer, &torrent))
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()))?;
+            log::info!(
+                "{} from {} is accepted into the image library",
+                up.layer,
+                up.mac
+            );
+            up = self.set_upload_state(torrent_id, "finished").unwrap_or(up);
             if let Err(e) = self.scan().await {
                 log::error!("image scan: {e:#}");
             }
+        } else {
+            let _ = std::fs::remove_dir_all(dir.join("data"));
+            log::info!(
+                "{} from {} is rejected; its bytes are deleted",
+                up.layer,
+                up.mac
+            );
+            up = self.set_upload_state(torrent_id, "rejected").unwrap_or(up);
         }
-        self.uploads()
-            .values()
-            .filter(|u| u.state == "finished" && !u.notified)
-            .cloned()
-            .collect()
+        Ok(up)
+    }
+
+    /// Sets one upload's state where it is kept (not on a copy: the 1021
+    /// loop may have marked it notified meanwhile), and saves it.
+    fn set_upload_state(&self, torrent_id: &str, state: &str) -> Option<Upload> {
+        let up = {
+            let mut all = self.uploads();
+            let up = all.get_mut(torrent_id)?;
+            up.state = state.into();
+            up.clone()
+        };
+        self.save_upload(&up);
+        Some(up)
     }
 
     pub fn mark_notified(&self, torrent_id: &str) {

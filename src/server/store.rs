@@ -80,6 +80,10 @@ pub struct TerminalRecord {
     /// schedule and `ctl wake --room` select.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub room: String,
+    /// An operator marked it as a terminal that may upload on its own (a
+    /// teacher's machine): its 9018 is answered yes without a 1016/1020.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub may_upload: bool,
     /// Our agent's last upgrade outcome (9004 `upgrade`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upgrade: Option<crate::protocol::messages::UpgradeReport>,
@@ -110,6 +114,7 @@ impl TerminalRecord {
             admission: Default::default(),
             wake: None,
             room: String::new(),
+            may_upload: false,
             upgrade: None,
         }
     }

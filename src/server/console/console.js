@@ -792,7 +792,21 @@
     }
     const up = clear(document.querySelector('#uploads tbody'));
     for (const u of S.images.uploads || []) {
-      up.append(el('tr', {}, el('td', {}, u.layer || ''), el('td', {}, u.mac || ''), el('td', {}, u.state || JSON.stringify(u))));
+      // An upload waits for an operator before it is signed, seeded or
+      // offered to any group (issue 38.2).
+      const verdict = el('td', {});
+      if (u.state === 'review') {
+        const decide = async (v) => {
+          const r = await api('POST', `/api/v1/uploads/${encodeURIComponent(u.torrent_id)}/${v}`);
+          if (r.code !== 0) alert(r.msg);
+          loadImages();
+        };
+        verdict.append(
+          el('button', { type: 'button', onclick: () => decide('accept') }, 'Accept into the library'), ' ',
+          el('button', { type: 'button', onclick: () => decide('reject') }, 'Reject'));
+      }
+      up.append(el('tr', { dataset: { upload: u.torrent_id || '' } }, el('td', {}, u.layer || ''), el('td', {}, u.mac || ''),
+        el('td', {}, u.state === 'review' ? 'awaiting review' : (u.state || JSON.stringify(u))), verdict));
     }
     $('bt-port').textContent = S.images.bt_port ? `seeder on BitTorrent port ${S.images.bt_port}` : '';
   }

@@ -14,6 +14,9 @@
 use serde::{Deserialize, Serialize};
 
 pub const SIGNATURE_DOMAIN: &[u8] = b"voi-agent-upgrade-v1\n";
+/// The domain of the release signature, which also covers the release
+/// number (issue 38.8).
+pub const RELEASE_SIGNATURE_DOMAIN: &[u8] = b"voi-agent-release-v2\n";
 pub const VERSION_SLOT_PREFIX: &[u8] = b"VOI-AGENT-VERSION-SLOT:";
 pub const VERSION_SLOT_LEN: usize = 32;
 /// The largest manifest an agent reads.
@@ -28,6 +31,16 @@ pub struct UpgradeManifest {
     pub sha256: String,
     #[serde(default)]
     pub signature: Option<String>,
+    /// The server's release number: it only grows, one per publication
+    /// (a downgrade is the older build published again as a new release).
+    /// An agent never installs a release below the highest it committed,
+    /// whatever the wire says (TUF's rollback rule).
+    #[serde(default)]
+    pub release: u64,
+    /// Signature over everything above, release included. `signature`
+    /// stays for agents that predate release numbers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release_signature: Option<String>,
 }
 
 impl UpgradeManifest {
@@ -43,11 +56,49 @@ impl UpgradeManifest {
         out
     }
 
+    fn release_signed_bytes(&self) -> Vec<u8> {
+        let mut out = RELEASE_SIGNATURE_DOMAIN.to_vec();
+        out.extend(
+            format!(
+                "{}\n{}\n{}\n{}\n{}\n",
+                self.platform, self.version, self.size, self.sha256, self.release
+            )
+            .as_bytes(),
+        );
+        out
+    }
+
     pub fn sign(&mut self, key: &ed25519_dalek::SigningKey) {
         use ed25519_dalek::Signer;
         self.signature = Some(crate::bt::manifest::to_hex(
             &key.sign(&self.signed_bytes()).to_bytes(),
         ));
+        self.release_signature = (self.release > 0).then(|| {
+            crate::bt::manifest::to_hex(&key.sign(&self.release_signed_bytes()).to_bytes())
+        });
+    }
+
+    /// The release number, once its signature verifies: a manifest without
+    /// one (published before release numbers) is refused, so the old
+    /// packages an impersonator could replay are not installable.
+    pub fn verify_release(&self, key: &ed25519_dalek::VerifyingKey) -> Result<u64, String> {
+        let sig = self.release_signature.as_deref().ok_or_else(|| {
+            format!(
+                "{} carries no signed release number (published before this agent's rollback protection): publish it again",
+                self.version
+            )
+        })?;
+        let bytes: [u8; 64] = crate::bt::manifest::from_hex(sig)
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| "the package's release signature is not 64 hex bytes".to_string())?;
+        key.verify_strict(
+            &self.release_signed_bytes(),
+            &ed25519_dalek::Signature::from_bytes(&bytes),
+        )
+        .map_err(|_| {
+            "the package's release signature does not verify with this terminal's key".to_string()
+        })?;
+        Ok(self.release)
     }
 
     pub fn verify(&self, key: &ed25519_dalek::VerifyingKey) -> Result<(), String> {
@@ -170,6 +221,8 @@ mod tests {
             size: 10,
             sha256: "ab".repeat(32),
             signature: None,
+            release: 4,
+            release_signature: None,
         };
         assert!(m.verify(&key.verifying_key()).is_err(), "unsigned");
         m.sign(&key);
@@ -181,6 +234,22 @@ mod tests {
         let mut t = m.clone();
         t.size = 11;
         assert!(t.verify(&key.verifying_key()).is_err(), "tampered size");
+        assert_eq!(m.verify_release(&key.verifying_key()), Ok(4));
+        let mut t = m.clone();
+        t.release = 9;
+        assert!(
+            t.verify_release(&key.verifying_key()).is_err(),
+            "tampered release"
+        );
+        assert!(
+            t.verify(&key.verifying_key()).is_ok(),
+            "the legacy signature does not cover it"
+        );
+        t.release_signature = None;
+        assert!(
+            t.verify_release(&key.verifying_key()).is_err(),
+            "no release signature"
+        );
     }
 
     #[test]

@@ -228,6 +228,8 @@ async fn an_upgrade_to_a_second_build_logs_in_with_the_new_version() {
     let rig = Rig::new("AA:00:00:00:28:01").await;
     let _svc = rig.run(None, None);
     rig.online_as("0.1", 30).await;
+    // 0.1.0 is published first (release 1), as it was before 0.2.0.
+    rig.publish(Path::new(env!("CARGO_BIN_EXE_voi-agent")), "0.1.0", false);
     rig.publish(Path::new(env!("CARGO_BIN_EXE_voi-agent")), "0.2.0", false);
     let started = Instant::now();
     let (ok, out) = rig.ctl(&[
@@ -259,12 +261,83 @@ async fn an_upgrade_to_a_second_build_logs_in_with_the_new_version() {
     // The API says who runs what.
     let env = rig.api.get("/api/v1/upgrades").await.expect("list");
     let data = env.data.unwrap_or(Value::Null);
-    assert_eq!(data["packages"][0]["version"], "0.2.0");
+    assert!(
+        data["packages"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|m| m["version"] == "0.2.0" && m["release"] == 2)),
+        "{data}"
+    );
     assert_eq!(data["terminals"][0]["version"], "0.2.0");
     // Back to 0.1.0 only with --force.
-    rig.publish(Path::new(env!("CARGO_BIN_EXE_voi-agent")), "0.1.0", false);
     let (ok, out) = rig.ctl(&["upgrade", &rig.mac, "0.1.0", "--no-wait"]);
     assert!(!ok && out.contains("a downgrade needs --force"), "{out}");
+
+    // Issue 38.8: an impersonated server sends force with the real
+    // server's old signed package (public, release 1). The agent has
+    // committed release 2 and refuses it, whatever the wire says.
+    let replay = serde_json::json!({
+        "version": "0.1.0",
+        "platform": "x86",
+        "upgrade_package": "voi-agent",
+        "os_name": "linux",
+        "force": true,
+        "manifest_url": format!("http://127.0.0.1:{}/upgrades/x86/0.1.0/manifest.json", rig.h.server.tracker_addr.port()),
+    })
+    .to_string();
+    let (_, out) = rig.ctl(&[
+        "--json",
+        "push",
+        &rig.mac,
+        "terminal_upgrade",
+        &replay,
+        "--timeout",
+        "10",
+    ]);
+    println!("{out}");
+    let started = Instant::now();
+    let refused = loop {
+        let r = rig.record().and_then(|r| r.upgrade);
+        if let Some(r) = r.filter(|r| r.version == "0.1.0" && r.state == "failed") {
+            break r;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no verdict on the replay: {}",
+            rig.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    println!("replayed release 1: {}", refused.reason);
+    assert!(
+        refused.reason.contains("committed release 2"),
+        "{}",
+        refused.reason
+    );
+    rig.online_as("0.2", 10).await;
+    // The operator's --force publishes 0.1.0 again as release 3.
+    let (ok, out) = rig.ctl(&[
+        "upgrade",
+        &rig.mac,
+        "0.1.0",
+        "--force",
+        "--batch",
+        "1",
+        "--wait-secs",
+        "30",
+    ]);
+    println!("{out}");
+    assert!(
+        ok && out.contains("runs 0.1.0"),
+        "{out}\n{}",
+        rig.log_tail()
+    );
+    let m = rig
+        .h
+        .server
+        .upgrades
+        .manifest("x86", "0.1.0")
+        .expect("manifest");
+    assert_eq!(m.release, 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -157,10 +157,17 @@ impl Server {
             .map(|u| u.running.clone())
             .filter(|r| !r.is_empty())
             .unwrap_or_else(|| rec.config.soft_version.clone());
-        if crate::upgrade_package::is_downgrade(&running, version) && !force {
-            return Err(PushError::Bad(format!(
-                "{mac} runs {running}; {version} is older: a downgrade needs --force"
-            )));
+        if crate::upgrade_package::is_downgrade(&running, version) {
+            if !force {
+                return Err(PushError::Bad(format!(
+                    "{mac} runs {running}; {version} is older: a downgrade needs --force"
+                )));
+            }
+            // The older build goes out as a new release: agents never take
+            // a release below the one they committed (issue 38.8).
+            self.upgrades
+                .republish(&platform, version)
+                .map_err(PushError::Bad)?;
         }
         let url = self.upgrade_url(&platform, version, self.local_addr_for(mac));
         let params = serde_json::json!({
@@ -171,13 +178,29 @@ impl Server {
             "manifest_url": url,
             "force": force,
         });
-        self.push(
-            mac,
-            ServiceCode::TerminalUpgrade,
-            params,
-            Duration::from_secs(15),
-        )
-        .await
+        let sent = self
+            .push(
+                mac,
+                ServiceCode::TerminalUpgrade,
+                params,
+                Duration::from_secs(15),
+            )
+            .await;
+        // A new attempt: an earlier outcome for the same version (a replay
+        // the agent refused, a rollback) is not this one's.
+        if let Ok((_, env)) = &sent {
+            if env.is_ok() {
+                let _ = self.store.update_terminal(mac, |r| {
+                    r.upgrade = Some(crate::protocol::messages::UpgradeReport {
+                        version: version.to_string(),
+                        state: "installing".into(),
+                        reason: String::new(),
+                        running: running.clone(),
+                    });
+                });
+            }
+        }
+        sent
     }
 
     /// A layer's current version: the library's (`layer_versions.rs`),

@@ -78,6 +78,7 @@ impl Server {
             None => manifest_key.clone(),
         };
         let upgrades = Arc::new(super::upgrades::Upgrades::new(&cfg.data_dir, release_key));
+        upgrades.number_old_releases();
         let images = images::Images::open(
             &cfg.data_dir,
             crate::bt::engine::EngineConfig {

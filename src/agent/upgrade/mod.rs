@@ -38,6 +38,18 @@ pub fn state_path(cfg: &AgentConfig) -> PathBuf {
     state::path(cfg)
 }
 
+/// The highest release this terminal has committed (0: none yet).
+fn release_floor_path(cfg: &AgentConfig) -> PathBuf {
+    cfg.upgrade.root.join("release-floor")
+}
+
+pub fn release_floor(cfg: &AgentConfig) -> u64 {
+    std::fs::read_to_string(release_floor_path(cfg))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 fn same_file(a: &Path, b: &Path) -> bool {
     match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
         (Ok(a), Ok(b)) => a == b,
@@ -56,7 +68,13 @@ pub fn launch(cfg: &AgentConfig) -> Result<(), String> {
     }
     let root = &cfg.upgrade.root;
     let path = state_path(cfg);
-    if let UpgradeState::Switched { from, to, starts } = state::load(&path) {
+    if let UpgradeState::Switched {
+        from,
+        to,
+        starts,
+        release,
+    } = state::load(&path)
+    {
         if install::current_version(root).as_deref() == Some(to.as_str()) {
             let starts = starts + 1;
             if starts > cfg.upgrade.max_starts {
@@ -80,8 +98,16 @@ pub fn launch(cfg: &AgentConfig) -> Result<(), String> {
                     "upgrade: start {starts} of {to} (at most {})",
                     cfg.upgrade.max_starts
                 );
-                state::save(&path, &UpgradeState::Switched { from, to, starts })
-                    .map_err(|e| e.to_string())?;
+                state::save(
+                    &path,
+                    &UpgradeState::Switched {
+                        from,
+                        to,
+                        starts,
+                        release,
+                    },
+                )
+                .map_err(|e| e.to_string())?;
             }
         }
     }
@@ -193,6 +219,8 @@ pub fn begin(agent: Arc<Agent>, cmd: TerminalUpgradeCmd) {
             size: 0,
             sha256: String::new(),
             signature: None,
+            release: 0,
+            release_signature: None,
         },
         url,
     };
@@ -247,6 +275,15 @@ async fn install(
     let key = release_key(cfg)?;
     let manifest = fetch::manifest(url).await?;
     manifest.verify(&key)?;
+    // Rollback protection (issue 38.8): whatever the wire says (`force`
+    // included), never a release below or at the one committed last.
+    let release = manifest.verify_release(&key)?;
+    let floor = release_floor(cfg);
+    if release <= floor {
+        return Err(format!(
+            "{version} is release {release}; this terminal has committed release {floor}: a downgrade is the older build published again as a new release (voi-server ctl upgrade --force)"
+        ));
+    }
     if manifest.version != version || manifest.platform != pkg::this_platform() {
         return Err(format!(
             "the package is {} for {}, not {version} for {}",
@@ -290,6 +327,7 @@ async fn install(
             from: from.into(),
             to: version.into(),
             starts: 0,
+            release,
         },
     )
     .map_err(|e| e.to_string())?;
@@ -310,8 +348,10 @@ pub async fn resume(agent: Arc<Agent>) {
             log::info!("upgrade: resuming the download");
             tokio::spawn(install_task(agent.clone(), true));
         }
-        UpgradeState::Switched { from, to, .. } if running == to => {
-            prove(agent.clone(), from, to).await;
+        UpgradeState::Switched {
+            from, to, release, ..
+        } if running == to => {
+            prove(agent.clone(), from, to, release).await;
         }
         UpgradeState::Switched { to, .. }
             if install::current_version(&root).as_deref() != Some(to.as_str()) =>
@@ -328,7 +368,7 @@ pub async fn resume(agent: Arc<Agent>) {
 
 /// The new version must log in within `confirm_secs`; then it is kept,
 /// else the previous one comes back.
-async fn prove(agent: Arc<Agent>, from: String, to: String) {
+async fn prove(agent: Arc<Agent>, from: String, to: String, release: u64) {
     let cfg = &agent.cfg;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(cfg.upgrade.confirm_secs);
     log::info!(
@@ -338,6 +378,14 @@ async fn prove(agent: Arc<Agent>, from: String, to: String) {
     loop {
         if agent.live().logins > 0 {
             log::info!("upgrade: {to} logged in; {from} is no longer needed");
+            if release > release_floor(cfg) {
+                if let Err(e) = crate::fsutil::atomic_write(
+                    &release_floor_path(cfg),
+                    release.to_string().as_bytes(),
+                ) {
+                    log::error!("upgrade: recording release {release}: {e}");
+                }
+            }
             let _ = state::save(
                 &state_path(cfg),
                 &UpgradeState::Committed {

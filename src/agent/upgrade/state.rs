@@ -24,6 +24,9 @@ pub enum UpgradeState {
         from: String,
         to: String,
         starts: u32,
+        /// The release being proven; recorded as the floor once committed.
+        #[serde(default)]
+        release: u64,
     },
     Committed {
         from: String,

@@ -74,6 +74,8 @@ impl Upgrades {
             size: bytes.len() as u64,
             sha256: crate::bt::manifest::to_hex(&Sha256::digest(&bytes)),
             signature: None,
+            release: self.next_release(),
+            release_signature: None,
         };
         m.sign(&self.signer);
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -85,6 +87,44 @@ impl Upgrades {
             m.sha256
         );
         Ok(m)
+    }
+
+    /// One more than the highest release published, on any platform.
+    fn next_release(&self) -> u64 {
+        self.list().iter().map(|m| m.release).max().unwrap_or(0) + 1
+    }
+
+    /// Publishes an already published package again as a new release (a
+    /// downgrade an operator asked for with `--force`): same bytes, a new
+    /// release number, signed again.
+    pub fn republish(&self, platform: &str, version: &str) -> Result<UpgradeManifest, String> {
+        let dir = self.version_dir(platform, version)?;
+        let mut m = self
+            .manifest(platform, version)
+            .ok_or_else(|| format!("no package {version} for {platform}"))?;
+        m.release = self.next_release();
+        m.sign(&self.signer);
+        crate::fsutil::write_json(&dir.join("manifest.json"), &m).map_err(|e| e.to_string())?;
+        log::warn!(
+            "voi-agent {version} for {platform} published again as release {} (a downgrade an operator forced)",
+            m.release
+        );
+        Ok(m)
+    }
+
+    /// Packages published before release numbers get them now, in version
+    /// order, so agents with rollback protection can install them.
+    pub fn number_old_releases(&self) {
+        let old: Vec<UpgradeManifest> = self
+            .list()
+            .into_iter()
+            .filter(|m| m.release_signature.is_none())
+            .collect();
+        for m in old {
+            if let Err(e) = self.republish(&m.platform, &m.version) {
+                log::warn!("numbering {} {}: {e}", m.platform, m.version);
+            }
+        }
     }
 
     pub fn manifest(&self, platform: &str, version: &str) -> Option<UpgradeManifest> {

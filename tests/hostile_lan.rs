@@ -1189,3 +1189,59 @@ async fn idle_handshakes_do_not_stop_the_seeder() {
         "quiet {quiet:?}, during {flooded:?}"
     );
 }
+
+/// Issue 38.14: a server with no configured settings password makes one
+/// (not admin/admin) and logs it once; a LAN device guessing through 9008
+/// from 127.0.0.2 is slowed to a handful of checks, while a real terminal
+/// on another address gets its right password checked at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_password_guessing_is_throttled() {
+    let s = start("", false).await;
+    let password = std::fs::read_to_string(s.data.join("admin-password"))
+        .expect("a password made at first start")
+        .trim()
+        .to_string();
+    let log = std::fs::read_to_string(s._dir.path().join("server.log")).unwrap_or_default();
+    assert!(log.contains(&password), "logged once for the operator");
+    let guesser_mac = "AA:00:00:00:0E:81";
+    let mut g = RawClient::connect_from("127.0.0.2", s.addr).await;
+    assert!(g.login(guesser_mac).await.is_ok());
+    let started = Instant::now();
+    let (mut tries, mut checked_wrong, mut admin_admin) = (0, 0, false);
+    while started.elapsed() < Duration::from_secs(5) {
+        let guess = if tries == 0 {
+            "admin".to_string()
+        } else {
+            format!("guess{tries}")
+        };
+        let (_, env) = g
+            .request(
+                ServiceCode::VerifyAdminUser,
+                &json!({"mac": guesser_mac, "username": "admin", "password": guess}),
+            )
+            .await;
+        if tries == 0 {
+            admin_admin = env.code == 0;
+        }
+        if env.code != 0 && !env.msg.contains("too many") {
+            checked_wrong += 1;
+        }
+        tries += 1;
+    }
+    // The real terminal, elsewhere, with the right password.
+    let mut real = RawClient::connect(s.addr).await;
+    assert!(real.login("AA:00:00:00:0E:82").await.is_ok());
+    let (_, right) = real
+        .request(
+            ServiceCode::VerifyAdminUser,
+            &json!({"mac": "AA:00:00:00:0E:82", "username": "admin", "password": password}),
+        )
+        .await;
+    eprintln!(
+        "hostile_lan | 9008 guesses from 127.0.0.2 for 5 s: {tries} sent, {checked_wrong} checked | admin/admin accepted: {admin_admin} | the right password from 127.0.0.1: {}",
+        right.code
+    );
+    assert!(!admin_admin, "no default password");
+    assert!(checked_wrong <= 8, "{checked_wrong} guesses checked in 5 s");
+    assert_eq!(right.code, 0, "{right:?}");
+}

@@ -262,9 +262,9 @@ async fn an_upgrade_to_a_second_build_logs_in_with_the_new_version() {
     let env = rig.api.get("/api/v1/upgrades").await.expect("list");
     let data = env.data.unwrap_or(Value::Null);
     assert!(
-        data["packages"]
-            .as_array()
-            .is_some_and(|p| p.iter().any(|m| m["version"] == "0.2.0" && m["release"] == 2)),
+        data["packages"].as_array().is_some_and(|p| p
+            .iter()
+            .any(|m| m["version"] == "0.2.0" && m["release"] == 2)),
         "{data}"
     );
     assert_eq!(data["terminals"][0]["version"], "0.2.0");

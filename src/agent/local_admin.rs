@@ -223,9 +223,42 @@ fn md5_of(password: &str) -> String {
     crate::protocol::md5_hex(password.as_bytes())
 }
 
+/// Wrong answers on the control socket before waits begin, and the
+/// longest wait (issue 38.14: 18,800 guesses a second were possible).
+const FREE_TRIES: u32 = 3;
+const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Failed administrator checks on this terminal, whoever asks: after
+/// `FREE_TRIES`, each wrong answer doubles the wait before the next check.
+static GUESSES: std::sync::Mutex<(u32, Option<std::time::Instant>)> =
+    std::sync::Mutex::new((0, None));
+
+fn guess_wait() -> Option<std::time::Duration> {
+    let g = GUESSES.lock().unwrap_or_else(|p| p.into_inner());
+    g.1.and_then(|until| until.checked_duration_since(std::time::Instant::now()))
+}
+
+fn guess_result(ok: bool) {
+    let mut g = GUESSES.lock().unwrap_or_else(|p| p.into_inner());
+    if ok {
+        *g = (0, None);
+        return;
+    }
+    g.0 += 1;
+    if g.0 > FREE_TRIES {
+        let doublings = (g.0 - FREE_TRIES - 1).min(6);
+        g.1 = Some(
+            std::time::Instant::now()
+                + std::time::Duration::from_secs(1 << doublings).min(MAX_WAIT),
+        );
+    }
+}
+
 /// The administrator check for the screen's settings: 9008 when the server
-/// can be reached (and the accepted password's md5 kept for later), else
-/// the md5 the server last accepted or `admin_password_md5` in the config.
+/// can be reached, else `admin_password_md5` in the config (flashed with
+/// the image). A server's "yes" sets nothing for later (issue 38.13: a
+/// rogue server answering yes to anything planted the offline password);
+/// the md5 an older agent kept in `state.json` is no longer read.
 pub async fn verify_admin(
     agent: &Arc<Agent>,
     user: String,
@@ -234,6 +267,22 @@ pub async fn verify_admin(
     if user.len() > 64 || password.len() > 128 {
         return Err("user or password too long".into());
     }
+    if let Some(wait) = guess_wait() {
+        return Err(format!(
+            "too many wrong passwords; try again in {} s",
+            wait.as_secs() + 1
+        ));
+    }
+    let r = verify_admin_now(agent, user, password).await;
+    guess_result(r.is_ok());
+    r
+}
+
+async fn verify_admin_now(
+    agent: &Arc<Agent>,
+    user: String,
+    password: String,
+) -> Result<Value, String> {
     if let Some(link) = agent.link() {
         let body = crate::protocol::messages::VerifyAdminUserReq {
             mac: agent.mac.clone(),
@@ -245,8 +294,6 @@ pub async fn verify_admin(
             .await
         {
             Ok((_, env)) if env.is_ok() => {
-                let md5 = md5_of(&password);
-                agent.persist(|s| s.admin_md5 = Some(md5));
                 return Ok(json!({ "verified": true, "by": "server" }));
             }
             Ok((_, env)) => {
@@ -259,10 +306,7 @@ pub async fn verify_admin(
             Err(e) => log::warn!("9008 verify_admin_user: {e}; checking locally"),
         }
     }
-    let local = agent
-        .state
-        .read(|s| s.admin_md5.clone())
-        .or_else(|| agent.cfg.admin_password_md5.clone());
+    let local = agent.cfg.admin_password_md5.clone();
     match local {
         Some(h) if h.eq_ignore_ascii_case(&md5_of(&password)) => {
             Ok(json!({ "verified": true, "by": "local" }))

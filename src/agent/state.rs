@@ -87,9 +87,9 @@ pub struct AgentState {
     /// Server port set on the terminal's screen; overrides the config's.
     #[serde(default)]
     pub server_port_override: Option<u16>,
-    /// md5 of the administrator password the server last accepted (9008),
-    /// so the screen's settings open when the server cannot be reached.
-    #[serde(default)]
+    /// What older agents kept here (md5 of the password a server said yes
+    /// to) is read and dropped: a rogue server could plant it.
+    #[serde(default, skip_serializing)]
     pub admin_md5: Option<String>,
     #[serde(default)]
     pub desktop_groups: Vec<DesktopGroup>,

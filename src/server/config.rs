@@ -4,8 +4,6 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::protocol::md5_hex;
-
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
@@ -54,9 +52,11 @@ pub struct ServerConfig {
     #[serde(default = "default_admin_user")]
     pub admin_user: String,
     /// md5 hex of the admin password (9008 / 9016 compare md5 of what the
-    /// terminal sends). Default: md5("admin").
-    #[serde(default = "default_admin_md5")]
-    pub admin_password_md5: String,
+    /// terminal sends). Unset: a random password is made at first start,
+    /// kept in `<data_dir>/admin-password` (0600) and logged once, as the
+    /// API token is (the vendor's admin/admin was guessable in a second).
+    #[serde(default)]
+    pub admin_password_md5: Option<String>,
     /// Largest frame body accepted from a terminal.
     #[serde(default = "default_max_body")]
     pub max_body: usize,
@@ -188,9 +188,6 @@ fn default_idle() -> u64 {
 }
 fn default_admin_user() -> String {
     "admin".into()
-}
-fn default_admin_md5() -> String {
-    md5_hex(b"admin")
 }
 fn default_max_body() -> usize {
     crate::protocol::codec::DEFAULT_MAX_BODY

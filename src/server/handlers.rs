@@ -111,13 +111,30 @@ fn keep_report(server: &Server, mac: &str, kind: String, value: Value) -> Answer
 }
 
 /// 9008 and 9016: the server compares md5 of the password the terminal
-/// sends in plain text (notes §6.1).
-fn check_credentials(server: &Server, user: &str, password: &str) -> Answer {
-    if user == server.cfg.admin_user
-        && md5_hex(password.as_bytes()) == server.cfg.admin_password_md5
-    {
+/// sends in plain text (notes §6.1), throttled per MAC and per address
+/// (`admin_password::GuessThrottle`).
+fn check_credentials(
+    server: &Server,
+    st: &ConnState,
+    mac: &str,
+    user: &str,
+    password: &str,
+) -> Answer {
+    let ip = st.peer.ip();
+    if let Some(wait) = server.admin_guesses.wait(mac, ip) {
+        return err(
+            ErrorCode::UserOrPasswordError,
+            format!(
+                "too many wrong passwords; the next try is checked in {} s",
+                wait.as_secs() + 1
+            ),
+        );
+    }
+    if user == server.cfg.admin_user && md5_hex(password.as_bytes()) == server.admin_password_md5 {
+        server.admin_guesses.succeeded(mac);
         success()
     } else {
+        server.admin_guesses.failed(mac, ip);
         err(ErrorCode::UserOrPasswordError, "")
     }
 }
@@ -356,11 +373,11 @@ async fn answer(
         }
         S::VerifyAdminUser => {
             let r: VerifyAdminUserReq = body(frame, mac)?;
-            check_credentials(server, &r.user_name, &r.password)
+            check_credentials(server, st, mac, &r.user_name, &r.password)
         }
         S::OperateAuth => {
             let r: OperateAuthReq = body(frame, mac)?;
-            check_credentials(server, &r.account, &r.password)
+            check_credentials(server, st, mac, &r.account, &r.password)
         }
         S::OrderConfirm => {
             let r: OrderConfirmReq = body(frame, mac)?;

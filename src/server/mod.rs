@@ -2,6 +2,7 @@
 //! protocol on TCP 50007, keeps state in an embedded store, and offers an
 //! operator HTTP API on loopback.
 
+pub mod admin_password;
 pub mod admission;
 pub mod api;
 pub mod api_schema;

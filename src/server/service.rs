@@ -80,6 +80,9 @@ pub struct Server {
     pub metrics: super::metrics::ServerMetrics,
     /// Agent packages (`upgrades/`).
     pub upgrades: Arc<super::upgrades::Upgrades>,
+    /// md5 of the terminals' settings password (`admin_password`).
+    pub admin_password_md5: String,
+    pub admin_guesses: super::admin_password::GuessThrottle,
     /// What became of each wake-on-LAN (`wake/`).
     pub wakes: super::wake::book::WakeBook,
     /// The wall clock the class schedule reads.

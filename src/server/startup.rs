@@ -57,6 +57,10 @@ impl Server {
             Some(t) => t.clone(),
             None => load_or_create_token(&cfg.data_dir.join("api-token"))?,
         };
+        let admin_password_md5 = super::admin_password::load_or_create(
+            cfg.admin_password_md5.as_deref(),
+            &cfg.data_dir,
+        )?;
         let listener = bind_terminal_port(&cfg.listen)
             .await
             .map_err(|e| anyhow::anyhow!("listen {}: {e}", cfg.listen))?;
@@ -140,6 +144,8 @@ impl Server {
             counters: Default::default(),
             log_uploads: Default::default(),
             upgrades,
+            admin_password_md5,
+            admin_guesses: Default::default(),
             metrics: Default::default(),
             wakes: Default::default(),
             clock,

@@ -42,6 +42,9 @@ pub fn server_config(dir: &Path, listen: &str) -> ServerConfig {
         // The tests' library files are whole before any scan: a short
         // second look keeps each scan of a new file quick.
         library_settle_ms: 300,
+        // The vendor's admin/admin, which the screen and command tests
+        // type; a server without it makes a random one (admin_password).
+        admin_password_md5: Some(voi::protocol::md5_hex(b"admin")),
         ..ServerConfig::default()
     }
 }
@@ -124,6 +127,20 @@ pub struct RawClient {
 impl RawClient {
     pub async fn connect(addr: std::net::SocketAddr) -> RawClient {
         let s = TcpStream::connect(addr).await.expect("connect");
+        RawClient {
+            io: Framed::new(s, FrameCodec::default()),
+            token: bytes::Bytes::new(),
+            seq: 0,
+        }
+    }
+
+    /// From the local address `from` (127.0.0.2 on loopback stands for a
+    /// second host on the LAN).
+    pub async fn connect_from(from: &str, addr: std::net::SocketAddr) -> RawClient {
+        let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+        sock.bind(format!("{from}:0").parse().expect("from"))
+            .expect("bind");
+        let s = sock.connect(addr).await.expect("connect");
         RawClient {
             io: Framed::new(s, FrameCodec::default()),
             token: bytes::Bytes::new(),

@@ -1245,3 +1245,98 @@ async fn settings_password_guessing_is_throttled() {
     assert!(checked_wrong <= 8, "{checked_wrong} guesses checked in 5 s");
     assert_eq!(right.code, 0, "{right:?}");
 }
+
+/// The size of everything under `dir`, in bytes.
+fn dir_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let Ok(md) = e.metadata() else { continue };
+        total += if md.is_dir() {
+            dir_bytes(&e.path())
+        } else {
+            md.len()
+        };
+    }
+    total
+}
+
+/// Issue 38.7: 500 made-up MACs from 127.0.0.2 each log in, report three
+/// transfers of 4 kB and upload a 256 KiB log. The global bounds (records,
+/// report bytes, log bytes) hold the data dir, and the terminal that was
+/// there first keeps reporting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn made_up_terminals_cannot_fill_the_data_dir() {
+    let s = start(
+        "[limits]\nmax_terminal_records = 300\nmax_report_bytes_total = 1048576\nmax_log_bytes_total = 2097152\n",
+        false,
+    )
+    .await;
+    // The real terminal, first.
+    let real_mac = "AA:00:00:00:0E:90";
+    let mut real = RawClient::connect(s.addr).await;
+    assert!(real.login(real_mac).await.is_ok());
+    let before = dir_bytes(&s.data);
+    let state = "s".repeat(4000);
+    let log = vec![b'L'; 256 << 10];
+    let (mut logins, mut reports, mut logs) = (0, 0, 0);
+    for n in 0..500u32 {
+        let mac = format!("02:00:00:00:{:02X}:{:02X}", n >> 8, n & 0xff);
+        let mut c = RawClient::connect_from("127.0.0.2", s.addr).await;
+        if !c.login(&mac).await.is_ok() {
+            continue;
+        }
+        logins += 1;
+        for level in 0..3 {
+            let (_, env) = c
+                .request(
+                    ServiceCode::BtTaskState,
+                    &json!({"mac": mac, "torrent_name": format!("voi_{level}_{U}.torrent"), "progress": 5, "state": state}),
+                )
+                .await;
+            if env.is_ok() {
+                reports += 1;
+            }
+        }
+        let f = Frame {
+            service_code: ServiceCode::UploadLog as u32,
+            sequence_code: 9,
+            data_type: 0,
+            client_type: 2,
+            req_or_res: 1,
+            token: c.token.clone(),
+            payload: bytes::Bytes::copy_from_slice(&log),
+        };
+        use futures_util::SinkExt;
+        c.io.send(f).await.expect("send");
+        loop {
+            let f = c.recv().await.expect("answer");
+            if f.service_code == ServiceCode::UploadLog as u32 {
+                let env: voi::protocol::Envelope<Value> = f.json().expect("env");
+                if env.is_ok() {
+                    logs += 1;
+                }
+                break;
+            }
+        }
+    }
+    // The first terminal still reports (it replaces its own).
+    let (_, mine) = real
+        .request(
+            ServiceCode::BtTaskState,
+            &json!({"mac": real_mac, "torrent_name": format!("voi_0_{U}.torrent"), "progress": 50, "state": "downloading"}),
+        )
+        .await;
+    let after = dir_bytes(&s.data);
+    let log_bytes = dir_bytes(&s.data.join("logs"));
+    eprintln!(
+        "hostile_lan | 500 made-up MACs from 127.0.0.2 | {logins} logged in (records bound 300), {reports} reports kept (1 MiB bound), {logs} logs kept ({log_bytes} bytes, 2 MiB bound) | data dir {} -> {} MiB | the first terminal's report: {}",
+        before >> 20,
+        after >> 20,
+        mine.code
+    );
+    assert!(logins < 300, "{logins}");
+    assert!(log_bytes <= 2 << 20, "{log_bytes}");
+    assert!(reports * 4000 <= 1 << 20, "{reports} reports");
+    assert!(after < before + (24 << 20), "{before} -> {after}");
+    assert_eq!(mine.code, 0, "{mine:?}");
+}

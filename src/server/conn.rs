@@ -368,6 +368,18 @@ async fn login(
         AtLogin::Admit(s) => s,
         AtLogin::Refuse(why) => return refuse_login(server, st, tx, frame, mac, why).await,
     };
+    // Global: made-up MACs cannot multiply the per-terminal bounds past
+    // the records kept (issue 38.7); known terminals keep logging in.
+    if known.is_none() {
+        let cap = server.cfg.limits.max_terminal_records;
+        if server.store.terminal_count().unwrap_or(0) >= cap {
+            super::handlers::global_bound_reached(server, "max_terminal_records", &mac);
+            let why = format!(
+                "the server keeps {cap} terminal records and takes no new MAC ([limits] max_terminal_records); forget retired terminals or raise it"
+            );
+            return refuse_login(server, st, tx, frame, mac, why).await;
+        }
+    }
     // A MAC never seen that would wait for admission makes a record: past
     // the cap, made-up MACs make none.
     if known.is_none() && standing == admission::Admission::Pending {

@@ -91,22 +91,69 @@ fn keep_report(server: &Server, mac: &str, kind: String, value: Value) -> Answer
     };
     let max_keys = limits.max_report_keys;
     let mut full = false;
+    let mut over_total = false;
+    let mut added: i64 = 0;
+    let total_cap = limits.max_report_bytes_total;
+    let counted = &server.counters.report_bytes;
     match server.store.update_terminal(mac, |r| {
+        let old = r.reports.get(&kind).map_or(0, |v| {
+            serde_json::to_vec(v).map_or(0, |b| b.len() + kind.len())
+        });
+        let delta = (size + kind.len()) as i64 - old as i64;
         if !r.reports.contains_key(&kind) && r.reports.len() >= max_keys {
             full = true;
+        } else if delta > 0
+            && counted.load(std::sync::atomic::Ordering::Relaxed) + delta as u64 > total_cap
+        {
+            // Global: made-up terminals cannot grow the store past it, and
+            // what is kept already stays (issue 38.7).
+            over_total = true;
         } else {
             r.reports.insert(kind, value);
+            added = delta;
         }
     }) {
         Ok(_) if full => err(
             ErrorCode::MessageError,
             format!("this terminal has {max_keys} reports kept already ([limits] max_report_keys)"),
         ),
+        Ok(_) if over_total => {
+            global_bound_reached(server, "max_report_bytes_total", mac);
+            err(
+                ErrorCode::MessageError,
+                format!("the server keeps {total_cap} bytes of reports from all terminals and has no room for more ([limits] max_report_bytes_total)"),
+            )
+        }
         Ok(_) => {
+            if added >= 0 {
+                counted.fetch_add(added as u64, std::sync::atomic::Ordering::Relaxed);
+            } else {
+                let less = added.unsigned_abs();
+                let _ = counted.fetch_update(
+                    std::sync::atomic::Ordering::Relaxed,
+                    std::sync::atomic::Ordering::Relaxed,
+                    |n| Some(n.saturating_sub(less)),
+                );
+            }
             server.registry.emit(event);
             success()
         }
         Err(e) => err(ErrorCode::SystemError, e.to_string()),
+    }
+}
+
+/// A global bound refused something from `mac`: one WARN a minute.
+pub fn global_bound_reached(server: &Server, bound: &str, mac: &str) {
+    let due = server
+        .counters
+        .global_bound_log
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .due();
+    if let Some(n) = due {
+        log::warn!(
+            "[limits] {bound} is reached: {n} refusal(s) since the last report (latest for {mac}); what is kept already stays. Raise it if this is a real room."
+        );
     }
 }
 
@@ -910,6 +957,43 @@ fn upload_log(server: &Server, mac: &str, frame: &Frame) -> Result<Answer, Answe
         last.insert(mac.to_string(), now);
     }
     let dir = server.cfg.data_dir.join("logs");
+    // Global: all terminals' logs together (issue 38.7). A terminal that
+    // has logs kept gives up its own oldest for a new one; one with none
+    // is refused, so what was accepted first stays.
+    let mac_prefix = format!("{}_", mac.replace(':', ""));
+    let logs_of = |dir: &std::path::Path| -> (u64, Vec<(String, std::path::PathBuf)>) {
+        let mut total = 0;
+        let mut mine = Vec::new();
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            total += e.metadata().map_or(0, |m| m.len());
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&mac_prefix) && name.ends_with(".log") {
+                let ts = name.rsplit('_').next().unwrap_or_default().to_string();
+                mine.push((ts, e.path()));
+            }
+        }
+        mine.sort();
+        (total, mine)
+    };
+    let cap = limits.max_log_bytes_total;
+    let incoming = frame.payload.len() as u64;
+    let (mut total, mine) = logs_of(&dir);
+    for (_, oldest) in &mine {
+        if total + incoming <= cap {
+            break;
+        }
+        let len = std::fs::metadata(oldest).map_or(0, |m| m.len());
+        if std::fs::remove_file(oldest).is_ok() {
+            total = total.saturating_sub(len);
+        }
+    }
+    if total + incoming > cap {
+        global_bound_reached(server, "max_log_bytes_total", mac);
+        return Err(err(
+            ErrorCode::MessageError,
+            format!("the server keeps {cap} bytes of terminal logs and has no room for this one ([limits] max_log_bytes_total)"),
+        ));
+    }
     let ip = server
         .store
         .terminal(mac)

@@ -57,6 +57,18 @@ pub struct Limits {
     pub max_logs_per_terminal: usize,
     /// 9999 upload_log: at most one upload per terminal this often.
     pub log_min_interval_secs: u64,
+    /// 9999 upload_log: bytes of logs kept on disk, all terminals together.
+    /// Past it a terminal's new log replaces its own oldest, and one with
+    /// none kept is refused: the terminals already kept keep theirs.
+    pub max_log_bytes_total: u64,
+    /// Reports (9024, 9025, …) kept in the store, bytes, all terminals
+    /// together. Past it a report that would add bytes is refused; one that
+    /// replaces a report with a smaller or equal one is kept.
+    pub max_report_bytes_total: u64,
+    /// Terminal records kept. Past it a MAC never seen is refused at login
+    /// (made-up MACs cannot multiply the per-terminal bounds); known ones
+    /// keep logging in.
+    pub max_terminal_records: u64,
     /// Terminal records waiting for admission ("pending"); past it, a new
     /// MAC is refused until an operator decides or a pending record
     /// expires.
@@ -90,6 +102,9 @@ impl Default for Limits {
             max_log_bytes: 4 * 1024 * 1024,
             max_logs_per_terminal: 5,
             log_min_interval_secs: 60,
+            max_log_bytes_total: 256 << 20,
+            max_report_bytes_total: 256 << 20,
+            max_terminal_records: 20_000,
             max_pending: 1024,
             pending_expire_secs: 7 * 24 * 3600,
             max_event_readers: 32,
@@ -134,6 +149,11 @@ pub struct Counters {
     pub event_readers: Arc<AtomicUsize>,
     /// Of them, those opened with read-only tokens.
     pub read_only_event_readers: Arc<AtomicUsize>,
+    /// Bytes of reports in the store (`max_report_bytes_total`): counted as
+    /// reports are kept, and recounted by the periodic sweep.
+    pub report_bytes: std::sync::atomic::AtomicU64,
+    /// One WARN a minute when a global bound refuses something.
+    pub global_bound_log: std::sync::Mutex<LogThrottle>,
     /// Pending terminal records: counted up as they are made, and set to
     /// the store's count by the periodic sweep (`Server::sweep_pending`).
     pub pending: Arc<AtomicUsize>,

@@ -322,6 +322,16 @@ impl Server {
         self.counters
             .pending
             .store(pending, std::sync::atomic::Ordering::Release);
+        // Recount the reports' bytes (`max_report_bytes_total`): the count
+        // kept as reports come drifts when records are forgotten.
+        let bytes: usize = all
+            .iter()
+            .flat_map(|r| r.reports.iter())
+            .map(|(k, v)| k.len() + serde_json::to_vec(v).map_or(0, |b| b.len()))
+            .sum();
+        self.counters
+            .report_bytes
+            .store(bytes as u64, std::sync::atomic::Ordering::Release);
     }
 
     /// Settles uploads (then tells their terminals with 1021) every second

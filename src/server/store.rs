@@ -283,6 +283,14 @@ impl Store {
         self.all(TERMINALS)
     }
 
+    /// How many terminal records there are (redb keeps the count).
+    pub fn terminal_count(&self) -> Result<u64, StoreError> {
+        use redb::ReadableTableMetadata;
+        let tx = self.db.begin_read().map_err(e)?;
+        let t = tx.open_table(TERMINALS).map_err(e)?;
+        t.len().map_err(e)
+    }
+
     /// Updates (creating if needed) a terminal record and returns it.
     pub fn update_terminal(
         &self,

@@ -85,7 +85,19 @@ pub enum RelayError {
     NoSubnet,
     #[error("sending on {0}: {1}")]
     Send(Ipv4Addr, String),
+    #[error("{0} wake packets relayed in the last {RELAY_WINDOW:?} already; at most {MAX_RELAYED_PER_WINDOW}")]
+    RateLimited(usize),
 }
+
+/// 1900 is deduplicated and rate-limited (issue 38.15: 21 requests made
+/// 10,229 packets in 0.14 s): a MAC relayed within `RELAY_WINDOW` is not
+/// sent again, and at most `MAX_RELAYED_PER_WINDOW` packets leave in one.
+const RELAY_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
+const MAX_RELAYED_PER_WINDOW: usize = 256;
+
+/// (relaying agent's MAC, target) → when it was last relayed.
+type Relayed = std::collections::HashMap<(String, [u8; 6]), std::time::Instant>;
+static RELAYED: std::sync::Mutex<Option<Relayed>> = std::sync::Mutex::new(None);
 
 /// Broadcasts the magic packet of each MAC on this terminal's subnet.
 /// Every MAC is checked before anything is sent.
@@ -105,8 +117,32 @@ pub fn relay(agent: &Agent, macs: &[String]) -> Result<(Vec<String>, Ipv4Addr), 
         return Err(RelayError::NoSubnet);
     };
     let broadcast = crate::wake_on_lan::broadcast_of(ip, prefix).ok_or(RelayError::NoSubnet)?;
+    // Which of them go now: not one relayed by this agent within the
+    // window, and not past the window's packet budget.
+    let now = std::time::Instant::now();
+    let fresh: Vec<([u8; 6], &String)> = {
+        let mut guard = RELAYED.lock().unwrap_or_else(|p| p.into_inner());
+        let relayed = guard.get_or_insert_with(Default::default);
+        relayed.retain(|_, t| now.duration_since(*t) < RELAY_WINDOW);
+        let mut fresh = Vec::new();
+        for (mac, text) in parsed.into_iter().zip(macs) {
+            let key = (agent.mac.clone(), mac);
+            if relayed.contains_key(&key) || fresh.iter().any(|(m, _)| *m == mac) {
+                continue;
+            }
+            fresh.push((mac, text));
+        }
+        let mine = relayed.keys().filter(|(a, _)| *a == agent.mac).count();
+        if mine + fresh.len() > MAX_RELAYED_PER_WINDOW {
+            return Err(RelayError::RateLimited(mine));
+        }
+        for (mac, _) in &fresh {
+            relayed.insert((agent.mac.clone(), *mac), now);
+        }
+        fresh
+    };
     let mut sent = Vec::new();
-    for (mac, text) in parsed.into_iter().zip(macs) {
+    for (mac, text) in fresh {
         agent
             .platform
             .send_wake(mac, broadcast, ip)

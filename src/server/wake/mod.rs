@@ -40,27 +40,35 @@ pub enum Selection {
     All,
 }
 
+/// The narrowest subnet the server sends a directed broadcast to: a /30
+/// reported by a terminal made the "broadcast" a chosen host (issue 38.15).
+const NARROWEST_DIRECTED: u8 = 29;
+
 /// The subnet a terminal was last on: what our agent reported, else its
 /// address and mask from its configuration (a /24 when the mask is not
-/// known).
+/// known). Nothing narrower than a /29.
 fn last_subnet(rec: &TerminalRecord) -> Option<Subnet> {
     if let Some(w) = &rec.wake {
         if let Ok(ip) = w.ip.parse::<Ipv4Addr>() {
-            if (1..=30).contains(&w.prefix) {
+            if (1..=NARROWEST_DIRECTED).contains(&w.prefix) {
                 return Some(Subnet {
                     ip,
                     prefix: w.prefix,
                 });
             }
+            // Our agent said where it is, and it is too narrow (or a lie).
+            return None;
         }
     }
     let ip = rec.config.ip.parse::<Ipv4Addr>().ok()?;
     if ip.is_loopback() || ip.is_unspecified() {
         return None;
     }
-    let prefix = crate::ipv4::prefix_len(&rec.config.mask)
-        .filter(|p| (1..=30).contains(p))
-        .unwrap_or(24);
+    let prefix = match crate::ipv4::prefix_len(&rec.config.mask) {
+        Some(p) if (1..=NARROWEST_DIRECTED).contains(&p) => p,
+        Some(_) => return None,
+        None => 24,
+    };
     Some(Subnet { ip, prefix })
 }
 
@@ -426,5 +434,36 @@ fn outcome(
         Ok((_, env)) if env.is_ok() => ok.into(),
         Ok((_, env)) => format!("refused: {} {}", env.code, env.msg),
         Err(e) => format!("failed: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(wake_prefix: Option<u8>, mask: &str) -> TerminalRecord {
+        let mut r = TerminalRecord::new("AA:00:00:00:00:01");
+        r.config.ip = "10.1.0.2".into();
+        r.config.mask = mask.into();
+        r.wake = wake_prefix.map(|prefix| crate::protocol::messages::WakeInfo {
+            interface: "eth0".into(),
+            supported: true,
+            detail: String::new(),
+            ip: "10.1.0.2".into(),
+            prefix,
+        });
+        r
+    }
+
+    #[test]
+    fn no_directed_broadcast_narrower_than_a_slash_29() {
+        assert_eq!(last_subnet(&rec(Some(29), "")).map(|s| s.prefix), Some(29));
+        // A /30 reported by the terminal (the "broadcast" would be a host)
+        // gives no subnet, whatever its mask says; nor does a /30 mask; no
+        // mask at all is a /24.
+        assert!(last_subnet(&rec(Some(30), "")).is_none());
+        assert!(last_subnet(&rec(Some(30), "255.255.255.252")).is_none());
+        assert!(last_subnet(&rec(None, "255.255.255.252")).is_none());
+        assert_eq!(last_subnet(&rec(None, "")).map(|s| s.prefix), Some(24));
     }
 }

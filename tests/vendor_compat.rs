@@ -1304,3 +1304,98 @@ async fn an_update_ip_with_an_empty_dns1_is_sent_and_applied() {
     let _ = task.await;
     h.stop().await;
 }
+
+/// Issue 39.2: D puts a room back on DHCP by bumping `conf_version` with
+/// `is_dhcp: 1` in 9005 (no command). A terminal with a static address
+/// set here switches to DHCP through the same pending change as 1012, and
+/// the login that follows confirms it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_9005_with_is_dhcp_puts_a_static_terminal_back_on_dhcp() {
+    use voi::agent::platform::{JournalEntry, RecordingPlatform};
+    let dir = tempfile::tempdir().expect("tmp");
+    let vendor = FakeServer::new().await;
+    let mac = "AA:00:00:00:13:52";
+    let cfg = agent_config(&dir.path().join("a"), vendor.port(), mac);
+    std::fs::create_dir_all(&cfg.data_dir).expect("dir");
+    std::fs::write(
+        cfg.state_path(),
+        serde_json::to_vec(&json!({
+            "network": {"interface": "eth0", "address": "10.9.9.20", "prefix_len": 24, "gateway": "10.9.9.1", "dns": []},
+            "terminal": {"mac": mac, "ip": "10.9.9.20", "is_dhcp": 0, "mask": "255.255.255.0", "conf_version": 5}
+        }))
+        .expect("json"),
+    )
+    .expect("state");
+    let (agent, task) = start_agent(cfg);
+    let serve = |answered: &mut bool, f: &voi::protocol::Frame| match f.service_code {
+        9004 => json!({"code": 0, "msg": "Success", "data": {"conf_version": 6}}),
+        9005 => {
+            *answered = true;
+            json!({"code": 0, "msg": "Success", "data": {
+                "mac": mac, "name": "PC-8", "ip": "10.9.9.20", "is_dhcp": 1,
+                "mask": "255.255.255.0", "gateway": "10.9.9.1", "dns1": "", "dns2": "",
+                "conf_version": 6, "terminal_id": 8, "platform": "x86", "soft_version": "2.28",
+                "disk_residue": 1.0,
+                "setup_info": {"mode": {"show_desktop_type": 0, "auto_desktop": 0}, "program": {"server_ip": ""}}
+            }})
+        }
+        _ => {
+            json!({"code": 0, "msg": "Success", "data": {"conf_version": -1, "batch_no": 0, "terminal_id": -1}})
+        }
+    };
+    // The first session: 9004 says 6, 9005 says DHCP.
+    let mut conn = vendor.accept().await;
+    let mut answered = false;
+    let start = Instant::now();
+    while !answered {
+        assert!(start.elapsed() < Duration::from_secs(30), "no 9005");
+        let f = tokio::time::timeout(Duration::from_secs(20), conn.next())
+            .await
+            .expect("traffic")
+            .expect("open")
+            .expect("frame");
+        if f.is_response() {
+            continue;
+        }
+        let a = serve(&mut answered, &f);
+        conn.send(FakeServer::answer(&f, a)).await.expect("answer");
+    }
+    let journal = agent.cfg.journal_path();
+    let start = Instant::now();
+    while !RecordingPlatform::read_journal(&journal)
+        .iter()
+        .any(|e| matches!(e, JournalEntry::ApplyDhcp { .. }))
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no switch to DHCP"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let pending = agent.state.read(|s| s.pending_change.clone());
+    assert!(
+        matches!(pending, Some(voi::agent::state::PendingChange::Dhcp { .. })),
+        "{pending:?}"
+    );
+    // It logs in again from its new address: that confirms the change.
+    let mut conn = vendor.accept().await;
+    let start = Instant::now();
+    while agent.state.read(|s| s.pending_change.is_some()) {
+        assert!(start.elapsed() < Duration::from_secs(30), "not confirmed");
+        if let Ok(Some(Ok(f))) = tokio::time::timeout(Duration::from_millis(200), conn.next()).await
+        {
+            if !f.is_response() {
+                let mut ignored = false;
+                let a = serve(&mut ignored, &f);
+                conn.send(FakeServer::answer(&f, a)).await.expect("answer");
+            }
+        }
+    }
+    let (network, is_dhcp) = agent
+        .state
+        .read(|s| (s.network.clone(), s.terminal.is_dhcp));
+    assert!(network.is_none(), "{network:?}");
+    assert_eq!(is_dhcp, 1);
+    agent.shutdown.cancel();
+    let _ = task.await;
+}

@@ -46,6 +46,13 @@ pub enum PendingChange {
         new: NetworkConfig,
         deadline: i64,
     },
+    /// Back to DHCP (a 9005 with `is_dhcp: 1`, as the vendor's server puts
+    /// a room back on DHCP), from the static `old`.
+    Dhcp {
+        interface: String,
+        old: NetworkConfig,
+        deadline: i64,
+    },
     Server {
         old: Option<String>,
         new: String,
@@ -61,9 +68,9 @@ pub enum PendingChange {
 impl PendingChange {
     pub fn deadline(&self) -> i64 {
         match self {
-            PendingChange::Network { deadline, .. } | PendingChange::Server { deadline, .. } => {
-                *deadline
-            }
+            PendingChange::Network { deadline, .. }
+            | PendingChange::Dhcp { deadline, .. }
+            | PendingChange::Server { deadline, .. } => *deadline,
         }
     }
 }

@@ -297,6 +297,43 @@ impl Agent {
             .map_err(|e| e.to_string())
     }
 
+    async fn apply_dhcp(&self, interface: &str) -> Result<(), String> {
+        let platform = self.platform.clone();
+        let interface = interface.to_string();
+        tokio::task::spawn_blocking(move || platform.apply_dhcp(&interface))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())
+    }
+
+    /// A 9005 with `is_dhcp: 1` while a static address is set here: back
+    /// to DHCP through the same path as 1012, restored unless a login on
+    /// the new address confirms it (issue 39.2).
+    async fn change_to_dhcp(&self, old: NetworkConfig) -> Result<(), String> {
+        let deadline = chrono::Utc::now().timestamp() + self.cfg.change_confirm_secs as i64;
+        let interface = old.interface.clone();
+        let change = PendingChange::Dhcp {
+            interface: interface.clone(),
+            old,
+            deadline,
+        };
+        self.state
+            .update(|s| {
+                s.pending_change = Some(change.clone());
+                s.network = None;
+                s.terminal.is_dhcp = 1;
+            })
+            .map_err(|e| e.to_string())?;
+        log::info!("the server puts this terminal back on DHCP (9005 is_dhcp 1) on {interface}");
+        if let Err(e) = self.apply_dhcp(&interface).await {
+            let msg = format!("switching {interface} to DHCP failed: {e}");
+            self.rollback(change, &msg).await;
+            return Err(msg);
+        }
+        self.change_armed.notify_one();
+        Ok(())
+    }
+
     /// update_ip after its reply: record the intent, apply, and arm the
     /// watchdog that restores the old network unless a login confirms it.
     pub async fn change_network(
@@ -378,7 +415,7 @@ impl Agent {
         let text = format!("rolled back {}: {why}", describe(&change));
         log::error!("{text}");
         match &change {
-            PendingChange::Network { old: Some(old), .. } => {
+            PendingChange::Network { old: Some(old), .. } | PendingChange::Dhcp { old, .. } => {
                 if let Err(e) = self.apply_network(old).await {
                     log::error!(
                         "restoring {}/{} failed too: {e}",
@@ -389,6 +426,7 @@ impl Agent {
                 let old = old.clone();
                 self.persist(|s| {
                     s.network = Some(old.clone());
+                    s.terminal.is_dhcp = 0;
                     s.terminal.ip = old.address.to_string();
                     s.terminal.gateway = old.gateway.map(|g| g.to_string()).unwrap_or_default();
                     s.terminal.dns1 = old.dns.first().map(|d| d.to_string()).unwrap_or_default();
@@ -417,17 +455,24 @@ impl Agent {
     /// confirmed by a login in time. A change found at start (the agent
     /// died mid-change) is applied again first, then watched the same way.
     pub(crate) async fn watch_pending_change(self: Arc<Self>) {
-        if let Some(PendingChange::Network { new, .. }) =
-            self.state.read(|s| s.pending_change.clone())
-        {
-            log::warn!(
-                "resuming an unconfirmed network change to {}/{}",
-                new.address,
-                new.prefix_len
-            );
-            if let Err(e) = self.apply_network(&new).await {
-                log::error!("re-applying the pending network: {e}");
+        match self.state.read(|s| s.pending_change.clone()) {
+            Some(PendingChange::Network { new, .. }) => {
+                log::warn!(
+                    "resuming an unconfirmed network change to {}/{}",
+                    new.address,
+                    new.prefix_len
+                );
+                if let Err(e) = self.apply_network(&new).await {
+                    log::error!("re-applying the pending network: {e}");
+                }
             }
+            Some(PendingChange::Dhcp { interface, .. }) => {
+                log::warn!("resuming an unconfirmed switch to DHCP on {interface}");
+                if let Err(e) = self.apply_dhcp(&interface).await {
+                    log::error!("re-applying DHCP: {e}");
+                }
+            }
+            _ => {}
         }
         loop {
             let pending = self.state.read(|s| s.pending_change.clone());
@@ -611,6 +656,11 @@ impl Agent {
             }
         }
         let mut cfg = cfg;
+        let back_to_dhcp = if cfg.is_dhcp == 1 {
+            self.state.read(|s| s.network.clone())
+        } else {
+            None
+        };
         self.persist(|s| {
             // Without a static address set here (1012), the terminal's
             // address is DHCP's: the `ip` in 9005 is the server's record of
@@ -631,11 +681,28 @@ impl Agent {
                 cfg.dns1 = mine.dns1.clone();
                 cfg.dns2 = mine.dns2.clone();
             }
+            if back_to_dhcp.is_some() {
+                // `change_to_dhcp` below sets the network fields.
+                cfg.ip = s.terminal.ip.clone();
+                cfg.mask = s.terminal.mask.clone();
+                cfg.gateway = s.terminal.gateway.clone();
+            }
             s.terminal = cfg;
             if moved {
                 s.server_ip_override = Some(new_server.clone());
             }
         });
+        if let Some(old) = back_to_dhcp {
+            return match self.change_to_dhcp(old).await {
+                // A new address, maybe: log in again from it, which
+                // confirms the change.
+                Ok(()) => Some(SessionEnd::Reconnect("back on DHCP (9005)".into())),
+                Err(e) => {
+                    log::error!("{e}");
+                    None
+                }
+            };
+        }
         moved.then(|| SessionEnd::Reconnect(format!("server moved to {new_server}")))
     }
 }
@@ -645,6 +712,7 @@ fn describe(c: &PendingChange) -> String {
         PendingChange::Network { new, .. } => {
             format!("network change to {}/{}", new.address, new.prefix_len)
         }
+        PendingChange::Dhcp { interface, .. } => format!("switch to DHCP on {interface}"),
         PendingChange::Server { new, new_port, .. } => match new_port {
             Some(p) => format!("move to server {new}:{p}"),
             None => format!("move to server {new}"),

@@ -203,6 +203,21 @@ async fn command_round_trip_matches_batch_no() {
     assert_eq!(reply["code"], 0, "{reply}");
     assert!(reply.to_string().contains("nothing"), "{reply}");
 
+    // 1016 upload_desktop takes 1020's path (issue 39.4): a disk not on
+    // this terminal is refused by name before anything is uploaded.
+    let r6 = a
+        .push(
+            mac,
+            "upload_desktop",
+            json!({"mac": mac, "desktop": {"uuid": "5c0a5b1e-1d7e-4c36-9c43-3f0c7b7b0c99", "disks": [{"uuid": "5c0a5b1e-1d7e-4c36-9c43-3f0c7b7b0c98", "type": 0, "dif_level": 1, "prefix": "voi"}]}}),
+            10,
+        )
+        .await
+        .expect("api");
+    let reply = &r6.data.expect("data")["reply"];
+    assert_eq!(reply["code"], 88888, "{reply}");
+    assert!(!reply.to_string().contains("NotImplemented"), "{reply}");
+
     // A command this agent does not carry out is refused, never "Success".
     let r3 = a
         .push(mac, "ssh_upload_desktop", json!({}), 10)

@@ -138,7 +138,11 @@ impl Command {
             S::BtTaskComplete => {
                 Command::BtTaskComplete(bt_task_complete::BtTaskComplete::parse(frame)?)
             }
-            S::UploadDisk => Command::UploadDisk(upload_disk::UploadDisk::parse(frame)?),
+            // 1016 upload_desktop carries the same `desktop` (with its
+            // disks) as 1020: the same upload path, 9018, 9014, 1021.
+            S::UploadDisk | S::UploadDesktop => {
+                Command::UploadDisk(upload_disk::UploadDisk::parse(frame)?)
+            }
             S::PushTaskResult => {
                 Command::PushTaskResult(push_task_result::PushTaskResult::parse(frame)?)
             }

@@ -1,5 +1,5 @@
-//! 1020 upload_disk: the server asks for local layers (the `desktop.disks`
-//! list). Each goes through 9018, a new torrent, 9014, and seeding until the
+//! 1020 upload_disk and 1016 upload_desktop (the same body): the server
+//! asks for local layers (the `desktop.disks` list). Each goes through 9018, a new torrent, 9014, and seeding until the
 //! server's 1021. The names are checked before the reply; the exchange runs
 //! after it, and a failure reaches the server as a failed 9015.
 

@@ -8,7 +8,8 @@
 //!   the control socket);
 //! * `control_socket`: the local `voi-agent ctl` interface;
 //! * `commands/`: one file per server command (1000–1032), parse + apply,
-//!   except those `docs/protocol.md` lists as refused (`unsupported.rs`);
+//!   except those `docs/protocol.md` lists as refused (`unsupported.rs`)
+//!   and 1016, which shares `upload_disk.rs` with 1020;
 //! * `session/`: one logged-in session (login, startup requests, heartbeats);
 //!   it hands command frames to a handler it is given;
 //! * `transfers/`: layer downloads and uploads on the BitTorrent engine, and

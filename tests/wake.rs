@@ -740,6 +740,11 @@ async fn our_commands_are_checked_and_sent_only_to_terminals_that_announced_them
             broadcast: "127.255.255.255".parse().expect("ip"),
         }]
     );
+    // The same MAC again at once: answered, not sent twice (issue 38.15).
+    let r = push("voi_wake_relay", json!({"macs": ["52:54:00:29:03:01"]})).await;
+    assert_eq!(r["code"], 0, "{r}");
+    assert_eq!(r["data"]["sent"], json!([]), "{r}");
+    assert_eq!(journal().len(), 1, "{:?}", journal());
     let r = push(
         "voi_power_notice",
         json!({"action": "explode", "in_secs": 5}),
@@ -793,5 +798,130 @@ async fn our_commands_are_checked_and_sent_only_to_terminals_that_announced_them
     );
     agent.shutdown.cancel();
     let _ = task.await;
+    h.stop().await;
+}
+
+/// Issue 38.15: a relay answers 1900 "sent" and sends nothing. When the
+/// terminal is not up by half the timeout, the server adds the directed
+/// broadcast (on loopback here: 127.77.0.255) and another relay on the
+/// subnet, and the wake's result names both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_that_does_not_bring_the_terminal_up_is_followed_by_other_routes() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let h = start_server(&dir.path().join("s")).await;
+    let wake = |ip: &str| json!({"interface": "eth0", "supported": true, "ip": ip, "prefix": 24});
+    let target = "AA:00:00:00:29:11";
+    {
+        let mut t = RawClient::connect(h.addr).await;
+        assert!(t.login(target).await.is_ok());
+        let (_, env) = t
+            .request(
+                voi::protocol::ServiceCode::GetConfigVersionId,
+                &json!({"mac": target, "wake": wake("127.77.0.9")}),
+            )
+            .await;
+        assert!(env.is_ok(), "{env:?}");
+    }
+    wait_for("the target offline", 10, || {
+        !h.server.registry.macs().contains(&target.to_string())
+    })
+    .await;
+    // Two relays on its subnet; each answers 1900 "sent" and sends nothing.
+    let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let mut relays = Vec::new();
+    for (mac, ip) in [
+        ("AA:00:00:00:29:21", "127.77.0.5"),
+        ("AA:00:00:00:29:22", "127.77.0.6"),
+    ] {
+        let mut c = RawClient::connect(h.addr).await;
+        assert!(c.login(mac).await.is_ok());
+        let (_, env) = c
+            .request(
+                voi::protocol::ServiceCode::GetConfigVersionId,
+                &json!({"mac": mac, "wake": wake(ip)}),
+            )
+            .await;
+        assert!(env.is_ok(), "{env:?}");
+        let asked = asked.clone();
+        relays.push(tokio::spawn(async move {
+            while let Some(f) = c.recv().await {
+                if f.service_code == voi::protocol::ServiceCode::WakeRelay as u32 && !f.is_response() {
+                    asked.lock().expect("lock").push(mac.to_string());
+                    let batch = f.json::<Value>().ok().map(|b| b["batch_no"].clone()).unwrap_or_default();
+                    let reply = voi::protocol::Frame::response_json(
+                        &f,
+                        voi::protocol::ClientType::Linux,
+                        &c.token,
+                        &json!({"code": 0, "msg": "Success", "data": {"batch_no": batch, "mac": mac, "sent": [target], "broadcast": "127.77.0.255"}}),
+                    )
+                    .expect("reply");
+                    c.send_raw(&reply.to_bytes()).await;
+                }
+            }
+        }));
+    }
+    // The wake as `wake` records it after its first relay said "sent"
+    // (a whole wake would also broadcast on this machine's interfaces).
+    use voi::server::wake::book::{WakeResult, WakeState};
+    use voi::server::wake::plan::{Relay, Route, Subnet};
+    let subnet = |ip: &str| Subnet {
+        ip: ip.parse().expect("ip"),
+        prefix: 24,
+    };
+    let broadcast: std::net::Ipv4Addr = "127.77.0.255".parse().expect("ip");
+    let mut first = WakeResult::new(target, WakeState::Sent, voi::server::registry::now_ms(), 6);
+    first.routes.push(Route::Relay {
+        mac: "AA:00:00:00:29:21".into(),
+        broadcast,
+    });
+    h.server.wakes.record(first);
+    let relay_list = vec![
+        Relay {
+            mac: "AA:00:00:00:29:21".into(),
+            subnet: subnet("127.77.0.5"),
+        },
+        Relay {
+            mac: "AA:00:00:00:29:22".into(),
+            subnet: subnet("127.77.0.6"),
+        },
+    ];
+    h.server
+        .clone()
+        .follow_relays(
+            vec![(
+                target.to_string(),
+                "AA:00:00:00:29:21".to_string(),
+                broadcast,
+            )],
+            [(target.to_string(), subnet("127.77.0.9"))]
+                .into_iter()
+                .collect(),
+            relay_list,
+            Duration::from_secs(3),
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let api = common::api(&h);
+    let env = api
+        .get(&format!("/api/v1/wake?macs={target}"))
+        .await
+        .expect("results");
+    let text = env.data.as_ref().map(|d| d.to_string()).unwrap_or_default();
+    eprintln!(
+        "wake | a relay that says sent and sends nothing | asked: {:?} | result: {text}",
+        asked.lock().expect("lock")
+    );
+    let asked = asked.lock().expect("lock").clone();
+    assert_eq!(
+        asked,
+        vec!["AA:00:00:00:29:22".to_string()],
+        "the other relay asked"
+    );
+    assert!(text.contains("relayed by AA:00:00:00:29:21"), "{text}");
+    assert!(text.contains("directed broadcast 127.77.0.255"), "{text}");
+    assert!(text.contains("relayed by AA:00:00:00:29:22"), "{text}");
+    for r in relays {
+        r.abort();
+    }
     h.stop().await;
 }

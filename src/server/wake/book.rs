@@ -118,6 +118,19 @@ impl WakeBook {
     }
 
     /// A terminal logged in: a wake waiting for it is done.
+    /// Routes (and errors) added to a wake still waiting for its terminal
+    /// (the follow-up of a relay that did not bring it up).
+    pub fn follow_up(&self, mac: &str, routes: Vec<Route>, errors: Vec<String>) {
+        let mut w = self.lock();
+        if let Some(r) = w.get_mut(mac) {
+            if r.state == WakeState::Sent {
+                r.routes.extend(routes);
+                r.errors.extend(errors);
+                r.describe();
+            }
+        }
+    }
+
     pub fn logged_in(&self, mac: &str, now_ms: u64) {
         let mut w = self.lock();
         if let Some(r) = w.get_mut(mac) {

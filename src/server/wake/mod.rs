@@ -246,6 +246,35 @@ impl Server {
                 }
             }
         }
+        // A relay's "sent" is its word only (issue 38.15: a rogue relay
+        // answered "sent" and sent nothing). Whoever it was for and is not
+        // up by half the timeout gets the directed broadcast and another
+        // relay too.
+        let follow: Vec<(String, String, Ipv4Addr)> = results
+            .iter()
+            .filter(|r| r.state == WakeState::Sent)
+            .filter_map(|r| {
+                r.routes.iter().find_map(|x| match x {
+                    Route::Relay { mac, broadcast } => {
+                        Some((r.mac.clone(), mac.clone(), *broadcast))
+                    }
+                    _ => None,
+                })
+            })
+            .collect();
+        if !follow.is_empty() {
+            let me = self.clone();
+            let patience = Duration::from_secs((timeout_secs / 2).clamp(2, 60));
+            let subnets: HashMap<String, Subnet> = follow
+                .iter()
+                .filter_map(|(m, _, _)| Some((m.clone(), records.get(m).and_then(last_subnet)?)))
+                .collect();
+            let relays = relays.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(patience).await;
+                me.follow_relays(follow, subnets, relays, patience).await;
+            });
+        }
         for r in &mut results {
             if r.state == WakeState::Sent && r.routes.is_empty() {
                 r.state = WakeState::Failed;
@@ -259,6 +288,79 @@ impl Server {
             self.wakes.record(r.clone());
         }
         results
+    }
+
+    /// For each (target, relay that was asked, broadcast) whose target is
+    /// still not up: the directed broadcast, and another relay on its
+    /// subnet; the wake's result names what was added. (`wake` calls it
+    /// after half the timeout; public for the test, which cannot let a
+    /// whole wake broadcast on the machine's own interfaces.)
+    pub async fn follow_relays(
+        self: Arc<Self>,
+        follow: Vec<(String, String, Ipv4Addr)>,
+        subnets: HashMap<String, Subnet>,
+        relays: Vec<Relay>,
+        patience: Duration,
+    ) {
+        let online: HashSet<String> = self.registry.macs().into_iter().collect();
+        for (mac, first, broadcast) in follow {
+            if online.contains(&mac) {
+                continue;
+            }
+            let Some(bytes) = crate::wake_on_lan::parse_mac(&mac) else {
+                continue;
+            };
+            let mut added = Vec::new();
+            let mut errors = Vec::new();
+            let direct = Route::Directed { broadcast };
+            match crate::wake_on_lan::send(bytes, broadcast, None) {
+                Ok(()) => added.push(direct),
+                Err(e) => errors.push(format!("{direct}: {e}")),
+            }
+            let other = subnets.get(&mac).and_then(|t| {
+                relays.iter().find(|r| {
+                    r.mac != first
+                        && r.mac != mac
+                        && online.contains(&r.mac)
+                        && r.subnet.prefix == t.prefix
+                        && t.contains(r.subnet.ip)
+                })
+            });
+            if let Some(other) = other {
+                let answer = self
+                    .push(
+                        &other.mac,
+                        ServiceCode::WakeRelay,
+                        json!({ "macs": [mac.clone()] }),
+                        Duration::from_secs(5),
+                    )
+                    .await;
+                match answer {
+                    Ok((_, env)) if env.is_ok() => added.push(Route::Relay {
+                        mac: other.mac.clone(),
+                        broadcast,
+                    }),
+                    Ok((_, env)) => {
+                        errors.push(format!("relay by {}: {} {}", other.mac, env.code, env.msg))
+                    }
+                    Err(e) => errors.push(format!("relay by {}: {e}", other.mac)),
+                }
+            }
+            let what = added
+                .iter()
+                .map(|r| r.to_string())
+                .collect::<Vec<_>>()
+                .join("; ");
+            log::warn!(
+                "wake {mac}: not up {patience:?} after relay by {first} said sent; followed by {}",
+                if what.is_empty() {
+                    "nothing (no other route)"
+                } else {
+                    &what
+                }
+            );
+            self.wakes.follow_up(&mac, added, errors);
+        }
     }
 
     /// Checks and stores a whole schedule; entries without an id get one.

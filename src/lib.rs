@@ -16,6 +16,7 @@ pub mod crashpoint;
 pub mod disk;
 pub mod fsutil;
 pub mod ipv4;
+pub mod offline_admin;
 pub mod protocol;
 pub mod sdnotify;
 pub mod tls;

@@ -547,3 +547,62 @@ async fn numbering_flow_across_a_room() {
     }
     h.stop().await;
 }
+
+/// Issue 38.13: the offline settings password is kept only as the server
+/// signed it (a salted scrypt hash, manifest key). A terminal flashed with
+/// the server's key opens its settings offline with that password and no
+/// other; one flashed with another key (its server is not the one
+/// answering) keeps nothing from a 9008 "yes".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_offline_password_is_kept_only_as_the_server_signed_it() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let h = start_server(&dir.path().join("s")).await;
+    let mut ev = h.server.registry.events.subscribe();
+    let verify = |agent: Arc<Agent>, password: &'static str| async move {
+        control_socket::call(
+            &agent.cfg.control_socket_path(),
+            &ControlRequest::VerifyAdmin {
+                user: "admin".into(),
+                password: password.into(),
+            },
+        )
+        .await
+        .expect("ctl")
+    };
+    // Flashed with another server's key: a "yes" plants nothing.
+    let other_key = voi::bt::manifest::to_hex(
+        ed25519_dalek::SigningKey::from_bytes(&[9; 32])
+            .verifying_key()
+            .as_bytes(),
+    );
+    let mut cfg = agent_config(&dir.path().join("b"), h.addr.port(), "AA:00:00:00:01:1F");
+    cfg.bt.manifest_key = Some(other_key);
+    let (stranger, stranger_task) = start_agent(cfg);
+    wait_event(&mut ev, 20, is_heartbeat("AA:00:00:00:01:1F")).await;
+    assert!(verify(stranger.clone(), "admin").await.ok);
+    assert!(stranger.state.read(|s| s.offline_admin.is_none()));
+    stranger.shutdown.cancel();
+    let _ = stranger_task.await;
+    // Flashed with this server's key: kept, and it opens offline.
+    let mut cfg = agent_config(&dir.path().join("a"), h.addr.port(), "AA:00:00:00:01:1E");
+    cfg.bt.manifest_key = Some(h.server.images.manifest_public_key());
+    let (agent, task) = start_agent(cfg);
+    wait_event(&mut ev, 20, is_heartbeat("AA:00:00:00:01:1E")).await;
+    assert!(verify(agent.clone(), "admin").await.ok);
+    let kept = agent.state.read(|s| s.offline_admin.clone()).expect("kept");
+    assert_ne!(kept.hash, voi::protocol::md5_hex(b"admin"), "no bare md5");
+    let state = std::fs::read_to_string(agent.cfg.state_path()).expect("state");
+    assert!(
+        !state.contains(&voi::protocol::md5_hex(b"admin")),
+        "{state}"
+    );
+    h.stop().await;
+    wait_for("the agent offline", 20, || agent.link().is_none()).await;
+    let offline = verify(agent.clone(), "admin").await;
+    assert!(offline.ok, "{offline:?}");
+    assert_eq!(offline.data.expect("data")["by"], "local");
+    let wrong = verify(agent.clone(), "nope").await;
+    assert!(!wrong.ok, "{wrong:?}");
+    agent.shutdown.cancel();
+    let _ = task.await;
+}

@@ -223,6 +223,36 @@ fn md5_of(password: &str) -> String {
     crate::protocol::md5_hex(password.as_bytes())
 }
 
+/// A 9008 "yes" keeps the offline password only when it carries one the
+/// server signed with the manifest key this terminal was flashed with.
+fn keep_offline_admin(agent: &Arc<Agent>, env: &crate::protocol::Envelope<Value>) {
+    let Some(o) = env
+        .data
+        .as_ref()
+        .and_then(|d| d.get("offline_admin"))
+        .and_then(|o| serde_json::from_value::<crate::offline_admin::OfflineAdmin>(o.clone()).ok())
+    else {
+        return;
+    };
+    let key = agent
+        .cfg
+        .bt
+        .manifest_key
+        .as_deref()
+        .and_then(|k| crate::bt::manifest::parse_public_key(k).ok());
+    match key {
+        Some(k) if o.verify(&k) => {
+            if agent.state.read(|s| s.offline_admin.as_ref() != Some(&o)) {
+                agent.persist(|s| s.offline_admin = Some(o));
+            }
+        }
+        Some(_) => log::warn!(
+            "9008: the offline password the server sent is not signed with this terminal's manifest_key; not kept"
+        ),
+        None => log::info!("9008: no [bt] manifest_key here, so no offline password is kept"),
+    }
+}
+
 /// Wrong answers on the control socket before waits begin, and the
 /// longest wait (issue 38.14: 18,800 guesses a second were possible).
 const FREE_TRIES: u32 = 3;
@@ -286,7 +316,7 @@ async fn verify_admin_now(
     if let Some(link) = agent.link() {
         let body = crate::protocol::messages::VerifyAdminUserReq {
             mac: agent.mac.clone(),
-            user_name: user,
+            user_name: user.clone(),
             password: password.clone(),
         };
         match link
@@ -294,6 +324,7 @@ async fn verify_admin_now(
             .await
         {
             Ok((_, env)) if env.is_ok() => {
+                keep_offline_admin(agent, &env);
                 return Ok(json!({ "verified": true, "by": "server" }));
             }
             Ok((_, env)) => {
@@ -304,6 +335,26 @@ async fn verify_admin_now(
             }
             // The link went while asking: fall back as if offline.
             Err(e) => log::warn!("9008 verify_admin_user: {e}; checking locally"),
+        }
+    }
+    if let Some(o) = agent.state.read(|s| s.offline_admin.clone()) {
+        let key = agent
+            .cfg
+            .bt
+            .manifest_key
+            .as_deref()
+            .and_then(|k| crate::bt::manifest::parse_public_key(k).ok());
+        if key.is_some_and(|k| o.verify(&k)) {
+            let (u, p) = (user.clone(), password.clone());
+            // scrypt is slow on purpose: off the async threads.
+            let ok = tokio::task::spawn_blocking(move || o.matches(&u, &p))
+                .await
+                .unwrap_or(false);
+            return if ok {
+                Ok(json!({ "verified": true, "by": "local" }))
+            } else {
+                Err("wrong user or password (checked locally: the server cannot be reached)".into())
+            };
         }
     }
     let local = agent.cfg.admin_password_md5.clone();

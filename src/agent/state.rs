@@ -98,6 +98,10 @@ pub struct AgentState {
     /// to) is read and dropped: a rogue server could plant it.
     #[serde(default, skip_serializing)]
     pub admin_md5: Option<String>,
+    /// The offline settings password the server signed (issue 38.13),
+    /// kept only when the signature verified with `[bt] manifest_key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offline_admin: Option<crate::offline_admin::OfflineAdmin>,
     #[serde(default)]
     pub desktop_groups: Vec<DesktopGroup>,
     #[serde(default)]
@@ -140,6 +144,7 @@ impl Default for AgentState {
             server_ip_override: None,
             server_port_override: None,
             admin_md5: None,
+            offline_admin: None,
             desktop_groups: Vec::new(),
             trackers: Vec::new(),
             watermark: false,

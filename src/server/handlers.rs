@@ -420,7 +420,14 @@ async fn answer(
         }
         S::VerifyAdminUser => {
             let r: VerifyAdminUserReq = body(frame, mac)?;
-            check_credentials(server, st, mac, &r.user_name, &r.password)
+            let a = check_credentials(server, st, mac, &r.user_name, &r.password);
+            // With a yes, the signed offline password (issue 38.13): our
+            // agents keep it only when the signature verifies; the
+            // vendor's terminals ignore the field.
+            match &server.offline_admin {
+                Some(o) if a.is_ok() => ok(json!({ "offline_admin": o })),
+                _ => a,
+            }
         }
         S::OperateAuth => {
             let r: OperateAuthReq = body(frame, mac)?;

@@ -83,6 +83,9 @@ pub struct Server {
     /// md5 of the terminals' settings password (`admin_password`).
     pub admin_password_md5: String,
     pub admin_guesses: super::admin_password::GuessThrottle,
+    /// The settings password as our agents keep it for offline use: a
+    /// salted scrypt hash signed with the manifest key.
+    pub offline_admin: Option<crate::offline_admin::OfflineAdmin>,
     /// What became of each wake-on-LAN (`wake/`).
     pub wakes: super::wake::book::WakeBook,
     /// The wall clock the class schedule reads.

@@ -77,6 +77,11 @@ impl Server {
         let tracker_addr = tracker_listener.local_addr()?;
         let announce = announce_url(&cfg, tracker_addr, None);
         let manifest_key = load_or_create_signing_key(&cfg)?;
+        let offline_admin = crate::offline_admin::OfflineAdmin::make(
+            &cfg.admin_user,
+            &admin_password_md5,
+            &manifest_key,
+        );
         let release_key = match &cfg.release_signing_key {
             Some(path) => read_signing_key(path)?,
             None => manifest_key.clone(),
@@ -146,6 +151,7 @@ impl Server {
             upgrades,
             admin_password_md5,
             admin_guesses: Default::default(),
+            offline_admin,
             metrics: Default::default(),
             wakes: Default::default(),
             clock,

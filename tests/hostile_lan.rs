@@ -597,30 +597,11 @@ async fn the_server_takes_only_uploads_it_asked_for_and_connects_nowhere_else() 
     );
     assert_ne!(after_self_grant.code, 0, "{after_self_grant:?}");
     // An operator marks the terminal as one that may upload (a teacher's).
-    let out = Command::new("curl")
-        .args([
-            "-s",
-            "-m",
-            "10",
-            "-X",
-            "PUT",
-            "-H",
-            "Authorization: Bearer t",
-            "-H",
-            "Content-Type: application/json",
-            "--data",
-            r#"{"may_upload":true}"#,
-        ])
-        .arg(format!(
-            "http://{}/api/v1/terminals/{mac}/may_upload",
-            s.api
-        ))
-        .output()
-        .expect("curl");
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("\"code\":0"),
-        "{out:?}"
+    let answer = api_put(
+        &format!("http://{}/api/v1/terminals/{mac}/may_upload", s.api),
+        r#"{"may_upload":true}"#,
     );
+    assert!(answer.contains("\"code\":0"), "{answer}");
     let (_, check) = c
         .request(
             ServiceCode::CheckUploadState,
@@ -1020,6 +1001,35 @@ async fn time_to_layer(s: &Server, dir: &Path, mac: &str, layer: &str) -> Option
     done
 }
 
+/// The baseline of the swarm attacks: a group of the base layer, the time
+/// a first agent (`mac`) takes to get it on a quiet LAN, and the layer's
+/// info hash.
+async fn quiet_baseline(
+    s: &Server,
+    group: &str,
+    group_uuid: &str,
+    mac: &str,
+) -> (Duration, Vec<u8>) {
+    let layer = format!("voi_0_{U}");
+    api_put(
+        &format!("http://{}/api/v1/desktop_groups", s.api),
+        &serde_json::to_string(&layer_group(group, group_uuid, U, &[0])).expect("json"),
+    );
+    let quiet_dir = tempfile::tempdir().expect("tmp");
+    let quiet = time_to_layer(s, quiet_dir.path(), mac, &layer)
+        .await
+        .expect("the layer on a quiet LAN");
+    let torrent = reqwest::get(format!("http://{}/torrents/{layer}.torrent", s.tracker))
+        .await
+        .expect("torrent")
+        .bytes()
+        .await
+        .expect("bytes");
+    let meta = voi::bt::meta::TorrentMeta::parse(&torrent).expect("meta");
+    let hash = voi::bt::manifest::from_hex(&meta.info_hash).expect("hex info hash");
+    (quiet, hash)
+}
+
 /// Issue 38.4: one address announces 5,000 random info hashes (the table
 /// of swarms must not fill), and 300 addresses announce 5,000 dead
 /// "seeders" of the real layer. A fresh agent still takes the layer within
@@ -1030,26 +1040,14 @@ async fn time_to_layer(s: &Server, dir: &Path, mac: &str, layer: &str) -> Option
 async fn a_flooded_tracker_still_hands_out_the_layer_in_its_normal_time() {
     let s = start("", true).await;
     let layer = format!("voi_0_{U}");
-    let group = layer_group("flooded", "9a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c5e", U, &[0]);
-    api_put(
-        &format!("http://{}/api/v1/desktop_groups", s.api),
-        &serde_json::to_string(&group).expect("json"),
-    );
-    let quiet_dir = tempfile::tempdir().expect("tmp");
-    let quiet = time_to_layer(&s, quiet_dir.path(), "AA:00:00:00:0E:61", &layer)
-        .await
-        .expect("the layer on a quiet LAN");
-    let torrent = reqwest::get(format!("http://{}/torrents/{layer}.torrent", s.tracker))
-        .await
-        .expect("torrent")
-        .bytes()
-        .await
-        .expect("bytes");
-    let meta = voi::bt::meta::TorrentMeta::parse(&torrent).expect("meta");
+    let (quiet, real) = quiet_baseline(
+        &s,
+        "flooded",
+        "9a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c5e",
+        "AA:00:00:00:0E:61",
+    )
+    .await;
     let enc = |h: &[u8]| -> String { h.iter().map(|b| format!("%{b:02X}")).collect() };
-    let real: Vec<u8> = (0..20)
-        .map(|i| u8::from_str_radix(&meta.info_hash[2 * i..2 * i + 2], 16).expect("hex"))
-        .collect();
     let one = reqwest::Client::builder()
         .local_address(std::net::IpAddr::from([127, 0, 0, 2]))
         .build()
@@ -1128,30 +1126,13 @@ async fn a_flooded_tracker_still_hands_out_the_layer_in_its_normal_time() {
 async fn idle_handshakes_do_not_stop_the_seeder() {
     let s = start("", true).await;
     let layer = format!("voi_0_{U}");
-    let group = layer_group(
+    let (quiet, hash) = quiet_baseline(
+        &s,
         "idle-peers",
         "9a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c6f",
-        U,
-        &[0],
-    );
-    api_put(
-        &format!("http://{}/api/v1/desktop_groups", s.api),
-        &serde_json::to_string(&group).expect("json"),
-    );
-    let quiet_dir = tempfile::tempdir().expect("tmp");
-    let quiet = time_to_layer(&s, quiet_dir.path(), "AA:00:00:00:0E:71", &layer)
-        .await
-        .expect("the layer on a quiet LAN");
-    let torrent = reqwest::get(format!("http://{}/torrents/{layer}.torrent", s.tracker))
-        .await
-        .expect("torrent")
-        .bytes()
-        .await
-        .expect("bytes");
-    let meta = voi::bt::meta::TorrentMeta::parse(&torrent).expect("meta");
-    let hash: Vec<u8> = (0..20)
-        .map(|i| u8::from_str_radix(&meta.info_hash[2 * i..2 * i + 2], 16).expect("hex"))
-        .collect();
+        "AA:00:00:00:0E:71",
+    )
+    .await;
     let seeder: SocketAddr = format!("127.0.0.1:{}", s.bt_port).parse().expect("addr");
     let mut idle = Vec::new();
     let mut answered = 0;

@@ -58,6 +58,19 @@ async fn health_ready_version_and_the_audit_trail() {
     h.stop().await;
 }
 
+/// `GET <base>/metrics` with `token`, as text.
+async fn scrape(base: &str, token: &str) -> String {
+    reqwest::Client::new()
+        .get(format!("{base}/metrics"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("text")
+}
+
 fn parse(text: &str) -> prometheus_parse::Scrape {
     prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
         .unwrap_or_else(|e| panic!("not Prometheus text: {e}\n{text}"))
@@ -409,15 +422,7 @@ async fn named_tokens_sign_the_audit_trail_and_read_only_ones_only_read() {
         .iter()
         .filter_map(|e| e["who"].as_str())
         .collect();
-    let text = reqwest::Client::new()
-        .get(format!("{base}/metrics"))
-        .bearer_auth("teacher-101-secret-token")
-        .send()
-        .await
-        .expect("scrape")
-        .text()
-        .await
-        .expect("text");
+    let text = scrape(&base, "teacher-101-secret-token").await;
     let s = parse(&text);
     let unauth = value(
         &s,
@@ -574,15 +579,7 @@ async fn terminal_reports_cannot_write_into_the_metrics() {
         }
         sessions.push(c);
     }
-    let text = reqwest::Client::new()
-        .get(format!("http://{}/metrics", h.api_addr))
-        .bearer_auth(&h.server.api_token)
-        .send()
-        .await
-        .expect("scrape")
-        .text()
-        .await
-        .expect("text");
+    let text = scrape(&format!("http://{}", h.api_addr), &h.server.api_token).await;
     let s = parse(&text);
     let transfer_series = s
         .samples

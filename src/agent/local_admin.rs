@@ -183,12 +183,7 @@ pub async fn set_network(agent: &Arc<Agent>, req: NetworkRequest) -> Result<Valu
         .interface_name()
         .map_err(|e| format!("no interface to configure: {e}"))?;
     if req.dhcp {
-        let platform = agent.platform.clone();
-        let iface = interface.clone();
-        tokio::task::spawn_blocking(move || platform.apply_dhcp(&iface))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
+        agent.apply_dhcp(&interface).await?;
         agent.persist(|s| {
             s.network = None;
             s.terminal.is_dhcp = 1;
@@ -223,6 +218,17 @@ fn md5_of(password: &str) -> String {
     crate::protocol::md5_hex(password.as_bytes())
 }
 
+/// The key this terminal was flashed with (`[bt] manifest_key`), which
+/// also checks the offline password's signature.
+fn manifest_key(agent: &Agent) -> Option<ed25519_dalek::VerifyingKey> {
+    agent
+        .cfg
+        .bt
+        .manifest_key
+        .as_deref()
+        .and_then(|k| crate::bt::manifest::parse_public_key(k).ok())
+}
+
 /// A 9008 "yes" keeps the offline password only when it carries one the
 /// server signed with the manifest key this terminal was flashed with.
 fn keep_offline_admin(agent: &Arc<Agent>, env: &crate::protocol::Envelope<Value>) {
@@ -234,12 +240,7 @@ fn keep_offline_admin(agent: &Arc<Agent>, env: &crate::protocol::Envelope<Value>
     else {
         return;
     };
-    let key = agent
-        .cfg
-        .bt
-        .manifest_key
-        .as_deref()
-        .and_then(|k| crate::bt::manifest::parse_public_key(k).ok());
+    let key = manifest_key(agent);
     match key {
         Some(k) if o.verify(&k) => {
             if agent.state.read(|s| s.offline_admin.as_ref() != Some(&o)) {
@@ -338,12 +339,7 @@ async fn verify_admin_now(
         }
     }
     if let Some(o) = agent.state.read(|s| s.offline_admin.clone()) {
-        let key = agent
-            .cfg
-            .bt
-            .manifest_key
-            .as_deref()
-            .and_then(|k| crate::bt::manifest::parse_public_key(k).ok());
+        let key = manifest_key(agent);
         if key.is_some_and(|k| o.verify(&k)) {
             let (u, p) = (user.clone(), password.clone());
             // scrypt is slow on purpose: off the async threads.

@@ -288,22 +288,31 @@ impl Agent {
         }
     }
 
-    async fn apply_network(&self, net: &NetworkConfig) -> Result<(), String> {
+    /// Runs a platform effect off the async threads (it may run `ip`,
+    /// write files, wait for networkd).
+    async fn platform_effect(
+        &self,
+        effect: impl FnOnce(&dyn crate::agent::platform::Platform) -> crate::agent::platform::PlatformResult
+            + Send
+            + 'static,
+    ) -> Result<(), String> {
         let platform = self.platform.clone();
-        let net = net.clone();
-        tokio::task::spawn_blocking(move || platform.apply_network(&net))
+        tokio::task::spawn_blocking(move || effect(platform.as_ref()))
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())
     }
 
-    async fn apply_dhcp(&self, interface: &str) -> Result<(), String> {
-        let platform = self.platform.clone();
+    async fn apply_network(&self, net: &NetworkConfig) -> Result<(), String> {
+        let net = net.clone();
+        self.platform_effect(move |p| p.apply_network(&net)).await
+    }
+
+    /// Puts `interface` on DHCP (the screen's settings, a 9005 is_dhcp).
+    pub(crate) async fn apply_dhcp(&self, interface: &str) -> Result<(), String> {
         let interface = interface.to_string();
-        tokio::task::spawn_blocking(move || platform.apply_dhcp(&interface))
+        self.platform_effect(move |p| p.apply_dhcp(&interface))
             .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())
     }
 
     /// A 9005 with `is_dhcp: 1` while a static address is set here: back

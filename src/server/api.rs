@@ -1475,24 +1475,34 @@ async fn set_room(
             "room must be at most 64 printable characters",
         );
     }
-    match server.store.terminal(&mac) {
+    match update_known_terminal(&server, &mac, |r| r.room = room.clone()) {
+        Ok(_) => ok(json!({ "mac": mac, "room": room })),
+        Err(refused) => *refused,
+    }
+}
+
+/// Changes a terminal's record, which must exist: 404 when it does not
+/// (an operator setting must not make a record for a MAC never seen).
+fn update_known_terminal(
+    server: &Server,
+    mac: &str,
+    f: impl FnOnce(&mut super::store::TerminalRecord),
+) -> Result<super::store::TerminalRecord, Box<Response>> {
+    match server.store.terminal(mac) {
         Ok(Some(_)) => {}
         Ok(None) => {
-            return fail(
+            return Err(Box::new(fail(
                 StatusCode::NOT_FOUND,
                 ErrorCode::TerminalRecordNotExist,
                 mac,
-            )
+            )))
         }
-        Err(e) => return store_fail(e),
+        Err(e) => return Err(Box::new(store_fail(e))),
     }
-    match server
+    server
         .store
-        .update_terminal(&mac, |r| r.room = room.clone())
-    {
-        Ok(_) => ok(json!({ "mac": mac, "room": room })),
-        Err(e) => store_fail(e),
-    }
+        .update_terminal(mac, f)
+        .map_err(|e| Box::new(store_fail(e)))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -1539,23 +1549,9 @@ async fn set_may_upload(
             "body must be {may_upload: true|false}",
         );
     };
-    match server.store.terminal(&mac) {
-        Ok(Some(_)) => {}
-        Ok(None) => {
-            return fail(
-                StatusCode::NOT_FOUND,
-                ErrorCode::TerminalRecordNotExist,
-                mac,
-            )
-        }
-        Err(e) => return store_fail(e),
-    }
-    match server
-        .store
-        .update_terminal(&mac, |r| r.may_upload = may_upload)
-    {
+    match update_known_terminal(&server, &mac, |r| r.may_upload = may_upload) {
         Ok(_) => ok(json!({ "mac": mac, "may_upload": may_upload })),
-        Err(e) => store_fail(e),
+        Err(refused) => *refused,
     }
 }
 

@@ -335,8 +335,8 @@ pub fn seeding(agent: &Agent, name: &str) -> bool {
 
 /// `PUT <url>` with a JSON body and the operator token `t`, through curl
 /// (from this test's own namespace, so it also reaches a server in
-/// another one); the request must succeed.
-pub fn api_put(url: &str, body: &str) {
+/// another one); the request must succeed. Returns the answer's body.
+pub fn api_put(url: &str, body: &str) -> String {
     let out = std::process::Command::new("curl")
         .args([
             "-s",
@@ -356,6 +356,7 @@ pub fn api_put(url: &str, body: &str) {
         "PUT {url}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// A port nothing listens on right now (for configs that need a number).

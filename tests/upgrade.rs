@@ -215,6 +215,30 @@ impl Rig {
         assert!(ok, "publish: {out}");
     }
 
+    /// A raw 1030 for `version` naming `manifest_url`, as any server
+    /// (a rogue one too) could send it; `ctl`'s output.
+    fn push_1030(&self, version: &str, manifest_url: &str, force: bool) -> String {
+        let body = serde_json::json!({
+            "version": version,
+            "platform": "x86",
+            "upgrade_package": "voi-agent",
+            "os_name": "linux",
+            "force": force,
+            "manifest_url": manifest_url,
+        })
+        .to_string();
+        let (_, out) = self.ctl(&[
+            "--json",
+            "push",
+            &self.mac,
+            "terminal_upgrade",
+            &body,
+            "--timeout",
+            "10",
+        ]);
+        out
+    }
+
     fn current(&self) -> Option<String> {
         std::fs::read_link(self.root.join("current"))
             .ok()
@@ -275,24 +299,11 @@ async fn an_upgrade_to_a_second_build_logs_in_with_the_new_version() {
     // Issue 38.8: an impersonated server sends force with the real
     // server's old signed package (public, release 1). The agent has
     // committed release 2 and refuses it, whatever the wire says.
-    let replay = serde_json::json!({
-        "version": "0.1.0",
-        "platform": "x86",
-        "upgrade_package": "voi-agent",
-        "os_name": "linux",
-        "force": true,
-        "manifest_url": format!("http://127.0.0.1:{}/upgrades/x86/0.1.0/manifest.json", rig.h.server.tracker_addr.port()),
-    })
-    .to_string();
-    let (_, out) = rig.ctl(&[
-        "--json",
-        "push",
-        &rig.mac,
-        "terminal_upgrade",
-        &replay,
-        "--timeout",
-        "10",
-    ]);
+    let replay = format!(
+        "http://127.0.0.1:{}/upgrades/x86/0.1.0/manifest.json",
+        rig.h.server.tracker_addr.port()
+    );
+    let out = rig.push_1030("0.1.0", &replay, true);
     println!("{out}");
     let started = Instant::now();
     let refused = loop {
@@ -374,23 +385,11 @@ async fn a_package_signed_with_another_key_is_refused_before_it_is_written() {
 
     // Issue 38.17: a 1030 naming another host (127.0.0.2 stands for one on
     // the LAN) is refused in its reply; the agent fetches nothing.
-    let elsewhere = serde_json::json!({
-        "version": "0.3.0",
-        "platform": "x86",
-        "upgrade_package": "voi-agent-0.3.0",
-        "os_name": "linux",
-        "manifest_url": "http://127.0.0.2:9/upgrades/x86/0.3.0/manifest.json",
-    })
-    .to_string();
-    let (_, out) = rig.ctl(&[
-        "--json",
-        "push",
-        &rig.mac,
-        "terminal_upgrade",
-        &elsewhere,
-        "--timeout",
-        "10",
-    ]);
+    let out = rig.push_1030(
+        "0.3.0",
+        "http://127.0.0.2:9/upgrades/x86/0.3.0/manifest.json",
+        false,
+    );
     println!("{out}");
     assert!(
         out.contains("not the server this terminal is connected to"),
